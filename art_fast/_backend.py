@@ -1,0 +1,170 @@
+"""Backend selection for the hot-path ops.
+
+Backends (DESIGN §3):
+
+========  ==========================================================  =================
+name      implementation                                              tensors
+========  ==========================================================  =================
+torch     pure-PyTorch reference (``art_fast.reference``)             any device
+cpu       C++ kernels of ``art_fast._C`` (``csrc/cpu``), OpenMP       CPU
+cuda      CUDA C++ kernels of ``art_fast._C`` (``csrc/cuda``)         CUDA
+triton    Triton kernels (``art_fast.kernels``)                       CUDA, or CPU under
+                                                                      ``TRITON_INTERPRET=1``
+auto      the best usable backend for the tensors' device (default)   any
+========  ==========================================================  =================
+
+Precedence, highest first: the ``backend=`` argument of a call, the innermost
+``with use_backend(...)`` block, ``set_backend(...)``, the ``ART_FAST_BACKEND`` environment
+variable (read at import), ``auto``. Only ``auto`` chooses; a backend asked for by name that is
+not usable raises a RuntimeError that says why.
+
+Usability is computed once at import into plain Python data, so that ``torch.compile`` traces
+the selection without graph breaks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+from . import _ext
+
+BACKENDS = ("torch", "cpu", "triton", "cuda")
+CHOICES = BACKENDS + ("auto",)
+OPS = ("cross_attention", "topk_regions", "info_nce")
+
+# On CUDA tensors `auto` tries these in order (first usable wins). The order is the measured
+# ranking per op; until the CUDA/Triton kernels land it only matters that both precede torch.
+_CUDA_PREFERENCE: dict[str, tuple[str, ...]] = {op: ("cuda", "triton", "torch") for op in OPS}
+
+
+def _triton_status(op: str) -> tuple[bool, str]:
+    try:
+        import importlib
+
+        mod = importlib.import_module(f"art_fast.kernels.{op}")
+    except ModuleNotFoundError:
+        return False, f"no Triton kernel for {op} in this version of art_fast"
+    except Exception as exc:  # triton missing or broken
+        return False, f"art_fast.kernels.{op} failed to import: {type(exc).__name__}: {exc}"
+    if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+        return False, "Triton needs a CUDA device, or TRITON_INTERPRET=1 for CPU tensors"
+    if not hasattr(mod, "forward"):
+        return False, f"art_fast.kernels.{op} defines no forward"
+    return True, ""
+
+
+def _compute_status() -> dict[tuple[str, str], tuple[bool, str]]:
+    status: dict[tuple[str, str], tuple[bool, str]] = {}
+    for op in OPS:
+        status[("torch", op)] = (True, "")
+        if not _ext.EXT_LOADED:
+            reason = f"art_fast._C is not usable: {_ext.EXT_ERROR}"
+            status[("cpu", op)] = (False, reason)
+            status[("cuda", op)] = (False, reason)
+        else:
+            ok = _ext.has_kernel(f"{op}_fwd", "CPU")
+            status[("cpu", op)] = (ok, "" if ok else "art_fast._C has no CPU kernel")
+            if not _ext.has_kernel(f"{op}_fwd", "CUDA"):
+                status[("cuda", op)] = (False, "art_fast._C was built without CUDA kernels")
+            elif not torch.cuda.is_available():
+                status[("cuda", op)] = (False, "no CUDA device is visible")
+            else:
+                status[("cuda", op)] = (True, "")
+        status[("triton", op)] = _triton_status(op)
+    return status
+
+
+_STATUS = _compute_status()
+
+
+def _check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or name not in CHOICES:
+        raise ValueError(f"{what} must be one of {CHOICES}, got {name!r}")
+    return name
+
+
+_env = os.environ.get("ART_FAST_BACKEND", "").strip().lower()
+_DEFAULT: list[str] = [_check_name(_env, "ART_FAST_BACKEND") if _env else "auto"]
+_SCOPED: list[str] = []
+
+
+def set_backend(name: str | None) -> None:
+    """Set the process-wide backend (one of ``torch, cpu, triton, cuda, auto``).
+
+    ``None`` restores the default (``ART_FAST_BACKEND`` at import, else ``auto``). The name is
+    checked here; whether the backend is usable is checked per call, for the call's tensors.
+    """
+    if name is None:
+        _DEFAULT[0] = _check_name(_env, "ART_FAST_BACKEND") if _env else "auto"
+    else:
+        _DEFAULT[0] = _check_name(name.lower() if isinstance(name, str) else name, "backend")
+
+
+def get_backend() -> str:
+    """The backend name in force for calls without ``backend=`` (may be ``auto``)."""
+    return _SCOPED[-1] if _SCOPED else _DEFAULT[0]
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Use ``name`` for every op call without ``backend=`` inside the ``with`` block."""
+    _SCOPED.append(_check_name(name.lower() if isinstance(name, str) else name, "backend"))
+    try:
+        yield
+    finally:
+        _SCOPED.pop()
+
+
+def backend_status() -> dict[str, dict[str, str]]:
+    """Per backend and op: ``"usable"`` or the reason it is not (for ``art-fast info``)."""
+    return {
+        b: {op: ("usable" if _STATUS[(b, op)][0] else _STATUS[(b, op)][1]) for op in OPS}
+        for b in BACKENDS
+    }
+
+
+def available_backends(op: str | None = None) -> list[str]:
+    """Backends that are built and usable here (for ``op``, or for every op when None)."""
+    ops = OPS if op is None else (op,)
+    return [b for b in BACKENDS if all(_STATUS[(b, o)][0] for o in ops)]
+
+
+def resolve(op: str, requested: str | None, device: torch.device) -> str:
+    """The concrete backend that runs ``op`` on tensors of ``device``.
+
+    Raises RuntimeError when a backend asked for by name cannot run here.
+    """
+    name = get_backend() if requested is None else _check_name(requested, "backend")
+    dev = device.type
+    if name == "auto":
+        if dev == "cuda":
+            for cand in _CUDA_PREFERENCE[op]:
+                if _STATUS[(cand, op)][0]:
+                    return cand
+            return "torch"
+        if dev == "cpu" and _STATUS[("cpu", op)][0]:
+            return "cpu"
+        return "torch"
+    ok, reason = _STATUS[(name, op)]
+    if not ok:
+        raise RuntimeError(
+            f"art_fast.{op}: backend {name!r} is not available: {reason}. "
+            f"Usable here: {available_backends(op)}; use backend='auto' to choose automatically."
+        )
+    if name == "cpu" and dev != "cpu":
+        raise RuntimeError(
+            f"art_fast.{op}: backend 'cpu' needs CPU tensors, got tensors on {device}"
+        )
+    if name == "cuda" and dev != "cuda":
+        raise RuntimeError(
+            f"art_fast.{op}: backend 'cuda' needs CUDA tensors, got tensors on {device}"
+        )
+    if name == "triton" and dev == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            f"art_fast.{op}: backend 'triton' runs CPU tensors only under TRITON_INTERPRET=1"
+        )
+    return name
