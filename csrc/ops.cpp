@@ -12,8 +12,9 @@
 TORCH_LIBRARY(art_fast, m) {
   // q [Bq,H,M,D] with Bq in {1,B} (1 = one query set shared by the B groups),
   // k, v [B,H,N,D], all of one floating dtype.
-  // -> out [B,H,M,D] (dtype of q), lse [B,H,M] float32 (per-row log-sum-exp of the scaled
-  //    scores), weights [B,H,M,N] (dtype of q) when return_weights, else an empty tensor.
+  // -> out [B,H,M,D] (dtype of q), lse [B,H,M] (per-row log-sum-exp of the scaled scores;
+  //    float64 for float64 inputs, else float32: the accumulation dtype),
+  //    weights [B,H,M,N] (dtype of q) when return_weights, else an empty tensor.
   m.def("cross_attention_fwd(Tensor q, Tensor k, Tensor v, float scale, bool return_weights)"
         " -> (Tensor, Tensor, Tensor)");
   // grad_out [B,H,M,D], grad_weights [B,H,M,N] or None, saved q, k, v, out, lse.
@@ -31,10 +32,11 @@ TORCH_LIBRARY(art_fast, m) {
         " Tensor values, Tensor indices) -> (Tensor, Tensor)");
 
   // anchors [G,M,D], candidates [G,N,D], targets [G,M] int64 in [0,N) or -100 (ignored).
-  // -> loss [G,M] float32 (0 on ignored rows), lse [G,M] float32.
+  // -> loss [G,M], lse [G,M], both in the accumulation dtype (float64 for float64 inputs,
+  //    else float32); loss is 0 on ignored rows.
   m.def("info_nce_fwd(Tensor anchors, Tensor candidates, Tensor targets, float temperature,"
         " bool normalize) -> (Tensor, Tensor)");
-  // grad_loss [G,M] float32 (upstream gradient per row), saved inputs and lse.
+  // grad_loss [G,M] in the accumulation dtype (upstream gradient per row), saved inputs and lse.
   // -> grad_anchors [G,M,D], grad_candidates [G,N,D] (dtype of the inputs).
   m.def("info_nce_bwd(Tensor grad_loss, Tensor anchors, Tensor candidates, Tensor targets,"
         " Tensor lse, float temperature, bool normalize) -> (Tensor, Tensor)");

@@ -5,12 +5,14 @@
 // Profile
 //   inputs   q [Bq,H,M,D] (Bq = 1: one query set shared by all B groups), k, v [B,H,N,D];
 //            float64, float32, bf16 or fp16, contiguous.
-//   outputs  out [B,H,M,D] (input dtype), lse [B,H,M] float32, weights [B,H,M,N] on request.
+//   outputs  out [B,H,M,D] (input dtype), lse [B,H,M] (accumulation dtype), weights [B,H,M,N] on request.
 //   saved    q, k, v, lse (out is part of the schema for the GPU kernels; this kernel does not
 //            read it). The score matrix is never saved: the backward recomputes it from lse.
 //   grid     at::parallel_for over the B*H (b, h) pairs; each pair is one task that owns its
 //            outputs, so no two threads write the same element.
-//   memory   per thread: k^T, v (N*D each) and the [M, N] scores, in the accumulation type.
+//   memory   per thread: zero-padded work buffers of one pair (q, k, v, the [N, M] scores; the
+//            backward adds dO and dS), in the accumulation type: ~100 KB at the paper shapes.
+//            Tile products go through cpu::gemm (register-blocked, see common.h).
 //   precision fp32 accumulation for fp32/bf16/fp16 (float64 for float64); softmax subtracts the
 //            row max before exp; the backward's row term delta = sum_n P dP is computed from
 //            the recomputed P and dP in the accumulation type, not from the rounded out.
@@ -31,12 +33,9 @@ namespace art_fast {
 
 namespace {
 
-using cpu::axpy;
 using cpu::fill;
-using cpu::load;
-using cpu::load_scaled;
+using cpu::load_pad;
 using cpu::load_t;
-using cpu::row_times_t;
 using cpu::store;
 
 struct Dims {
@@ -62,6 +61,53 @@ Dims check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v)
   return d;
 }
 
+// Layout. Every per-pair buffer is kept "patch-major": scores, probabilities and their
+// gradients live as S^T [Np, Mp] (row n holds the M queries' scores of patch n). Then every
+// product of the op is a cpu::gemm with A read as is or transposed (free) and B row-major, the
+// big k and v tiles are used as they are stored (no transposes), and the row softmax becomes
+// a column softmax vectorised across the queries. Rows are padded to kMR, columns to one
+// vector; the padding is zero.
+struct Pads {
+  int64_t Mp, Np, Dp;
+};
+
+template <typename acc_t>
+Pads pads(const Dims& s) {
+  const int64_t vec = cpu::nr<acc_t>();
+  const int64_t mmul = vec > cpu::kMR ? vec : cpu::kMR;
+  return {cpu::round_up(s.M, mmul), cpu::round_up(s.N, cpu::kMR), cpu::round_up(s.D, vec)};
+}
+
+// Column softmax of st [Np, Mp] (column m = query m) over the first N rows, in place; writes
+// lse[m] for m < M; zeroes the padding rows and columns. Each column's max and sum run over n
+// in increasing order, lane-parallel across m, so no sum is reassociated.
+template <typename acc_t>
+void softmax_cols(acc_t* st, const Dims& s, const Pads& z, acc_t* lse, acc_t* mx, acc_t* sm) {
+  const int64_t N = s.N, Mp = z.Mp;
+  fill(mx, -std::numeric_limits<acc_t>::infinity(), Mp);
+  for (int64_t n = 0; n < N; ++n) {
+    const acc_t* row = st + n * Mp;
+    // NaN is skipped here and caught by the exp below: a NaN makes its column NaN and a column
+    // of -inf gives NaN, as in torch.softmax.
+    for (int64_t m = 0; m < Mp; ++m) mx[m] = row[m] > mx[m] ? row[m] : mx[m];
+  }
+  fill(sm, acc_t(0), Mp);
+  for (int64_t n = 0; n < N; ++n) {
+    acc_t* row = st + n * Mp;
+    for (int64_t m = 0; m < Mp; ++m) {
+      row[m] = cpu::exp_neg(row[m] - mx[m]);
+      sm[m] += row[m];
+    }
+  }
+  for (int64_t m = 0; m < s.M; ++m) lse[m] = mx[m] + std::log(sm[m]);
+  for (int64_t m = 0; m < Mp; ++m) sm[m] = m < s.M ? acc_t(1) / sm[m] : acc_t(0);
+  for (int64_t n = 0; n < N; ++n) {
+    acc_t* row = st + n * Mp;
+    for (int64_t m = 0; m < Mp; ++m) row[m] *= sm[m];
+  }
+  fill(st + N * Mp, acc_t(0), (z.Np - N) * Mp);
+}
+
 template <typename scalar_t>
 void fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                 const Dims& s, at::Tensor& out, at::Tensor& lse, at::Tensor* weights) {
@@ -70,43 +116,35 @@ void fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, d
   const scalar_t* kp = k.data_ptr<scalar_t>();
   const scalar_t* vp = v.data_ptr<scalar_t>();
   scalar_t* op = out.data_ptr<scalar_t>();
-  float* lp = lse.data_ptr<float>();
+  acc_t* lp = lse.data_ptr<acc_t>();
   scalar_t* wp = weights ? weights->data_ptr<scalar_t>() : nullptr;
   const int64_t M = s.M, N = s.N, D = s.D, H = s.H;
+  const Pads z = pads<acc_t>(s);
   const acc_t sc = static_cast<acc_t>(scale);
 
   at::parallel_for(0, s.B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> qs(M * D), kt(D * N), vv(N * D), p(M * N), o(D);
+    std::vector<acc_t> qt(D * z.Mp), kk(z.Np * D), vv(z.Np * z.Dp), st(z.Np * z.Mp),
+        o(z.Mp * z.Dp), mx(z.Mp), sm(z.Mp);
     for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t h = bh % H;
-      const int64_t qbh = (s.Bq == 1 ? h : bh);
-      // 1. q * scale, k^T and v into the accumulation type.
-      load_scaled(qs.data(), qp + qbh * M * D, M * D, sc);
-      load_t(kt.data(), kp + bh * N * D, N, D);
-      load(vv.data(), vp + bh * N * D, N * D);
-      for (int64_t m = 0; m < M; ++m) {
-        acc_t* row = p.data() + m * N;
-        // 2. scores row: S[m, :] = (q[m] * scale) k^T
-        row_times_t(row, qs.data() + m * D, kt.data(), D, N);
-        // 3. softmax with the row max subtracted; a NaN anywhere makes the row NaN, as in
-        //    torch.softmax; a row of -inf gives NaN, as in torch.softmax.
-        acc_t mx = -std::numeric_limits<acc_t>::infinity();
-        for (int64_t n = 0; n < N; ++n) mx = row[n] > mx ? row[n] : mx;
-        acc_t sum = 0;
-        for (int64_t n = 0; n < N; ++n) {
-          row[n] = std::exp(row[n] - mx);
-          sum += row[n];
-        }
-        const acc_t inv = acc_t(1) / sum;
-        for (int64_t n = 0; n < N; ++n) row[n] *= inv;
-        lp[bh * M + m] = static_cast<float>(mx + std::log(sum));
-        // 4. out[m] = P[m, :] v
-        fill(o.data(), acc_t(0), D);
-        for (int64_t n = 0; n < N; ++n) axpy(o.data(), vv.data() + n * D, row[n], D);
-        store(op + (bh * M + m) * D, o.data(), D);
+      const int64_t qbh = (s.Bq == 1 ? bh % H : bh);
+      // 1. (q * scale)^T [D, Mp], k [Np, D], v [Np, Dp] into zero-padded work buffers.
+      fill(qt.data(), acc_t(0), D * z.Mp);
+      load_t(qt.data(), qp + qbh * M * D, M, D, z.Mp, sc);
+      load_pad(kk.data(), D, z.Np, kp + bh * N * D, N, D);
+      load_pad(vv.data(), z.Dp, z.Np, vp + bh * N * D, N, D);
+      // 2. scores S^T = k (q * scale)^T   [Np, Mp]
+      cpu::gemm<false>(kk.data(), D, qt.data(), z.Mp, st.data(), z.Mp, z.Np, D, z.Mp);
+      // 3. P^T = softmax over n of each column; lse saved for the backward.
+      softmax_cols(st.data(), s, z, lp + bh * M, mx.data(), sm.data());
+      // 4. out = P v = (P^T)^T v   [Mp, Dp]
+      cpu::gemm<true>(st.data(), z.Mp, vv.data(), z.Dp, o.data(), z.Dp, z.Mp, z.Np, z.Dp);
+      for (int64_t m = 0; m < M; ++m) store(op + (bh * M + m) * D, o.data() + m * z.Dp, D);
+      // 5. the probabilities [M, N], only when asked for.
+      if (wp) {
+        scalar_t* w = wp + bh * M * N;
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t m = 0; m < M; ++m) w[m * N + n] = static_cast<scalar_t>(st[n * z.Mp + m]);
       }
-      // 5. the probabilities, only when asked for.
-      if (wp) store(wp + bh * M * N, p.data(), M * N);
     }
   });
 }
@@ -122,75 +160,93 @@ void bwd_kernel(const at::Tensor& go, const at::Tensor* gw, const at::Tensor& q,
   const scalar_t* qp = q.data_ptr<scalar_t>();
   const scalar_t* kp = k.data_ptr<scalar_t>();
   const scalar_t* vp = v.data_ptr<scalar_t>();
-  const float* lp = lse.data_ptr<float>();
+  const acc_t* lp = lse.data_ptr<acc_t>();
   acc_t* dqpart = dq_part ? dq_part->data_ptr<acc_t>() : nullptr;
   scalar_t* dkp = dk.data_ptr<scalar_t>();
   scalar_t* dvp = dv.data_ptr<scalar_t>();
   const int64_t M = s.M, N = s.N, D = s.D, H = s.H;
+  const Pads z = pads<acc_t>(s);
   const acc_t sc = static_cast<acc_t>(scale);
 
   at::parallel_for(0, s.B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> qq(M * D), qs(M * D), kk(N * D), kt(D * N), vt(D * N), dO(M * D),
-        p(M * N), dp(M * N), acc(D), dqrow(D);
+    std::vector<acc_t> qt(D * z.Mp), qq(z.Mp * z.Dp), kk(z.Np * z.Dp), vv(z.Np * D),
+        dOt(D * z.Mp), dO(z.Mp * z.Dp), pt(z.Np * z.Mp), dpt(z.Np * z.Mp), delta(z.Mp),
+        l(z.Mp), r1(z.Mp * z.Dp), r2(z.Np * z.Dp);
     for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t h = bh % H;
-      const int64_t qbh = (s.Bq == 1 ? h : bh);
-      // 1. inputs into the accumulation type.
-      load(qq.data(), qp + qbh * M * D, M * D);
-      for (int64_t i = 0; i < M * D; ++i) qs[i] = qq[i] * sc;
-      load(kk.data(), kp + bh * N * D, N * D);
-      load_t(kt.data(), kp + bh * N * D, N, D);
-      load_t(vt.data(), vp + bh * N * D, N, D);
-      load(dO.data(), gop + bh * M * D, M * D);
-      for (int64_t m = 0; m < M; ++m) {
-        acc_t* prow = p.data() + m * N;
-        acc_t* dprow = dp.data() + m * N;
-        // 2. recompute P[m, :] = exp(S[m, :] - lse[m]).
-        row_times_t(prow, qs.data() + m * D, kt.data(), D, N);
-        const acc_t l = static_cast<acc_t>(lp[bh * M + m]);
-        for (int64_t n = 0; n < N; ++n) prow[n] = std::exp(prow[n] - l);
-        // 3. dP[m, :] = dO[m] v^T (+ the gradient of the returned weights).
-        row_times_t(dprow, dO.data() + m * D, vt.data(), D, N);
-        if (gwp) {
-          const scalar_t* g = gwp + (bh * M + m) * N;
-          for (int64_t n = 0; n < N; ++n) dprow[n] += static_cast<acc_t>(g[n]);
-        }
-        // 4. dS = P * (dP - delta), delta = sum_n P dP; the scale is applied in 5 and 6.
-        acc_t delta = 0;
-        for (int64_t n = 0; n < N; ++n) delta += prow[n] * dprow[n];
-        for (int64_t n = 0; n < N; ++n) dprow[n] = prow[n] * (dprow[n] - delta);
-        // 5. dq[m] = scale * dS[m, :] k
-        fill(dqrow.data(), acc_t(0), D);
-        for (int64_t n = 0; n < N; ++n) axpy(dqrow.data(), kk.data() + n * D, dprow[n], D);
-        for (int64_t d = 0; d < D; ++d) dqrow[d] *= sc;
-        if (dqpart) {
-          std::copy(dqrow.begin(), dqrow.end(), dqpart + (bh * M + m) * D);
-        } else {
-          store(dq_direct + (bh * M + m) * D, dqrow.data(), D);
-        }
-      }
-      // 6. dk[n] = scale * sum_m dS[m, n] q[m];  7. dv[n] = sum_m P[m, n] dO[m].
+      const int64_t qbh = (s.Bq == 1 ? bh % H : bh);
+      // 1. inputs into zero-padded work buffers in the accumulation type.
+      fill(qt.data(), acc_t(0), D * z.Mp);
+      load_t(qt.data(), qp + qbh * M * D, M, D, z.Mp, sc);
+      load_pad(qq.data(), z.Dp, z.Mp, qp + qbh * M * D, M, D);
+      load_pad(kk.data(), z.Dp, z.Np, kp + bh * N * D, N, D);
+      load_pad(vv.data(), D, z.Np, vp + bh * N * D, N, D);
+      fill(dOt.data(), acc_t(0), D * z.Mp);
+      load_t(dOt.data(), gop + bh * M * D, M, D, z.Mp);
+      load_pad(dO.data(), z.Dp, z.Mp, gop + bh * M * D, M, D);
+      fill(l.data(), acc_t(0), z.Mp);
+      std::copy(lp + bh * M, lp + bh * M + M, l.data());
+      // 2. recompute S^T with the forward's exact product; P^T = exp(S^T - lse).
+      cpu::gemm<false>(kk.data(), z.Dp, qt.data(), z.Mp, pt.data(), z.Mp, z.Np, D, z.Mp);
+      // 3. dP^T = v dO^T   [Np, Mp]
+      cpu::gemm<false>(vv.data(), D, dOt.data(), z.Mp, dpt.data(), z.Mp, z.Np, D, z.Mp);
+      fill(delta.data(), acc_t(0), z.Mp);
       for (int64_t n = 0; n < N; ++n) {
-        fill(acc.data(), acc_t(0), D);
-        for (int64_t m = 0; m < M; ++m) axpy(acc.data(), qq.data() + m * D, dp[m * N + n], D);
-        for (int64_t d = 0; d < D; ++d) acc[d] *= sc;
-        store(dkp + (bh * N + n) * D, acc.data(), D);
-        fill(acc.data(), acc_t(0), D);
-        for (int64_t m = 0; m < M; ++m) axpy(acc.data(), dO.data() + m * D, p[m * N + n], D);
-        store(dvp + (bh * N + n) * D, acc.data(), D);
+        acc_t* prow = pt.data() + n * z.Mp;
+        acc_t* dprow = dpt.data() + n * z.Mp;
+        for (int64_t m = 0; m < z.Mp; ++m) prow[m] = cpu::exp_neg(prow[m] - l[m]);
+        // (+ the gradient of the returned weights, [M, N] in memory)
+        if (gwp) {
+          const scalar_t* g = gwp + bh * M * N + n;
+          for (int64_t m = 0; m < M; ++m) dprow[m] += static_cast<acc_t>(g[m * N]);
+        }
+        // 4a. delta[m] = sum_n P dP, lane-parallel over m, n in increasing order.
+        for (int64_t m = 0; m < z.Mp; ++m) delta[m] += prow[m] * dprow[m];
       }
+      // 4b. dS^T = P^T * (dP^T - delta) (the scale enters in 5 and 6); padding zeroed.
+      for (int64_t n = 0; n < N; ++n) {
+        acc_t* prow = pt.data() + n * z.Mp;
+        acc_t* dprow = dpt.data() + n * z.Mp;
+        for (int64_t m = 0; m < z.Mp; ++m)
+          dprow[m] = m < M ? prow[m] * (dprow[m] - delta[m]) : acc_t(0);
+        for (int64_t m = M; m < z.Mp; ++m) prow[m] = acc_t(0);
+      }
+      fill(pt.data() + N * z.Mp, acc_t(0), (z.Np - N) * z.Mp);
+      fill(dpt.data() + N * z.Mp, acc_t(0), (z.Np - N) * z.Mp);
+      // 5. dq = scale * dS k = scale * (dS^T)^T k   [Mp, Dp]
+      cpu::gemm<true>(dpt.data(), z.Mp, kk.data(), z.Dp, r1.data(), z.Dp, z.Mp, z.Np, z.Dp);
+      for (int64_t m = 0; m < M; ++m) {
+        acc_t* row = r1.data() + m * z.Dp;
+        for (int64_t d = 0; d < D; ++d) row[d] *= sc;
+        if (dqpart) {
+          std::copy(row, row + D, dqpart + (bh * M + m) * D);
+        } else {
+          store(dq_direct + (bh * M + m) * D, row, D);
+        }
+      }
+      // 6. dk = scale * dS^T q   [Np, Dp]
+      cpu::gemm<false>(dpt.data(), z.Mp, qq.data(), z.Dp, r2.data(), z.Dp, z.Np, z.Mp, z.Dp);
+      for (int64_t n = 0; n < N; ++n) {
+        acc_t* row = r2.data() + n * z.Dp;
+        for (int64_t d = 0; d < D; ++d) row[d] *= sc;
+        store(dkp + (bh * N + n) * D, row, D);
+      }
+      // 7. dv = P^T dO   [Np, Dp]
+      cpu::gemm<false>(pt.data(), z.Mp, dO.data(), z.Dp, r2.data(), z.Dp, z.Np, z.Mp, z.Dp);
+      for (int64_t n = 0; n < N; ++n) store(dvp + (bh * N + n) * D, r2.data() + n * z.Dp, D);
     }
   });
 }
 
 }  // namespace
 
+using cpu::acc_dtype;
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_fwd_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
     bool return_weights) {
   const Dims s = check_inputs(q, k, v);
   auto out = at::empty({s.B, s.H, s.M, s.D}, q.options());
-  auto lse = at::empty({s.B, s.H, s.M}, q.options().dtype(at::kFloat));
+  auto lse = at::empty({s.B, s.H, s.M}, q.options().dtype(acc_dtype(q.scalar_type())));
   auto weights = return_weights ? at::empty({s.B, s.H, s.M, s.N}, q.options())
                                 : at::empty({0}, q.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
@@ -213,8 +269,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_bwd_cpu(
               "art_fast: grad_out must be [B, H, M, D] in the dtype of q");
   ART_CHECK_CPU_CONTIG(lse, "lse");
   TORCH_CHECK(lse.sizes() == at::IntArrayRef({s.B, s.H, s.M}) &&
-                  lse.scalar_type() == at::kFloat,
-              "art_fast: lse must be [B, H, M] float32");
+                  lse.scalar_type() == acc_dtype(q.scalar_type()),
+              "art_fast: lse must be [B, H, M] in the accumulation dtype");
   const at::Tensor* gw = nullptr;
   if (grad_weights.has_value() && grad_weights->defined() && grad_weights->numel() > 0) {
     ART_CHECK_CPU_CONTIG(*grad_weights, "grad_weights");
