@@ -6,8 +6,10 @@
 //   inputs   q [Bq,H,M,D] (Bq = 1: one query set shared by all B groups), k, v [B,H,N,D];
 //            float64, float32, bf16 or fp16, contiguous.
 //   outputs  out [B,H,M,D] (input dtype), lse [B,H,M] (accumulation dtype), weights [B,H,M,N] on request.
-//   saved    q, k, v, lse (out is part of the schema for the GPU kernels; this kernel does not
-//            read it). The score matrix is never saved: the backward recomputes it from lse.
+//   saved    q, k, v, lse (out and lse are in the schema for the GPU kernels; this kernel reads
+//            neither: its backward recomputes the scores and their softmax exactly as the
+//            forward did, which keeps P bitwise equal to the forward's). The score matrix is
+//            never saved.
 //   grid     at::parallel_for over the B*H (b, h) pairs; each pair is one task that owns its
 //            outputs, so no two threads write the same element.
 //   memory   per thread: zero-padded work buffers of one pair (q, k, v, the [N, M] scores; the
@@ -103,7 +105,8 @@ void softmax_cols(acc_t* st, const Dims& s, const Pads& z, acc_t* lse, acc_t* mx
   for (int64_t m = 0; m < Mp; ++m) sm[m] = m < s.M ? acc_t(1) / sm[m] : acc_t(0);
   for (int64_t n = 0; n < N; ++n) {
     acc_t* row = st + n * Mp;
-    for (int64_t m = 0; m < Mp; ++m) row[m] *= sm[m];
+    // padding columns are set (not scaled) to 0: a non-finite k makes them NaN before this
+    for (int64_t m = 0; m < Mp; ++m) row[m] = m < s.M ? row[m] * sm[m] : acc_t(0);
   }
   fill(st + N * Mp, acc_t(0), (z.Np - N) * Mp);
 }
@@ -160,7 +163,6 @@ void bwd_kernel(const at::Tensor& go, const at::Tensor* gw, const at::Tensor& q,
   const scalar_t* qp = q.data_ptr<scalar_t>();
   const scalar_t* kp = k.data_ptr<scalar_t>();
   const scalar_t* vp = v.data_ptr<scalar_t>();
-  const acc_t* lp = lse.data_ptr<acc_t>();
   acc_t* dqpart = dq_part ? dq_part->data_ptr<acc_t>() : nullptr;
   scalar_t* dkp = dk.data_ptr<scalar_t>();
   scalar_t* dvp = dv.data_ptr<scalar_t>();
@@ -171,7 +173,7 @@ void bwd_kernel(const at::Tensor& go, const at::Tensor* gw, const at::Tensor& q,
   at::parallel_for(0, s.B * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> qt(D * z.Mp), qq(z.Mp * z.Dp), kk(z.Np * z.Dp), vv(z.Np * D),
         dOt(D * z.Mp), dO(z.Mp * z.Dp), pt(z.Np * z.Mp), dpt(z.Np * z.Mp), delta(z.Mp),
-        l(z.Mp), r1(z.Mp * z.Dp), r2(z.Np * z.Dp);
+        l(z.Mp), mx(z.Mp), sm(z.Mp), r1(z.Mp * z.Dp), r2(z.Np * z.Dp);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t qbh = (s.Bq == 1 ? bh % H : bh);
       // 1. inputs into zero-padded work buffers in the accumulation type.
@@ -183,17 +185,17 @@ void bwd_kernel(const at::Tensor& go, const at::Tensor* gw, const at::Tensor& q,
       fill(dOt.data(), acc_t(0), D * z.Mp);
       load_t(dOt.data(), gop + bh * M * D, M, D, z.Mp);
       load_pad(dO.data(), z.Dp, z.Mp, gop + bh * M * D, M, D);
-      fill(l.data(), acc_t(0), z.Mp);
-      std::copy(lp + bh * M, lp + bh * M + M, l.data());
-      // 2. recompute S^T with the forward's exact product; P^T = exp(S^T - lse).
+      // 2. recompute S^T with the forward's exact product and P^T with the forward's exact
+      //    softmax (max, exp, sum): P is bitwise the forward's, and no precision is lost to
+      //    the rounding of a large lse (exp(S - lse) is off by ulp(lse), ~1e-3 at |S| ~ 1e4).
       cpu::gemm<false>(kk.data(), z.Dp, qt.data(), z.Mp, pt.data(), z.Mp, z.Np, D, z.Mp);
+      softmax_cols(pt.data(), s, z, l.data(), mx.data(), sm.data());
       // 3. dP^T = v dO^T   [Np, Mp]
       cpu::gemm<false>(vv.data(), D, dOt.data(), z.Mp, dpt.data(), z.Mp, z.Np, D, z.Mp);
       fill(delta.data(), acc_t(0), z.Mp);
       for (int64_t n = 0; n < N; ++n) {
         acc_t* prow = pt.data() + n * z.Mp;
         acc_t* dprow = dpt.data() + n * z.Mp;
-        for (int64_t m = 0; m < z.Mp; ++m) prow[m] = cpu::exp_neg(prow[m] - l[m]);
         // (+ the gradient of the returned weights, [M, N] in memory)
         if (gwp) {
           const scalar_t* g = gwp + bh * M * N + n;
@@ -208,9 +210,7 @@ void bwd_kernel(const at::Tensor& go, const at::Tensor* gw, const at::Tensor& q,
         acc_t* dprow = dpt.data() + n * z.Mp;
         for (int64_t m = 0; m < z.Mp; ++m)
           dprow[m] = m < M ? prow[m] * (dprow[m] - delta[m]) : acc_t(0);
-        for (int64_t m = M; m < z.Mp; ++m) prow[m] = acc_t(0);
       }
-      fill(pt.data() + N * z.Mp, acc_t(0), (z.Np - N) * z.Mp);
       fill(dpt.data() + N * z.Mp, acc_t(0), (z.Np - N) * z.Mp);
       // 5. dq = scale * dS k = scale * (dS^T)^T k   [Mp, Dp]
       cpu::gemm<true>(dpt.data(), z.Mp, kk.data(), z.Dp, r1.data(), z.Dp, z.Mp, z.Np, z.Dp);

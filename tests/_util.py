@@ -1,0 +1,35 @@
+"""Helpers for the op tests: forward + backward of a function with fixed cotangents."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+def fwd_bwd(
+    fn: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]],
+    inputs: Sequence[torch.Tensor],
+    cotangents: Sequence[torch.Tensor | None],
+    dtype: torch.dtype | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Run ``fn`` on leaf copies of ``inputs`` (cast to ``dtype`` if given), backpropagate
+    ``sum(<out_i, cot_i>)`` over the differentiable outputs, return (outputs, input grads).
+
+    Integer inputs are passed through untouched and get no gradient.
+    """
+    leaves = []
+    for x in inputs:
+        if x.is_floating_point():
+            x = x.detach().to(dtype or x.dtype).requires_grad_(True)
+        leaves.append(x)
+    outs = fn(*leaves)
+    outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+    total = 0
+    for o, c in zip(outs, cotangents):
+        if c is not None:
+            total = total + (o.double() * c.double()).sum()
+    diff = [x for x in leaves if x.is_floating_point()]
+    grads = torch.autograd.grad(total, diff, allow_unused=True)
+    grads = [torch.zeros_like(x) if g is None else g for x, g in zip(diff, grads)]
+    return [o.detach() for o in outs], list(grads)
