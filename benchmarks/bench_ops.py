@@ -1,0 +1,662 @@
+#!/usr/bin/env python
+"""Benchmark the three hot-path ops of art_fast against their references (DESIGN §7).
+
+Every op x shapes x providers x modes:
+
+- ops: ``cross_attention``, ``topk_regions``, ``info_nce`` at the paper's shapes (``--quick``:
+  tiny shapes for a smoke test);
+- providers: ``eager`` (the reference, ``backend="torch"``), ``compile`` (the reference function
+  under ``torch.compile(fullgraph=True)``, compile time excluded), ``cpu`` / ``triton`` /
+  ``cuda`` (art_fast's kernels, where usable for the tensors' device), and for cross_attention
+  on CUDA ``sdpa_<backend>`` (``scaled_dot_product_attention`` restricted to one SDPBackend);
+- modes: ``fwd`` (forward under no_grad), ``bwd`` (``torch.autograd.grad`` through a
+  precomputed forward graph, ``retain_graph=True``), ``fwd+bwd`` (forward, then
+  ``torch.autograd.grad`` w.r.t. every float input). Multi-output ops backpropagate a random
+  cotangent through their main output (out / pooled / loss).
+
+Each provider's forward output and input gradients are compared once with the eager ones before
+anything is timed; the row says ``ok`` or ``MISMATCH``. Timing: ``torch.utils.benchmark`` on
+CPU, ``triton.testing.do_bench`` on CUDA (median). Peak memory: the CUDA caching allocator's peak
+above the live bytes before the call; on CPU the peak of the bytes held by torch's CPU
+allocator during one call (profiler memory events; scratch memory a kernel takes outside the
+torch allocator is not seen). On CUDA each row also gets the fraction of the HBM roofline from
+counted bytes (tensor inputs read + outputs written, cotangent and gradients included in the
+backward modes).
+
+Results: ``<out>/bench_ops.json`` (header + rows) and ``<out>/bench_ops.md`` (the table, also
+printed), ``<out>`` defaulting to ``benchmarks/results/<device-slug>/``; ``--quick`` writes
+``bench_ops_quick.*`` instead so a smoke test never overwrites real results.
+
+Usage::
+
+    python benchmarks/bench_ops.py [--device cpu|cuda] [--ops OP ...] [--providers P ...]
+        [--modes M ...] [--dtype float32|bfloat16|float16] [--quick] [--out DIR] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib.metadata
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch._functorch.config as functorch_config  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import art_fast  # noqa: E402
+from art_fast import reference  # noqa: E402
+
+MODES = ("fwd", "bwd", "fwd+bwd")
+KERNEL_PROVIDERS = ("cpu", "triton", "cuda")
+H200_PEAK_GBPS = 4800.0
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Loose check tolerances per dtype: max |x - ref| <= TOL * (1 + max |ref|) elementwise-scaled.
+CHECK_TOL = {torch.float32: 2e-3, torch.bfloat16: 5e-2, torch.float16: 2e-2}
+
+Outputs = torch.Tensor | tuple[torch.Tensor, ...]
+Runner = Callable[[], Outputs]
+
+
+# --------------------------------------------------------------------------------------------
+# Op specs: shapes, inputs, the public op and its reference.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    """One op's inputs at one shape: tensors passed positionally, the rest by keyword."""
+
+    label: str
+    args: tuple[torch.Tensor, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def grad_inputs(self) -> tuple[torch.Tensor, ...]:
+        """The inputs gradients are taken with respect to (every float input)."""
+        return tuple(t for t in self.args if t.requires_grad)
+
+
+def _randn(gen: torch.Generator, shape: Sequence[int], dtype: torch.dtype, device: str,
+           grad: bool = True) -> torch.Tensor:
+    """A seeded standard-normal leaf tensor (drawn in fp32 on CPU, then moved and cast)."""
+    t = torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+    return t.requires_grad_(grad)
+
+
+def _cross_attention_case(p: dict[str, int], dtype: torch.dtype, device: str,
+                          gen: torch.Generator) -> Case:
+    B, H, M, N, D = p["B"], p["H"], p["M"], p["N"], p["D"]
+    q = _randn(gen, (B, H, M, D), dtype, device)
+    k = _randn(gen, (B, H, N, D), dtype, device)
+    v = _randn(gen, (B, H, N, D), dtype, device)
+    return Case(f"q[{B},{H},{M},{D}] kv[{B},{H},{N},{D}]", (q, k, v))
+
+
+def _topk_regions_case(p: dict[str, int], dtype: torch.dtype, device: str,
+                       gen: torch.Generator) -> Case:
+    B, M, N, C, k = p["B"], p["M"], p["N"], p["C"], p["k"]
+    scores = _randn(gen, (B, M, N), dtype, device)
+    values = _randn(gen, (B, N, C), dtype, device)
+    return Case(f"s[{B},{M},{N}] v[{B},{N},{C}] k={k}", (scores, values), {"k": k})
+
+
+def _info_nce_case(p: dict[str, int], dtype: torch.dtype, device: str,
+                   gen: torch.Generator) -> Case:
+    G, M, N, D = p["G"], p["M"], p["N"], p["D"]
+    anchors = _randn(gen, (G, M, D), dtype, device)
+    candidates = _randn(gen, (G, N, D), dtype, device)
+    # Identity targets, as the ART losses use them (row i's positive is candidate i).
+    targets = (torch.arange(M, device=device) % N).expand(G, M).contiguous()
+    kwargs = {"temperature": 0.1, "normalize": True, "reduction": "mean"}
+    return Case(f"a[{G},{M},{D}] c[{G},{N},{D}]", (anchors, candidates, targets), kwargs)
+
+
+def _sdpa_providers(case: Case) -> dict[str, Runner]:
+    """``sdpa_<backend>``: scaled_dot_product_attention pinned to each SDPBackend (CUDA only)."""
+    if case.args[0].device.type != "cuda":
+        return {}
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = case.args
+    out: dict[str, Runner] = {}
+    for name in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"):
+        backend = getattr(SDPBackend, name, None)
+        if backend is None:
+            continue
+
+        def run(backend: Any = backend) -> torch.Tensor:
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, k, v)
+
+        out[f"sdpa_{name.split('_')[0].lower()}"] = run
+    return out
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """How to benchmark one op: its shapes, inputs, public function and reference."""
+
+    name: str
+    op: Callable[..., Outputs]
+    reference: Callable[..., Outputs]
+    make_case: Callable[[dict[str, int], torch.dtype, str, torch.Generator], Case]
+    shapes_cpu: tuple[dict[str, int], ...]
+    shapes_cuda: tuple[dict[str, int], ...]
+    shapes_quick: tuple[dict[str, int], ...]
+    extra_providers: Callable[[Case], dict[str, Runner]] | None = None
+
+    def shapes(self, device: str, quick: bool) -> tuple[dict[str, int], ...]:
+        """The shapes to run on ``device`` (the tiny ones under ``--quick``)."""
+        if quick:
+            return self.shapes_quick
+        return self.shapes_cuda if device == "cuda" else self.shapes_cpu
+
+
+def _ca(B: int, M: int, N: int = 196, H: int = 8, D: int = 32) -> dict[str, int]:
+    return {"B": B, "H": H, "M": M, "N": N, "D": D}
+
+
+def _tk(B: int, M: int = 16, N: int = 196, C: int = 32, k: int = 16) -> dict[str, int]:
+    return {"B": B, "M": M, "N": N, "C": C, "k": k}
+
+
+def _nce(G: int, MN: int, D: int = 256) -> dict[str, int]:
+    return {"G": G, "M": MN, "N": MN, "D": D}
+
+
+# DESIGN §7 paper shapes: B x T = 8 x 16 frames on CPU (32 x 16 on GPU), N = 196, heads 8,
+# head dim 32, K = 16 and 2 queries, k_region = 16; InfoNCE tiny G = B*T, M = N = K and large
+# M = N = B*K*T.
+OPS: dict[str, OpSpec] = {
+    spec.name: spec
+    for spec in (
+        OpSpec(
+            "cross_attention", art_fast.cross_attention, reference.cross_attention,
+            _cross_attention_case,
+            shapes_cpu=(_ca(128, 16), _ca(128, 2)),
+            shapes_cuda=(_ca(512, 16), _ca(512, 2)),
+            shapes_quick=(_ca(4, 4, N=49, H=2), _ca(4, 2, N=49, H=2)),
+            extra_providers=_sdpa_providers,
+        ),
+        OpSpec(
+            "topk_regions", art_fast.topk_regions, reference.topk_regions, _topk_regions_case,
+            shapes_cpu=(_tk(1024),),
+            shapes_cuda=(_tk(4096),),
+            shapes_quick=(_tk(16, M=4, N=49, C=16, k=8),),
+        ),
+        OpSpec(
+            "info_nce", art_fast.info_nce, reference.info_nce, _info_nce_case,
+            shapes_cpu=(_nce(128, 16), _nce(1, 2048)),
+            shapes_cuda=(_nce(512, 16), _nce(1, 2048), _nce(1, 8192)),
+            shapes_quick=(_nce(8, 8, D=32), _nce(1, 128, D=32)),
+        ),
+    )
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Providers and modes.
+# --------------------------------------------------------------------------------------------
+
+
+def main_output(out: Outputs) -> torch.Tensor:
+    """The output gradients flow back through: the tensor itself, or the first of a tuple."""
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+def build_providers(spec: OpSpec, case: Case, device: str,
+                    notes: list[str]) -> dict[str, Runner]:
+    """Every provider usable for ``case``, name -> zero-argument forward; others go to notes."""
+    args, kwargs = case.args, case.kwargs
+    providers: dict[str, Runner] = {
+        "eager": lambda: spec.op(*args, **kwargs, backend="torch"),
+    }
+    # A fresh, static-shape compile per case: no recompile limits, no dynamic-shape kernels.
+    # Donated buffers forbid retain_graph=True, which the `bwd` mode needs.
+    torch._dynamo.reset()
+    functorch_config.donated_buffer = False
+    compiled = torch.compile(spec.reference, fullgraph=True, dynamic=False)
+    providers["compile"] = lambda: compiled(*args, **kwargs)
+    usable = art_fast.available_backends(spec.name)
+    reasons = art_fast.backend_status()
+    for name in KERNEL_PROVIDERS:
+        wanted = "cpu" if name == "cpu" else "cuda"
+        if name not in usable:
+            _note(notes, f"{spec.name}/{name}: skipped, {reasons[name][spec.name]}")
+        elif device != wanted:
+            _note(notes, f"{spec.name}/{name}: skipped, needs {wanted.upper()} tensors")
+        else:
+            providers[name] = lambda name=name: spec.op(*args, **kwargs, backend=name)
+    if spec.extra_providers is not None:
+        providers.update(spec.extra_providers(case))
+    return providers
+
+
+def _note(notes: list[str], text: str) -> None:
+    if text not in notes:
+        notes.append(text)
+
+
+def mode_runner(run: Runner, case: Case, mode: str, gen: torch.Generator) -> Runner:
+    """The zero-argument callable timed for ``mode`` (builds the graph for ``bwd`` once)."""
+    if mode == "fwd":
+
+        def fwd() -> Outputs:
+            with torch.no_grad():
+                return run()
+
+        return fwd
+    inputs = case.grad_inputs
+    out = main_output(run())
+    cot = torch.randn(out.shape, generator=gen).to(out)
+    if mode == "bwd":
+        return lambda: torch.autograd.grad(out, inputs, cot, retain_graph=True)
+    del out
+
+    def fwd_bwd() -> tuple[torch.Tensor, ...]:
+        return torch.autograd.grad(main_output(run()), inputs, cot)
+
+    return fwd_bwd
+
+
+def _flat(out: Outputs) -> tuple[torch.Tensor, ...]:
+    return (out,) if isinstance(out, torch.Tensor) else tuple(out)
+
+
+def _close(x: torch.Tensor, ref: torch.Tensor, tol: float) -> bool:
+    if x.shape != ref.shape:
+        return False
+    if not ref.is_floating_point():
+        return bool(torch.equal(x, ref))
+    x, ref = x.detach().float(), ref.detach().float()
+    scale = float(ref.abs().max()) if ref.numel() else 0.0
+    return bool(torch.allclose(x, ref, rtol=tol, atol=tol * max(scale, 1e-6), equal_nan=True))
+
+
+def check(run: Runner, eager: Runner, case: Case, gen_seed: int) -> str:
+    """``ok`` when the forward outputs and input gradients match eager's, else ``MISMATCH``."""
+    tol = CHECK_TOL.get(case.args[0].dtype, 2e-3)
+    with torch.no_grad():
+        got, want = _flat(run()), _flat(eager())
+    if len(got) != len(want) or not all(_close(g, w, tol) for g, w in zip(got, want)):
+        return "MISMATCH (fwd)"
+    grads = []
+    for fn in (run, eager):
+        out = main_output(fn())
+        cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(gen_seed)).to(out)
+        grads.append(torch.autograd.grad(out, case.grad_inputs, cot))
+    if not all(_close(g, w, tol) for g, w in zip(*grads)):
+        return "MISMATCH (grad)"
+    return "ok"
+
+
+# --------------------------------------------------------------------------------------------
+# Measurement: time, peak memory, counted bytes.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Timing:
+    """Median and spread (20th / 80th percentile on CUDA, 25th / 75th on CPU) in ms."""
+
+    median_ms: float
+    lo_ms: float
+    hi_ms: float
+    runs: int
+
+
+def time_cpu(fn: Runner, threads: int, min_run_time: float) -> Timing:
+    """``torch.utils.benchmark.Timer.blocked_autorange``: median over blocks of runs."""
+    from torch.utils.benchmark import Timer
+
+    m = Timer("fn()", globals={"fn": fn}, num_threads=threads).blocked_autorange(
+        min_run_time=min_run_time
+    )
+    times = sorted(m.times)
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return Timing(m.median * 1e3, q[0] * 1e3, q[2] * 1e3, len(times) * m.number_per_run)
+
+
+def time_cuda(fn: Runner, rep_ms: float) -> Timing:
+    """``triton.testing.do_bench`` median (CUDA events, L2 flushed); events when no triton."""
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        do_bench = None
+    if do_bench is not None:
+        med, lo, hi = do_bench(fn, warmup=max(rep_ms / 4, 5), rep=rep_ms,
+                               quantiles=[0.5, 0.2, 0.8])
+        return Timing(med, lo, hi, -1)
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    t_end = time.perf_counter() + rep_ms / 1e3
+    while time.perf_counter() < t_end or len(times) < 5:
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+    q = statistics.quantiles(times, n=5)
+    return Timing(statistics.median(times), q[0], q[3], len(times))
+
+
+def peak_bytes(fn: Runner, device: str) -> int | None:
+    """Peak bytes allocated by one call above what was live before it (None if unknown)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+        events.sort(key=lambda e: e.start_ns())
+        return max(itertools.accumulate((e.nbytes() for e in events), initial=0))
+    except Exception:  # private profiler API: report n/a rather than fail
+        return None
+
+
+def _nbytes(tensors: Sequence[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def counted_bytes(case: Case, eager_out: Outputs, mode: str) -> int:
+    """Bytes any implementation must move at least: tensor inputs read, outputs written; in
+    the backward modes also the cotangent read and the input gradients written."""
+    fwd = _nbytes(case.args) + _nbytes(_flat(eager_out))
+    bwd = _nbytes((main_output(eager_out),)) + _nbytes(case.grad_inputs)
+    return {"fwd": fwd, "bwd": _nbytes(case.args) + bwd, "fwd+bwd": fwd + bwd}[mode]
+
+
+# --------------------------------------------------------------------------------------------
+# The run.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    """Command-line settings the measurement needs."""
+
+    device: str
+    dtype: torch.dtype
+    threads: int
+    quick: bool
+    peak_gbps: float
+    min_run_time: float
+    rep_ms: float
+    providers: tuple[str, ...] | None
+    modes: tuple[str, ...]
+
+
+def bench_case(spec: OpSpec, params: dict[str, int], cfg: Config, notes: list[str],
+               seed: int = 0) -> list[dict[str, Any]]:
+    """All rows of one op at one shape: every usable provider x mode."""
+    gen = torch.Generator().manual_seed(seed)
+    case = spec.make_case(params, cfg.dtype, cfg.device, gen)
+    providers = build_providers(spec, case, cfg.device, notes)
+    if cfg.providers is not None:
+        providers = {k: v for k, v in providers.items() if k in cfg.providers or k == "eager"}
+    with torch.no_grad():
+        eager_out = providers["eager"]()
+    rows = []
+    for name, run in providers.items():
+        if cfg.providers is not None and name not in cfg.providers:
+            continue  # eager was kept only as the check's truth
+        try:
+            status = "ref" if name == "eager" else check(run, providers["eager"], case, seed + 1)
+        except Exception as exc:
+            _note(notes, f"{spec.name}/{name} at {case.label}: skipped, {_short(exc)}")
+            continue
+        for mode in cfg.modes:
+            try:
+                row = bench_row(run, case, mode, cfg, gen)
+            except Exception as exc:
+                _note(notes, f"{spec.name}/{name} {mode} at {case.label}: skipped, {_short(exc)}")
+                continue
+            nbytes = counted_bytes(case, eager_out, mode)
+            row.update(op=spec.name, shape=case.label, params=params, provider=name, mode=mode,
+                       check=status, bytes=nbytes)
+            if cfg.device == "cuda":
+                row["roofline"] = nbytes / (row["median_ms"] * 1e-3) / (cfg.peak_gbps * 1e9)
+            rows.append(row)
+            print(f"  {spec.name:16s} {case.label:36s} {name:16s} {mode:8s} "
+                  f"{row['median_ms']:10.3f} ms  {status}", file=sys.stderr, flush=True)
+    return rows
+
+
+def bench_row(run: Runner, case: Case, mode: str, cfg: Config,
+              gen: torch.Generator) -> dict[str, Any]:
+    """Time one provider in one mode (warmed up first) and measure its peak memory."""
+    fn = mode_runner(run, case, mode, gen)
+    for _ in range(2):  # warm-up: compiles, autotunes, allocator caches
+        fn()
+    if cfg.device == "cuda":
+        torch.cuda.synchronize()
+        timing = time_cuda(fn, cfg.rep_ms)
+    else:
+        timing = time_cpu(fn, cfg.threads, cfg.min_run_time)
+    peak = peak_bytes(fn, cfg.device)
+    row = asdict(timing)
+    row["peak_mib"] = None if peak is None else peak / 2**20
+    return row
+
+
+def add_speedups(rows: list[dict[str, Any]]) -> None:
+    """``x_eager`` / ``x_compile``: the baseline's median over the row's, same op/shape/mode."""
+    base = {(r["op"], r["shape"], r["mode"], r["provider"]): r["median_ms"] for r in rows}
+    for r in rows:
+        for prov in ("eager", "compile"):
+            ref = base.get((r["op"], r["shape"], r["mode"], prov))
+            r[f"x_{prov}"] = ref / r["median_ms"] if ref and r["median_ms"] > 0 else None
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    return text[:200]
+
+
+# --------------------------------------------------------------------------------------------
+# Environment header and output.
+# --------------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or platform's answer)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def core_count() -> int:
+    """CPU cores this process may run on."""
+    with contextlib.suppress(AttributeError):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def device_name(device: str) -> str:
+    """Human-readable device name: the GPU's, or the CPU model."""
+    return torch.cuda.get_device_name() if device == "cuda" else cpu_model()
+
+
+def device_slug(device: str) -> str:
+    """Folder name for the results, e.g. ``cpu-amd-epyc-2c`` or ``nvidia-h200``."""
+    name = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
+    return name if device == "cuda" else f"cpu-{name}-{core_count()}c"
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("-dirty" if dirty.strip() else "")
+
+
+def header(cfg: Config, notes: list[str]) -> dict[str, Any]:
+    """Device, versions, settings and date of the run."""
+    return {
+        "device": cfg.device,
+        "device_name": device_name(cfg.device),
+        "cores": core_count(),
+        "threads": cfg.threads if cfg.device == "cpu" else None,
+        "dtype": str(cfg.dtype).removeprefix("torch."),
+        "quick": cfg.quick,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "cuda": torch.version.cuda,
+        "art_fast": art_fast.__version__,
+        "backends": art_fast.available_backends(),
+        "git_commit": _git_commit(),
+        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "timer": ("triton.testing.do_bench" if cfg.device == "cuda"
+                  else f"torch.utils.benchmark blocked_autorange({cfg.min_run_time}s)"),
+        "peak_memory": ("torch.cuda.max_memory_allocated delta" if cfg.device == "cuda"
+                        else "torch CPU allocator peak during one call (profiler)"),
+        "peak_gbps": cfg.peak_gbps if cfg.device == "cuda" else None,
+        "notes": notes,
+    }
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def markdown(head: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The results as a Markdown document: settings line, one table, notes."""
+    gpu = head["device"] == "cuda"
+    lines = [
+        f"# art_fast op benchmarks: {head['device_name']}",
+        "",
+        f"{head['date_utc']}; {head['cores']} cores"
+        + (f", {head['threads']} threads" if head["threads"] else "")
+        + f"; {head['dtype']}; torch {head['torch']}, triton {head['triton']}, "
+        f"python {head['python']}; art_fast {head['art_fast']} @ {head['git_commit']}; "
+        f"timer: {head['timer']}; memory: {head['peak_memory']}"
+        + (f"; roofline at {head['peak_gbps']:.0f} GB/s" if gpu else ""),
+        "",
+    ]
+    cols = ["op", "shape", "mode", "provider", "check", "median ms", "spread ms", "peak MiB",
+            "x eager", "x compile"] + (["GB/s", "% roofline"] if gpu else [])
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [
+            r["op"], r["shape"], r["mode"], r["provider"], r["check"],
+            _fmt(r["median_ms"], ".3f"), f"{r['lo_ms']:.3f}-{r['hi_ms']:.3f}",
+            _fmt(r["peak_mib"], ".2f"), _fmt(r["x_eager"], ".2f"), _fmt(r["x_compile"], ".2f"),
+        ]
+        if gpu:
+            cells += [_fmt(r["bytes"] / r["median_ms"] / 1e6, ".0f"),
+                      _fmt(100 * r["roofline"], ".1f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    if head["notes"]:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in head["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"),
+                   default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--ops", nargs="+", choices=tuple(OPS), default=tuple(OPS))
+    p.add_argument("--providers", nargs="+", default=None,
+                   help="only these providers (eager always runs as the check's truth)")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
+    p.add_argument("--dtype", choices=tuple(DTYPES), default=None,
+                   help="default: float32 on CPU, bfloat16 on CUDA (DESIGN §7 targets)")
+    p.add_argument("--quick", action="store_true", help="tiny shapes, short timing (smoke test)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default benchmarks/results/<device-slug>)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--peak-gbps", type=float, default=H200_PEAK_GBPS,
+                   help="HBM bandwidth for the roofline, GB/s (default: H200)")
+    p.add_argument("--min-run-time", type=float, default=None,
+                   help="CPU seconds per measurement (default 1.0, 0.05 with --quick)")
+    p.add_argument("--rep-ms", type=float, default=None,
+                   help="CUDA do_bench repetition time in ms (default 100, 20 with --quick)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark, write JSON + Markdown, print the Markdown."""
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench_ops: --device cuda but no CUDA device is visible", file=sys.stderr)
+        return 2
+    dtype = DTYPES[args.dtype or ("bfloat16" if args.device == "cuda" else "float32")]
+    cfg = Config(
+        device=args.device, dtype=dtype, threads=args.threads, quick=args.quick,
+        peak_gbps=args.peak_gbps,
+        min_run_time=args.min_run_time or (0.05 if args.quick else 1.0),
+        rep_ms=args.rep_ms or (20.0 if args.quick else 100.0),
+        providers=tuple(args.providers) if args.providers else None,
+        modes=tuple(args.modes),
+    )
+    torch.set_num_threads(cfg.threads)
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 for every provider
+    torch.backends.cudnn.allow_tf32 = False
+    t0 = time.perf_counter()
+    notes: list[str] = []
+    rows: list[dict[str, Any]] = []
+    for op in args.ops:
+        spec = OPS[op]
+        for params in spec.shapes(cfg.device, cfg.quick):
+            rows += bench_case(spec, params, cfg, notes)
+    add_speedups(rows)
+    head = header(cfg, notes)
+    head["wall_s"] = round(time.perf_counter() - t0, 1)
+    out_dir = args.out or ROOT / "benchmarks" / "results" / device_slug(cfg.device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = "bench_ops_quick" if cfg.quick else "bench_ops"
+    md = markdown(head, rows)
+    (out_dir / f"{stem}.json").write_text(json.dumps({"header": head, "rows": rows}, indent=1)
+                                          + "\n")
+    (out_dir / f"{stem}.md").write_text(md)
+    print(md)
+    print(f"wrote {out_dir / stem}.json and .md in {head['wall_s']} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
