@@ -332,7 +332,7 @@ def time_cpu(fn: Runner, threads: int, min_run_time: float) -> Timing:
         min_run_time=min_run_time
     )
     times = sorted(m.times)
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    q = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else times * 3
     return Timing(m.median * 1e3, q[0] * 1e3, q[2] * 1e3, len(times) * m.number_per_run)
 
 
@@ -357,7 +357,7 @@ def time_cuda(fn: Runner, rep_ms: float) -> Timing:
         stop.record()
         stop.synchronize()
         times.append(start.elapsed_time(stop))
-    q = statistics.quantiles(times, n=5)
+    q = statistics.quantiles(times, n=5, method="inclusive")
     return Timing(statistics.median(times), q[0], q[3], len(times))
 
 

@@ -1,9 +1,9 @@
 """InfoNCE over groups of anchors and candidates (DESIGN §3.3): public function, backend
 dispatch, and the torch.library registration of ``art_fast::info_nce_fwd``.
 
-The kernels compute the per-row loss ``[G, M]`` (float32, float64 for float64 inputs) and its log-sum-exp; the reduction
-("mean" over non-ignored rows, "sum", "none") is a cheap O(G*M) step done here, so autograd
-hands the kernels' backward one upstream gradient per row."""
+The kernels compute the per-row loss ``[G, M]`` (float32; float64 for float64 inputs) and its
+log-sum-exp; the reduction ("mean" over non-ignored rows, "sum", "none") is a cheap O(G*M)
+step done here, so autograd hands the kernels' backward one upstream gradient per row."""
 
 from __future__ import annotations
 
@@ -57,12 +57,15 @@ def info_nce(
     check_dim(_OP, "candidates", candidates.shape[2], D, "D", _SHAPE_C)
     N = candidates.shape[1]
     if not isinstance(targets, torch.Tensor):
-        raise TypeError(f"art_fast.{_OP}: targets must be a torch.Tensor {_SHAPE_T}, got {type(targets)}")
+        raise TypeError(
+            f"art_fast.{_OP}: targets must be a torch.Tensor {_SHAPE_T}, got {type(targets)}"
+        )
     if targets.dtype != torch.int64:
         raise TypeError(f"art_fast.{_OP}: targets must be int64 {_SHAPE_T}, got {targets.dtype}")
     if tuple(targets.shape) != (G, M):
         raise ValueError(
-            f"art_fast.{_OP}: targets must have shape {_SHAPE_T} = {(G, M)}, got {tuple(targets.shape)}"
+            f"art_fast.{_OP}: targets must have shape {_SHAPE_T} = {(G, M)}, "
+            f"got {tuple(targets.shape)}"
         )
     if targets.device != anchors.device:
         raise ValueError(
@@ -73,7 +76,9 @@ def info_nce(
     if not isinstance(normalize, bool):
         raise TypeError(f"art_fast.{_OP}: normalize must be a bool, got {normalize!r}")
     if reduction not in REDUCTIONS:
-        raise ValueError(f"art_fast.{_OP}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        raise ValueError(
+            f"art_fast.{_OP}: reduction must be one of {REDUCTIONS}, got {reduction!r}"
+        )
     if not torch.compiler.is_compiling():
         # A data-dependent check: skipped while tracing (the kernels check it again).
         bad = (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= N))
@@ -130,4 +135,6 @@ if _ext.EXT_LOADED:
         )
         return ga, gc, None, None, None
 
-    torch.library.register_autograd("art_fast::info_nce_fwd", _backward, setup_context=_setup_context)
+    torch.library.register_autograd(
+        "art_fast::info_nce_fwd", _backward, setup_context=_setup_context
+    )
