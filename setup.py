@@ -48,7 +48,7 @@ def _extensions():
 
     os.environ.setdefault("MAX_JOBS", str(max(1, min(4, os.cpu_count() or 1))))
     march = os.environ.get("ART_FAST_MARCH", "native").strip()
-    cxx = ["-O3", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+    cxx = ["-O3", "-fopenmp", "-Wall", "-Wno-unknown-pragmas", "-fno-tree-loop-distribute-patterns"]
     if march:
         cxx.append(f"-march={march}")
     sources = [os.path.join("csrc", "ops.cpp")] + sorted(

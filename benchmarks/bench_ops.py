@@ -49,21 +49,22 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import torch
+import torch._functorch.config as functorch_config
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch._functorch.config as functorch_config  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-import art_fast  # noqa: E402
-from art_fast import reference  # noqa: E402
+import art_fast
+from art_fast import reference
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MODES = ("fwd", "bwd", "fwd+bwd")
 KERNEL_PROVIDERS = ("cpu", "triton", "cuda")
@@ -95,15 +96,17 @@ class Case:
         return tuple(t for t in self.args if t.requires_grad)
 
 
-def _randn(gen: torch.Generator, shape: Sequence[int], dtype: torch.dtype, device: str,
-           grad: bool = True) -> torch.Tensor:
+def _randn(
+    gen: torch.Generator, shape: Sequence[int], dtype: torch.dtype, device: str, grad: bool = True
+) -> torch.Tensor:
     """A seeded standard-normal leaf tensor (drawn in fp32 on CPU, then moved and cast)."""
     t = torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
     return t.requires_grad_(grad)
 
 
-def _cross_attention_case(p: dict[str, int], dtype: torch.dtype, device: str,
-                          gen: torch.Generator) -> Case:
+def _cross_attention_case(
+    p: dict[str, int], dtype: torch.dtype, device: str, gen: torch.Generator
+) -> Case:
     B, H, M, N, D = p["B"], p["H"], p["M"], p["N"], p["D"]
     q = _randn(gen, (B, H, M, D), dtype, device)
     k = _randn(gen, (B, H, N, D), dtype, device)
@@ -111,16 +114,18 @@ def _cross_attention_case(p: dict[str, int], dtype: torch.dtype, device: str,
     return Case(f"q[{B},{H},{M},{D}] kv[{B},{H},{N},{D}]", (q, k, v))
 
 
-def _topk_regions_case(p: dict[str, int], dtype: torch.dtype, device: str,
-                       gen: torch.Generator) -> Case:
+def _topk_regions_case(
+    p: dict[str, int], dtype: torch.dtype, device: str, gen: torch.Generator
+) -> Case:
     B, M, N, C, k = p["B"], p["M"], p["N"], p["C"], p["k"]
     scores = _randn(gen, (B, M, N), dtype, device)
     values = _randn(gen, (B, N, C), dtype, device)
     return Case(f"s[{B},{M},{N}] v[{B},{N},{C}] k={k}", (scores, values), {"k": k})
 
 
-def _info_nce_case(p: dict[str, int], dtype: torch.dtype, device: str,
-                   gen: torch.Generator) -> Case:
+def _info_nce_case(
+    p: dict[str, int], dtype: torch.dtype, device: str, gen: torch.Generator
+) -> Case:
     G, M, N, D = p["G"], p["M"], p["N"], p["D"]
     anchors = _randn(gen, (G, M, D), dtype, device)
     candidates = _randn(gen, (G, N, D), dtype, device)
@@ -190,7 +195,9 @@ OPS: dict[str, OpSpec] = {
     spec.name: spec
     for spec in (
         OpSpec(
-            "cross_attention", art_fast.cross_attention, reference.cross_attention,
+            "cross_attention",
+            art_fast.cross_attention,
+            reference.cross_attention,
             _cross_attention_case,
             shapes_cpu=(_ca(128, 16), _ca(128, 2)),
             shapes_cuda=(_ca(512, 16), _ca(512, 2)),
@@ -198,13 +205,19 @@ OPS: dict[str, OpSpec] = {
             extra_providers=_sdpa_providers,
         ),
         OpSpec(
-            "topk_regions", art_fast.topk_regions, reference.topk_regions, _topk_regions_case,
+            "topk_regions",
+            art_fast.topk_regions,
+            reference.topk_regions,
+            _topk_regions_case,
             shapes_cpu=(_tk(1024),),
             shapes_cuda=(_tk(4096),),
             shapes_quick=(_tk(16, M=4, N=49, C=16, k=8),),
         ),
         OpSpec(
-            "info_nce", art_fast.info_nce, reference.info_nce, _info_nce_case,
+            "info_nce",
+            art_fast.info_nce,
+            reference.info_nce,
+            _info_nce_case,
             shapes_cpu=(_nce(128, 16), _nce(1, 2048)),
             shapes_cuda=(_nce(512, 16), _nce(1, 2048), _nce(1, 8192)),
             shapes_quick=(_nce(8, 8, D=32), _nce(1, 128, D=32)),
@@ -223,8 +236,7 @@ def main_output(out: Outputs) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out[0]
 
 
-def build_providers(spec: OpSpec, case: Case, device: str,
-                    notes: list[str]) -> dict[str, Runner]:
+def build_providers(spec: OpSpec, case: Case, device: str, notes: list[str]) -> dict[str, Runner]:
     """Every provider usable for ``case``, name -> zero-argument forward; others go to notes."""
     args, kwargs = case.args, case.kwargs
     providers: dict[str, Runner] = {
@@ -269,8 +281,8 @@ def mode_runner(run: Runner, case: Case, mode: str, gen: torch.Generator) -> Run
     out = main_output(run())
     cot = torch.randn(out.shape, generator=gen).to(out)
     if mode == "bwd":
-        return lambda: torch.autograd.grad(out, inputs, cot, retain_graph=True)
-    del out
+        return partial(torch.autograd.grad, out, inputs, cot, retain_graph=True)
+    out = None  # fwd+bwd builds its own graph each call; free this one
 
     def fwd_bwd() -> tuple[torch.Tensor, ...]:
         return torch.autograd.grad(main_output(run()), inputs, cot)
@@ -316,11 +328,15 @@ def check(run: Runner, eager: Runner, case: Case, gen_seed: int) -> str:
 
 @dataclass
 class Timing:
-    """Median and spread (20th / 80th percentile on CUDA, 25th / 75th on CPU) in ms."""
+    """Median, spread (20th / 80th percentile on CUDA, 25th / 75th on CPU) and minimum, in ms.
+
+    The minimum is the robust figure on a busy machine; the median is the one reported.
+    """
 
     median_ms: float
     lo_ms: float
     hi_ms: float
+    min_ms: float
     runs: int
 
 
@@ -333,7 +349,8 @@ def time_cpu(fn: Runner, threads: int, min_run_time: float) -> Timing:
     )
     times = sorted(m.times)
     q = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else times * 3
-    return Timing(m.median * 1e3, q[0] * 1e3, q[2] * 1e3, len(times) * m.number_per_run)
+    runs = len(times) * m.number_per_run
+    return Timing(m.median * 1e3, q[0] * 1e3, q[2] * 1e3, times[0] * 1e3, runs)
 
 
 def time_cuda(fn: Runner, rep_ms: float) -> Timing:
@@ -343,9 +360,10 @@ def time_cuda(fn: Runner, rep_ms: float) -> Timing:
     except ImportError:
         do_bench = None
     if do_bench is not None:
-        med, lo, hi = do_bench(fn, warmup=max(rep_ms / 4, 5), rep=rep_ms,
-                               quantiles=[0.5, 0.2, 0.8])
-        return Timing(med, lo, hi, -1)
+        med, lo, hi, low = do_bench(
+            fn, warmup=max(rep_ms / 4, 5), rep=rep_ms, quantiles=[0.5, 0.2, 0.8, 0.0]
+        )
+        return Timing(med, lo, hi, low, -1)
     fn()
     torch.cuda.synchronize()
     times = []
@@ -358,7 +376,7 @@ def time_cuda(fn: Runner, rep_ms: float) -> Timing:
         stop.synchronize()
         times.append(start.elapsed_time(stop))
     q = statistics.quantiles(times, n=5, method="inclusive")
-    return Timing(statistics.median(times), q[0], q[3], len(times))
+    return Timing(statistics.median(times), q[0], q[3], min(times), len(times))
 
 
 def peak_bytes(fn: Runner, device: str) -> int | None:
@@ -378,7 +396,7 @@ def peak_bytes(fn: Runner, device: str) -> int | None:
         events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
         events.sort(key=lambda e: e.start_ns())
         return max(itertools.accumulate((e.nbytes() for e in events), initial=0))
-    except Exception:  # private profiler API: report n/a rather than fail
+    except Exception:  # noqa: BLE001  (private profiler API: n/a rather than fail)
         return None
 
 
@@ -414,8 +432,9 @@ class Config:
     modes: tuple[str, ...]
 
 
-def bench_case(spec: OpSpec, params: dict[str, int], cfg: Config, notes: list[str],
-               seed: int = 0) -> list[dict[str, Any]]:
+def bench_case(
+    spec: OpSpec, params: dict[str, int], cfg: Config, notes: list[str], seed: int = 0
+) -> list[dict[str, Any]]:
     """All rows of one op at one shape: every usable provider x mode."""
     gen = torch.Generator().manual_seed(seed)
     case = spec.make_case(params, cfg.dtype, cfg.device, gen)
@@ -430,28 +449,40 @@ def bench_case(spec: OpSpec, params: dict[str, int], cfg: Config, notes: list[st
             continue  # eager was kept only as the check's truth
         try:
             status = "ref" if name == "eager" else check(run, providers["eager"], case, seed + 1)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (an unusable provider is a note)
             _note(notes, f"{spec.name}/{name} at {case.label}: skipped, {_short(exc)}")
             continue
         for mode in cfg.modes:
             try:
                 row = bench_row(run, case, mode, cfg, gen)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  (an unusable mode is a note)
                 _note(notes, f"{spec.name}/{name} {mode} at {case.label}: skipped, {_short(exc)}")
                 continue
             nbytes = counted_bytes(case, eager_out, mode)
-            row.update(op=spec.name, shape=case.label, params=params, provider=name, mode=mode,
-                       check=status, bytes=nbytes)
+            row.update(
+                op=spec.name,
+                shape=case.label,
+                params=params,
+                provider=name,
+                mode=mode,
+                check=status,
+                bytes=nbytes,
+            )
             if cfg.device == "cuda":
                 row["roofline"] = nbytes / (row["median_ms"] * 1e-3) / (cfg.peak_gbps * 1e9)
             rows.append(row)
-            print(f"  {spec.name:16s} {case.label:36s} {name:16s} {mode:8s} "
-                  f"{row['median_ms']:10.3f} ms  {status}", file=sys.stderr, flush=True)
+            print(
+                f"  {spec.name:16s} {case.label:36s} {name:16s} {mode:8s} "
+                f"{row['median_ms']:10.3f} ms  {status}",
+                file=sys.stderr,
+                flush=True,
+            )
     return rows
 
 
-def bench_row(run: Runner, case: Case, mode: str, cfg: Config,
-              gen: torch.Generator) -> dict[str, Any]:
+def bench_row(
+    run: Runner, case: Case, mode: str, cfg: Config, gen: torch.Generator
+) -> dict[str, Any]:
     """Time one provider in one mode (warmed up first) and measure its peak memory."""
     fn = mode_runner(run, case, mode, gen)
     for _ in range(2):  # warm-up: compiles, autotunes, allocator caches
@@ -522,13 +553,32 @@ def _version(dist: str) -> str | None:
 
 def _git_commit() -> str | None:
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            check=False,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return sha + ("-dirty" if dirty.strip() else "")
+
+
+def _loadavg() -> float | None:
+    """The 1-minute load average (a busy machine makes the CPU timings unreliable)."""
+    with contextlib.suppress(OSError, AttributeError):
+        return round(os.getloadavg()[0], 2)
+    return None
 
 
 def header(cfg: Config, notes: list[str]) -> dict[str, Any]:
@@ -548,10 +598,16 @@ def header(cfg: Config, notes: list[str]) -> dict[str, Any]:
         "backends": art_fast.available_backends(),
         "git_commit": _git_commit(),
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "timer": ("triton.testing.do_bench" if cfg.device == "cuda"
-                  else f"torch.utils.benchmark blocked_autorange({cfg.min_run_time}s)"),
-        "peak_memory": ("torch.cuda.max_memory_allocated delta" if cfg.device == "cuda"
-                        else "torch CPU allocator peak during one call (profiler)"),
+        "timer": (
+            "triton.testing.do_bench"
+            if cfg.device == "cuda"
+            else f"torch.utils.benchmark blocked_autorange({cfg.min_run_time}s)"
+        ),
+        "peak_memory": (
+            "torch.cuda.max_memory_allocated delta"
+            if cfg.device == "cuda"
+            else "torch CPU allocator peak during one call (profiler)"
+        ),
         "peak_gbps": cfg.peak_gbps if cfg.device == "cuda" else None,
         "notes": notes,
     }
@@ -572,21 +628,42 @@ def markdown(head: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         + f"; {head['dtype']}; torch {head['torch']}, triton {head['triton']}, "
         f"python {head['python']}; art_fast {head['art_fast']} @ {head['git_commit']}; "
         f"timer: {head['timer']}; memory: {head['peak_memory']}"
-        + (f"; roofline at {head['peak_gbps']:.0f} GB/s" if gpu else ""),
+        + (f"; roofline at {head['peak_gbps']:.0f} GB/s" if gpu else "")
+        + f"; load average {head['loadavg_1min']['start']} -> {head['loadavg_1min']['end']}"
+        + f"; {head['wall_s']} s",
         "",
     ]
-    cols = ["op", "shape", "mode", "provider", "check", "median ms", "spread ms", "peak MiB",
-            "x eager", "x compile"] + (["GB/s", "% roofline"] if gpu else [])
+    cols = [
+        "op",
+        "shape",
+        "mode",
+        "provider",
+        "check",
+        "median ms",
+        "spread ms",
+        "peak MiB",
+        "x eager",
+        "x compile",
+    ] + (["GB/s", "% roofline"] if gpu else [])
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = [
-            r["op"], r["shape"], r["mode"], r["provider"], r["check"],
-            _fmt(r["median_ms"], ".3f"), f"{r['lo_ms']:.3f}-{r['hi_ms']:.3f}",
-            _fmt(r["peak_mib"], ".2f"), _fmt(r["x_eager"], ".2f"), _fmt(r["x_compile"], ".2f"),
+            r["op"],
+            r["shape"],
+            r["mode"],
+            r["provider"],
+            r["check"],
+            _fmt(r["median_ms"], ".3f"),
+            f"{r['lo_ms']:.3f}-{r['hi_ms']:.3f}",
+            _fmt(r["peak_mib"], ".2f"),
+            _fmt(r["x_eager"], ".2f"),
+            _fmt(r["x_compile"], ".2f"),
         ]
         if gpu:
-            cells += [_fmt(r["bytes"] / r["median_ms"] / 1e6, ".0f"),
-                      _fmt(100 * r["roofline"], ".1f")]
+            cells += [
+                _fmt(r["bytes"] / r["median_ms"] / 1e6, ".0f"),
+                _fmt(100 * r["roofline"], ".1f"),
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     if head["notes"]:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in head["notes"]]
@@ -595,26 +672,52 @@ def markdown(head: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=("cpu", "cuda"),
-                   default="cuda" if torch.cuda.is_available() else "cpu")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     p.add_argument("--ops", nargs="+", choices=tuple(OPS), default=tuple(OPS))
-    p.add_argument("--providers", nargs="+", default=None,
-                   help="only these providers (eager always runs as the check's truth)")
+    p.add_argument(
+        "--providers",
+        nargs="+",
+        default=None,
+        help="only these providers (eager always runs as the check's truth)",
+    )
     p.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
-    p.add_argument("--dtype", choices=tuple(DTYPES), default=None,
-                   help="default: float32 on CPU, bfloat16 on CUDA (DESIGN §7 targets)")
+    p.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default=None,
+        help="default: float32 on CPU, bfloat16 on CUDA (DESIGN §7 targets)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny shapes, short timing (smoke test)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default benchmarks/results/<device-slug>)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default benchmarks/results/<device-slug>)",
+    )
     p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
-    p.add_argument("--peak-gbps", type=float, default=H200_PEAK_GBPS,
-                   help="HBM bandwidth for the roofline, GB/s (default: H200)")
-    p.add_argument("--min-run-time", type=float, default=None,
-                   help="CPU seconds per measurement (default 1.0, 0.05 with --quick)")
-    p.add_argument("--rep-ms", type=float, default=None,
-                   help="CUDA do_bench repetition time in ms (default 100, 20 with --quick)")
+    p.add_argument(
+        "--peak-gbps",
+        type=float,
+        default=H200_PEAK_GBPS,
+        help="HBM bandwidth for the roofline, GB/s (default: H200)",
+    )
+    p.add_argument(
+        "--min-run-time",
+        type=float,
+        default=None,
+        help="CPU seconds per measurement (default 2.0, 0.05 with --quick)",
+    )
+    p.add_argument(
+        "--rep-ms",
+        type=float,
+        default=None,
+        help="CUDA do_bench repetition time in ms (default 100, 20 with --quick)",
+    )
     return p.parse_args(argv)
 
 
@@ -626,9 +729,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     dtype = DTYPES[args.dtype or ("bfloat16" if args.device == "cuda" else "float32")]
     cfg = Config(
-        device=args.device, dtype=dtype, threads=args.threads, quick=args.quick,
+        device=args.device,
+        dtype=dtype,
+        threads=args.threads,
+        quick=args.quick,
         peak_gbps=args.peak_gbps,
-        min_run_time=args.min_run_time or (0.05 if args.quick else 1.0),
+        min_run_time=args.min_run_time or (0.05 if args.quick else 2.0),
         rep_ms=args.rep_ms or (20.0 if args.quick else 100.0),
         providers=tuple(args.providers) if args.providers else None,
         modes=tuple(args.modes),
@@ -636,8 +742,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(cfg.threads)
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 for every provider
     torch.backends.cudnn.allow_tf32 = False
-    t0 = time.perf_counter()
+    t0, load0 = time.perf_counter(), _loadavg()
     notes: list[str] = []
+    if cfg.device == "cpu" and load0 is not None and load0 > 0.5 * core_count():
+        # Other work on the cores stalls every OpenMP barrier for a scheduler tick: small ops
+        # then read 10-100x slow, in multiples of the tick. Rerun on an idle machine.
+        notes.append(
+            f"machine busy at start (1-min load {load0} on {core_count()} cores): "
+            "CPU timings are unreliable, rerun on an idle machine"
+        )
+        print(f"bench_ops: warning: {notes[-1]}", file=sys.stderr)
     rows: list[dict[str, Any]] = []
     for op in args.ops:
         spec = OPS[op]
@@ -646,12 +760,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_speedups(rows)
     head = header(cfg, notes)
     head["wall_s"] = round(time.perf_counter() - t0, 1)
+    head["loadavg_1min"] = {"start": load0, "end": _loadavg()}
     out_dir = args.out or ROOT / "benchmarks" / "results" / device_slug(cfg.device)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "bench_ops_quick" if cfg.quick else "bench_ops"
     md = markdown(head, rows)
-    (out_dir / f"{stem}.json").write_text(json.dumps({"header": head, "rows": rows}, indent=1)
-                                          + "\n")
+    (out_dir / f"{stem}.json").write_text(
+        json.dumps({"header": head, "rows": rows}, indent=1) + "\n"
+    )
     (out_dir / f"{stem}.md").write_text(md)
     print(md)
     print(f"wrote {out_dir / stem}.json and .md in {head['wall_s']} s", file=sys.stderr)

@@ -2,8 +2,8 @@
 
 ``benchmarks/test_*.py`` are collected only when pytest runs with ``--benchmark-only`` (as
 ``make bench`` does, with pytest-benchmark installed); any other run that reaches this folder,
-a bare ``pytest`` at the repository root included, ignores them. ``pytest tests/`` never loads
-this file.
+a bare ``pytest`` at the repository root included, ignores them, and one that names a file
+here explicitly skips its tests. ``pytest tests/`` never loads this file.
 """
 
 from __future__ import annotations
@@ -30,3 +30,13 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     if path.parent == HERE and path.name.startswith("test_") and not _benchmark_only(config):
         return True
     return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip this folder's tests when named explicitly in a run that is not benchmark-only."""
+    if _benchmark_only(config):
+        return
+    skip = pytest.mark.skip(reason="op benchmarks run only with --benchmark-only (make bench)")
+    for item in items:
+        if Path(item.path).resolve().parent == HERE:
+            item.add_marker(skip)

@@ -18,9 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_ops  # noqa: E402
+import bench_ops
 
-import art_fast  # noqa: E402
+import art_fast
 
 THREADS = int(os.environ.get("ART_FAST_BENCH_THREADS", "2"))
 PROVIDERS = ("eager", "cpu")

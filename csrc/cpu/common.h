@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 namespace art_fast {
 namespace cpu {
@@ -35,13 +36,6 @@ inline at::ScalarType acc_dtype(at::ScalarType t) {
 template <typename acc_t, typename scalar_t>
 inline void load(acc_t* __restrict__ dst, const scalar_t* __restrict__ src, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<acc_t>(src[i]);
-}
-
-// dst[i] = (acc_t) src[i] * alpha
-template <typename acc_t, typename scalar_t>
-inline void load_scaled(acc_t* __restrict__ dst, const scalar_t* __restrict__ src, int64_t n,
-                        acc_t alpha) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<acc_t>(src[i]) * alpha;
 }
 
 // dst[i] = (scalar_t) src[i]
@@ -72,86 +66,75 @@ inline void fill(acc_t* __restrict__ y, acc_t v, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = v;
 }
 
-// Row r of the product C = A B^T, computed as sum_d A[r,d] * Bt[d,:] (Bt = B transposed, so
-// the inner loop is an axpy over the columns). a: [D], bt: [D, cols], out: [cols].
+// Dot products and maxima in kLanes interleaved lanes (one 512-bit vector), combined
+// pairwise in a fixed order: GCC vectorises the lane loop without -ffast-math, and the order
+// (hence the result) never depends on the thread count.
 template <typename acc_t>
-inline void row_times_t(acc_t* __restrict__ out, const acc_t* __restrict__ a,
-                        const acc_t* __restrict__ bt, int64_t D, int64_t cols) {
-  fill(out, acc_t(0), cols);
-  for (int64_t d = 0; d < D; ++d) axpy(out, bt + d * cols, a[d], cols);
+constexpr int kLanes = std::is_same_v<acc_t, float> ? 16 : 8;
+
+template <typename acc_t>
+inline acc_t reduce_lanes(acc_t* s) {
+  constexpr int L = kLanes<acc_t>;
+  for (int w = L / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) s[l] += s[l + w];
+  return s[0];
 }
 
-// Sums and maxima in 8 interleaved lanes, combined in a fixed order: GCC vectorises the lane
-// loop without -ffast-math, and the order (hence the result) does not depend on threads.
-constexpr int kLanes = 8;
-
 template <typename acc_t>
-inline acc_t sum(const acc_t* __restrict__ x, int64_t n) {
-  acc_t lane[kLanes] = {};
+inline acc_t dot(const acc_t* __restrict__ a, const acc_t* __restrict__ b, int64_t n) {
+  constexpr int L = kLanes<acc_t>;
+  acc_t s[L] = {};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) lane[j] += x[i + j];
-  for (int j = 0; i < n; ++i, ++j) lane[j] += x[i];
-  acc_t total = 0;
-  for (int j = 0; j < kLanes; ++j) total += lane[j];
-  return total;
+  for (; i + L <= n; i += L)
+    for (int l = 0; l < L; ++l) s[l] += a[i + l] * b[i + l];
+  for (int l = 0; i < n; ++i, ++l) s[l] += a[i] * b[i];
+  return reduce_lanes(s);
 }
 
-template <typename acc_t>
-inline acc_t dot(const acc_t* __restrict__ x, const acc_t* __restrict__ y, int64_t n) {
-  acc_t lane[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) lane[j] += x[i + j] * y[i + j];
-  for (int j = 0; i < n; ++i, ++j) lane[j] += x[i] * y[i];
-  acc_t total = 0;
-  for (int j = 0; j < kLanes; ++j) total += lane[j];
-  return total;
-}
-
-// Maximum that ignores NaN (a NaN row is caught by the exp that follows); -inf for n == 0.
+// Maximum that skips NaN (a NaN row is caught by the exp that follows); -inf for n == 0.
 template <typename acc_t>
 inline acc_t max(const acc_t* __restrict__ x, int64_t n) {
-  constexpr acc_t ninf = -std::numeric_limits<acc_t>::infinity();
-  acc_t lane[kLanes] = {ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf};
+  constexpr int L = kLanes<acc_t>;
+  acc_t s[L];
+  for (int l = 0; l < L; ++l) s[l] = -std::numeric_limits<acc_t>::infinity();
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];
-  for (int j = 0; i < n; ++i, ++j) lane[j] = x[i] > lane[j] ? x[i] : lane[j];
-  acc_t m = ninf;
-  for (int j = 0; j < kLanes; ++j) m = lane[j] > m ? lane[j] : m;
-  return m;
+  for (; i + L <= n; i += L)
+    for (int l = 0; l < L; ++l) s[l] = x[i + l] > s[l] ? x[i + l] : s[l];
+  for (int l = 0; i < n; ++i, ++l) s[l] = x[i] > s[l] ? x[i] : s[l];
+  for (int w = L / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) s[l] = s[l + w] > s[l] ? s[l + w] : s[l];
+  return s[0];
 }
 
-// exp for softmax arguments (x <= 0 or NaN), vectorisable: Cody-Waite range reduction
-// x = n ln2 + r, |r| <= ln2/2, the Cephes degree-6 polynomial for exp(r) (relative error
-// below 2e-7 in float32), and 2^n built in the exponent bits. Below -87.3 (where exp underflows
-// to the subnormals) the result is 0, so -inf gives exactly 0; NaN gives NaN. float64 uses
-// std::exp.
-inline float exp_neg(float x) {
-  const float xc = x < -87.3f ? -87.3f : (x > 88.0f ? 88.0f : x);
-  const float n = std::nearbyint(xc * 1.44269504088896341f);
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
+// exp for float, vectorisable: Cephes expf (Cody-Waite range reduction by ln 2, degree-5
+// polynomial; ~1 ulp), branch free. exp(x) = 0 for x < -87.3 (no subnormals, and -inf gives
+// exactly 0); +inf for x > 88.37; NaN propagates.
+inline float exp_fast(float x) {
+  const float xc0 = x > 88.3762626647949f ? 88.3762626647949f : x;
+  const float xc = xc0 < -87.3365447504f ? -87.3365447504f : xc0;
+  // Round to nearest by the 1.5 * 2^23 trick (no rounding call, so loops vectorise); the low
+  // bits of the biased sum are n.
+  const float biased = xc * 1.44269504088896341f + 12582912.0f;
+  const float fn = biased - 12582912.0f;
+  float r = xc - fn * 0.693359375f;
+  r = r - fn * -2.12194440e-4f;
+  float p = 1.9875691500E-4f;
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
   const float y = p * r * r + r + 1.0f;
-  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
-  const float out = y * std::bit_cast<float>(e);
-  return x < -87.3f ? 0.0f : (x != x ? x : out);
+  const int32_t n = std::bit_cast<int32_t>(biased) - 0x4B400000;
+  const float scale = std::bit_cast<float>(static_cast<int32_t>((n + 127) << 23));
+  float out = y * scale;
+  out = x < -87.3365447504f ? 0.0f : out;
+  out = x > 88.3762626647949f ? std::numeric_limits<float>::infinity() : out;
+  return out;
 }
-inline double exp_neg(double x) { return std::exp(x); }
-
-// x[i] = exp(x[i] - shift) in place; returns sum_i x[i] (lanes as in sum()).
-template <typename acc_t>
-inline acc_t exp_shift(acc_t* x, acc_t shift, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = exp_neg(x[i] - shift);
-  return sum(x, n);
-}
+// exp in the accumulation type: exp_fast for float, std::exp for double.
+inline float exp_acc(float x) { return exp_fast(x); }
+inline double exp_acc(double x) { return std::exp(x); }
 
 // ---- a small register-blocked GEMM for the per-(b, h) tiles ----------------------------------
 // C[R, Cc] = op(A) B[K, Cc], all row-major with leading dimensions lda, ldb, ldc, where
@@ -224,15 +207,6 @@ inline void load_pad(acc_t* __restrict__ dst, int64_t ld_dst, int64_t rows_pad,
   }
   for (int64_t r = rows; r < rows_pad; ++r)
     for (int64_t c = 0; c < ld_dst; ++c) dst[r * ld_dst + c] = acc_t(0);
-}
-
-// Transpose a padded work buffer: dst [cols_pad, ld_dst] <- src [rows_pad, ld_src]^T for the
-// first rows_pad rows and cols_pad columns of src.
-template <typename acc_t>
-inline void transpose(acc_t* __restrict__ dst, int64_t ld_dst, const acc_t* __restrict__ src,
-                      int64_t ld_src, int64_t rows_pad, int64_t cols_pad) {
-  for (int64_t r = 0; r < rows_pad; ++r)
-    for (int64_t c = 0; c < cols_pad; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
 }
 
 }  // namespace cpu

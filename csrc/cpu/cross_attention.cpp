@@ -97,7 +97,7 @@ void softmax_cols(acc_t* st, const Dims& s, const Pads& z, acc_t* lse, acc_t* mx
   for (int64_t n = 0; n < N; ++n) {
     acc_t* row = st + n * Mp;
     for (int64_t m = 0; m < Mp; ++m) {
-      row[m] = cpu::exp_neg(row[m] - mx[m]);
+      row[m] = cpu::exp_acc(row[m] - mx[m]);
       sm[m] += row[m];
     }
   }

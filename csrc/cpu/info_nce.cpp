@@ -138,75 +138,16 @@ at::Tensor check_row_tensor(const at::Tensor& x, const char* name, const Dims& s
   return x.contiguous();
 }
 
-// ---- small vector helpers (fixed reduction orders) --------------------------------------------
+// ---- small vector helpers: cpu::dot, cpu::max, cpu::exp_acc, cpu::reduce_lanes (common.h) ---
 
-template <typename acc_t>
-constexpr int kLanes = std::is_same_v<acc_t, float> ? 16 : 8;
-
-// Pairwise sum of the lanes, in a fixed order.
-template <typename acc_t>
-inline acc_t reduce_lanes(acc_t* s) {
-  constexpr int L = kLanes<acc_t>;
-  for (int w = L / 2; w > 0; w /= 2)
-    for (int l = 0; l < w; ++l) s[l] += s[l + w];
-  return s[0];
-}
-
-// <a, b> with kLanes independent partial sums (vectorisable without reassociation).
-template <typename acc_t>
-inline acc_t dot(const acc_t* __restrict__ a, const acc_t* __restrict__ b, int64_t n) {
-  constexpr int L = kLanes<acc_t>;
-  acc_t s[L] = {};
-  int64_t i = 0;
-  for (; i + L <= n; i += L)
-    for (int l = 0; l < L; ++l) s[l] += a[i + l] * b[i + l];
-  for (int l = 0; i < n; ++i, ++l) s[l] += a[i] * b[i];
-  return reduce_lanes(s);
-}
-
+using cpu::dot;
+using cpu::exp_acc;
+using cpu::kLanes;
+using cpu::reduce_lanes;
 template <typename acc_t>
 inline acc_t max_of(const acc_t* __restrict__ x, int64_t n) {
-  constexpr int L = kLanes<acc_t>;
-  acc_t s[L];
-  for (int l = 0; l < L; ++l) s[l] = -std::numeric_limits<acc_t>::infinity();
-  int64_t i = 0;
-  for (; i + L <= n; i += L)
-    for (int l = 0; l < L; ++l) s[l] = x[i + l] > s[l] ? x[i + l] : s[l];
-  for (int l = 0; i < n; ++i, ++l) s[l] = x[i] > s[l] ? x[i] : s[l];
-  for (int w = L / 2; w > 0; w /= 2)
-    for (int l = 0; l < w; ++l) s[l] = s[l + w] > s[l] ? s[l + w] : s[l];
-  return s[0];
+  return cpu::max(x, n);
 }
-
-// exp for float: Cephes expf (range reduction by ln 2, degree-5 polynomial), branch free so
-// that GCC vectorises the loops calling it. ~1 ulp; exp(x) = 0 for x < -87.3 (no subnormals);
-// +inf for x > 88.7; NaN propagates.
-inline float fast_exp(float x) {
-  const float xc0 = x > 88.3762626647949f ? 88.3762626647949f : x;
-  const float xc = xc0 < -87.3365447504f ? -87.3365447504f : xc0;
-  // Round to nearest by the 1.5 * 2^23 trick (no floorf call, so the loop vectorises); the
-  // low bits of the biased sum are n.
-  const float biased = xc * 1.44269504088896341f + 12582912.0f;
-  const float fn = biased - 12582912.0f;
-  float r = xc - fn * 0.693359375f;
-  r = r - fn * -2.12194440e-4f;
-  float p = 1.9875691500E-4f;
-  p = p * r + 1.3981999507E-3f;
-  p = p * r + 8.3334519073E-3f;
-  p = p * r + 4.1665795894E-2f;
-  p = p * r + 1.6666665459E-1f;
-  p = p * r + 5.0000001201E-1f;
-  const float y = p * r * r + r + 1.0f;
-  const int32_t n = std::bit_cast<int32_t>(biased) - 0x4B400000;
-  const float scale = std::bit_cast<float>(static_cast<int32_t>((n + 127) << 23));
-  float out = y * scale;
-  out = x < -87.3365447504f ? 0.0f : out;
-  out = x > 88.3762626647949f ? std::numeric_limits<float>::infinity() : out;
-  return out;
-}
-
-inline float exp_acc(float x) { return fast_exp(x); }
-inline double exp_acc(double x) { return std::exp(x); }
 
 // sum_j exp(x[j] - m), kLanes partial sums.
 template <typename acc_t>
