@@ -27,9 +27,12 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 def _cuda_wanted(torch_mod) -> bool:
     flag = os.environ.get("ART_FAST_CUDA", "").strip()
+    has_sources = bool(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
+    if flag == "1" and not has_sources:
+        raise SystemExit("ART_FAST_CUDA=1, but csrc/cuda has no CUDA sources in this version")
     if flag in ("0", "1"):
         return flag == "1"
-    if not glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")):
+    if not has_sources:
         return False
     if torch_mod.version.cuda is None:
         return False
