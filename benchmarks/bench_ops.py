@@ -574,11 +574,25 @@ def _git_commit() -> str | None:
     return sha + ("-dirty" if dirty.strip() else "")
 
 
-def _loadavg() -> float | None:
-    """The 1-minute load average (a busy machine makes the CPU timings unreliable)."""
-    with contextlib.suppress(OSError, AttributeError):
-        return round(os.getloadavg()[0], 2)
-    return None
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies over all CPUs from /proc/stat, or None off Linux."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def cpu_busy(seconds: float = 0.5) -> float | None:
+    """Fraction of all cores busy over the next ``seconds`` while this process sleeps: the
+    load other work puts on the machine (None when unknown)."""
+    before = _cpu_times()
+    time.sleep(seconds)
+    after = _cpu_times()
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 2)
 
 
 def header(cfg: Config, notes: list[str]) -> dict[str, Any]:
@@ -629,7 +643,7 @@ def markdown(head: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"python {head['python']}; art_fast {head['art_fast']} @ {head['git_commit']}; "
         f"timer: {head['timer']}; memory: {head['peak_memory']}"
         + (f"; roofline at {head['peak_gbps']:.0f} GB/s" if gpu else "")
-        + f"; load average {head['loadavg_1min']['start']} -> {head['loadavg_1min']['end']}"
+        + f"; other CPU use {head['other_cpu_busy']['start']} / {head['other_cpu_busy']['end']}"
         + f"; {head['wall_s']} s",
         "",
     ]
@@ -742,16 +756,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(cfg.threads)
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 for every provider
     torch.backends.cudnn.allow_tf32 = False
-    t0, load0 = time.perf_counter(), _loadavg()
     notes: list[str] = []
-    if cfg.device == "cpu" and load0 is not None and load0 > 0.5 * core_count():
-        # Other work on the cores stalls every OpenMP barrier for a scheduler tick: small ops
-        # then read 10-100x slow, in multiples of the tick. Rerun on an idle machine.
-        notes.append(
-            f"machine busy at start (1-min load {load0} on {core_count()} cores): "
-            "CPU timings are unreliable, rerun on an idle machine"
-        )
-        print(f"bench_ops: warning: {notes[-1]}", file=sys.stderr)
+    busy0 = cpu_busy()
+    t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for op in args.ops:
         spec = OPS[op]
@@ -760,7 +767,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_speedups(rows)
     head = header(cfg, notes)
     head["wall_s"] = round(time.perf_counter() - t0, 1)
-    head["loadavg_1min"] = {"start": load0, "end": _loadavg()}
+    head["other_cpu_busy"] = {"start": busy0, "end": cpu_busy()}
+    if cfg.device == "cpu" and max(v or 0.0 for v in head["other_cpu_busy"].values()) > 0.2:
+        # Other work on the cores stalls OpenMP barriers for a scheduler tick each: small ops
+        # then read 10-100x slow, in multiples of the tick.
+        head["notes"].insert(
+            0,
+            f"machine busy (other work used {head['other_cpu_busy']} of the cores before / "
+            "after the run): CPU timings are unreliable, rerun on an idle machine",
+        )
+        print(f"bench_ops: warning: {head['notes'][0]}", file=sys.stderr)
     out_dir = args.out or ROOT / "benchmarks" / "results" / device_slug(cfg.device)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "bench_ops_quick" if cfg.quick else "bench_ops"
