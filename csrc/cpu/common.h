@@ -153,44 +153,50 @@ constexpr int kVecBytes = 16;
 #endif
 constexpr int kMR = 8;
 
-template <typename T>
-struct Vec;
-template <>
-struct Vec<float> {
-  typedef float type __attribute__((vector_size(kVecBytes)));
-};
-template <>
-struct Vec<double> {
-  typedef double type __attribute__((vector_size(kVecBytes)));
+// A vector of VB bytes of T (GCC vector extension; lowered to the widest native registers).
+template <typename T, int VB = kVecBytes>
+struct Vec {
+  typedef T type __attribute__((vector_size(VB)));
 };
 
-template <typename acc_t>
+// Elements of acc_t in one VB-byte vector.
+template <typename acc_t, int VB = kVecBytes>
 constexpr int nr() {
-  return kVecBytes / static_cast<int>(sizeof(acc_t));
+  return VB / static_cast<int>(sizeof(acc_t));
 }
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-template <bool TransA, typename acc_t>
+// MR rows of C at a time (R % MR == 0), one VB-byte vector of columns at a time
+// (Cc % nr<acc_t, VB>() == 0). Narrower VB / MR serve tiles with few columns or rows (a few
+// queries) without padding them to a full 512-bit vector. Accum = true adds to C (the sum
+// continues from C's values, so a K range split in two calls sums in the same order as one).
+template <bool TransA, int MR = kMR, int VB = kVecBytes, bool Accum = false, typename acc_t>
 void gemm(const acc_t* __restrict__ A, int64_t lda, const acc_t* __restrict__ B, int64_t ldb,
           acc_t* __restrict__ C, int64_t ldc, int64_t R, int64_t K, int64_t Cc) {
-  using V = typename Vec<acc_t>::type;
-  constexpr int NR = nr<acc_t>();
-  for (int64_t i0 = 0; i0 < R; i0 += kMR) {
+  using V = typename Vec<acc_t, VB>::type;
+  constexpr int NR = nr<acc_t, VB>();
+  for (int64_t i0 = 0; i0 < R; i0 += MR) {
     const acc_t* a0 = TransA ? A + i0 : A + i0 * lda;
     const int64_t si = TransA ? 1 : lda, sk = TransA ? lda : 1;
     for (int64_t j0 = 0; j0 < Cc; j0 += NR) {
-      V acc[kMR];
+      V acc[MR];
 #pragma GCC unroll 8
-      for (int i = 0; i < kMR; ++i) acc[i] = V{};
+      for (int i = 0; i < MR; ++i) {
+        if constexpr (Accum) {
+          std::memcpy(&acc[i], C + (i0 + i) * ldc + j0, sizeof(V));
+        } else {
+          acc[i] = V{};
+        }
+      }
       for (int64_t kk = 0; kk < K; ++kk) {
         V b;
         std::memcpy(&b, B + kk * ldb + j0, sizeof(V));
 #pragma GCC unroll 8
-        for (int i = 0; i < kMR; ++i) acc[i] += a0[i * si + kk * sk] * b;
+        for (int i = 0; i < MR; ++i) acc[i] += a0[i * si + kk * sk] * b;
       }
 #pragma GCC unroll 8
-      for (int i = 0; i < kMR; ++i) std::memcpy(C + (i0 + i) * ldc + j0, &acc[i], sizeof(V));
+      for (int i = 0; i < MR; ++i) std::memcpy(C + (i0 + i) * ldc + j0, &acc[i], sizeof(V));
     }
   }
 }

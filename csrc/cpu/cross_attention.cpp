@@ -26,6 +26,7 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../ops.h"
@@ -69,49 +70,121 @@ Dims check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v)
 // big k and v tiles are used as they are stored (no transposes), and the row softmax becomes
 // a column softmax vectorised across the queries. Rows are padded to kMR, columns to one
 // vector; the padding is zero.
+//
+// The query dimension M is a vector dimension (of S^T, dP^T) and a row dimension (of out, dq):
+// VBM, the byte width of its vectors, is 16, 32 or 64 for a few, up to 8, or more queries
+// (float), so the paper's M = 2 is not padded to 16; MRM rows of it form a GEMM row block.
 struct Pads {
   int64_t Mp, Np, Dp;
 };
 
-template <typename acc_t>
+template <typename acc_t, int VBM>
+constexpr int mrm() {
+  return cpu::nr<acc_t, VBM>() < cpu::kMR ? cpu::nr<acc_t, VBM>() : cpu::kMR;
+}
+
+template <typename acc_t, int VBM>
 Pads pads(const Dims& s) {
+  constexpr int64_t mvec = cpu::nr<acc_t, VBM>();
   const int64_t vec = cpu::nr<acc_t>();
-  const int64_t mmul = vec > cpu::kMR ? vec : cpu::kMR;
-  return {cpu::round_up(s.M, mmul), cpu::round_up(s.N, cpu::kMR), cpu::round_up(s.D, vec)};
+  return {cpu::round_up(s.M, mvec), cpu::round_up(s.N, cpu::kMR), cpu::round_up(s.D, vec)};
+}
+
+// Calls f(std::integral_constant<int, VBM>{}) with the narrowest query-vector width that holds
+// M queries: 4 elements, 8 elements, else the native width.
+template <typename acc_t, typename F>
+void with_query_width(int64_t M, F&& f) {
+  constexpr int kMin = 4 * static_cast<int>(sizeof(acc_t));
+  if constexpr (kMin < cpu::kVecBytes) {
+    if (M <= 4) return f(std::integral_constant<int, kMin>{});
+  }
+  if constexpr (2 * kMin < cpu::kVecBytes) {
+    if (M <= 8) return f(std::integral_constant<int, 2 * kMin>{});
+  }
+  f(std::integral_constant<int, cpu::kVecBytes>{});
+}
+
+// k or v of one pair as a zero-padded [Np, ld] matrix in the accumulation type. When the
+// tensor already holds acc_t and D is a multiple of the vector width (float32 with D = 32, the
+// paper's shape), its rows are read in place (ld = D) and only the rows from n8 (N rounded
+// down to kMR) on are copied, zero-padded, into `buf`; otherwise all rows are copied (n8 = 0).
+// Reading in place saves a copy of k and v per pair, which dominates for a few queries.
+template <typename acc_t>
+struct PairTile {
+  const acc_t* head;  // rows [0, n8)
+  const acc_t* tail;  // rows [n8, Np)
+  int64_t ld, n8;
+
+  template <typename scalar_t>
+  static PairTile make(const scalar_t* src, const Dims& s, const Pads& z, acc_t* buf) {
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      if (s.D == z.Dp) {
+        const int64_t n8 = s.N / cpu::kMR * cpu::kMR;
+        load_pad(buf, z.Dp, z.Np - n8, src + n8 * s.D, s.N - n8, s.D);
+        return {src, buf, s.D, n8};
+      }
+    }
+    load_pad(buf, z.Dp, z.Np, src, s.N, s.D);
+    return {buf, buf, z.Dp, 0};
+  }
+};
+
+// C[Np, Cc] = T B for a PairTile T [Np, K]: the in-place rows and the copied rows are two
+// GEMMs over row ranges (both multiples of kMR).
+template <int VB, typename acc_t>
+void tile_gemm(const PairTile<acc_t>& t, const acc_t* B, int64_t ldb, acc_t* C, int64_t ldc,
+               int64_t Np, int64_t K, int64_t Cc) {
+  cpu::gemm<false, cpu::kMR, VB>(t.head, t.ld, B, ldb, C, ldc, t.n8, K, Cc);
+  cpu::gemm<false, cpu::kMR, VB>(t.tail, t.ld, B, ldb, C + t.n8 * ldc, ldc, Np - t.n8, K, Cc);
+}
+
+// C[Mp, Dp] = A^T T for A [Np, Mp] (stored patch-major) and a PairTile T [Np, Dp]: the sum
+// over n runs over the in-place rows, then continues over the copied ones (one fixed order).
+template <int MR, typename acc_t>
+void o_gemm(const acc_t* A, int64_t lda, const PairTile<acc_t>& t, acc_t* C, int64_t ldc,
+            int64_t Np, int64_t Mp, int64_t Dp) {
+  cpu::gemm<true, MR>(A, lda, t.head, t.ld, C, ldc, Mp, t.n8, Dp);
+  cpu::gemm<true, MR, cpu::kVecBytes, true>(A + t.n8 * lda, lda, t.tail, t.ld, C, ldc, Mp,
+                                            Np - t.n8, Dp);
 }
 
 // Column softmax of st [Np, Mp] (column m = query m) over the first N rows, in place; writes
 // lse[m] for m < M; zeroes the padding rows and columns. Each column's max and sum run over n
 // in increasing order, lane-parallel across m, so no sum is reassociated.
-template <typename acc_t>
-void softmax_cols(acc_t* st, const Dims& s, const Pads& z, acc_t* lse, acc_t* mx, acc_t* sm) {
+template <int MV, typename acc_t>
+void softmax_cols(acc_t* st, const Dims& s, const Pads& z, acc_t* lse) {
   const int64_t N = s.N, Mp = z.Mp;
-  fill(mx, -std::numeric_limits<acc_t>::infinity(), Mp);
-  for (int64_t n = 0; n < N; ++n) {
-    const acc_t* row = st + n * Mp;
-    // NaN is skipped here and caught by the exp below: a NaN makes its column NaN and a column
-    // of -inf gives NaN, as in torch.softmax.
-    for (int64_t m = 0; m < Mp; ++m) mx[m] = row[m] > mx[m] ? row[m] : mx[m];
-  }
-  fill(sm, acc_t(0), Mp);
-  for (int64_t n = 0; n < N; ++n) {
-    acc_t* row = st + n * Mp;
-    for (int64_t m = 0; m < Mp; ++m) {
-      row[m] = cpu::exp_acc(row[m] - mx[m]);
-      sm[m] += row[m];
+  // Columns in chunks of MV (one query vector, a compile-time width), so that every inner
+  // loop below is one vector operation.
+  for (int64_t m0 = 0; m0 < Mp; m0 += MV) {
+    acc_t mx[MV], sm[MV];
+    for (int j = 0; j < MV; ++j) mx[j] = -std::numeric_limits<acc_t>::infinity();
+    for (int64_t n = 0; n < N; ++n) {
+      const acc_t* row = st + n * Mp + m0;
+      // NaN is skipped here and caught by the exp below: a NaN makes its column NaN and a
+      // column of -inf gives NaN, as in torch.softmax.
+      for (int j = 0; j < MV; ++j) mx[j] = row[j] > mx[j] ? row[j] : mx[j];
     }
-  }
-  for (int64_t m = 0; m < s.M; ++m) lse[m] = mx[m] + std::log(sm[m]);
-  for (int64_t m = 0; m < Mp; ++m) sm[m] = m < s.M ? acc_t(1) / sm[m] : acc_t(0);
-  for (int64_t n = 0; n < N; ++n) {
-    acc_t* row = st + n * Mp;
-    // padding columns are set (not scaled) to 0: a non-finite k makes them NaN before this
-    for (int64_t m = 0; m < Mp; ++m) row[m] = m < s.M ? row[m] * sm[m] : acc_t(0);
+    for (int j = 0; j < MV; ++j) sm[j] = acc_t(0);
+    for (int64_t n = 0; n < N; ++n) {
+      acc_t* row = st + n * Mp + m0;
+      for (int j = 0; j < MV; ++j) {
+        row[j] = cpu::exp_acc(row[j] - mx[j]);
+        sm[j] += row[j];
+      }
+    }
+    for (int j = 0; j < MV && m0 + j < s.M; ++j) lse[m0 + j] = mx[j] + std::log(sm[j]);
+    for (int j = 0; j < MV; ++j) sm[j] = m0 + j < s.M ? acc_t(1) / sm[j] : acc_t(0);
+    for (int64_t n = 0; n < N; ++n) {
+      acc_t* row = st + n * Mp + m0;
+      // padding columns are set (not scaled) to 0: a non-finite k makes them NaN before this
+      for (int j = 0; j < MV; ++j) row[j] = m0 + j < s.M ? row[j] * sm[j] : acc_t(0);
+    }
   }
   fill(st + N * Mp, acc_t(0), (z.Np - N) * Mp);
 }
 
-template <typename scalar_t>
+template <typename scalar_t, int VBM>
 void fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                 const Dims& s, at::Tensor& out, at::Tensor& lse, at::Tensor* weights) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -122,25 +195,28 @@ void fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, d
   acc_t* lp = lse.data_ptr<acc_t>();
   scalar_t* wp = weights ? weights->data_ptr<scalar_t>() : nullptr;
   const int64_t M = s.M, N = s.N, D = s.D, H = s.H;
-  const Pads z = pads<acc_t>(s);
+  const Pads z = pads<acc_t, VBM>(s);
+  constexpr int MRM = mrm<acc_t, VBM>();
+  constexpr int MV = cpu::nr<acc_t, VBM>();
   const acc_t sc = static_cast<acc_t>(scale);
 
   at::parallel_for(0, s.B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> qt(D * z.Mp), kk(z.Np * D), vv(z.Np * z.Dp), st(z.Np * z.Mp),
-        o(z.Mp * z.Dp), mx(z.Mp), sm(z.Mp);
+    std::vector<acc_t> qt(D * z.Mp), kk(z.Np * z.Dp), vv(z.Np * z.Dp), st(z.Np * z.Mp),
+        o(z.Mp * z.Dp);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t qbh = (s.Bq == 1 ? bh % H : bh);
-      // 1. (q * scale)^T [D, Mp], k [Np, D], v [Np, Dp] into zero-padded work buffers.
+      // 1. (q * scale)^T [D, Mp] zero-padded; k, v [Np, Dp] as PairTiles.
       fill(qt.data(), acc_t(0), D * z.Mp);
       load_t(qt.data(), qp + qbh * M * D, M, D, z.Mp, sc);
-      load_pad(kk.data(), D, z.Np, kp + bh * N * D, N, D);
-      load_pad(vv.data(), z.Dp, z.Np, vp + bh * N * D, N, D);
+      const auto kt = PairTile<acc_t>::make(kp + bh * N * D, s, z, kk.data());
+      const auto vt = PairTile<acc_t>::make(vp + bh * N * D, s, z, vv.data());
       // 2. scores S^T = k (q * scale)^T   [Np, Mp]
-      cpu::gemm<false>(kk.data(), D, qt.data(), z.Mp, st.data(), z.Mp, z.Np, D, z.Mp);
+      tile_gemm<VBM>(kt, qt.data(), z.Mp, st.data(), z.Mp, z.Np, D, z.Mp);
       // 3. P^T = softmax over n of each column; lse saved for the backward.
-      softmax_cols(st.data(), s, z, lp + bh * M, mx.data(), sm.data());
-      // 4. out = P v = (P^T)^T v   [Mp, Dp]
-      cpu::gemm<true>(st.data(), z.Mp, vv.data(), z.Dp, o.data(), z.Dp, z.Mp, z.Np, z.Dp);
+      softmax_cols<MV>(st.data(), s, z, lp + bh * M);
+      // 4. out = P v = (P^T)^T v   [Mp, Dp], over the Np rows of v (the padding rows of P^T
+      //    are zero).
+      o_gemm<MRM>(st.data(), z.Mp, vt, o.data(), z.Dp, z.Np, z.Mp, z.Dp);
       for (int64_t m = 0; m < M; ++m) store(op + (bh * M + m) * D, o.data() + m * z.Dp, D);
       // 5. the probabilities [M, N], only when asked for.
       if (wp) {
@@ -152,7 +228,7 @@ void fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, d
   });
 }
 
-template <typename scalar_t>
+template <typename scalar_t, int VBM>
 void bwd_kernel(const at::Tensor& go, const at::Tensor* gw, const at::Tensor& q,
                 const at::Tensor& k, const at::Tensor& v, const at::Tensor& lse, double scale,
                 const Dims& s, scalar_t* dq_direct, at::Tensor* dq_part, at::Tensor& dk,
@@ -167,53 +243,60 @@ void bwd_kernel(const at::Tensor& go, const at::Tensor* gw, const at::Tensor& q,
   scalar_t* dkp = dk.data_ptr<scalar_t>();
   scalar_t* dvp = dv.data_ptr<scalar_t>();
   const int64_t M = s.M, N = s.N, D = s.D, H = s.H;
-  const Pads z = pads<acc_t>(s);
+  const Pads z = pads<acc_t, VBM>(s);
+  constexpr int MRM = mrm<acc_t, VBM>();
+  constexpr int MV = cpu::nr<acc_t, VBM>();
   const acc_t sc = static_cast<acc_t>(scale);
 
   at::parallel_for(0, s.B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> qt(D * z.Mp), qq(z.Mp * z.Dp), kk(z.Np * z.Dp), vv(z.Np * D),
+    std::vector<acc_t> qt(D * z.Mp), qq(z.Mp * z.Dp), kk(z.Np * z.Dp), vv(z.Np * z.Dp),
         dOt(D * z.Mp), dO(z.Mp * z.Dp), pt(z.Np * z.Mp), dpt(z.Np * z.Mp), delta(z.Mp),
-        l(z.Mp), mx(z.Mp), sm(z.Mp), r1(z.Mp * z.Dp), r2(z.Np * z.Dp);
+        l(z.Mp), r1(z.Mp * z.Dp), r2(z.Np * z.Dp);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t qbh = (s.Bq == 1 ? bh % H : bh);
       // 1. inputs into zero-padded work buffers in the accumulation type.
       fill(qt.data(), acc_t(0), D * z.Mp);
       load_t(qt.data(), qp + qbh * M * D, M, D, z.Mp, sc);
       load_pad(qq.data(), z.Dp, z.Mp, qp + qbh * M * D, M, D);
-      load_pad(kk.data(), z.Dp, z.Np, kp + bh * N * D, N, D);
-      load_pad(vv.data(), D, z.Np, vp + bh * N * D, N, D);
+      const auto kt = PairTile<acc_t>::make(kp + bh * N * D, s, z, kk.data());
+      const auto vt = PairTile<acc_t>::make(vp + bh * N * D, s, z, vv.data());
       fill(dOt.data(), acc_t(0), D * z.Mp);
       load_t(dOt.data(), gop + bh * M * D, M, D, z.Mp);
       load_pad(dO.data(), z.Dp, z.Mp, gop + bh * M * D, M, D);
       // 2. recompute S^T with the forward's exact product and P^T with the forward's exact
       //    softmax (max, exp, sum): P is bitwise the forward's, and no precision is lost to
       //    the rounding of a large lse (exp(S - lse) is off by ulp(lse), ~1e-3 at |S| ~ 1e4).
-      cpu::gemm<false>(kk.data(), z.Dp, qt.data(), z.Mp, pt.data(), z.Mp, z.Np, D, z.Mp);
-      softmax_cols(pt.data(), s, z, l.data(), mx.data(), sm.data());
+      tile_gemm<VBM>(kt, qt.data(), z.Mp, pt.data(), z.Mp, z.Np, D, z.Mp);
+      softmax_cols<MV>(pt.data(), s, z, l.data());
       // 3. dP^T = v dO^T   [Np, Mp]
-      cpu::gemm<false>(vv.data(), D, dOt.data(), z.Mp, dpt.data(), z.Mp, z.Np, D, z.Mp);
+      tile_gemm<VBM>(vt, dOt.data(), z.Mp, dpt.data(), z.Mp, z.Np, D, z.Mp);
       fill(delta.data(), acc_t(0), z.Mp);
-      for (int64_t n = 0; n < N; ++n) {
-        acc_t* prow = pt.data() + n * z.Mp;
-        acc_t* dprow = dpt.data() + n * z.Mp;
-        // (+ the gradient of the returned weights, [M, N] in memory)
-        if (gwp) {
+      if (gwp) {  // + the gradient of the returned weights ([M, N] in memory)
+        for (int64_t n = 0; n < N; ++n) {
+          acc_t* dprow = dpt.data() + n * z.Mp;
           const scalar_t* g = gwp + bh * M * N + n;
           for (int64_t m = 0; m < M; ++m) dprow[m] += static_cast<acc_t>(g[m * N]);
         }
-        // 4a. delta[m] = sum_n P dP, lane-parallel over m, n in increasing order.
-        for (int64_t m = 0; m < z.Mp; ++m) delta[m] += prow[m] * dprow[m];
       }
-      // 4b. dS^T = P^T * (dP^T - delta) (the scale enters in 5 and 6); padding zeroed.
-      for (int64_t n = 0; n < N; ++n) {
-        acc_t* prow = pt.data() + n * z.Mp;
-        acc_t* dprow = dpt.data() + n * z.Mp;
-        for (int64_t m = 0; m < z.Mp; ++m)
-          dprow[m] = m < M ? prow[m] * (dprow[m] - delta[m]) : acc_t(0);
+      for (int64_t m0 = 0; m0 < z.Mp; m0 += MV) {
+        acc_t* dl = delta.data() + m0;
+        // 4a. delta[m] = sum_n P dP, lane-parallel over m, n in increasing order.
+        for (int64_t n = 0; n < N; ++n) {
+          const acc_t* prow = pt.data() + n * z.Mp + m0;
+          const acc_t* dprow = dpt.data() + n * z.Mp + m0;
+          for (int j = 0; j < MV; ++j) dl[j] += prow[j] * dprow[j];
+        }
+        // 4b. dS^T = P^T * (dP^T - delta) (the scale enters in 5 and 6); padding zeroed.
+        for (int64_t n = 0; n < N; ++n) {
+          const acc_t* prow = pt.data() + n * z.Mp + m0;
+          acc_t* dprow = dpt.data() + n * z.Mp + m0;
+          for (int j = 0; j < MV; ++j)
+            dprow[j] = m0 + j < M ? prow[j] * (dprow[j] - dl[j]) : acc_t(0);
+        }
       }
       fill(dpt.data() + N * z.Mp, acc_t(0), (z.Np - N) * z.Mp);
       // 5. dq = scale * dS k = scale * (dS^T)^T k   [Mp, Dp]
-      cpu::gemm<true>(dpt.data(), z.Mp, kk.data(), z.Dp, r1.data(), z.Dp, z.Mp, z.Np, z.Dp);
+      o_gemm<MRM>(dpt.data(), z.Mp, kt, r1.data(), z.Dp, z.Np, z.Mp, z.Dp);
       for (int64_t m = 0; m < M; ++m) {
         acc_t* row = r1.data() + m * z.Dp;
         for (int64_t d = 0; d < D; ++d) row[d] *= sc;
@@ -251,8 +334,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_fwd_cpu(
                                 : at::empty({0}, q.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
                                   "cross_attention_fwd_cpu", [&] {
-                                    fwd_kernel<scalar_t>(q, k, v, scale, s, out, lse,
-                                                         return_weights ? &weights : nullptr);
+    using acc_t = at::opmath_type<scalar_t>;
+    with_query_width<acc_t>(s.M, [&](auto vbm) {
+      fwd_kernel<scalar_t, decltype(vbm)::value>(q, k, v, scale, s, out, lse,
+                                                 return_weights ? &weights : nullptr);
+    });
                                   });
   return {out, lse, weights};
 }
@@ -286,15 +372,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_bwd_cpu(
                                   "cross_attention_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (s.Bq == s.B && s.B != 1) {
-      bwd_kernel<scalar_t>(grad_out, gw, q, k, v, lse, scale, s, dq.data_ptr<scalar_t>(),
-                           nullptr, dk, dv);
+      with_query_width<acc_t>(s.M, [&](auto vbm) {
+        bwd_kernel<scalar_t, decltype(vbm)::value>(grad_out, gw, q, k, v, lse, scale, s,
+                                                   dq.data_ptr<scalar_t>(), nullptr, dk, dv);
+      });
       return;
     }
     // Shared query (or B == 1): per-b partial gradients in the accumulation type, then a
     // fixed-order sum over b.
     auto part = at::empty({s.B, s.H, s.M, s.D},
                           q.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    bwd_kernel<scalar_t>(grad_out, gw, q, k, v, lse, scale, s, nullptr, &part, dk, dv);
+    with_query_width<acc_t>(s.M, [&](auto vbm) {
+      bwd_kernel<scalar_t, decltype(vbm)::value>(grad_out, gw, q, k, v, lse, scale, s, nullptr,
+                                                 &part, dk, dv);
+    });
     const acc_t* pp = part.data_ptr<acc_t>();
     scalar_t* dqp = dq.data_ptr<scalar_t>();
     const int64_t inner = s.H * s.M * s.D;
