@@ -23,6 +23,7 @@ _OPS = (
     "topk_regions_bwd",
     "info_nce_fwd",
     "info_nce_bwd",
+    "info_nce_fused",
 )
 
 

@@ -40,6 +40,14 @@ TORCH_LIBRARY(art_fast, m) {
   // -> grad_anchors [G,M,D], grad_candidates [G,N,D] (dtype of the inputs).
   m.def("info_nce_bwd(Tensor grad_loss, Tensor anchors, Tensor candidates, Tensor targets,"
         " Tensor lse, float temperature, bool normalize) -> (Tensor, Tensor)");
+  // The reduced loss and, when compute_grad, its gradients, in one pass (reduction "mean"
+  // over non-ignored rows when mean, else "sum"): the upstream gradient of a reduced loss is
+  // one scalar, so the autograd backward only scales the saved gradients.
+  // -> loss [] in the accumulation dtype (0 for "mean" when every row is ignored),
+  //    grad_anchors [G,M,D], grad_candidates [G,N,D] (dtype of the inputs; d loss / d input)
+  //    when compute_grad, else two empty tensors [0].
+  m.def("info_nce_fused(Tensor anchors, Tensor candidates, Tensor targets, float temperature,"
+        " bool normalize, bool mean, bool compute_grad) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(art_fast, CPU, m) {
@@ -49,6 +57,7 @@ TORCH_LIBRARY_IMPL(art_fast, CPU, m) {
   m.impl("topk_regions_bwd", &art_fast::topk_regions_bwd_cpu);
   m.impl("info_nce_fwd", &art_fast::info_nce_fwd_cpu);
   m.impl("info_nce_bwd", &art_fast::info_nce_bwd_cpu);
+  m.impl("info_nce_fused", &art_fast::info_nce_fused_cpu);
 }
 
 namespace {

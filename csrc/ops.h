@@ -34,5 +34,8 @@ std::tuple<at::Tensor, at::Tensor> info_nce_fwd_cpu(
 std::tuple<at::Tensor, at::Tensor> info_nce_bwd_cpu(
     const at::Tensor& grad_loss, const at::Tensor& anchors, const at::Tensor& candidates,
     const at::Tensor& targets, const at::Tensor& lse, double temperature, bool normalize);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_fused_cpu(
+    const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& targets,
+    double temperature, bool normalize, bool mean, bool compute_grad);
 
 }  // namespace art_fast

@@ -182,6 +182,121 @@ def test_reproducible_and_fully_written(device, backend, G, M, N):
     assert not any(torch.isnan(x).any() for x in first)
 
 
+# ---- the fused path (reduction "mean" / "sum": loss and gradients in one kernel pass) -------
+# Shapes: tiny direct (float32, D % 16 == 0, M, N % 4 == 0), tiny with padded copies, large.
+FUSED_SHAPES = [(16, 8, 12, 32), (9, 7, 5, 20), (1, 150, 130, 40), (2, 70, 64, 32)]
+
+
+@pytest.mark.parametrize("device,backend", FAST_CASES)
+@pytest.mark.parametrize("G,M,N,D", FUSED_SHAPES)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("same", [False, True])
+def test_fused_reductions(device, backend, G, M, N, D, reduction, same):
+    require_backend(OP, backend)
+    if same:
+        N = M
+    check(device, backend, G, M, N, D, torch.float32, reduction=reduction, same=same)
+    check(device, backend, G, M, N, D, torch.float32, reduction=reduction, same=same,
+          normalize=False, temperature=3.0)
+
+
+@pytest.mark.parametrize("device,backend", FAST_CASES)
+@pytest.mark.parametrize("G,M,N,D", FUSED_SHAPES)
+def test_fused_without_grad_matches(device, backend, G, M, N, D):
+    """No autograd (no_grad, or no input requiring grad): the loss alone, bitwise the loss that
+    the gradient-computing pass returns."""
+    require_backend(OP, backend)
+    a, c, t = make(G, M, N, D, device)
+    a, c = a.float(), c.float()
+    for reduction in ("mean", "sum"):
+        plain = art_fast.info_nce(a, c, t, reduction=reduction, backend=backend)
+        with torch.no_grad():
+            nograd = art_fast.info_nce(a.requires_grad_(), c, t, reduction=reduction,
+                                       backend=backend)
+        a.requires_grad_(False)
+        withgrad = art_fast.info_nce(a.clone().requires_grad_(), c, t, reduction=reduction,
+                                     backend=backend)
+        assert torch.equal(plain, nograd) and torch.equal(plain, withgrad.detach())
+        ref = reference.info_nce(a.double(), c.double(), t, 0.1, True, reduction)
+        torch.testing.assert_close(plain.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device,backend", FAST_CASES)
+@pytest.mark.parametrize("G,M,N,D", FUSED_SHAPES)
+def test_fused_backward_scales_and_repeats(device, backend, G, M, N, D):
+    """The backward scales the saved gradients by the upstream gradient, and may run twice."""
+    require_backend(OP, backend)
+    a, c, t = make(G, M, N, D, device)
+    a, c = a.float().requires_grad_(), c.float().requires_grad_()
+    loss = art_fast.info_nce(a, c, t, backend=backend)
+    g1 = torch.autograd.grad(loss * 3.0, (a, c), retain_graph=True)
+    g2 = torch.autograd.grad(loss * 3.0, (a, c))
+    assert all(torch.equal(x, y) for x, y in zip(g1, g2))
+    ar, cr = a.detach().double().requires_grad_(), c.detach().double().requires_grad_()
+    ref = torch.autograd.grad(reference.info_nce(ar, cr, t, 0.1, True, "mean") * 3.0, (ar, cr))
+    for x, y in zip(g1, ref):
+        torch.testing.assert_close(x.double(), y, rtol=1e-4, atol=1e-6)
+    # Only one input requiring grad.
+    (gc,) = torch.autograd.grad(art_fast.info_nce(a.detach(), c, t, backend=backend), (c,))
+    torch.testing.assert_close(gc.double(), ref[1] / 3.0, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("device,backend", FAST_CASES)
+@pytest.mark.parametrize("G,M,N", [(40, 16, 16), (1, 300, 280)])
+def test_fused_reproducible(device, backend, G, M, N):
+    require_backend(OP, backend)
+    a, c, t = make(G, M, N, 48, device)
+    a, c = a.float(), c.float()
+
+    def run():
+        x = [a.clone().requires_grad_(), c.clone().requires_grad_()]
+        loss = art_fast.info_nce(x[0], x[1], t, backend=backend)
+        return [loss, *torch.autograd.grad(loss, x)]
+
+    first = run()
+    torch.use_deterministic_algorithms(True)  # every new tensor starts NaN-filled
+    try:
+        second = run()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert all(torch.equal(p, q) for p, q in zip(first, second))
+    assert not any(torch.isnan(x).any() for x in first)
+
+
+@pytest.mark.parametrize("device,backend", FAST_CASES)
+@pytest.mark.parametrize("G,M", [(16, 8), (1, 150)])
+def test_fused_large_logits(device, backend, G, M):
+    require_backend(OP, backend)
+    outs, grads = check(device, backend, G, M, M, 16, torch.float32, normalize=False,
+                        temperature=1e-3, scale=2.5, eager_rule=True, reduction="mean")
+    assert all(torch.isfinite(x).all() for x in outs + grads)
+
+
+@pytest.mark.parametrize("device,backend", FAST_CASES)
+def test_fused_zero_vectors(device, backend):
+    require_backend(OP, backend)
+    for G, M, N, D in [(4, 8, 8, 16), (4, 6, 5, 8), (1, 100, 90, 16)]:  # direct, copies, large
+        a, c, t = make(G, M, N, D, device)
+        a[0, 1] = 0.0
+        c[0, 3] = 0.0
+        t[0, 1] = 3
+        kw = dict(temperature=0.5, reduction="mean")
+
+        def fast(a, c, t=t, kw=kw):
+            return art_fast.info_nce(a, c, t, backend=backend, **kw)
+
+        def ref(a, c, t=t, kw=kw):
+            return reference.info_nce(a, c, t, **kw)
+
+        cot = (torch.tensor(1.0, dtype=torch.float64, device=device),)
+        outs, grads = fwd_bwd(fast, (a, c), cot, torch.float32)
+        t_outs, t_grads = fwd_bwd(ref, (a, c), cot, torch.float64)
+        assert_close_fp(outs[0], t_outs[0], None, "loss")
+        for x, y in zip(grads, t_grads):
+            assert_close_fp(x, y, None, "grads")
+        assert float(grads[0][0, 1].abs().max()) > 0  # the zero row's gradient is g / eps
+
+
 def _bad_cases():
     a, c, t = torch.randn(3, 4, 8), torch.randn(3, 5, 8), torch.randint(0, 5, (3, 4))
     bad_t = t.clone()

@@ -29,10 +29,21 @@ def _samples(op: str):
     t = torch.tensor([[0, 5, -100, 2]] * 3)
     big_a = torch.randn(1, 80, 8, requires_grad=True)
     big_t = torch.randint(0, 80, (1, 80))
+    if op == "info_nce_fused":
+        a16 = torch.randn(2, 4, 16, requires_grad=True)
+        c16 = torch.randn(2, 8, 16, requires_grad=True)
+        t16 = torch.tensor([[0, 7, -100, 2]] * 2)
+        return [(a, c, t, 0.1, True, True, True), (a, c, t, 2.0, False, False, True),
+                (a16, c16, t16, 0.3, True, True, True),  # the tiny direct path
+                (big_a, big_a, big_t, 0.1, True, True, True),
+                (a.detach(), c.detach(), t, 0.1, True, True, False),
+                (big_a.detach(), big_a.detach(), big_t, 0.5, True, False, False)]
     return [(a, c, t, 0.1, True), (a, c, t, 2.0, False), (big_a, big_a, big_t, 0.1, True)]
 
 
-@pytest.mark.parametrize("op", ["cross_attention_fwd", "topk_regions_fwd", "info_nce_fwd"])
+@pytest.mark.parametrize(
+    "op", ["cross_attention_fwd", "topk_regions_fwd", "info_nce_fwd", "info_nce_fused"]
+)
 def test_opcheck(op):
     require_backend(op.rsplit("_", 1)[0], "cpu")
     for args in _samples(op):

@@ -1,9 +1,19 @@
 """InfoNCE over groups of anchors and candidates (DESIGN §3.3): public function, backend
-dispatch, and the torch.library registration of ``art_fast::info_nce_fwd``.
+dispatch, and the torch.library registration of ``art_fast::info_nce_fwd`` / ``_fused``.
 
-The kernels compute the per-row loss ``[G, M]`` (float32; float64 for float64 inputs) and its
-log-sum-exp; the reduction ("mean" over non-ignored rows, "sum", "none") is a cheap O(G*M)
-step done here, so autograd hands the kernels' backward one upstream gradient per row."""
+Two kernel paths:
+
+- ``reduction="none"``: ``info_nce_fwd`` computes the per-row loss ``[G, M]`` (float32; float64
+  for float64 inputs) and its log-sum-exp; autograd hands ``info_nce_bwd`` one upstream
+  gradient per row, and it recomputes the logits.
+- ``reduction="mean"`` / ``"sum"`` (training): the upstream gradient of every row is the same
+  scalar (times 1/count or 1), so ``info_nce_fused`` returns the reduced loss together with its
+  gradients, computed in the forward while the logits are hot (the Liger-Kernel fused
+  cross-entropy trick); the autograd backward only multiplies them by the scalar upstream
+  gradient. The gradients are computed only when autograd will need them
+  (``torch.is_grad_enabled()`` and an input requires grad); they are held, in the dtype of the
+  inputs, from the forward to the backward (the memory of one gradient per input).
+"""
 
 from __future__ import annotations
 
@@ -91,14 +101,25 @@ def info_nce(
     name = _backend.resolve(_OP, backend, anchors.device)
     if name == "torch":
         return reference.info_nce(anchors, candidates, targets, temperature, normalize, reduction)
-    loss, _lse = torch.ops.art_fast.info_nce_fwd(
-        anchors.contiguous(), candidates.contiguous(), targets.contiguous(), temperature, normalize
-    )
     if reduction == "none":
+        loss, _lse = torch.ops.art_fast.info_nce_fwd(
+            anchors.contiguous(),
+            candidates.contiguous(),
+            targets.contiguous(),
+            temperature,
+            normalize,
+        )
         return loss.to(anchors.dtype)
-    total = loss.sum()
-    if reduction == "mean":
-        total = total / (targets != IGNORE_INDEX).sum().clamp(min=1).to(total.dtype)
+    compute_grad = torch.is_grad_enabled() and (anchors.requires_grad or candidates.requires_grad)
+    total, _ga, _gc = torch.ops.art_fast.info_nce_fused(
+        anchors.contiguous(),
+        candidates.contiguous(),
+        targets.contiguous(),
+        temperature,
+        normalize,
+        reduction == "mean",
+        compute_grad,
+    )
     return total.to(anchors.dtype)
 
 
@@ -137,4 +158,37 @@ if _ext.EXT_LOADED:
 
     torch.library.register_autograd(
         "art_fast::info_nce_fwd", _backward, setup_context=_setup_context
+    )
+
+    @torch.library.register_fake("art_fast::info_nce_fused")
+    def _fake_fused(anchors, candidates, targets, temperature, normalize, mean, compute_grad):
+        loss = anchors.new_empty((), dtype=acc_dtype(anchors.dtype))
+        if compute_grad:
+            return loss, torch.empty_like(anchors), torch.empty_like(candidates)
+        return loss, anchors.new_empty((0,)), candidates.new_empty((0,))
+
+    def _fused_setup_context(ctx, inputs, output):
+        _loss, grad_anchors, grad_candidates = output
+        ctx.mark_non_differentiable(grad_anchors, grad_candidates)
+        # Otherwise autograd hands the backward two zero-filled tensors the size of the
+        # gradients for the non-differentiable outputs (allocated and written every backward).
+        ctx.set_materialize_grads(False)
+        ctx.compute_grad = inputs[6]
+        ctx.save_for_backward(grad_anchors, grad_candidates)
+
+    def _fused_backward(ctx, grad_loss, _grad_ga, _grad_gc):
+        if not ctx.compute_grad:
+            raise RuntimeError(
+                "art_fast.info_nce: backward through info_nce_fused(compute_grad=False); the "
+                "gradients were not computed in the forward"
+            )
+        grad_anchors, grad_candidates = ctx.saved_tensors
+        if grad_loss is None:
+            return None, None, None, None, None, None, None
+        ga = (grad_loss * grad_anchors).to(grad_anchors.dtype)
+        gc = (grad_loss * grad_candidates).to(grad_candidates.dtype)
+        return ga, gc, None, None, None, None, None
+
+    torch.library.register_autograd(
+        "art_fast::info_nce_fused", _fused_backward, setup_context=_fused_setup_context
     )

@@ -1,4 +1,6 @@
-// C++ CPU kernel for art_fast::info_nce_{fwd,bwd}.
+// C++ CPU kernels for art_fast::info_nce_{fwd,bwd} (per-row losses, reduction "none") and
+// art_fast::info_nce_fused (reduction "mean" / "sum": the reduced loss and its gradients in one
+// pass; see "fused" below).
 //
 // loss[g, i] = logsumexp_j S[g, i, j] - S[g, i, t_gi],  S = <a_hat_gi, c_hat_gj> / temperature,
 // with a_hat, c_hat the rows L2-normalised as F.normalize does (x / max(||x||, 1e-12)) when
@@ -47,6 +49,32 @@
 //            does not depend on the thread count at all; in the large regime the task split
 //            (and the block height, lowered to keep the threads busy) depends on
 //            at::get_num_threads(), so the last bits of grad_candidates may change with it.
+//
+// fused    info_nce_fused(anchors, candidates, targets, temperature, normalize, mean,
+//          compute_grad) -> loss [] (accumulation dtype; "mean" over the non-ignored rows, 0
+//          when there is none, else "sum"; the row losses are summed in float64 in a fixed
+//          order), grad_anchors, grad_candidates (dtype of the inputs: d loss / d input, or
+//          two empty [0] tensors when !compute_grad). The upstream gradient of every row of a
+//          reduced loss is the same scalar times w (1 / count or 1; 0 on ignored rows), so the
+//          gradients are formed while the logits are hot and the autograd backward only
+//          scales them (Liger-Kernel's fused linear cross-entropy trick). No recomputation.
+//          tiny  one group per task; float32 inputs with D % 16 == 0 and M, N % 4 == 0 on
+//                AVX-512 ("direct"): no normalised copies at all: S = <a, c> inv_a inv_c / T
+//                from the raw rows by 4 x 4 register blocks of dot products (a shuffle tree
+//                reduces the 16 accumulators), the norms folded into dS for
+//                dA = dS diag(inv_c) C and dC = (diag(inv_a) dS)^T A (a register-blocked
+//                GEMM of this file: a BLAS call costs more than a 16x16x256 product), and the
+//                normalisation's backward applied to the raw rows. Other dtypes / shapes: the
+//                same on zero-padded normalised copies.
+//          large items (group, block of bm <= 128 anchor rows, lowered to keep
+//                bm * N * 4 bytes <= 8 MiB and the threads busy);
+//                per item one [bm, N] logits slab (one GEMM), the exact row lse from it,
+//                dS in place, then dA_blk = dS C_hat and partial dC += dS^T A_blk (two GEMMs):
+//                3 GEMMs in all, like eager's forward + backward, never an [M, N] buffer. The
+//                partial dC per task are summed in task order, as in the backward below.
+//          memory: tiny O((M + N) * D + M * N) per thread; large the normalised copies, one
+//                slab per thread, the partial dC ((G + ntask - 1) * N * D at most), and the
+//                two gradients, which autograd holds from the forward to the backward.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -144,9 +172,67 @@ using cpu::dot;
 using cpu::exp_acc;
 using cpu::kLanes;
 using cpu::reduce_lanes;
+
+// Vector types, widths and the register-blocked GEMM are common.h's (cpu::Vec, cpu::nr,
+// cpu::gemm).
+using cpu::round_up;
+constexpr bool kDotBlock = cpu::nr<float>() == 16;
+using V16 = typename cpu::Vec<float>::type;
+using I16 = int32_t __attribute__((vector_size(cpu::kVecBytes)));
+
+// reduce_lanes / the lane maximum of cpu::max with the same pairwise tree (lane l += lane
+// l + w for w = L/2, ..., 1), done on one vector by shuffles when the 16 float lanes are one
+// AVX-512 vector: bitwise the same result, without the scalar chain through the stack that
+// dominated the reductions of rows of a few hundred values.
+inline V16 fold16(V16 v, bool is_max) {
+  const I16 m8 = {8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7};
+  const I16 m4 = {4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11};
+  const I16 m2 = {2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13};
+  const I16 m1 = {1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14};
+  if (is_max) {
+    V16 u = __builtin_shuffle(v, m8);
+    v = u > v ? u : v;
+    u = __builtin_shuffle(v, m4);
+    v = u > v ? u : v;
+    u = __builtin_shuffle(v, m2);
+    v = u > v ? u : v;
+    u = __builtin_shuffle(v, m1);
+    return u > v ? u : v;
+  }
+  v += __builtin_shuffle(v, m8);
+  v += __builtin_shuffle(v, m4);
+  v += __builtin_shuffle(v, m2);
+  return v + __builtin_shuffle(v, m1);
+}
+
+template <typename acc_t>
+inline acc_t reduce_lanes_v(acc_t* s) {
+  if constexpr (std::is_same_v<acc_t, float> && kLanes<float> == 16 && kDotBlock) {
+    V16 v;
+    std::memcpy(&v, s, sizeof(V16));
+    return fold16(v, false)[0];
+  } else {
+    return reduce_lanes(s);
+  }
+}
+
+// Maximum that skips NaN, as cpu::max (same lanes, same tree).
 template <typename acc_t>
 inline acc_t max_of(const acc_t* __restrict__ x, int64_t n) {
-  return cpu::max(x, n);
+  if constexpr (std::is_same_v<acc_t, float> && kLanes<float> == 16 && kDotBlock) {
+    constexpr int L = 16;
+    acc_t s[L];
+    for (int l = 0; l < L; ++l) s[l] = -std::numeric_limits<acc_t>::infinity();
+    int64_t i = 0;
+    for (; i + L <= n; i += L)
+      for (int l = 0; l < L; ++l) s[l] = x[i + l] > s[l] ? x[i + l] : s[l];
+    for (int l = 0; i < n; ++i, ++l) s[l] = x[i] > s[l] ? x[i] : s[l];
+    V16 v;
+    std::memcpy(&v, s, sizeof(V16));
+    return fold16(v, true)[0];
+  } else {
+    return cpu::max(x, n);
+  }
 }
 
 // sum_j exp(x[j] - m), kLanes partial sums.
@@ -158,7 +244,7 @@ inline acc_t sum_exp(const acc_t* __restrict__ x, int64_t n, acc_t m) {
   for (; i + L <= n; i += L)
     for (int l = 0; l < L; ++l) s[l] += exp_acc(x[i + l] - m);
   for (int l = 0; i < n; ++i, ++l) s[l] += exp_acc(x[i] - m);
-  return reduce_lanes(s);
+  return reduce_lanes_v(s);
 }
 
 // dst = x / max(||x||, eps) (or a copy when !normalize); returns ||x|| (1 when !normalize).
@@ -543,6 +629,446 @@ void bwd_large(const at::opmath_type<scalar_t>* glp, const scalar_t* ap, const s
   });
 }
 
+// ---- fused loss + gradients (reduction "mean" / "sum") ---------------------------------------
+//
+// For a reduced loss the upstream gradient of every row's loss is the same scalar times w_i
+// (w_i = 1 / count for "mean", 1 for "sum", 0 on ignored rows), so the gradients of the reduced
+// loss are computed once, while the logits are hot; the autograd backward only scales them.
+
+// x[j] = exp(x[j] - m) in place; returns their sum (kLanes partial sums, fixed order).
+template <typename acc_t>
+inline acc_t exp_sum_inplace(acc_t* __restrict__ x, int64_t n, acc_t m) {
+  constexpr int L = kLanes<acc_t>;
+  acc_t s[L] = {};
+  int64_t i = 0;
+  for (; i + L <= n; i += L)
+    for (int l = 0; l < L; ++l) {
+      const acc_t e = exp_acc(x[i + l] - m);
+      x[i + l] = e;
+      s[l] += e;
+    }
+  for (int l = 0; i < n; ++i, ++l) {
+    const acc_t e = exp_acc(x[i] - m);
+    x[i] = e;
+    s[l] += e;
+  }
+  return reduce_lanes_v(s);
+}
+
+inline void scale_inplace(float* __restrict__ x, float a, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] *= a;
+}
+inline void scale_inplace(double* __restrict__ x, double a, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] *= a;
+}
+
+// As load_normalized / store_normalize_bwd, with one division per row (x * (1 / den)) instead
+// of one per element: within 1 ulp of F.normalize's quotient, and the divisions dominated the
+// tiny groups' normalisation.
+template <typename acc_t, typename scalar_t>
+inline acc_t load_normalized_fast(acc_t* __restrict__ dst, const scalar_t* __restrict__ src,
+                                  int64_t D, bool normalize) {
+  load(dst, src, D);
+  if (!normalize) return acc_t(1);
+  const acc_t nrm = std::sqrt(dot(dst, dst, D));
+  const acc_t den = nrm > acc_t(kNormEps) ? nrm : acc_t(kNormEps);
+  scale_inplace(dst, acc_t(1) / den, D);
+  return nrm;
+}
+
+template <typename acc_t, typename scalar_t>
+inline void store_normalize_bwd_fast(scalar_t* __restrict__ out, const acc_t* __restrict__ g,
+                                     const acc_t* __restrict__ xhat, acc_t nrm, int64_t D,
+                                     bool normalize, acc_t* __restrict__ tmp) {
+  if (!normalize) {
+    store(out, g, D);
+    return;
+  }
+  if (nrm >= acc_t(kNormEps)) {
+    const acc_t pr = dot(xhat, g, D), inv = acc_t(1) / nrm;
+    for (int64_t d = 0; d < D; ++d) tmp[d] = (g[d] - xhat[d] * pr) * inv;
+  } else {
+    const acc_t inv = acc_t(1) / acc_t(kNormEps);
+    for (int64_t d = 0; d < D; ++d) tmp[d] = g[d] * inv;
+  }
+  store(out, tmp, D);
+}
+
+// S[i, j] = <a_i, c_j> for a 4 x 4 block, when one vector holds 16 values (float, AVX-512):
+// the 16 dot products run in 16 vector accumulators over D (a multiple of 16; rows padded
+// with zeros), then one transposing reduction tree (15 adds) turns them into one vector of the
+// 16 results. No transposed copy of the candidates is needed. Fixed summation order.
+
+template <int SZ>
+inline V16 reduce_pair(V16 a, V16 b) {
+  // Each segment of SZ lanes of a and b is halved: the segment's two halves are added, a's
+  // result first. Built from SZ at compile time.
+  if constexpr (SZ == 16) {
+    const I16 lo = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    const I16 hi = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+    return __builtin_shuffle(a, b, lo) + __builtin_shuffle(a, b, hi);
+  } else if constexpr (SZ == 8) {
+    const I16 lo = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
+    const I16 hi = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
+    return __builtin_shuffle(a, b, lo) + __builtin_shuffle(a, b, hi);
+  } else if constexpr (SZ == 4) {
+    const I16 lo = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
+    const I16 hi = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
+    return __builtin_shuffle(a, b, lo) + __builtin_shuffle(a, b, hi);
+  } else {
+    const I16 lo = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
+    const I16 hi = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
+    return __builtin_shuffle(a, b, lo) + __builtin_shuffle(a, b, hi);
+  }
+}
+
+// S[4, 4] (row stride lds) = A[i0..i0+4) . C[j0..j0+4)^T, rows of length D16 (multiple of 16).
+inline void dot_block_4x4(const float* __restrict__ a, int64_t lda, const float* __restrict__ c,
+                          int64_t ldc, int64_t D16, float* __restrict__ S, int64_t lds) {
+  if constexpr (kDotBlock) {
+    V16 acc[16];
+#pragma GCC unroll 16
+    for (int k = 0; k < 16; ++k) acc[k] = V16{};
+    for (int64_t d = 0; d < D16; d += 16) {
+      V16 av[4], cv[4];
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+        std::memcpy(&av[i], a + i * lda + d, sizeof(V16));
+        std::memcpy(&cv[i], c + i * ldc + d, sizeof(V16));
+        // Keep the 8 loaded vectors in registers (GCC otherwise re-reads them as memory
+        // operands of the 16 FMAs: 20 loads per step instead of 8, and the loop is load-bound).
+        asm("" : "+v"(av[i]), "+v"(cv[i]));
+      }
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i)
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) acc[i * 4 + j] += av[i] * cv[j];
+    }
+    // The tree below leaves accumulator bitrev4(k) in lane k: feed it bit-reversed, so that
+    // lane l ends up holding entry (l / 4, l % 4).
+    constexpr int br[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+    V16 w[8], x[4], y[2];
+#pragma GCC unroll 8
+    for (int p = 0; p < 8; ++p) w[p] = reduce_pair<16>(acc[br[2 * p]], acc[br[2 * p + 1]]);
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) x[q] = reduce_pair<8>(w[2 * q], w[2 * q + 1]);
+    y[0] = reduce_pair<4>(x[0], x[1]);
+    y[1] = reduce_pair<4>(x[2], x[3]);
+    const V16 z = reduce_pair<2>(y[0], y[1]);
+    float out[16];
+    std::memcpy(out, &z, sizeof(V16));
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) std::memcpy(S + i * lds, out + 4 * i, 4 * sizeof(float));
+  }
+}
+
+// One row of logits (already divided by T) -> its loss, and when grad, the row overwritten by
+// d(reduced loss)/d(logits) / T = w (softmax - onehot(t)) / T. Ignored rows: loss 0, row 0.
+template <typename acc_t>
+inline acc_t fused_row(acc_t* __restrict__ row, int64_t n, int64_t t, acc_t w_over_T,
+                       bool grad) {
+  if (t == kIgnoreIndex) {
+    if (grad) fill(row, acc_t(0), n);
+    return acc_t(0);
+  }
+  const acc_t mx = max_of(row, n);
+  const acc_t st = row[t];
+  if (!grad) return mx + std::log(sum_exp(row, n, mx)) - st;
+  const acc_t z = exp_sum_inplace(row, n, mx);
+  const acc_t loss = mx + std::log(z) - st;
+  scale_inplace(row, w_over_T / z, n);
+  row[t] -= w_over_T;
+  return loss;
+}
+
+// Tiny regime: one group per task, everything in per-thread buffers padded for small_gemm:
+// rows to cpu::kMR (and to the vector width), the D and N columns to the vector width.
+// gsum[g] = the group's loss sum.
+template <typename scalar_t>
+void fused_tiny(const scalar_t* ap, const scalar_t* cp, bool same, const int64_t* tp,
+                double temperature, bool normalize, const Dims& s, at::opmath_type<scalar_t> w,
+                bool grad, double* gsum, scalar_t* dap, scalar_t* dcp) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t M = s.M, N = s.N, D = s.D;
+  constexpr int64_t NR = cpu::nr<acc_t>();
+  constexpr int64_t PADN = NR > cpu::kMR ? NR : cpu::kMR;
+  // Logits by 4 x 4 dot blocks (float, 16-lane vectors), else by small_gemm against a
+  // transposed copy of the candidates.
+  constexpr bool dot_blocks = std::is_same_v<acc_t, float> && kDotBlock;
+  const int64_t Dp = round_up(D, NR), Mp = round_up(M, cpu::kMR), Np = round_up(N, PADN);
+  const int64_t rows_a = std::max(Mp, Np);  // the candidates' rows when they are the anchors
+  const acc_t invT = acc_t(1) / static_cast<acc_t>(temperature);
+  const acc_t wT = w * invT;
+  at::parallel_for(0, s.G, 1, [&](int64_t begin, int64_t end) {
+    // Zero-initialised once: the padding rows / columns are never written afterwards.
+    std::vector<acc_t> ah(rows_a * Dp, acc_t(0)), chb(same ? 0 : Np * Dp, acc_t(0)), an(M),
+        cnb(same ? 0 : N), chT(dot_blocks ? 0 : D * Np, acc_t(0)), S(Mp * Np, acc_t(0)),
+        dah(grad ? Mp * Dp : 0), dch(grad ? Np * Dp : 0), tmp(D);
+    for (int64_t g = begin; g < end; ++g) {
+      // 1. normalised rows (the candidates are the anchors when the inputs are one tensor).
+      for (int64_t i = 0; i < M; ++i)
+        an[i] = load_normalized_fast(ah.data() + i * Dp, ap + (g * M + i) * D, D, normalize);
+      const acc_t* ch = ah.data();
+      const acc_t* cn = an.data();
+      if (!same) {
+        for (int64_t j = 0; j < N; ++j)
+          cnb[j] =
+              load_normalized_fast(chb.data() + j * Dp, cp + (g * N + j) * D, D, normalize);
+        ch = chb.data();
+        cn = cnb.data();
+      }
+      // 2. S = A_hat C_hat^T [Mp, Np] (padding entries are 0).
+      if constexpr (dot_blocks) {
+        for (int64_t i0 = 0; i0 < M; i0 += 4)
+          for (int64_t j0 = 0; j0 < N; j0 += 4)
+            dot_block_4x4(ah.data() + i0 * Dp, Dp, ch + j0 * Dp, Dp, Dp, S.data() + i0 * Np + j0,
+                          Np);
+      } else {
+        for (int64_t j = 0; j < N; ++j)
+          for (int64_t d = 0; d < D; ++d) chT[d * Np + j] = ch[j * Dp + d];
+        cpu::gemm<false>(ah.data(), Dp, chT.data(), Np, S.data(), Np, Mp, D, Np);
+      }
+      // 3. per row: loss, and dS = w (P - onehot) / T in place; the padding stays 0.
+      double total = 0;
+      for (int64_t i = 0; i < M; ++i) {
+        acc_t* row = S.data() + i * Np;
+        scale_inplace(row, invT, N);
+        total += static_cast<double>(fused_row(row, N, tp[g * M + i], wT, grad));
+      }
+      gsum[g] = total;
+      if (!grad) continue;
+      // 4. d A_hat = dS C_hat;  d C_hat = dS^T A_hat.
+      cpu::gemm<false>(S.data(), Np, ch, Dp, dah.data(), Dp, Mp, N, Dp);
+      cpu::gemm<true>(S.data(), Np, ah.data(), Dp, dch.data(), Dp, round_up(N, cpu::kMR), M, Dp);
+      // 5. through the normalisation.
+      for (int64_t i = 0; i < M; ++i)
+        store_normalize_bwd_fast(dap + (g * M + i) * D, dah.data() + i * Dp, ah.data() + i * Dp,
+                                 an[i], D, normalize, tmp.data());
+      for (int64_t j = 0; j < N; ++j)
+        store_normalize_bwd_fast(dcp + (g * N + j) * D, dch.data() + j * Dp, ch + j * Dp, cn[j],
+                                 D, normalize, tmp.data());
+    }
+  });
+}
+
+// Dot product with four interleaved groups of kLanes partial sums (four independent FMA chains:
+// the single chain of cpu::dot is latency-bound on rows of a few hundred values), combined in
+// a fixed order.
+template <typename acc_t>
+inline acc_t dot4(const acc_t* __restrict__ a, const acc_t* __restrict__ b, int64_t n) {
+  constexpr int L = kLanes<acc_t>;
+  acc_t s0[L] = {}, s1[L] = {}, s2[L] = {}, s3[L] = {};
+  int64_t i = 0;
+  for (; i + 4 * L <= n; i += 4 * L)
+    for (int l = 0; l < L; ++l) {
+      s0[l] += a[i + l] * b[i + l];
+      s1[l] += a[i + L + l] * b[i + L + l];
+      s2[l] += a[i + 2 * L + l] * b[i + 2 * L + l];
+      s3[l] += a[i + 3 * L + l] * b[i + 3 * L + l];
+    }
+  for (int l = 0; i < n; ++i, ++l) s0[l % L] += a[i] * b[i];
+  for (int l = 0; l < L; ++l) s0[l] = (s0[l] + s1[l]) + (s2[l] + s3[l]);
+  return reduce_lanes_v(s0);
+}
+
+// 1 / max(||x||, eps) and ||x|| (1 and 1 when !normalize).
+inline float inv_norm(const float* x, int64_t D, bool normalize, float* nrm_out) {
+  if (!normalize) {
+    *nrm_out = 1.0f;
+    return 1.0f;
+  }
+  const float nrm = std::sqrt(dot4(x, x, D));
+  *nrm_out = nrm;
+  return 1.0f / (nrm > float(kNormEps) ? nrm : float(kNormEps));
+}
+
+// out = d loss / d x from g = d loss / d x_hat, x_hat = x * inv (inv = 1 / max(||x||, eps)):
+// (g - x_hat <x_hat, g>) / ||x|| = (g - x (inv^2 <x, g>)) inv when ||x|| >= eps, g / eps below,
+// g when !normalize.
+inline void store_normalize_bwd_raw(float* __restrict__ out, const float* __restrict__ g,
+                                    const float* __restrict__ x, float inv, float nrm,
+                                    int64_t D, bool normalize) {
+  if (!normalize) {
+    std::memcpy(out, g, D * sizeof(float));
+    return;
+  }
+  if (nrm >= float(kNormEps)) {
+    const float c = inv * inv * dot4(x, g, D);
+    for (int64_t d = 0; d < D; ++d) out[d] = (g[d] - x[d] * c) * inv;
+  } else {
+    const float e = 1.0f / float(kNormEps);
+    for (int64_t d = 0; d < D; ++d) out[d] = g[d] * e;
+  }
+}
+
+// Tiny regime, float inputs with D % 16 == 0 and M, N % 4 == 0 (AVX-512): no normalised copies
+// at all. S = (A C^T) * inv_a inv_c / T from the raw rows by 4 x 4 dot blocks; the row norms are
+// folded into dS for the gradient products (d A_hat = dS diag(inv_c) C,
+// d C_hat = (diag(inv_a) dS)^T A), and the normalisation's backward is applied to the raw rows.
+bool fused_tiny_direct_ok(const Dims& s) {
+  return kDotBlock && s.D % 16 == 0 && s.M % 4 == 0 && s.N % 4 == 0;
+}
+
+void fused_tiny_direct(const float* ap, const float* cp, bool same, const int64_t* tp,
+                       double temperature, bool normalize, const Dims& s, float w, bool grad,
+                       double* gsum, float* dap, float* dcp) {
+  const int64_t M = s.M, N = s.N, D = s.D;
+  const int64_t Mp = round_up(M, cpu::kMR), Np = round_up(N, 16);
+  const float invT = 1.0f / static_cast<float>(temperature);
+  const float wT = w * invT;
+  at::parallel_for(0, s.G, 1, [&](int64_t begin, int64_t end) {
+    // Zero-initialised once: the padding rows / columns are never written afterwards.
+    std::vector<float> S(Mp * Np, 0.0f), Sc(grad ? Mp * Np : 0, 0.0f),
+        Sa(grad ? Mp * Np : 0, 0.0f), ia(M), na(M), icb(same ? 0 : N), ncb(same ? 0 : N),
+        dah(grad ? Mp * D : 0), dch(grad ? Np * D : 0);
+    for (int64_t g = begin; g < end; ++g) {
+      const float* A = ap + g * M * D;
+      const float* C = same ? A : cp + g * N * D;
+      for (int64_t i = 0; i < M; ++i) ia[i] = inv_norm(A + i * D, D, normalize, &na[i]);
+      const float* ic = ia.data();
+      const float* nc = na.data();
+      if (!same) {
+        for (int64_t j = 0; j < N; ++j) icb[j] = inv_norm(C + j * D, D, normalize, &ncb[j]);
+        ic = icb.data();
+        nc = ncb.data();
+      }
+      // 1. raw products, then S = <a, c> inv_a inv_c / T.
+      for (int64_t i0 = 0; i0 < M; i0 += 4)
+        for (int64_t j0 = 0; j0 < N; j0 += 4)
+          dot_block_4x4(A + i0 * D, D, C + j0 * D, D, D, S.data() + i0 * Np + j0, Np);
+      double total = 0;
+      for (int64_t i = 0; i < M; ++i) {
+        float* row = S.data() + i * Np;
+        const float ai = ia[i] * invT;
+        for (int64_t j = 0; j < N; ++j) row[j] = row[j] * ai * ic[j];
+        // 2. loss, and dS = w (P - onehot) / T in place.
+        total += static_cast<double>(fused_row(row, N, tp[g * M + i], wT, grad));
+      }
+      gsum[g] = total;
+      if (!grad) continue;
+      // 3. the norms folded into dS.
+      for (int64_t i = 0; i < M; ++i) {
+        const float* row = S.data() + i * Np;
+        float* rc = Sc.data() + i * Np;
+        float* ra = Sa.data() + i * Np;
+        for (int64_t j = 0; j < N; ++j) {
+          rc[j] = row[j] * ic[j];
+          ra[j] = row[j] * ia[i];
+        }
+      }
+      // 4. d A_hat = dS diag(inv_c) C;  d C_hat = (diag(inv_a) dS)^T A.
+      cpu::gemm<false>(Sc.data(), Np, C, D, dah.data(), D, Mp, N, D);
+      cpu::gemm<true>(Sa.data(), Np, A, D, dch.data(), D, round_up(N, cpu::kMR), M, D);
+      // 5. through the normalisation, straight into the outputs.
+      for (int64_t i = 0; i < M; ++i)
+        store_normalize_bwd_raw(dap + (g * M + i) * D, dah.data() + i * D, A + i * D, ia[i],
+                                na[i], D, normalize);
+      for (int64_t j = 0; j < N; ++j)
+        store_normalize_bwd_raw(dcp + (g * N + j) * D, dch.data() + j * D, C + j * D, ic[j],
+                                nc[j], D, normalize);
+    }
+  });
+}
+
+constexpr int64_t kFusedBM = 128;                       // anchor rows per block (large)
+constexpr int64_t kSlabBudget = int64_t(8) << 20;       // bytes of the [bm, N] slab per thread
+constexpr int64_t kMinFusedBM = 8;
+
+// Large regime: items (group, block of bm anchor rows); a task owns a contiguous run of items,
+// a [bm, N] logits slab and (when grad) one partial d c_hat [N, D] per group it spans.
+// Per item: slab = A_blk C_hat^T / T (one GEMM), exact row lse from the slab, dS in place,
+// dA_blk = dS C_hat and partial dC += dS^T A_blk (two GEMMs): 3 GEMMs, no recomputation.
+template <typename scalar_t>
+void fused_large(const scalar_t* ap, const scalar_t* cp, bool same, const int64_t* tp,
+                 double temperature, bool normalize, const Dims& s,
+                 at::opmath_type<scalar_t> w, bool grad, at::opmath_type<scalar_t>* rowloss,
+                 scalar_t* dap, scalar_t* dcp) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t M = s.M, N = s.N, D = s.D;
+  const acc_t invT = acc_t(1) / static_cast<acc_t>(temperature);
+  const acc_t wT = w * invT;
+  std::vector<acc_t> ahat(s.G * M * D), an(s.G * M), chb(same ? 0 : s.G * N * D),
+      cnb(same ? 0 : s.G * N);
+  normalize_rows(ap, s.G * M, D, normalize, ahat.data(), an.data());
+  if (!same) normalize_rows(cp, s.G * N, D, normalize, chb.data(), cnb.data());
+  const acc_t* chat = same ? ahat.data() : chb.data();
+  const acc_t* cn = same ? an.data() : cnb.data();
+  // Plan: block height within the slab budget, lowered to keep the threads busy.
+  const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
+  int64_t bm = kFusedBM;
+  const int64_t bm_cap =
+      std::max<int64_t>(kMinFusedBM, kSlabBudget / (N * static_cast<int64_t>(sizeof(acc_t))));
+  while (bm > bm_cap) bm /= 2;
+  while (bm > kMinBM && s.G * ((M + bm - 1) / bm) < 2 * nthreads) bm /= 2;
+  bm = std::max<int64_t>(1, std::min(bm, M));
+  const int64_t nblk = (M + bm - 1) / bm, items = s.G * nblk;
+  int64_t ntask = std::min(nthreads, items);
+  if (grad) {
+    const int64_t per_task = N * D * static_cast<int64_t>(sizeof(acc_t));
+    while (ntask > 1 && (ntask - 1) * per_task > kPartialBudget) --ntask;
+  }
+  std::vector<int64_t> ibeg(ntask + 1), gfirst(ntask), glast(ntask), poff(ntask + 1);
+  for (int64_t t = 0; t <= ntask; ++t) ibeg[t] = t * items / ntask;
+  poff[0] = 0;
+  for (int64_t t = 0; t < ntask; ++t) {
+    gfirst[t] = ibeg[t] / nblk;
+    glast[t] = (ibeg[t + 1] - 1) / nblk;
+    poff[t + 1] = poff[t] + (grad ? (glast[t] - gfirst[t] + 1) * N * D : 0);
+  }
+  std::vector<acc_t> part(poff[ntask]);
+  at::parallel_for(0, ntask, 1, [&](int64_t tbegin, int64_t tend) {
+    std::vector<acc_t> slab(bm * N), dA(grad ? bm * D : 0), tmp(D);
+    for (int64_t t = tbegin; t < tend; ++t) {
+      acc_t* pt = part.data() + poff[t];
+      for (int64_t it = ibeg[t]; it < ibeg[t + 1]; ++it) {
+        const int64_t g = it / nblk, i0 = (it % nblk) * bm;
+        const int64_t rows = std::min(bm, M - i0);
+        const int64_t* tgt = tp + g * M + i0;
+        const acc_t* ablk = ahat.data() + (g * M + i0) * D;
+        const acc_t* chg = chat + g * N * D;
+        // 1. slab = A_blk C_hat^T / T.
+        gemm_rm<acc_t>(false, true, rows, N, D, invT, ablk, D, chg, D, acc_t(0), slab.data(),
+                       N);
+        // 2. exact row lse, loss, and dS in place.
+        for (int64_t r = 0; r < rows; ++r)
+          rowloss[g * M + i0 + r] = fused_row(slab.data() + r * N, N, tgt[r], wT, grad);
+        if (!grad) continue;
+        // 3. dA_blk = dS C_hat (then through the anchors' normalisation);
+        //    partial dC_g (+)= dS^T A_blk (overwritten by the task's first item of group g).
+        gemm_rm<acc_t>(false, false, rows, D, N, acc_t(1), slab.data(), N, chg, D, acc_t(0),
+                       dA.data(), D);
+        const bool first = it == ibeg[t] || i0 == 0;
+        gemm_rm<acc_t>(true, false, N, D, rows, acc_t(1), slab.data(), N, ablk, D,
+                       first ? acc_t(0) : acc_t(1), pt + (g - gfirst[t]) * N * D, D);
+        for (int64_t r = 0; r < rows; ++r)
+          store_normalize_bwd(dap + (g * M + i0 + r) * D, dA.data() + r * D, ablk + r * D,
+                              an[g * M + i0 + r], D, normalize, tmp.data());
+      }
+    }
+  });
+  if (!grad) return;
+  // 4. d c_hat = the partials summed in task order, then through the normalisation.
+  at::parallel_for(0, s.G * N, std::max<int64_t>(1, 4096 / D), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(D), tmp(D);
+    for (int64_t gj = begin; gj < end; ++gj) {
+      const int64_t g = gj / N, j = gj % N;
+      bool first = true;
+      for (int64_t t = 0; t < ntask; ++t) {
+        if (g < gfirst[t] || g > glast[t]) continue;
+        const acc_t* src = part.data() + poff[t] + ((g - gfirst[t]) * N + j) * D;
+        if (first) {
+          std::copy(src, src + D, acc.data());
+          first = false;
+        } else {
+          for (int64_t d = 0; d < D; ++d) acc[d] += src[d];
+        }
+      }
+      store_normalize_bwd(dcp + gj * D, acc.data(), chat + gj * D, cn[gj], D, normalize,
+                          tmp.data());
+    }
+  });
+}
+
 bool use_tiny(const Dims& s) {
   if (s.M > kTinyMax || s.N > kTinyMax) return false;
   return s.G >= at::get_num_threads() || s.M * s.N * s.D <= (int64_t(1) << 18);
@@ -619,6 +1145,62 @@ std::tuple<at::Tensor, at::Tensor> info_nce_bwd_cpu(const at::Tensor& grad_loss,
     }
   });
   return {da, dc};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_fused_cpu(
+    const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& targets,
+    double temperature, bool normalize, bool mean, bool compute_grad) {
+  const Dims s = check_inputs(anchors, candidates);
+  TORCH_CHECK(temperature > 0 && std::isfinite(temperature),
+              "art_fast: info_nce temperature must be finite and > 0, got ", temperature);
+  const at::Tensor t = check_targets(targets, s);
+  const at::ScalarType acc = cpu::acc_dtype(anchors.scalar_type());
+  const int64_t* tp = t.data_ptr<int64_t>();
+  int64_t count = 0;
+  for (int64_t i = 0; i < s.G * s.M; ++i) count += tp[i] != kIgnoreIndex;
+  auto loss = at::empty({}, anchors.options().dtype(acc));
+  at::Tensor da = compute_grad ? at::empty_like(anchors) : at::empty({0}, anchors.options());
+  at::Tensor dc =
+      compute_grad ? at::empty_like(candidates) : at::empty({0}, candidates.options());
+  if (s.G * s.M == 0) {
+    loss.zero_();
+    if (compute_grad) dc.zero_();
+    return {loss, da, dc};
+  }
+  const bool same = same_tensor(anchors, candidates);
+  // Per-row weight of the reduced loss: 1 / count ("mean"; no row counts when count == 0),
+  // 1 ("sum"); ignored rows get 0 inside the kernels.
+  const double wd = mean ? 1.0 / static_cast<double>(std::max<int64_t>(count, 1)) : 1.0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, anchors.scalar_type(),
+                                  "info_nce_fused_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* ap = anchors.data_ptr<scalar_t>();
+    const scalar_t* cp = candidates.data_ptr<scalar_t>();
+    scalar_t* dap = compute_grad ? da.data_ptr<scalar_t>() : nullptr;
+    scalar_t* dcp = compute_grad ? dc.data_ptr<scalar_t>() : nullptr;
+    double total = 0;
+    if (use_tiny(s)) {
+      std::vector<double> gsum(s.G);
+      if (std::is_same_v<scalar_t, float> && fused_tiny_direct_ok(s)) {
+        // (scalar_t is float here; the casts only let the other dtypes compile.)
+        fused_tiny_direct(reinterpret_cast<const float*>(ap),
+                          reinterpret_cast<const float*>(cp), same, tp, temperature, normalize,
+                          s, static_cast<float>(wd), compute_grad, gsum.data(),
+                          reinterpret_cast<float*>(dap), reinterpret_cast<float*>(dcp));
+      } else {
+        fused_tiny<scalar_t>(ap, cp, same, tp, temperature, normalize, s,
+                             static_cast<acc_t>(wd), compute_grad, gsum.data(), dap, dcp);
+      }
+      for (int64_t g = 0; g < s.G; ++g) total += gsum[g];
+    } else {
+      std::vector<acc_t> rl(s.G * s.M);
+      fused_large<scalar_t>(ap, cp, same, tp, temperature, normalize, s,
+                            static_cast<acc_t>(wd), compute_grad, rl.data(), dap, dcp);
+      for (int64_t i = 0; i < s.G * s.M; ++i) total += static_cast<double>(rl[i]);
+    }
+    loss.fill_(mean ? (count > 0 ? total / static_cast<double>(count) : 0.0) : total);
+  });
+  return {loss, da, dc};
 }
 
 }  // namespace art_fast
