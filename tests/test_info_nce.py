@@ -24,8 +24,9 @@ def make(G, M, N, D, device="cpu", ignore_frac=0.2, same=False):
 
 
 def check(device, backend, G, M, N, D, dtype, *, normalize=True, temperature=0.1,
-          reduction="mean", same=False, scale=1.0, eager_rule=False, ignore_frac=0.2):
-    a, c, t = make(G, M, N, D, device, ignore_frac, same)
+          reduction="mean", same=False, scale=1.0, eager_rule=False, ignore_frac=0.2,
+          inputs=None):
+    a, c, t = make(G, M, N, D, device, ignore_frac, same) if inputs is None else inputs
     a, c = a * scale, (a * scale if same else c * scale)
     kw = dict(temperature=temperature, normalize=normalize, reduction=reduction)
     cot = torch.randn((G, M) if reduction == "none" else (), dtype=torch.float64, device=device)
@@ -160,7 +161,9 @@ def test_zero_vectors_normalize_like_f_normalize(device, backend):
     a, c, t = make(4, 6, 6, 8, device)
     a[0, 1] = 0.0
     c[2, 3] = 0.0
-    check(device, backend, 4, 6, 6, 8, torch.float64)
+    for reduction in ("mean", "none"):
+        check(device, backend, 4, 6, 6, 8, torch.float64, reduction=reduction, inputs=(a, c, t))
+        check(device, backend, 4, 6, 6, 8, torch.float32, reduction=reduction, inputs=(a, c, t))
 
 
 @pytest.mark.parametrize("device,backend", FAST_CASES)
