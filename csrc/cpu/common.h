@@ -167,37 +167,64 @@ constexpr int nr() {
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// MR rows of C at a time (R % MR == 0), one VB-byte vector of columns at a time
-// (Cc % nr<acc_t, VB>() == 0). Narrower VB / MR serve tiles with few columns or rows (a few
+// One MR x (NV vectors) tile of C; see gemm below.
+template <bool TransA, int MR, int VB, bool Accum, int NV, typename acc_t>
+inline void gemm_tile(const acc_t* __restrict__ a0, int64_t si, int64_t sk,
+                      const acc_t* __restrict__ B, int64_t ldb, acc_t* __restrict__ C,
+                      int64_t ldc, int64_t K) {
+  using V = typename Vec<acc_t, VB>::type;
+  constexpr int NR = nr<acc_t, VB>();
+  V acc[MR][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      if constexpr (Accum) {
+        std::memcpy(&acc[i][v], C + i * ldc + v * NR, sizeof(V));
+      } else {
+        acc[i][v] = V{};
+      }
+    }
+  }
+  for (int64_t kk = 0; kk < K; ++kk) {
+    V b[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) std::memcpy(&b[v], B + kk * ldb + v * NR, sizeof(V));
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const acc_t a = a0[i * si + kk * sk];
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[i][v] += a * b[v];
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) std::memcpy(C + i * ldc + v * NR, &acc[i][v], sizeof(V));
+  }
+}
+
+// MR rows of C at a time (R % MR == 0), one or two VB-byte vectors of columns at a time
+// (Cc % nr<acc_t, VB>() == 0; two vectors -- 16 accumulators -- where the registers allow it,
+// ~1.5x faster on AVX-512). Narrower VB / MR serve tiles with few columns or rows (a few
 // queries) without padding them to a full 512-bit vector. Accum = true adds to C (the sum
 // continues from C's values, so a K range split in two calls sums in the same order as one).
+// Every C element is one sum over K in increasing order, whatever the tiling.
 template <bool TransA, int MR = kMR, int VB = kVecBytes, bool Accum = false, typename acc_t>
 void gemm(const acc_t* __restrict__ A, int64_t lda, const acc_t* __restrict__ B, int64_t ldb,
           acc_t* __restrict__ C, int64_t ldc, int64_t R, int64_t K, int64_t Cc) {
-  using V = typename Vec<acc_t, VB>::type;
   constexpr int NR = nr<acc_t, VB>();
+  constexpr bool kPairs = VB == 64 && MR <= 8;  // 2 * MR accumulators + 2 fit 32 registers
+  const int64_t si = TransA ? 1 : lda, sk = TransA ? lda : 1;
   for (int64_t i0 = 0; i0 < R; i0 += MR) {
     const acc_t* a0 = TransA ? A + i0 : A + i0 * lda;
-    const int64_t si = TransA ? 1 : lda, sk = TransA ? lda : 1;
-    for (int64_t j0 = 0; j0 < Cc; j0 += NR) {
-      V acc[MR];
-#pragma GCC unroll 8
-      for (int i = 0; i < MR; ++i) {
-        if constexpr (Accum) {
-          std::memcpy(&acc[i], C + (i0 + i) * ldc + j0, sizeof(V));
-        } else {
-          acc[i] = V{};
-        }
-      }
-      for (int64_t kk = 0; kk < K; ++kk) {
-        V b;
-        std::memcpy(&b, B + kk * ldb + j0, sizeof(V));
-#pragma GCC unroll 8
-        for (int i = 0; i < MR; ++i) acc[i] += a0[i * si + kk * sk] * b;
-      }
-#pragma GCC unroll 8
-      for (int i = 0; i < MR; ++i) std::memcpy(C + (i0 + i) * ldc + j0, &acc[i], sizeof(V));
+    int64_t j0 = 0;
+    if constexpr (kPairs) {
+      for (; j0 + 2 * NR <= Cc; j0 += 2 * NR)
+        gemm_tile<TransA, MR, VB, Accum, 2>(a0, si, sk, B + j0, ldb, C + i0 * ldc + j0, ldc, K);
     }
+    for (; j0 < Cc; j0 += NR)
+      gemm_tile<TransA, MR, VB, Accum, 1>(a0, si, sk, B + j0, ldb, C + i0 * ldc + j0, ldc, K);
   }
 }
 
