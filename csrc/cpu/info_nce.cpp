@@ -247,22 +247,35 @@ inline acc_t sum_exp(const acc_t* __restrict__ x, int64_t n, acc_t m) {
   return reduce_lanes_v(s);
 }
 
+inline void scale_inplace(float* __restrict__ x, float a, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] *= a;
+}
+inline void scale_inplace(double* __restrict__ x, double a, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] *= a;
+}
+
 // dst = x / max(||x||, eps) (or a copy when !normalize); returns ||x|| (1 when !normalize).
-template <typename acc_t, typename scalar_t>
+// Inv = true multiplies by 1 / den (one division per row, within 1 ulp of F.normalize's
+// quotient; the divisions dominated the tiny groups' normalisation).
+template <bool Inv = false, typename acc_t, typename scalar_t>
 inline acc_t load_normalized(acc_t* __restrict__ dst, const scalar_t* __restrict__ src,
                              int64_t D, bool normalize) {
   load(dst, src, D);
   if (!normalize) return acc_t(1);
   const acc_t nrm = std::sqrt(dot(dst, dst, D));
   const acc_t den = nrm > acc_t(kNormEps) ? nrm : acc_t(kNormEps);
-  for (int64_t d = 0; d < D; ++d) dst[d] = dst[d] / den;
+  if constexpr (Inv) {
+    scale_inplace(dst, acc_t(1) / den, D);
+  } else {
+    for (int64_t d = 0; d < D; ++d) dst[d] = dst[d] / den;
+  }
   return nrm;
 }
 
 // Gradient through x_hat = x / max(||x||, eps): out = (g - x_hat <x_hat, g>) / ||x|| when
 // ||x|| >= eps (autograd of F.normalize: clamp_min passes the gradient at equality), g / eps
-// otherwise; out = g when !normalize.
-template <typename acc_t, typename scalar_t>
+// otherwise; out = g when !normalize. Inv as in load_normalized.
+template <bool Inv = false, typename acc_t, typename scalar_t>
 inline void store_normalize_bwd(scalar_t* __restrict__ out, const acc_t* __restrict__ g,
                                 const acc_t* __restrict__ xhat, acc_t nrm, int64_t D,
                                 bool normalize, acc_t* __restrict__ tmp) {
@@ -270,11 +283,13 @@ inline void store_normalize_bwd(scalar_t* __restrict__ out, const acc_t* __restr
     store(out, g, D);
     return;
   }
-  if (nrm >= acc_t(kNormEps)) {
-    const acc_t pr = dot(xhat, g, D);
-    for (int64_t d = 0; d < D; ++d) tmp[d] = (g[d] - xhat[d] * pr) / nrm;
+  const acc_t den = nrm >= acc_t(kNormEps) ? nrm : acc_t(kNormEps);
+  const acc_t pr = nrm >= acc_t(kNormEps) ? dot(xhat, g, D) : acc_t(0);
+  if constexpr (Inv) {
+    const acc_t inv = acc_t(1) / den;
+    for (int64_t d = 0; d < D; ++d) tmp[d] = (g[d] - xhat[d] * pr) * inv;
   } else {
-    for (int64_t d = 0; d < D; ++d) tmp[d] = g[d] / acc_t(kNormEps);
+    for (int64_t d = 0; d < D; ++d) tmp[d] = (g[d] - xhat[d] * pr) / den;
   }
   store(out, tmp, D);
 }
@@ -655,44 +670,6 @@ inline acc_t exp_sum_inplace(acc_t* __restrict__ x, int64_t n, acc_t m) {
   return reduce_lanes_v(s);
 }
 
-inline void scale_inplace(float* __restrict__ x, float a, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] *= a;
-}
-inline void scale_inplace(double* __restrict__ x, double a, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] *= a;
-}
-
-// As load_normalized / store_normalize_bwd, with one division per row (x * (1 / den)) instead
-// of one per element: within 1 ulp of F.normalize's quotient, and the divisions dominated the
-// tiny groups' normalisation.
-template <typename acc_t, typename scalar_t>
-inline acc_t load_normalized_fast(acc_t* __restrict__ dst, const scalar_t* __restrict__ src,
-                                  int64_t D, bool normalize) {
-  load(dst, src, D);
-  if (!normalize) return acc_t(1);
-  const acc_t nrm = std::sqrt(dot(dst, dst, D));
-  const acc_t den = nrm > acc_t(kNormEps) ? nrm : acc_t(kNormEps);
-  scale_inplace(dst, acc_t(1) / den, D);
-  return nrm;
-}
-
-template <typename acc_t, typename scalar_t>
-inline void store_normalize_bwd_fast(scalar_t* __restrict__ out, const acc_t* __restrict__ g,
-                                     const acc_t* __restrict__ xhat, acc_t nrm, int64_t D,
-                                     bool normalize, acc_t* __restrict__ tmp) {
-  if (!normalize) {
-    store(out, g, D);
-    return;
-  }
-  if (nrm >= acc_t(kNormEps)) {
-    const acc_t pr = dot(xhat, g, D), inv = acc_t(1) / nrm;
-    for (int64_t d = 0; d < D; ++d) tmp[d] = (g[d] - xhat[d] * pr) * inv;
-  } else {
-    const acc_t inv = acc_t(1) / acc_t(kNormEps);
-    for (int64_t d = 0; d < D; ++d) tmp[d] = g[d] * inv;
-  }
-  store(out, tmp, D);
-}
 
 // S[i, j] = <a_i, c_j> for a 4 x 4 block, when one vector holds 16 values (float, AVX-512):
 // the 16 dot products run in 16 vector accumulators over D (a multiple of 16; rows padded
@@ -807,13 +784,13 @@ void fused_tiny(const scalar_t* ap, const scalar_t* cp, bool same, const int64_t
     for (int64_t g = begin; g < end; ++g) {
       // 1. normalised rows (the candidates are the anchors when the inputs are one tensor).
       for (int64_t i = 0; i < M; ++i)
-        an[i] = load_normalized_fast(ah.data() + i * Dp, ap + (g * M + i) * D, D, normalize);
+        an[i] = load_normalized<true>(ah.data() + i * Dp, ap + (g * M + i) * D, D, normalize);
       const acc_t* ch = ah.data();
       const acc_t* cn = an.data();
       if (!same) {
         for (int64_t j = 0; j < N; ++j)
           cnb[j] =
-              load_normalized_fast(chb.data() + j * Dp, cp + (g * N + j) * D, D, normalize);
+              load_normalized<true>(chb.data() + j * Dp, cp + (g * N + j) * D, D, normalize);
         ch = chb.data();
         cn = cnb.data();
       }
@@ -842,10 +819,10 @@ void fused_tiny(const scalar_t* ap, const scalar_t* cp, bool same, const int64_t
       cpu::gemm<true>(S.data(), Np, ah.data(), Dp, dch.data(), Dp, round_up(N, cpu::kMR), M, Dp);
       // 5. through the normalisation.
       for (int64_t i = 0; i < M; ++i)
-        store_normalize_bwd_fast(dap + (g * M + i) * D, dah.data() + i * Dp, ah.data() + i * Dp,
+        store_normalize_bwd<true>(dap + (g * M + i) * D, dah.data() + i * Dp, ah.data() + i * Dp,
                                  an[i], D, normalize, tmp.data());
       for (int64_t j = 0; j < N; ++j)
-        store_normalize_bwd_fast(dcp + (g * N + j) * D, dch.data() + j * Dp, ch + j * Dp, cn[j],
+        store_normalize_bwd<true>(dcp + (g * N + j) * D, dch.data() + j * Dp, ch + j * Dp, cn[j],
                                  D, normalize, tmp.data());
     }
   });
