@@ -77,10 +77,11 @@ def test_reference_gradcheck_float64():
 @pytest.mark.parametrize("device,backend", FAST_CASES)
 @pytest.mark.parametrize("MN", [1, 2, 7, 16, 33, 64])
 @pytest.mark.parametrize("normalize", [True, False])
-def test_tiny_groups_float32(device, backend, MN, normalize):
+@pytest.mark.parametrize("reduction", ["mean", "none"])  # the fused path, the per-row path
+def test_tiny_groups_float32(device, backend, MN, normalize, reduction):
     require_backend(OP, backend)
     check(device, backend, 50, MN, MN, 256, torch.float32, normalize=normalize,
-          temperature=0.1 if normalize else 5.0)
+          temperature=0.1 if normalize else 5.0, reduction=reduction)
 
 
 @pytest.mark.parametrize("device,backend", FAST_CASES)

@@ -328,38 +328,55 @@ void gemm_rm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, acc_t alpha, con
 
 // ---- tiny regime: one task per group ---------------------------------------------------------
 
+// Work buffers of one group, per thread: the normalised rows (the candidates' are the anchors'
+// when the two inputs are one tensor), their norms, and the logits.
+template <typename acc_t>
+struct TinyGroup {
+  std::vector<acc_t> ah, chb, an, cnb, S;
+  const acc_t* ch = nullptr;  // the candidates' normalised rows (ah when same)
+  const acc_t* cn = nullptr;  // their norms
+  TinyGroup(const Dims& s, bool same)
+      : ah(s.M * s.D), chb(same ? 0 : s.N * s.D), an(s.M), cnb(same ? 0 : s.N), S(s.M * s.N) {}
+
+  // 1. normalised rows and norms of group g; 2. logits S = A_hat C_hat^T / T: one GEMM when
+  //    the group is big enough to pay for the call, plain dot products otherwise.
+  template <typename scalar_t>
+  void logits(const scalar_t* ap, const scalar_t* cp, bool same, bool normalize, int64_t g,
+              const Dims& s, acc_t invT, bool use_gemm) {
+    const int64_t M = s.M, N = s.N, D = s.D;
+    for (int64_t i = 0; i < M; ++i)
+      an[i] = load_normalized(ah.data() + i * D, ap + (g * M + i) * D, D, normalize);
+    ch = ah.data();
+    cn = an.data();
+    if (!same) {
+      for (int64_t j = 0; j < N; ++j)
+        cnb[j] = load_normalized(chb.data() + j * D, cp + (g * N + j) * D, D, normalize);
+      ch = chb.data();
+      cn = cnb.data();
+    }
+    if (use_gemm) {
+      gemm_rm<acc_t>(false, true, M, N, D, invT, ah.data(), D, ch, D, acc_t(0), S.data(), N);
+    } else {
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N; ++j) S[i * N + j] = dot(ah.data() + i * D, ch + j * D, D) * invT;
+    }
+  }
+};
+
 template <typename scalar_t>
 void fwd_tiny(const scalar_t* ap, const scalar_t* cp, bool same, const int64_t* tp,
               double temperature, bool normalize, const Dims& s,
               at::opmath_type<scalar_t>* lossp, at::opmath_type<scalar_t>* lsep) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t M = s.M, N = s.N, D = s.D;
+  const int64_t M = s.M, N = s.N;
   const acc_t invT = acc_t(1) / static_cast<acc_t>(temperature);
   const bool use_gemm = M * N >= kTinyGemmMin;
   at::parallel_for(0, s.G, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> ah(M * D), chb(same ? 0 : N * D), S(M * N);
+    TinyGroup<acc_t> w(s, same);
     for (int64_t g = begin; g < end; ++g) {
-      // 1. normalised rows in the accumulation type (the candidates are the anchors when the
-      //    two inputs are one tensor).
-      for (int64_t i = 0; i < M; ++i)
-        load_normalized(ah.data() + i * D, ap + (g * M + i) * D, D, normalize);
-      const acc_t* ch = ah.data();
-      if (!same) {
-        for (int64_t j = 0; j < N; ++j)
-          load_normalized(chb.data() + j * D, cp + (g * N + j) * D, D, normalize);
-        ch = chb.data();
-      }
-      // 2. logits S = A_hat C_hat^T / T: one GEMM when the group is big enough to pay for the
-      //    call, plain dot products otherwise.
-      if (use_gemm) {
-        gemm_rm<acc_t>(false, true, M, N, D, invT, ah.data(), D, ch, D, acc_t(0), S.data(), N);
-      } else {
-        for (int64_t i = 0; i < M; ++i)
-          for (int64_t j = 0; j < N; ++j)
-            S[i * N + j] = dot(ah.data() + i * D, ch + j * D, D) * invT;
-      }
+      w.logits(ap, cp, same, normalize, g, s, invT, use_gemm);
       for (int64_t i = 0; i < M; ++i) {
-        const acc_t* row = S.data() + i * N;
+        const acc_t* row = w.S.data() + i * N;
         // 3. max-subtracted log-sum-exp, written for every row; loss 0 on ignored rows.
         const acc_t mx = max_of(row, N);
         const acc_t l = mx + std::log(sum_exp(row, N, mx));
@@ -380,33 +397,18 @@ void bwd_tiny(const at::opmath_type<scalar_t>* glp, const scalar_t* ap, const sc
   const acc_t invT = acc_t(1) / static_cast<acc_t>(temperature);
   const bool use_gemm = M * N >= kTinyGemmMin;
   at::parallel_for(0, s.G, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> ah(M * D), chb(same ? 0 : N * D), an(M), cnb(same ? 0 : N),
-        dah(M * D), dch(N * D), S(M * N), tmp(D);
+    TinyGroup<acc_t> w(s, same);
+    std::vector<acc_t> dah(M * D), dch(N * D), tmp(D);
     for (int64_t g = begin; g < end; ++g) {
-      // 1. recompute the normalised rows and their norms.
-      for (int64_t i = 0; i < M; ++i)
-        an[i] = load_normalized(ah.data() + i * D, ap + (g * M + i) * D, D, normalize);
-      const acc_t* ch = ah.data();
-      const acc_t* cn = an.data();
-      if (!same) {
-        for (int64_t j = 0; j < N; ++j)
-          cnb[j] = load_normalized(chb.data() + j * D, cp + (g * N + j) * D, D, normalize);
-        ch = chb.data();
-        cn = cnb.data();
-      }
-      // 2. logits S = A_hat C_hat^T / T, as in the forward.
-      if (use_gemm) {
-        gemm_rm<acc_t>(false, true, M, N, D, invT, ah.data(), D, ch, D, acc_t(0), S.data(), N);
-      } else {
-        for (int64_t i = 0; i < M; ++i)
-          for (int64_t j = 0; j < N; ++j)
-            S[i * N + j] = dot(ah.data() + i * D, ch + j * D, D) * invT;
-      }
+      // 1.-2. recompute the normalised rows, their norms and the logits, as in the forward.
+      w.logits(ap, cp, same, normalize, g, s, invT, use_gemm);
+      const acc_t *ah = w.ah.data(), *ch = w.ch, *an = w.an.data(), *cn = w.cn;
+      acc_t* S = w.S.data();
       // 3. dL[i, j] = grad_loss[i] / T * (P[i, j] - [j == t_i]) in place (0 on ignored rows),
       //    P = exp(S - lse) with lse recomputed from the row in the accumulation type (cheap
       //    here, and more exact in float32 where |lse| ~ 1e4 rounds to 1e-3).
       for (int64_t i = 0; i < M; ++i) {
-        acc_t* row = S.data() + i * N;
+        acc_t* row = S + i * N;
         const int64_t t = tp[g * M + i];
         if (t == kIgnoreIndex) {
           fill(row, acc_t(0), N);
@@ -420,9 +422,9 @@ void bwd_tiny(const at::opmath_type<scalar_t>* glp, const scalar_t* ap, const sc
       }
       // 4. d A_hat = dL C_hat;  d C_hat = dL^T A_hat (GEMMs, or axpys in a fixed order).
       if (use_gemm) {
-        gemm_rm<acc_t>(false, false, M, D, N, acc_t(1), S.data(), N, ch, D, acc_t(0),
+        gemm_rm<acc_t>(false, false, M, D, N, acc_t(1), S, N, ch, D, acc_t(0),
                        dah.data(), D);
-        gemm_rm<acc_t>(true, false, N, D, M, acc_t(1), S.data(), N, ah.data(), D, acc_t(0),
+        gemm_rm<acc_t>(true, false, N, D, M, acc_t(1), S, N, ah, D, acc_t(0),
                        dch.data(), D);
       } else {
         fill(dah.data(), acc_t(0), M * D);
@@ -430,12 +432,12 @@ void bwd_tiny(const at::opmath_type<scalar_t>* glp, const scalar_t* ap, const sc
         for (int64_t i = 0; i < M; ++i)
           for (int64_t j = 0; j < N; ++j) {
             axpy(dah.data() + i * D, ch + j * D, S[i * N + j], D);
-            axpy(dch.data() + j * D, ah.data() + i * D, S[i * N + j], D);
+            axpy(dch.data() + j * D, ah + i * D, S[i * N + j], D);
           }
       }
       // 5. through the normalisation of the anchor and candidate rows.
       for (int64_t i = 0; i < M; ++i)
-        store_normalize_bwd(dap + (g * M + i) * D, dah.data() + i * D, ah.data() + i * D, an[i],
+        store_normalize_bwd(dap + (g * M + i) * D, dah.data() + i * D, ah + i * D, an[i],
                             D, normalize, tmp.data());
       for (int64_t j = 0; j < N; ++j)
         store_normalize_bwd(dcp + (g * N + j) * D, dch.data() + j * D, ch + j * D, cn[j], D,
