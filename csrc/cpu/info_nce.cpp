@@ -448,6 +448,53 @@ void bwd_tiny(const at::opmath_type<scalar_t>* glp, const scalar_t* ap, const sc
 
 // ---- large regime: blocks of anchor rows against tiles of candidates --------------------------
 
+// The split of the work items (group, block of nblk anchor rows per group) over ntask tasks:
+// task t owns the items [ibeg[t], ibeg[t + 1]) (contiguous, so it spans the groups
+// gfirst[t]..glast[t]) and, when partials are kept, one partial d c_hat [N, D] per group it
+// spans, at poff[t] of one buffer of poff[ntask] values.
+struct TaskSplit {
+  int64_t ntask;
+  std::vector<int64_t> ibeg, gfirst, glast, poff;
+  TaskSplit(int64_t items, int64_t nblk, int64_t ntask_, int64_t N, int64_t D, bool partials)
+      : ntask(ntask_), ibeg(ntask_ + 1), gfirst(ntask_), glast(ntask_), poff(ntask_ + 1) {
+    for (int64_t t = 0; t <= ntask; ++t) ibeg[t] = t * items / ntask;
+    poff[0] = 0;
+    for (int64_t t = 0; t < ntask; ++t) {
+      gfirst[t] = ibeg[t] / nblk;
+      glast[t] = (ibeg[t + 1] - 1) / nblk;
+      poff[t + 1] = poff[t] + (partials ? (glast[t] - gfirst[t] + 1) * N * D : 0);
+    }
+  }
+};
+
+// d c_hat = the tasks' partials summed in task order (fixed, no atomics), then through the
+// normalisation of the candidate rows into dcp [G, N, D].
+template <typename acc_t, typename scalar_t>
+void reduce_candidate_grads(const TaskSplit& ts, const acc_t* part, const Dims& s,
+                            const acc_t* chat, const acc_t* cn, bool normalize, scalar_t* dcp) {
+  const int64_t N = s.N, D = s.D;
+  at::parallel_for(0, s.G * N, std::max<int64_t>(1, 4096 / D), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(D), tmp(D);
+    for (int64_t gj = begin; gj < end; ++gj) {
+      const int64_t g = gj / N, j = gj % N;
+      bool first = true;
+      for (int64_t t = 0; t < ts.ntask; ++t) {
+        if (g < ts.gfirst[t] || g > ts.glast[t]) continue;
+        const acc_t* src = part + ts.poff[t] + ((g - ts.gfirst[t]) * N + j) * D;
+        if (first) {
+          std::copy(src, src + D, acc.data());
+          first = false;
+        } else {
+          for (int64_t d = 0; d < D; ++d) acc[d] += src[d];
+        }
+      }
+      store_normalize_bwd(dcp + gj * D, acc.data(), chat + gj * D, cn[gj], D, normalize,
+                          tmp.data());
+    }
+  });
+}
+
+
 // Normalised copies of all rows (and their norms) in the accumulation type.
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 void normalize_rows(const scalar_t* xp, int64_t rows, int64_t D, bool normalize, acc_t* out,
@@ -560,16 +607,11 @@ void bwd_large(const at::opmath_type<scalar_t>* glp, const scalar_t* ap, const s
   const acc_t* chat = same ? ahat.data() : chb.data();
   const acc_t* cn = same ? an.data() : cnb.data();
   const Plan p = make_plan(s, sizeof(acc_t), true);
-  // 2. task t owns the items [ibeg[t], ibeg[t + 1]) (contiguous, so a task spans the groups
-  //    gfirst[t]..glast[t]) and one partial d c_hat [N, D] per group it spans.
-  std::vector<int64_t> ibeg(p.ntask + 1), gfirst(p.ntask), glast(p.ntask), poff(p.ntask + 1);
-  for (int64_t t = 0; t <= p.ntask; ++t) ibeg[t] = t * p.items / p.ntask;
-  poff[0] = 0;
-  for (int64_t t = 0; t < p.ntask; ++t) {
-    gfirst[t] = ibeg[t] / p.nblk;
-    glast[t] = (ibeg[t + 1] - 1) / p.nblk;
-    poff[t + 1] = poff[t] + (glast[t] - gfirst[t] + 1) * N * D;
-  }
+  // 2. the tasks, each with one partial d c_hat [N, D] per group it spans (TaskSplit).
+  const TaskSplit ts(p.items, p.nblk, p.ntask, N, D, true);
+  const auto& ibeg = ts.ibeg;
+  const auto& gfirst = ts.gfirst;
+  const auto& poff = ts.poff;
   std::vector<acc_t> part(poff[p.ntask]);
   at::parallel_for(0, p.ntask, 1, [&](int64_t tbegin, int64_t tend) {
     std::vector<acc_t> S(p.bm * kBN), dA(p.bm * D), gi(p.bm), tmp(D);
@@ -625,25 +667,7 @@ void bwd_large(const at::opmath_type<scalar_t>* glp, const scalar_t* ap, const s
     }
   });
   // 8. d c_hat = the partials summed in task order, then through the normalisation.
-  at::parallel_for(0, s.G * N, std::max<int64_t>(1, 4096 / D), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(D), tmp(D);
-    for (int64_t gj = begin; gj < end; ++gj) {
-      const int64_t g = gj / N, j = gj % N;
-      bool first = true;
-      for (int64_t t = 0; t < p.ntask; ++t) {
-        if (g < gfirst[t] || g > glast[t]) continue;
-        const acc_t* src = part.data() + poff[t] + ((g - gfirst[t]) * N + j) * D;
-        if (first) {
-          std::copy(src, src + D, acc.data());
-          first = false;
-        } else {
-          for (int64_t d = 0; d < D; ++d) acc[d] += src[d];
-        }
-      }
-      store_normalize_bwd(dcp + gj * D, acc.data(), chat + gj * D, cn[gj], D, normalize,
-                          tmp.data());
-    }
-  });
+  reduce_candidate_grads(ts, part.data(), s, chat, cn, normalize, dcp);
 }
 
 // ---- fused loss + gradients (reduction "mean" / "sum") ---------------------------------------
@@ -986,14 +1010,10 @@ void fused_large(const scalar_t* ap, const scalar_t* cp, bool same, const int64_
     const int64_t per_task = N * D * static_cast<int64_t>(sizeof(acc_t));
     while (ntask > 1 && (ntask - 1) * per_task > kPartialBudget) --ntask;
   }
-  std::vector<int64_t> ibeg(ntask + 1), gfirst(ntask), glast(ntask), poff(ntask + 1);
-  for (int64_t t = 0; t <= ntask; ++t) ibeg[t] = t * items / ntask;
-  poff[0] = 0;
-  for (int64_t t = 0; t < ntask; ++t) {
-    gfirst[t] = ibeg[t] / nblk;
-    glast[t] = (ibeg[t + 1] - 1) / nblk;
-    poff[t + 1] = poff[t] + (grad ? (glast[t] - gfirst[t] + 1) * N * D : 0);
-  }
+  const TaskSplit ts(items, nblk, ntask, N, D, grad);
+  const auto& ibeg = ts.ibeg;
+  const auto& gfirst = ts.gfirst;
+  const auto& poff = ts.poff;
   std::vector<acc_t> part(poff[ntask]);
   at::parallel_for(0, ntask, 1, [&](int64_t tbegin, int64_t tend) {
     std::vector<acc_t> slab(bm * N), dA(grad ? bm * D : 0), tmp(D);
@@ -1027,25 +1047,7 @@ void fused_large(const scalar_t* ap, const scalar_t* cp, bool same, const int64_
   });
   if (!grad) return;
   // 4. d c_hat = the partials summed in task order, then through the normalisation.
-  at::parallel_for(0, s.G * N, std::max<int64_t>(1, 4096 / D), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(D), tmp(D);
-    for (int64_t gj = begin; gj < end; ++gj) {
-      const int64_t g = gj / N, j = gj % N;
-      bool first = true;
-      for (int64_t t = 0; t < ntask; ++t) {
-        if (g < gfirst[t] || g > glast[t]) continue;
-        const acc_t* src = part.data() + poff[t] + ((g - gfirst[t]) * N + j) * D;
-        if (first) {
-          std::copy(src, src + D, acc.data());
-          first = false;
-        } else {
-          for (int64_t d = 0; d < D; ++d) acc[d] += src[d];
-        }
-      }
-      store_normalize_bwd(dcp + gj * D, acc.data(), chat + gj * D, cn[gj], D, normalize,
-                          tmp.data());
-    }
-  });
+  reduce_candidate_grads(ts, part.data(), s, chat, cn, normalize, dcp);
 }
 
 bool use_tiny(const Dims& s) {
