@@ -1,0 +1,135 @@
+"""ART's losses (DESIGN §4.9): the multi-level tracklet contrastive losses (MTC) on
+:func:`art_fast.ops.info_nce`, and the semantic-bank consistency losses (L_sema).
+
+The paper gives these in words only; the InfoNCE form, the pairings and the temperatures are
+our reading (marked "ours" in the README's paper-to-code table).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .ops import info_nce
+
+MTC_LEVELS = ("spatial", "temporal", "tracklet")
+TEMPORAL_NEGATIVES = ("frame", "batch")
+
+
+def _identity_targets(groups: int, m: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(m, device=device).expand(groups, m).contiguous()
+
+
+def _zero(x: torch.Tensor) -> torch.Tensor:
+    # A zero that stays in the graph (so every level is a tensor with the same dtype/device).
+    return x.sum() * 0.0
+
+
+def mtc_losses(
+    tracklets: torch.Tensor,
+    *,
+    temperature: float = 0.1,
+    temporal_negatives: str = "frame",
+) -> dict[str, torch.Tensor]:
+    """The three InfoNCE levels over tracklets.
+
+    Args:
+        tracklets: ``[B, K, T, d]`` float, region responses ``r_tk`` stacked by query index.
+        temperature: InfoNCE temperature (> 0), the same for the three levels.
+        temporal_negatives: ``"frame"`` (a response at t must find its own tracklet among the
+            K responses of the same video at t+1: tiny groups, G = B (T-1), M = N = K) or
+            ``"batch"`` (among the responses of every video of the batch at t+1: G = T-1,
+            M = N = B K, the large regime).
+
+    Returns:
+        ``{"spatial", "temporal", "tracklet"}``, each a 0-dim tensor (mean over rows):
+        - spatial: anchors = candidates = the K responses of a frame, targets = identity
+          (G = B T, M = N = K): each response must stand apart from the others of its frame;
+        - temporal: anchors R_t, candidates R_{t+1}, targets = identity; 0 when T = 1;
+        - tracklet: anchors = tracklet means over the first ``T // 2`` frames, candidates =
+          means over the remaining frames, targets = identity (G = B, M = N = K); 0 when T = 1.
+    """
+    if tracklets.dim() != 4:
+        raise ValueError(
+            f"mtc_losses: tracklets must be [B, K, T, d], got {tuple(tracklets.shape)}"
+        )
+    if temporal_negatives not in TEMPORAL_NEGATIVES:
+        raise ValueError(
+            f"mtc_losses: temporal_negatives must be one of {TEMPORAL_NEGATIVES}, "
+            f"got {temporal_negatives!r}"
+        )
+    B, K, T, d = tracklets.shape
+    dev = tracklets.device
+    frames = tracklets.permute(0, 2, 1, 3)  # [B, T, K, d]
+    out = {
+        "spatial": info_nce(
+            frames.reshape(B * T, K, d), frames.reshape(B * T, K, d),
+            _identity_targets(B * T, K, dev), temperature=temperature,
+        )
+    }
+    if T == 1:
+        out["temporal"] = _zero(tracklets)
+        out["tracklet"] = _zero(tracklets)
+        return out
+    now, nxt = frames[:, :-1], frames[:, 1:]  # [B, T-1, K, d]
+    if temporal_negatives == "frame":
+        a, c = now.reshape(B * (T - 1), K, d), nxt.reshape(B * (T - 1), K, d)
+        tgt = _identity_targets(B * (T - 1), K, dev)
+    else:  # every video's responses at t+1 are candidates: [T-1, B K, d]
+        a = now.transpose(0, 1).reshape(T - 1, B * K, d)
+        c = nxt.transpose(0, 1).reshape(T - 1, B * K, d)
+        tgt = _identity_targets(T - 1, B * K, dev)
+    out["temporal"] = info_nce(a, c, tgt, temperature=temperature)
+    half = T // 2
+    first, second = tracklets[:, :, :half].mean(2), tracklets[:, :, half:].mean(2)  # [B, K, d]
+    out["tracklet"] = info_nce(
+        first, second, _identity_targets(B, K, dev), temperature=temperature
+    )
+    return out
+
+
+def bank_logits(z: torch.Tensor, bank: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``max_p cos(z_i, bank[p, c]) / temperature``.
+
+    Args:
+        z: ``[R, Ct]`` float (any norm). bank: ``[P, C, Ct]`` (any norm).
+
+    Returns:
+        ``[R, C]`` logits in the dtype of z (the max over the P prompts picks, per class, the
+        prompt that matches best; its gradient reaches only that prompt's embedding).
+    """
+    zn = F.normalize(z, dim=-1)
+    bn = F.normalize(bank.to(z.dtype), dim=-1)
+    sims = torch.einsum("rc,pkc->rpk", zn, bn)  # [R, P, C]
+    return sims.amax(dim=1) / temperature
+
+
+def sema_losses(
+    video_embedding: torch.Tensor,
+    prototypes: torch.Tensor,
+    agent_bank: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float = 0.07,
+) -> dict[str, torch.Tensor]:
+    """Semantic consistency on the agent bank S_a (DESIGN §4.9).
+
+    Args:
+        video_embedding: ``[B, Ct]``, x_cls projected to the text space.
+        prototypes: ``[C, Ct]``, the final head's x_cls weights per class (detached by the
+            caller), projected to the text space.
+        agent_bank: ``[P, C, Ct]``, the trainable agent bank S_a.
+        labels: ``[B]`` int64 class indices.
+        temperature: > 0.
+
+    Returns:
+        ``{"video": CE(max_p cos(video_i, S_a[p, c]) / tau, label_i),
+        "proto": CE(max_p cos(proto_i, S_a[p, c]) / tau, i)}``, 0-dim tensors (means).
+    """
+    C = agent_bank.shape[1]
+    video = F.cross_entropy(bank_logits(video_embedding, agent_bank, temperature), labels)
+    proto = F.cross_entropy(
+        bank_logits(prototypes, agent_bank, temperature),
+        torch.arange(C, device=prototypes.device),
+    )
+    return {"video": video, "proto": proto}

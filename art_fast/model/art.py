@@ -1,0 +1,359 @@
+"""ART, the Action-Region Tracking model (DESIGN §4), assembled from its parts:
+
+video -> open_clip vision tower per frame -> patch tokens X, frame features -> temporal module
+-> x_cls; x_cls -> top-K semantics S_topk (from the text bank); [X_t ; S_topk] -> SE -> X^_t,
+S^_t; queries P + S^_t -> RSSA (cross-attention over X^_t, top-k regions in the last layer)
+-> responses R_t; stacked by query -> tracklets; tracklet aggregation -> Tr_agg; heads ->
+logits_v (x_cls) and logits ([x_cls ; Tr_agg]); losses CE + CE_v + gamma1 MTC + gamma2 L_sema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..losses import TEMPORAL_NEGATIVES, sema_losses
+from ..nn.tracklet_loss import TrackletContrastiveLoss
+from .backbone import VideoBackbone, build_clip
+from .heads import ClassifierHead
+from .rssa import RSSA
+from .semantics import SemanticEnhancement, TopKSemantics
+from .text_bank import DEFAULT_TEMPLATES, fill_prompts, load_or_encode
+from .tracklets import aggregate_tracklets, build_tracklets
+
+log = logging.getLogger(__name__)
+
+LOSS_NAMES = (
+    "ce", "ce_v", "mtc_spatial", "mtc_temporal", "mtc_tracklet", "sema_video", "sema_proto",
+    "total",
+)
+
+
+@dataclass
+class ARTOptions:
+    """Every further knob of :class:`ART` (passed as keyword ``**options``).
+
+    Paper values: 4 SE layers, 4 RSSA layers, dropout 0.5, gamma1 = gamma2 = 5, 8 prompts.
+    Marked (ours) where the paper is silent.
+    """
+
+    se_layers: int = 4
+    rssa_layers: int = 4
+    heads: int = 8                      # SE / RSSA heads; latent_dim % heads == 0
+    temporal_layers: int = 1            # (ours) temporal module depth
+    mlp_ratio: float = 4.0
+    dropout: float = 0.5                # before both heads
+    gamma1: float = 5.0                 # weight of L_MTC
+    gamma2: float = 5.0                 # weight of L_sema
+    mtc_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (ours) spatial, temporal, tracklet
+    mtc_temperature: float = 0.1        # (ours)
+    sema_temperature: float = 0.07      # (ours) CLIP's initial logit scale
+    ta_temperature: float = 0.1         # (ours) tracklet-aggregation saliency softmax
+    bank_momentum: float = 0.999        # (ours) S <- mu S + (1 - mu) S_a
+    num_prompts: int = 8
+    templates: tuple[str, ...] | None = None  # None: the first num_prompts DEFAULT_TEMPLATES
+    temporal_negatives: str = "frame"   # "frame" | "batch" (every video at t+1: large regime)
+    tracklet_branch: bool = True        # False: the global-token-only ablation
+    freeze_backbone: bool = False
+    backbone_lr_mult: float = 0.1       # (ours) see ART.param_groups
+    grad_checkpointing: bool = False
+    text_cache: bool = True
+    text_cache_dir: str | None = None   # None: $ART_FAST_CACHE/text_bank or ~/.cache/art_fast
+    init_seed: int = 0                  # seed of a random-init open_clip model (offline runs)
+
+    def validate(self) -> None:
+        for name in ("se_layers", "rssa_layers", "heads", "num_prompts"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"ART: option {name} must be an int >= 1, got {v!r}")
+        if isinstance(self.temporal_layers, bool) or not isinstance(self.temporal_layers, int) \
+                or self.temporal_layers < 0:
+            raise ValueError(f"ART: option temporal_layers must be an int >= 0, "
+                             f"got {self.temporal_layers!r}")
+        for name in ("mtc_temperature", "sema_temperature", "ta_temperature", "mlp_ratio"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+                raise ValueError(f"ART: option {name} must be a number > 0, got {v!r}")
+        for name in ("gamma1", "gamma2", "backbone_lr_mult"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"ART: option {name} must be a number >= 0, got {v!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"ART: option dropout must be in [0, 1), got {self.dropout!r}")
+        if not 0 <= self.bank_momentum <= 1:
+            raise ValueError(f"ART: option bank_momentum must be in [0, 1], "
+                             f"got {self.bank_momentum!r}")
+        w = tuple(self.mtc_weights)
+        if len(w) != 3 or any(not isinstance(x, (int, float)) or x < 0 for x in w):
+            raise ValueError(f"ART: option mtc_weights must be 3 numbers >= 0 (spatial, "
+                             f"temporal, tracklet), got {self.mtc_weights!r}")
+        if self.temporal_negatives not in TEMPORAL_NEGATIVES:
+            raise ValueError(f"ART: option temporal_negatives must be one of "
+                             f"{TEMPORAL_NEGATIVES}, got {self.temporal_negatives!r}")
+        if self.templates is not None and len(self.templates) == 0:
+            raise ValueError("ART: option templates must hold at least one template")
+
+
+@dataclass
+class ARTOutput:
+    """What :meth:`ART.forward` returns.
+
+    Attributes:
+        logits: ``[B, C]``, the prediction (final head on ``[x_cls ; Tr_agg]``).
+        logits_v: ``[B, C]``, the global branch (head on x_cls).
+        tracklets: ``[B, K, T, d]`` region responses stacked by query (None in the
+            global-token-only ablation).
+        region_indices: ``[B, K, T, heads, k]`` int64, the patches (row-major index into the
+            patch grid) each query kept per head in the last RSSA layer (k = k_region, or N when
+            dense).
+        region_weights: ``[B, K, T, heads, k]``, their attention weights.
+        topk_classes: ``[B, K]`` int64, the classes whose semantics seeded the K queries.
+        saliency: ``[B, K, T]`` tracklet-aggregation weights over time.
+        losses: with labels, ``{ce, ce_v, mtc_spatial, mtc_temporal, mtc_tracklet,
+            sema_video, sema_proto, total}`` (0-dim tensors); None without labels.
+    """
+
+    logits: torch.Tensor
+    logits_v: torch.Tensor
+    tracklets: torch.Tensor | None = None
+    region_indices: torch.Tensor | None = None
+    region_weights: torch.Tensor | None = None
+    topk_classes: torch.Tensor | None = None
+    saliency: torch.Tensor | None = None
+    losses: dict[str, torch.Tensor] | None = field(default=None)
+
+
+def _check_int(name: str, v: object, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"ART: {name} must be an int >= {lo}, got {v!r}")
+    return v
+
+
+class ART(nn.Module):
+    """Action-Region Tracking for fine-grained video action recognition.
+
+    Args:
+        class_names: the class descriptions (non-empty, distinct strings); the text bank
+            encodes them in every prompt template.
+        backbone: an open_clip ViT model name (default ``"ViT-B-16"``) or ``"tiny"`` (a small
+            config registered by art_fast, for tests and the demo).
+        pretrained: None (random init, offline), an open_clip tag (needs the network), a local
+            checkpoint file or ``"local-dir:<folder>"``.
+        num_frames: T, frames per clip (fixed: the temporal position embeddings are sized
+            for it).
+        image_size: frame side H = W.
+        num_queries: K, queries = tracklets = top-K classes (1 <= K <= number of classes).
+        latent_dim: d, width of SE, RSSA and the tracklets.
+        k_region: patches each query keeps per head in the last RSSA layer, in [1, N]; None
+            for the paper's dense form.
+        **options: see :class:`ARTOptions` (unknown names raise TypeError).
+
+    The text tower is used once to encode the bank and then released: it is not part of the
+    module, its parameters or its state_dict. ``S`` (``bank``, a buffer) and ``S_a``
+    (``agent_bank``, a parameter) are ``[P, C, Ct]``.
+    """
+
+    def __init__(
+        self,
+        class_names: list[str],
+        backbone: str = "ViT-B-16",
+        pretrained: str | None = None,
+        num_frames: int = 16,
+        image_size: int = 224,
+        num_queries: int = 2,
+        latent_dim: int = 256,
+        k_region: int | None = 16,
+        **options: object,
+    ) -> None:
+        super().__init__()
+        known = {f.name for f in dataclasses.fields(ARTOptions)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"ART: unknown options {unknown}; known: {sorted(known)}")
+        opts = ARTOptions(**options)
+        opts.validate()
+        if isinstance(class_names, str) or not isinstance(class_names, (list, tuple)):
+            raise TypeError(f"ART: class_names must be a list of strings, got {type(class_names)}")
+        class_names = list(class_names)
+        if not class_names:
+            raise ValueError("ART: class_names must not be empty")
+        if any(not isinstance(c, str) or not c.strip() for c in class_names):
+            raise ValueError("ART: every class name must be a non-empty string")
+        seen: dict[str, int] = {}
+        for i, c in enumerate(class_names):
+            if c in seen:
+                raise ValueError(
+                    f"ART: class_names must be distinct; {c!r} is at {seen[c]} and {i} (the text "
+                    "bank could not tell the classes apart)"
+                )
+            seen[c] = i
+        C = len(class_names)
+        self.num_frames = _check_int("num_frames", num_frames, 1)
+        self.image_size = _check_int("image_size", image_size, 1)
+        self.num_queries = _check_int("num_queries", num_queries, 1)
+        if num_queries > C:
+            raise ValueError(f"ART: num_queries ({num_queries}) must be <= the number of "
+                             f"classes ({C}): each query is seeded by one of the top-K classes")
+        self.latent_dim = _check_int("latent_dim", latent_dim, 1)
+        if latent_dim % opts.heads:
+            raise ValueError(f"ART: latent_dim ({latent_dim}) must be divisible by the option "
+                             f"heads ({opts.heads})")
+        self.options, self.class_names = opts, class_names
+
+        clip, tokenizer, spec = build_clip(backbone, pretrained, image_size, opts.init_seed)
+        self.spec = spec
+        templates = opts.templates or DEFAULT_TEMPLATES[: opts.num_prompts]
+        prompts = fill_prompts(class_names, tuple(templates))
+        bank, self.bank_cache_hit = load_or_encode(
+            clip, tokenizer, prompts, spec.name, spec.weights_id,
+            cache_dir=opts.text_cache_dir, use_cache=opts.text_cache,
+        )
+        visual = clip.visual
+        del clip, tokenizer  # the text tower is not kept (DESIGN §4.2)
+
+        self.backbone = VideoBackbone(
+            visual, num_frames, opts.temporal_layers, opts.grad_checkpointing
+        )
+        if opts.freeze_backbone:
+            self.backbone.visual.requires_grad_(False)
+        N, E = self.backbone.num_patches, self.backbone.embed_dim
+        if k_region is not None:
+            _check_int("k_region", k_region, 1)
+            if k_region > N:
+                raise ValueError(f"ART: k_region ({k_region}) must be in [1, N = {N}] (patches "
+                                 f"per frame at image_size {image_size}) or None (dense)")
+        self.k_region = k_region
+        self.register_buffer("bank", bank.clone())  # S  [P, C, Ct]
+        self.agent_bank = nn.Parameter(bank.clone())  # S_a
+        Ct = bank.shape[-1]
+        self.semantics = TopKSemantics(E, Ct, latent_dim, num_queries)
+        self.head_v = ClassifierHead(E, C, opts.dropout)
+        if opts.tracklet_branch:
+            self.se = SemanticEnhancement(
+                self.backbone.width, latent_dim, N, opts.heads, opts.se_layers, opts.mlp_ratio
+            )
+            self.rssa = RSSA(latent_dim, num_queries, opts.heads, opts.rssa_layers, k_region,
+                             opts.mlp_ratio)
+            self.head = ClassifierHead(E + num_queries * latent_dim, C, opts.dropout)
+            self.mtc = TrackletContrastiveLoss(
+                tuple(opts.mtc_weights), opts.mtc_temperature, opts.temporal_negatives
+            )
+        else:
+            self.head = ClassifierHead(E, C, opts.dropout)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    # ------------------------------------------------------------------ checks
+    def _check_input(self, video: object, labels: object) -> None:
+        shape = f"[B, T={self.num_frames}, 3, H={self.image_size}, W={self.image_size}]"
+        if not isinstance(video, torch.Tensor):
+            raise TypeError(f"ART: video must be a float tensor {shape}, got {type(video)}")
+        if not video.is_floating_point():
+            raise TypeError(
+                f"ART: video must be a float tensor {shape} (CLIP-normalised; see "
+                f"art_fast.data.to_model_input for uint8 frames), got {video.dtype}"
+            )
+        want = (self.num_frames, 3, self.image_size, self.image_size)
+        if video.dim() != 5 or tuple(video.shape[1:]) != want or video.shape[0] == 0:
+            raise ValueError(f"ART: video must have shape {shape}, got {tuple(video.shape)}")
+        if labels is None:
+            return
+        if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
+            raise TypeError(f"ART: labels must be an int64 tensor [B], got "
+                            f"{getattr(labels, 'dtype', type(labels))}")
+        if tuple(labels.shape) != (video.shape[0],):
+            raise ValueError(f"ART: labels must have shape [B] = [{video.shape[0]}], got "
+                             f"{tuple(labels.shape)}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(f"ART: labels must be in [0, {self.num_classes}), got min "
+                             f"{int(labels.min())}, max {int(labels.max())}")
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, video: torch.Tensor, labels: torch.Tensor | None = None) -> ARTOutput:
+        """Args:
+            video: ``[B, T, 3, H, W]`` float (CLIP-normalised), T = num_frames,
+                H = W = image_size.
+            labels: optional ``[B]`` int64 class indices; when given, ``losses`` is filled.
+
+        Returns:
+            :class:`ARTOutput`.
+        """
+        self._check_input(video, labels)
+        B = video.shape[0]
+        tokens, _frames, x_cls = self.backbone(video)
+        logits_v = self.head_v(x_cls)
+        s_topk, classes, z = self.semantics(x_cls, self.bank, self.agent_bank)
+        out = ARTOutput(logits=logits_v, logits_v=logits_v, topk_classes=classes)
+        if self.options.tracklet_branch:
+            x_hat, s_hat = self.se(tokens, s_topk)
+            responses, idx, w = self.rssa(x_hat, s_hat)
+            tracklets = build_tracklets(responses, B)  # [B, K, T, d]
+            agg, saliency = aggregate_tracklets(
+                tracklets, s_topk.to(tracklets.dtype), self.options.ta_temperature
+            )
+            out.logits = self.head(torch.cat([x_cls, agg.flatten(1).to(x_cls.dtype)], dim=1))
+            T, H, K, k = self.num_frames, idx.shape[1], idx.shape[2], idx.shape[3]
+            out.tracklets, out.saliency = tracklets, saliency
+            out.region_indices = idx.view(B, T, H, K, k).permute(0, 3, 1, 2, 4)
+            out.region_weights = w.view(B, T, H, K, k).permute(0, 3, 1, 2, 4)
+        else:
+            out.logits = self.head(x_cls)
+        if labels is not None:
+            out.losses = self._losses(out, z, labels)
+        return out
+
+    def _losses(self, out: ARTOutput, z: torch.Tensor, labels: torch.Tensor):
+        o = self.options
+        losses = {
+            "ce": F.cross_entropy(out.logits.float(), labels),
+            "ce_v": F.cross_entropy(out.logits_v.float(), labels),
+        }
+        if o.tracklet_branch:
+            mtc_total, levels = self.mtc(out.tracklets)
+        else:
+            zero = out.logits.float().sum() * 0.0
+            mtc_total, levels = zero, dict.fromkeys(("spatial", "temporal", "tracklet"), zero)
+        E = self.backbone.embed_dim
+        protos = self.semantics.to_text(self.head.fc.weight[:, :E].detach())  # [C, Ct]
+        sema = sema_losses(z.float(), protos.float(), self.agent_bank, labels,
+                           temperature=o.sema_temperature)
+        losses.update({f"mtc_{k}": v.float() for k, v in levels.items()})
+        losses.update({f"sema_{k}": v for k, v in sema.items()})
+        losses["total"] = (losses["ce"] + losses["ce_v"] + o.gamma1 * mtc_total.float()
+                           + o.gamma2 * (sema["video"] + sema["proto"]))
+        return losses
+
+    # ------------------------------------------------------------------ training helpers
+    @torch.no_grad()
+    def update_bank(self) -> None:
+        """The EMA step of the semantics bank: ``S <- mu S + (1 - mu) S_a`` (mu =
+        ``bank_momentum``). The trainer calls it after every optimiser step."""
+        mu = self.options.bank_momentum
+        self.bank.mul_(mu).add_(self.agent_bank.detach().to(self.bank.dtype), alpha=1 - mu)
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """Parameter groups for an optimiser: backbone (lr x ``backbone_lr_mult``) and the rest
+        (lr), each split into decayed and not decayed (norms, biases, embeddings, prompts,
+        the agent bank: every tensor with < 2 dims or an embedding-like name). Frozen
+        parameters are left out. Each group carries a ``name``."""
+        groups: dict[str, list] = {k: [] for k in ("backbone", "backbone_no_decay", "head",
+                                                   "head_no_decay")}
+        for n, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            part = "backbone" if n.startswith("backbone.visual.") else "head"
+            no_decay = (p.dim() < 2 or "embedding" in n or n.endswith(("prompts", "agent_bank",
+                                                                      "video_token")))
+            groups[part + ("_no_decay" if no_decay else "")].append(p)
+        mult = self.options.backbone_lr_mult
+        spec = {"backbone": (lr * mult, weight_decay), "backbone_no_decay": (lr * mult, 0.0),
+                "head": (lr, weight_decay), "head_no_decay": (lr, 0.0)}
+        return [{"name": k, "params": v, "lr": spec[k][0], "weight_decay": spec[k][1]}
+                for k, v in groups.items() if v]

@@ -1,0 +1,193 @@
+"""The open_clip backbone (DESIGN §4.1): per-frame patch tokens and pooled features from an
+open_clip vision tower, and a temporal module that gives the video token x_cls.
+
+Also the one place that builds open_clip models, so the text bank encodes with the text tower
+of exactly the model whose vision tower we keep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..nn.transformer import PreLNBlock
+
+TINY_ALIAS = "tiny"
+TINY_NAME = "art-fast-tiny"
+_CONFIG_DIR = Path(__file__).with_name("configs")
+_CKPT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+_registered = False
+
+
+def _open_clip():
+    try:
+        import open_clip
+    except ImportError as e:  # pragma: no cover - open_clip is a pinned requirement
+        raise ImportError("art_fast.ART needs open_clip_torch (pip install open_clip_torch)") from e
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(_CONFIG_DIR / f"{TINY_NAME}.json")
+        _registered = True
+    return open_clip
+
+
+@dataclass(frozen=True)
+class CLIPSpec:
+    """What was built: the open_clip model name, where its weights came from, and a stable
+    identity of those weights (used in the text-bank cache key)."""
+
+    name: str
+    pretrained: str | None
+    weights_id: str
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:32]
+
+
+def build_clip(
+    backbone: str, pretrained: str | None, image_size: int, seed: int = 0
+) -> tuple[nn.Module, object, CLIPSpec]:
+    """Build an open_clip CLIP model (both towers) and its tokenizer.
+
+    Args:
+        backbone: an open_clip model name (``open_clip.list_models()``) or ``"tiny"``.
+        pretrained: None (random init, offline), an open_clip pretrained tag (needs the
+            network), a local checkpoint file, or ``"local-dir:<folder>"`` (an open_clip model
+            folder with ``open_clip_config.json``; its config then names the model and
+            ``backbone`` is ignored).
+        image_size: the vision tower's input size (its position embeddings are built for it).
+        seed: random init uses this seed (RNG state restored afterwards), so a random tower,
+            and the text bank it encodes, is the same in every process and every run.
+
+    Returns:
+        ``(clip_model, tokenizer, spec)``.
+    """
+    open_clip = _open_clip()
+    if not isinstance(backbone, str) or not backbone:
+        raise TypeError(f"ART: backbone must be an open_clip model name, got {backbone!r}")
+    name = TINY_NAME if backbone == TINY_ALIAS else backbone
+    kwargs = {"force_image_size": image_size}
+    if pretrained is not None and not isinstance(pretrained, str):
+        raise TypeError(
+            f"ART: pretrained must be None, an open_clip tag, a checkpoint path or "
+            f"'local-dir:<folder>', got {pretrained!r}"
+        )
+    if pretrained and pretrained.startswith("local-dir:"):
+        folder = Path(pretrained[len("local-dir:"):])
+        cfg = folder / "open_clip_config.json"
+        if not cfg.is_file():
+            raise FileNotFoundError(f"ART: pretrained={pretrained!r}: no {cfg}")
+        digest = hashlib.sha256()
+        for f in sorted(folder.iterdir()):
+            if f.is_file():
+                digest.update(f.name.encode() + _file_digest(f).encode())
+        weights_id = f"local-dir:{digest.hexdigest()[:32]}"
+        json.loads(cfg.read_text())  # a clear error here beats one deep inside open_clip
+        model = open_clip.create_model(pretrained, **kwargs)
+        name = pretrained
+    else:
+        if name not in open_clip.list_models():
+            raise ValueError(
+                f"ART: backbone {backbone!r} is not an open_clip model name (see "
+                f"open_clip.list_models()) nor {TINY_ALIAS!r}"
+            )
+        if pretrained is None:
+            weights_id = f"random-init:seed={seed}"
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = open_clip.create_model(name, pretrained=None, **kwargs)
+        else:
+            path = Path(os.path.expanduser(pretrained))
+            if path.is_file():
+                weights_id = f"file:{_file_digest(path)}"
+                pretrained = str(path)
+            elif os.sep in pretrained or pretrained.endswith(_CKPT_SUFFIXES):
+                raise FileNotFoundError(f"ART: pretrained checkpoint {pretrained!r} not found")
+            else:
+                weights_id = f"tag:{pretrained}"
+            model = open_clip.create_model(name, pretrained=pretrained, **kwargs)
+    tokenizer = open_clip.get_tokenizer(name)
+    return model, tokenizer, CLIPSpec(name, pretrained, weights_id)
+
+
+class TemporalModule(nn.Module):
+    """(ours) A small transformer over per-frame pooled features with learned temporal position
+    embeddings and a video token; its output at the video token is x_cls.
+
+    ``forward(frames [B, T, E]) -> x_cls [B, E]``.
+    """
+
+    def __init__(self, dim: int, num_frames: int, layers: int = 1, heads: int | None = None):
+        super().__init__()
+        heads = heads or max(1, dim // 64)
+        self.video_token = nn.Parameter(torch.zeros(dim))
+        self.pos_embedding = nn.Parameter(torch.randn(num_frames + 1, dim) * 0.02)
+        self.blocks = nn.ModuleList(PreLNBlock(dim, heads) for _ in range(layers))
+        self.ln = nn.LayerNorm(dim)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        B = frames.shape[0]
+        x = torch.cat([self.video_token.expand(B, 1, -1).to(frames.dtype), frames], dim=1)
+        x = x + self.pos_embedding.to(x.dtype)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.ln(x[:, 0])
+
+
+class VideoBackbone(nn.Module):
+    """An open_clip vision tower applied to every frame, plus the temporal module.
+
+    Args:
+        visual: the open_clip vision tower (a ``VisionTransformer``).
+        num_frames: T (the temporal position embeddings are sized for it).
+        temporal_layers: blocks in the temporal module.
+        grad_checkpointing: recompute the tower's blocks in backward to save memory.
+
+    Attributes: ``width`` (patch token width), ``embed_dim`` (pooled feature width),
+    ``num_patches`` (N).
+    """
+
+    def __init__(
+        self, visual: nn.Module, num_frames: int, temporal_layers: int = 1,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if not hasattr(visual, "output_tokens") or not hasattr(visual, "conv1"):
+            raise TypeError(
+                f"ART: the backbone must be an open_clip ViT (VisionTransformer), got "
+                f"{type(visual).__name__}"
+            )
+        visual.output_tokens = True
+        if grad_checkpointing:
+            visual.set_grad_checkpointing(True)
+        self.visual = visual
+        self.width = visual.transformer.width
+        self.embed_dim = visual.output_dim
+        gh, gw = visual.grid_size
+        self.num_patches = gh * gw
+        self.temporal = TemporalModule(self.embed_dim, num_frames, temporal_layers)
+
+    def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Args: video ``[B, T, 3, H, W]`` float.
+
+        Returns:
+            tokens ``[B, T, N, width]`` (patch tokens after the tower's final norm),
+            frames ``[B, T, embed_dim]`` (pooled, projected per-frame features),
+            x_cls ``[B, embed_dim]``.
+        """
+        B, T = video.shape[:2]
+        pooled, tokens = self.visual(video.flatten(0, 1))
+        tokens = tokens.reshape(B, T, *tokens.shape[1:])
+        frames = pooled.reshape(B, T, -1)
+        return tokens, frames, self.temporal(frames)

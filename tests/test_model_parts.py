@@ -1,0 +1,141 @@
+"""The ART building blocks against independent plain-PyTorch formulations: query-to-patch
+attention (dense and top-k), the MTC levels, the semantic losses, tracklet aggregation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import art_fast
+from art_fast.losses import bank_logits, mtc_losses, sema_losses
+from art_fast.model.semantics import select_topk_classes
+from art_fast.model.tracklets import aggregate_tracklets, build_tracklets
+from art_fast.nn import QueryPatchAttention, TrackletContrastiveLoss
+
+BACKENDS = ["torch", "cpu"]
+
+
+def _attention_oracle(mod: QueryPatchAttention, queries, tokens, k):
+    """Dense softmax attention with every non-selected patch masked to -inf: the top-k form
+    written without topk_regions (ties cannot occur with random float64 inputs)."""
+    G, M, C = queries.shape
+    H = mod.heads
+    dh = C // H
+    q = mod.q(queries).view(G, M, H, dh).transpose(1, 2)
+    kv = mod.kv(tokens).view(G, tokens.shape[1], 2, H, dh).permute(2, 0, 3, 1, 4)
+    s = q @ kv[0].transpose(-1, -2) * dh**-0.5
+    if k is not None:
+        thresh = s.topk(k, dim=-1).values[..., -1:]
+        s = s.masked_fill(s < thresh, float("-inf"))
+    out = torch.softmax(s, -1) @ kv[1]
+    return mod.proj(out.transpose(1, 2).reshape(G, M, C))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k", [None, 1, 5, 13])
+def test_query_patch_attention_matches_masked_softmax(backend, k):
+    torch.manual_seed(0)
+    mod = QueryPatchAttention(32, 4, k_region=k).double()
+    queries, tokens = torch.randn(3, 2, 32, dtype=torch.float64), torch.randn(3, 13, 32,
+                                                                              dtype=torch.float64)
+    with art_fast.use_backend(backend):
+        out, idx, w = mod(queries, tokens, return_regions=True)
+    kk = 13 if k is None else k
+    assert idx.shape == w.shape == (3, 4, 2, kk)
+    torch.testing.assert_close(out, _attention_oracle(mod, queries, tokens, k), rtol=1e-10,
+                               atol=1e-10)
+    torch.testing.assert_close(w.sum(-1), torch.ones(3, 4, 2, dtype=torch.float64))
+
+
+def _info_nce_oracle(a, c, temperature):
+    logits = F.normalize(a, dim=-1) @ F.normalize(c, dim=-1).transpose(-1, -2) / temperature
+    tgt = torch.arange(a.shape[1]).expand(a.shape[0], -1)
+    return F.cross_entropy(logits.flatten(0, 1), tgt.flatten())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("B,K,T", [(2, 3, 5), (1, 2, 2), (3, 1, 4), (2, 2, 1)])
+@pytest.mark.parametrize("negatives", ["frame", "batch"])
+def test_mtc_levels_match_their_definition(backend, B, K, T, negatives):
+    torch.manual_seed(1)
+    tr = torch.randn(B, K, T, 8, dtype=torch.float64)
+    with art_fast.use_backend(backend):
+        got = mtc_losses(tr, temperature=0.2, temporal_negatives=negatives)
+    frames = tr.permute(0, 2, 1, 3)  # [B, T, K, d]
+    want_sp = _info_nce_oracle(frames.flatten(0, 1), frames.flatten(0, 1), 0.2)
+    torch.testing.assert_close(got["spatial"], want_sp)
+    if T == 1:
+        assert float(got["temporal"]) == 0.0 and float(got["tracklet"]) == 0.0
+        return
+    if negatives == "frame":
+        want_t = _info_nce_oracle(frames[:, :-1].flatten(0, 1), frames[:, 1:].flatten(0, 1), 0.2)
+    else:  # per t, all B*K responses at t against all at t+1
+        rows = [_info_nce_oracle(frames[:, t].reshape(1, B * K, 8),
+                                 frames[:, t + 1].reshape(1, B * K, 8), 0.2) for t in range(T - 1)]
+        want_t = torch.stack(rows).mean()
+    torch.testing.assert_close(got["temporal"], want_t)
+    h = T // 2
+    want_tr = _info_nce_oracle(tr[:, :, :h].mean(2), tr[:, :, h:].mean(2), 0.2)
+    torch.testing.assert_close(got["tracklet"], want_tr)
+
+
+def test_tracklet_loss_weights_and_errors():
+    tr = torch.randn(2, 2, 4, 8, dtype=torch.float64)
+    total, levels = TrackletContrastiveLoss((1.0, 0.5, 2.0), 0.1)(tr)
+    torch.testing.assert_close(
+        total, levels["spatial"] + 0.5 * levels["temporal"] + 2.0 * levels["tracklet"]
+    )
+    with pytest.raises(ValueError, match="weights"):
+        TrackletContrastiveLoss((1.0, -1.0, 1.0))
+    with pytest.raises(ValueError, match="temporal_negatives"):
+        mtc_losses(tr, temporal_negatives="video")
+    with pytest.raises(ValueError, match=r"\[B, K, T, d\]"):
+        mtc_losses(tr[0])
+
+
+def test_sema_losses_match_loops():
+    torch.manual_seed(2)
+    P, C, Ct, B = 3, 5, 6, 4
+    bank = torch.randn(P, C, Ct, dtype=torch.float64)
+    z, protos = torch.randn(B, Ct, dtype=torch.float64), torch.randn(C, Ct, dtype=torch.float64)
+    labels = torch.tensor([0, 4, 2, 2])
+    got = sema_losses(z, protos, bank, labels, temperature=0.5)
+
+    def logits(x):
+        out = torch.empty(x.shape[0], C, dtype=torch.float64)
+        for i in range(x.shape[0]):
+            for c in range(C):
+                out[i, c] = max(F.cosine_similarity(x[i], bank[p, c], dim=0) for p in range(P))
+        return out / 0.5
+
+    torch.testing.assert_close(got["video"], F.cross_entropy(logits(z), labels))
+    torch.testing.assert_close(got["proto"], F.cross_entropy(logits(protos), torch.arange(C)))
+    torch.testing.assert_close(bank_logits(z, bank, 0.5), logits(z))
+
+
+def test_topk_class_ranking_prefers_lower_index_on_ties_and_has_no_grad():
+    bank = torch.zeros(2, 4, 3)
+    bank[:, 0, 0] = bank[:, 1, 0] = 1.0  # classes 0 and 1 identical
+    bank[:, 2, 1] = bank[:, 3, 2] = 1.0
+    z = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.2, 1.0]], requires_grad=True)
+    got = select_topk_classes(z, bank, 2)
+    assert got.tolist() == [[0, 1], [3, 2]]
+    assert not got.requires_grad
+
+
+def test_tracklet_aggregation():
+    torch.manual_seed(3)
+    tr, sem = torch.randn(2, 3, 5, 4, dtype=torch.float64), torch.randn(2, 3, 4,
+                                                                       dtype=torch.float64)
+    agg, w = aggregate_tracklets(tr, sem, temperature=0.3)
+    for b in range(2):
+        for k in range(3):
+            cos = F.cosine_similarity(tr[b, k], sem[b, k].expand(5, -1), dim=-1)
+            wk = torch.softmax(cos / 0.3, 0)
+            torch.testing.assert_close(w[b, k], wk)
+            torch.testing.assert_close(agg[b, k], (wk[:, None] * tr[b, k]).sum(0))
+    resp = torch.arange(2 * 3 * 2 * 1.0).view(6, 2, 1)  # [B*T, K, d] with B=2, T=3
+    trk = build_tracklets(resp, 2)
+    assert trk.shape == (2, 2, 3, 1)
+    assert trk[1, 0, 2, 0] == resp[1 * 3 + 2, 0, 0]
