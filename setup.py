@@ -96,8 +96,12 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["art_fast", "art_fast.*"]) + ["art_fast.kernels"],
     package_dir={"art_fast.kernels": "kernels"},
+    package_data={"art_fast.model": ["configs/*.json"]},
+    entry_points={"console_scripts": ["art-fast = art_fast.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    install_requires=["torch>=2.6", "numpy", "pyyaml", "tqdm", "einops"],
+    install_requires=[
+        "torch>=2.6", "numpy", "pyyaml", "tqdm", "einops", "open_clip_torch", "av", "pillow"
+    ],
     zip_safe=False,
 )
