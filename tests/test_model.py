@@ -297,3 +297,15 @@ def test_local_checkpoint_file_is_loaded(tmp_path, cache_dir):
     torch.testing.assert_close(model.backbone.visual.conv1.weight, src.visual.conv1.weight)
     assert model.spec.weights_id.startswith("file:")
     assert model.bank_cache_hit is False
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(cache_dir):
+    x, y = clip(2, 4), torch.tensor([0, 3])
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = make(cache_dir, grad_checkpointing=ckpt)
+        assert model.backbone.visual.transformer.grad_checkpointing is ckpt
+        model(x, y).losses["total"].backward()
+        grads.append(model.backbone.visual.conv1.weight.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
