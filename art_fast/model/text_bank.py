@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .._io import atomic_save
 
 DEFAULT_TEMPLATES: tuple[str, ...] = (
     "a video of a person {}.",
@@ -74,21 +75,6 @@ def encode_prompts(
     return emb.view(len(prompts), len(prompts[0]), -1).cpu()
 
 
-def _atomic_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def load_or_encode(
     clip_model: nn.Module,
     tokenizer,
@@ -116,5 +102,5 @@ def load_or_encode(
             pass
     bank = encode_prompts(clip_model, tokenizer, prompts)
     if use_cache:
-        _atomic_save({"bank": bank, "model": model_name, "weights": weights_id}, path)
+        atomic_save({"bank": bank, "model": model_name, "weights": weights_id}, path)
     return bank, False

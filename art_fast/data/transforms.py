@@ -1,0 +1,326 @@
+"""Video transforms on uint8 clips ``[T, H, W, 3]`` (torch), the same geometry for every frame.
+
+All transforms take and return ``torch.uint8`` tensors with channels last; batches travel to the
+device as uint8 and become float there (:func:`to_model_input`). Random transforms draw from
+the generator passed to ``__call__`` (a ``torch.Generator`` or a ``numpy.random.Generator``;
+None uses torch's global generator), so a dataset sample is reproducible from
+(seed, epoch, index).
+
+Resizing uses ``torch.nn.functional.interpolate(mode="bilinear", antialias=True)`` directly on
+uint8 (PyTorch's uint8 path, channels-last memory format, which the ``[T, H, W, 3]`` layout
+already is).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "Compose",
+    "RandomResizedCrop",
+    "ScaleJitterCrop",
+    "RandomHorizontalFlip",
+    "Resize",
+    "CenterCrop",
+    "ThreeCrop",
+    "resize_clip",
+    "to_model_input",
+]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+Generator = torch.Generator | np.random.Generator | None
+
+
+def _uniform(gen: Generator, lo: float, hi: float) -> float:
+    if isinstance(gen, np.random.Generator):
+        return float(gen.uniform(lo, hi))
+    u = float(torch.rand((), generator=gen, dtype=torch.float64))
+    return lo + (hi - lo) * u
+
+
+def _randint(gen: Generator, lo: int, hi: int) -> int:
+    """Uniform integer in ``[lo, hi]`` (inclusive)."""
+    if hi <= lo:
+        return lo
+    if isinstance(gen, np.random.Generator):
+        return int(gen.integers(lo, hi + 1))
+    return int(torch.randint(lo, hi + 1, (), generator=gen))
+
+
+def _size2(size: int | Sequence[int], name: str = "size") -> tuple[int, int]:
+    if isinstance(size, int):
+        h = w = size
+    else:
+        if len(size) != 2:
+            raise ValueError(f"{name} must be an int or (height, width), got {size!r}")
+        h, w = int(size[0]), int(size[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"{name} must be positive, got {size!r}")
+    return h, w
+
+
+def _check_clip(video: torch.Tensor) -> None:
+    if not isinstance(video, torch.Tensor) or video.dtype != torch.uint8:
+        raise TypeError(f"video must be a torch.uint8 tensor [T, H, W, 3], got "
+                        f"{type(video).__name__} {getattr(video, 'dtype', '')}")
+    if video.dim() != 4 or video.shape[-1] != 3:
+        raise ValueError(f"video must have shape [T, H, W, 3], got {tuple(video.shape)}")
+
+
+def resize_clip(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize uint8 ``[T, H, W, 3]`` to ``[T, size[0], size[1], 3]`` (bilinear, antialiased)."""
+    _check_clip(video)
+    h, w = size
+    if video.shape[1] == h and video.shape[2] == w:
+        return video
+    x = video.permute(0, 3, 1, 2)  # [T, 3, H, W] view, channels-last strides
+    y = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    return y.permute(0, 2, 3, 1).contiguous()
+
+
+class Compose:
+    """Apply transforms in order, passing the same generator to each."""
+
+    def __init__(self, transforms: Sequence[Callable[..., torch.Tensor]]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, video: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+        for t in self.transforms:
+            video = t(video, generator)
+        return video
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(t) for t in self.transforms)
+        return f"Compose([{inner}])"
+
+
+class RandomResizedCrop:
+    """Crop a random area fraction in ``scale`` with aspect ratio in ``ratio`` (log-uniform),
+    the same box for every frame, and resize it to ``size``.
+
+    Follows torchvision's parameter sampling: 10 tries, then a centre crop with the ratio
+    clamped into range. Input uint8 ``[T, H, W, 3]``, output uint8 ``[T, size_h, size_w, 3]``.
+    """
+
+    def __init__(self, size: int | Sequence[int], scale: Sequence[float] = (0.25, 1.0),
+                 ratio: Sequence[float] = (3 / 4, 4 / 3)) -> None:
+        self.size = _size2(size)
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"scale must be (min, max) with 0 < min <= max <= 1, got {scale!r}")
+        if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"ratio must be (min, max) with 0 < min <= max, got {ratio!r}")
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+
+    def get_params(self, height: int, width: int, generator: Generator = None
+                   ) -> tuple[int, int, int, int]:
+        """A crop box ``(top, left, h, w)`` inside a ``height x width`` frame."""
+        area = height * width
+        log_r = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target = area * _uniform(generator, *self.scale)
+            ar = math.exp(_uniform(generator, *log_r))
+            w = int(round(math.sqrt(target * ar)))
+            h = int(round(math.sqrt(target / ar)))
+            if 0 < w <= width and 0 < h <= height:
+                top = _randint(generator, 0, height - h)
+                left = _randint(generator, 0, width - w)
+                return top, left, h, w
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            w, h = width, int(round(width / self.ratio[0]))
+        elif in_ratio > self.ratio[1]:
+            h, w = height, int(round(height * self.ratio[1]))
+        else:
+            h, w = height, width
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def __call__(self, video: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+        _check_clip(video)
+        top, left, h, w = self.get_params(video.shape[1], video.shape[2], generator)
+        return resize_clip(video[:, top:top + h, left:left + w], self.size)
+
+    def __repr__(self) -> str:
+        return f"RandomResizedCrop(size={self.size}, scale={self.scale}, ratio={self.ratio})"
+
+
+class ScaleJitterCrop:
+    """Scale jitter: resize the short side to a random length in ``short_side_range``
+    (inclusive), then take a random ``size`` crop (the same for every frame).
+
+    Input uint8 ``[T, H, W, 3]``, output uint8 ``[T, size_h, size_w, 3]``."""
+
+    def __init__(self, size: int | Sequence[int], short_side_range: Sequence[int]) -> None:
+        self.size = _size2(size)
+        lo, hi = int(short_side_range[0]), int(short_side_range[1])
+        if not 0 < lo <= hi or lo < max(self.size):
+            raise ValueError(f"short_side_range must be (lo, hi) with max(size) <= lo <= hi, "
+                             f"got {short_side_range!r} for size {self.size}")
+        self.range = (lo, hi)
+
+    def __call__(self, video: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+        _check_clip(video)
+        short = _randint(generator, *self.range)
+        video = Resize(short)(video)
+        h, w = self.size
+        top = _randint(generator, 0, video.shape[1] - h)
+        left = _randint(generator, 0, video.shape[2] - w)
+        return video[:, top:top + h, left:left + w].contiguous()
+
+    def __repr__(self) -> str:
+        return f"ScaleJitterCrop(size={self.size}, short_side_range={self.range})"
+
+
+class RandomHorizontalFlip:
+    """Mirror every frame left-right with probability ``p`` (one draw per clip).
+
+    Datasets keep it off by default: it swaps direction-sensitive classes ("moving something
+    from left to right")."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p!r}")
+        self.p = float(p)
+
+    def __call__(self, video: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+        _check_clip(video)
+        if _uniform(generator, 0.0, 1.0) < self.p:
+            return video.flip(2)
+        return video
+
+    def __repr__(self) -> str:
+        return f"RandomHorizontalFlip(p={self.p})"
+
+
+class Resize:
+    """Resize so that the short side is ``short_side`` (aspect ratio kept, rounded).
+
+    Input uint8 ``[T, H, W, 3]``, output uint8 ``[T, h, w, 3]`` with ``min(h, w) =
+    short_side``."""
+
+    def __init__(self, short_side: int) -> None:
+        if int(short_side) < 1:
+            raise ValueError(f"short_side must be a positive integer, got {short_side!r}")
+        self.short_side = int(short_side)
+
+    def __call__(self, video: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+        _check_clip(video)
+        h, w = video.shape[1], video.shape[2]
+        s = self.short_side
+        if h <= w:
+            size = (s, max(1, int(round(w * s / h))))
+        else:
+            size = (max(1, int(round(h * s / w))), s)
+        return resize_clip(video, size)
+
+    def __repr__(self) -> str:
+        return f"Resize(short_side={self.short_side})"
+
+
+class CenterCrop:
+    """The central ``size`` crop. Input uint8 ``[T, H, W, 3]`` with H, W >= size, output
+    uint8 ``[T, size_h, size_w, 3]``."""
+
+    def __init__(self, size: int | Sequence[int]) -> None:
+        self.size = _size2(size)
+
+    def __call__(self, video: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+        _check_clip(video)
+        h, w = self.size
+        H, W = video.shape[1], video.shape[2]
+        if H < h or W < w:
+            raise ValueError(f"CenterCrop{self.size} needs frames at least that large, got "
+                             f"{H}x{W}; resize first")
+        top, left = (H - h) // 2, (W - w) // 2
+        return video[:, top:top + h, left:left + w].contiguous()
+
+    def __repr__(self) -> str:
+        return f"CenterCrop(size={self.size})"
+
+
+class ThreeCrop:
+    """Three ``size`` crops along the long side (left / centre / right for landscape frames,
+    top / middle / bottom for portrait), for multi-view testing.
+
+    Input uint8 ``[T, H, W, 3]``; output uint8 ``[3, T, size_h, size_w, 3]``."""
+
+    def __init__(self, size: int | Sequence[int]) -> None:
+        self.size = _size2(size)
+
+    def __call__(self, video: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+        _check_clip(video)
+        h, w = self.size
+        H, W = video.shape[1], video.shape[2]
+        if H < h or W < w:
+            raise ValueError(f"ThreeCrop{self.size} needs frames at least that large, got "
+                             f"{H}x{W}; resize first")
+        crops = []
+        if W - w >= H - h:  # landscape (or square): slide along the width
+            top = (H - h) // 2
+            for left in (0, (W - w) // 2, W - w):
+                crops.append(video[:, top:top + h, left:left + w])
+        else:
+            left = (W - w) // 2
+            for top in (0, (H - h) // 2, H - h):
+                crops.append(video[:, top:top + h, left:left + w])
+        return torch.stack(crops)
+
+    def __repr__(self) -> str:
+        return f"ThreeCrop(size={self.size})"
+
+
+_NORM_CACHE: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _norm_consts(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    key = (device, dtype)
+    if key not in _NORM_CACHE:
+        mean = torch.tensor(CLIP_MEAN, dtype=torch.float64)
+        std = torch.tensor(CLIP_STD, dtype=torch.float64)
+        scale = (1.0 / (255.0 * std)).view(3, 1, 1)
+        shift = (-mean / std).view(3, 1, 1)
+        _NORM_CACHE[key] = (scale.to(device=device, dtype=dtype),
+                            shift.to(device=device, dtype=dtype))
+    return _NORM_CACHE[key]
+
+
+def to_model_input(batch: torch.Tensor, device: torch.device | str | None = None,
+                   dtype: torch.dtype = torch.float32, non_blocking: bool = True
+                   ) -> torch.Tensor:
+    """uint8 clips to normalised float model input on ``device``.
+
+    Moves the uint8 batch to ``device`` first (4x fewer bytes than float32), then converts to
+    ``dtype`` and applies the CLIP mean/std (``(x / 255 - mean) / std`` per channel;
+    computed in float32 for float16/bfloat16 outputs, then rounded once).
+
+    Args:
+        batch: uint8 ``[B, T, H, W, 3]`` or, with a view dimension, ``[B, V, T, H, W, 3]``.
+        device: target device (None: where ``batch`` is).
+        dtype: floating output dtype.
+
+    Returns:
+        ``dtype`` ``[B, T, 3, H, W]`` or ``[B, V, T, 3, H, W]``, contiguous.
+    """
+    if not isinstance(batch, torch.Tensor) or batch.dtype != torch.uint8:
+        raise TypeError(f"batch must be a torch.uint8 tensor, got {type(batch).__name__} "
+                        f"{getattr(batch, 'dtype', '')}")
+    if batch.dim() not in (5, 6) or batch.shape[-1] != 3:
+        raise ValueError(f"batch must be [B, T, H, W, 3] or [B, V, T, H, W, 3], got "
+                         f"{tuple(batch.shape)}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+    dev = torch.device(device) if device is not None else batch.device
+    x = batch.to(dev, non_blocking=non_blocking)
+    x = x.movedim(-1, -3)  # [..., T, 3, H, W] (a view)
+    work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    scale, shift = _norm_consts(dev, work)
+    return (x.to(work) * scale + shift).to(dtype).contiguous()

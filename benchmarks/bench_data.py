@@ -1,0 +1,281 @@
+#!/usr/bin/env python
+"""Data-loading throughput: decode + transform, clips/s for one worker (in-process).
+
+Two workloads:
+
+* ``synthetic``: the demo set (``art_fast.data.make_synthetic`` defaults: 64 x 64 x 16-frame
+  h264 clips) read through ``Diving48`` with T = 8, image size 64, as the demo config does;
+* ``224``: h264 clips of 256 x 340 pixels and 64 frames (the usual short-side-256 copies of
+  Kinetics-like data), generated here, read through ``VideoList`` as 16-frame clips at
+  224 x 224 (TSN segments and dense clips with stride 4).
+
+Each row times ``dataset[i]`` over the dataset's items, cycling, after a warm-up: open the file,
+sample indices, decode, crop/resize, return the uint8 clip; that is the work of one DataLoader
+worker per item (``torch.set_num_threads(1)``, as in a worker). ``decode`` rows time
+``read_frames`` alone on the same indices. Rows are in the decoder backend named (``auto`` is
+decord when it works). The machine may be shared: the header records how busy the other cores
+were (``cpu_busy_before``), so read small differences with care.
+
+Results: ``<out>/bench_data.json`` (header + rows) and ``<out>/bench_data.md`` (the table, also
+printed); ``<out>`` defaults to ``benchmarks/results/<device-slug>/``.
+
+Usage::
+
+    python benchmarks/bench_data.py [--out DIR] [--seconds S] [--workloads synthetic 224]
+        [--backends auto pyav] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import art_fast  # noqa: E402
+from art_fast.data import Diving48, VideoList, make_synthetic, read_frames  # noqa: E402
+from art_fast.data import synthetic as syn  # noqa: E402
+from art_fast.data.video import decord_available  # noqa: E402
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def core_count() -> int:
+    with contextlib.suppress(AttributeError):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def device_slug() -> str:
+    name = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")
+    return f"cpu-{name}-{core_count()}c"
+
+
+def cpu_busy(seconds: float = 0.5) -> float | None:
+    """Fraction of all cores busy over ``seconds`` while this process sleeps."""
+
+    def times() -> tuple[int, int] | None:
+        try:
+            f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = f[3] + (f[4] if len(f) > 4 else 0)
+        return sum(f) - idle, sum(f)
+
+    a = times()
+    time.sleep(seconds)
+    b = times()
+    if a is None or b is None or b[1] <= a[1]:
+        return None
+    return round((b[0] - a[0]) / (b[1] - a[1]), 2)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def make_224_videos(folder: Path, count: int = 4, frames: int = 64, seed: int = 0) -> Path:
+    """``count`` h264 clips of 256 x 340 x ``frames`` (textured, moving content) and a
+    ``<path> <label>`` list file; returns the list file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    codec, options = syn._encoder()
+    options = dict(options, crf="20")  # typical dataset-copy quality, not the demo's CRF 12
+    lines = []
+    for i in range(count):
+        rng = np.random.default_rng([seed, i])
+        clip, _ = syn.render_clip(("moves-right", "fast", "straight-path"), frames, 340, rng,
+                                  distractors=4)
+        clip = np.ascontiguousarray(clip[:, 42:298])  # 256 x 340
+        name = f"clip{i}.mp4"
+        syn._write_mp4(str(folder / name), clip, codec, options, fps=25)
+        lines.append(f"{name} {i % 2}")
+    (folder / "list.txt").write_text("\n".join(lines) + "\n")
+    return folder / "list.txt"
+
+
+def _timed(fn: Any, n: int, seconds: float) -> dict[str, float]:
+    """Call ``fn(k % n)`` for k = 0, 1, ... for about ``seconds`` (at least 8 calls).
+
+    Returns clips/s over the run (wall clock), the median wall time per call, and the median
+    CPU time of this process per call (``time.process_time``: what one worker costs, less
+    sensitive to other load on a shared machine)."""
+    wall, cpu = [], []
+    start = time.perf_counter()
+    k = 0
+    while True:
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn(k % n)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+        k += 1
+        if time.perf_counter() - start >= seconds and k >= 8:
+            break
+    total = time.perf_counter() - start
+    return {"items": k, "clips_per_s": k / total, "median_ms": 1e3 * statistics.median(wall),
+            "median_cpu_ms": 1e3 * statistics.median(cpu)}
+
+
+def time_items(ds: Any, seconds: float, warmup: int = 2) -> dict[str, float]:
+    """``ds[i]`` (decode + transform), cycling over the items, after ``warmup`` calls."""
+    for i in range(min(warmup, len(ds))):
+        ds[i]
+    return _timed(ds.__getitem__, len(ds), seconds)
+
+
+def time_decode(ds: Any, backend: str, seconds: float) -> dict[str, float]:
+    """``read_frames`` alone on the frame indices the dataset samples (eval indices)."""
+    jobs = []
+    for i in range(len(ds)):
+        nf = art_fast.data.num_frames(ds.path_of(i), backend=backend)
+        idx = np.concatenate(ds.frame_indices(nf, np.random.default_rng(i)))
+        jobs.append((ds.path_of(i), idx))
+    read_frames(jobs[0][0], jobs[0][1], backend=backend)
+    return _timed(lambda k: read_frames(jobs[k][0], jobs[k][1], backend=backend), len(jobs),
+                  seconds)
+
+
+def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    torch.set_num_threads(1)
+    busy = cpu_busy()
+    rows: list[dict[str, Any]] = []
+    backends = [b for b in args.backends if b != "decord" or decord_available()]
+    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_data_"))
+    try:
+        if "synthetic" in args.workloads:
+            root = tmp / "synthetic"
+            t0 = time.perf_counter()
+            summary = make_synthetic(root)
+            gen_s = time.perf_counter() - t0
+            print(f"synthetic set: {summary['num_train']} + {summary['num_test']} clips in "
+                  f"{gen_s:.1f} s", file=sys.stderr)
+            for backend in backends:
+                common = dict(num_frames=8, image_size=64, backend=backend)
+                cases = [
+                    ("train", Diving48(root, "train", crop_scale=(0.6, 1.0), **common)),
+                    ("eval", Diving48(root, "test", **common)),
+                    ("eval 2x3 views", Diving48(root, "test", views=(2, 3), **common)),
+                ]
+                for mode, ds in cases:
+                    r = time_items(ds, args.seconds)
+                    rows.append(dict(workload="synthetic 64x64, 16-frame files", mode=mode,
+                                     backend=backend, T=8, size=64, **r))
+                r = time_decode(cases[1][1], backend, args.seconds)
+                rows.append(dict(workload="synthetic 64x64, 16-frame files", mode="decode only",
+                                 backend=backend, T=8, size=64, **r))
+        if "224" in args.workloads:
+            lst = make_224_videos(tmp / "v224")
+            for backend in backends:
+                common = dict(num_frames=16, image_size=224, backend=backend)
+                cases = [
+                    ("train segments", VideoList(lst, train=True, **common)),
+                    ("train dense/4", VideoList(lst, train=True, sampling="dense",
+                                                dense_stride=4, **common)),
+                    ("eval segments", VideoList(lst, **common)),
+                    ("eval 2x3 views", VideoList(lst, views=(2, 3), **common)),
+                ]
+                for mode, ds in cases:
+                    r = time_items(ds, args.seconds)
+                    rows.append(dict(workload="256x340, 64-frame files", mode=mode,
+                                     backend=backend, T=16, size=224, **r))
+                r = time_decode(cases[2][1], backend, args.seconds)
+                rows.append(dict(workload="256x340, 64-frame files", mode="decode only",
+                                 backend=backend, T=16, size=224, **r))
+    finally:
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    head = {
+        "benchmark": "bench_data",
+        "device": "cpu",
+        "device_name": cpu_model(),
+        "cores": core_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "decord": _version("decord2") or _version("decord"),
+        "av": _version("av"),
+        "numpy": np.__version__,
+        "art_fast": art_fast.__version__,
+        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "seconds_per_row": args.seconds,
+        "cpu_busy_before": busy,
+        "what": "dataset[i] in-process (one worker): open, sample, decode, transform; uint8 out",
+    }
+    return head, rows
+
+
+def markdown(head: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"Data loading, one worker in-process ({head['device_name']}, {head['cores']} cores, "
+        f"torch threads {head['torch_threads']}; torch {head['torch']}, decord "
+        f"{head['decord']}, av {head['av']}; {head['date_utc']}; other load before the run: "
+        f"{head['cpu_busy_before']} of the cores)",
+        "",
+        "| workload | mode | backend | T | size | clips/s (wall) | median wall ms/clip | "
+        "median CPU ms/clip | clips/s per busy core (1000 / CPU ms) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['workload']} | {r['mode']} | {r['backend']} | {r['T']} | "
+                     f"{r['size']} | {r['clips_per_s']:.1f} | {r['median_ms']:.1f} | "
+                     f"{r['median_cpu_ms']:.1f} | {1e3 / max(r['median_cpu_ms'], 1e-3):.0f} |")
+    lines += [
+        "",
+        "clips/s (wall) counts every call of the timed run; the CPU columns use this process's "
+        "CPU time, which other load on a shared machine inflates less.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default benchmarks/results/<device-slug>)")
+    p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per row")
+    p.add_argument("--workloads", nargs="+", default=["synthetic", "224"],
+                   choices=["synthetic", "224"])
+    p.add_argument("--backends", nargs="+", default=["auto", "pyav"],
+                   choices=["auto", "decord", "pyav"])
+    p.add_argument("--keep", default=None, help="generate the videos here and keep them")
+    args = p.parse_args(argv)
+    head, rows = run(args)
+    out = args.out or ROOT / "benchmarks" / "results" / device_slug()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_data.json").write_text(json.dumps({"header": head, "rows": rows}, indent=1)
+                                         + "\n")
+    md = markdown(head, rows)
+    (out / "bench_data.md").write_text(md)
+    print(md)
+    print(f"wrote {out / 'bench_data.json'} and {out / 'bench_data.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
