@@ -1,0 +1,226 @@
+"""The ``art-fast`` command: synth, train, eval, bench, viz, info.
+
+Data flows one way (DESIGN §2): cli -> train -> (data, model) -> ops. Each subcommand imports
+what it needs when it runs, so ``art-fast --help`` and ``art-fast info`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import platform
+import sys
+from collections.abc import Sequence
+
+EPILOG = """examples:
+  art-fast synth --out data/synth                       # the synthetic fine-grained set
+  art-fast train configs/synthetic_tiny.yaml --set output_dir=runs/demo
+  art-fast train configs/diving48.yaml --set data.root=/data/Diving48 --resume auto
+  torchrun --nproc_per_node 4 -m art_fast.cli train configs/gym99.yaml --set data.root=/data/gym
+  art-fast eval runs/demo/best.pt                       # metrics + predictions.csv
+  art-fast viz runs/demo/best.pt --index 0 --out runs/demo/tracklets.png
+  art-fast bench --device cpu                           # op benchmarks (benchmarks/bench_ops.py)
+  art-fast info                                         # backends built and usable, versions
+"""
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train ART from a YAML config",
+        description="Train ART. The config (YAML) is resolved with --set overrides (unknown keys "
+                    "are errors) and saved as <output_dir>/config.yaml. Under torchrun every "
+                    "process runs this command; rank 0 writes.")
+    p.add_argument("config", help="YAML config, e.g. configs/synthetic_tiny.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (dotted, e.g. train.lr=1e-4); repeatable")
+    p.add_argument("--resume", default=None, metavar="auto|PATH",
+                   help="continue from <output_dir>/last.pt (auto) or a checkpoint file")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="evaluate a checkpoint",
+        description="Evaluate a checkpoint on its config's test split (multi-view as in "
+                    "eval.views): top-1, top-5, mean-class accuracy, confusion matrix, "
+                    "predictions CSV.")
+    p.add_argument("checkpoint", help="a checkpoint written by art-fast train (last.pt/best.pt)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the checkpoint's config (e.g. data.root=...)")
+    p.add_argument("--out", default=None, help="folder for the results (default: eval/ "
+                   "beside the checkpoint)")
+
+
+def _add_viz(sub) -> None:
+    p = sub.add_parser(
+        "viz", help="draw each tracklet's regions over a clip (PNG)",
+        description="Load a checkpoint, run it on one test clip (by dataset index or a video "
+                    "file) and draw each tracklet's selected regions over the frames.")
+    p.add_argument("checkpoint")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--index", type=int, default=0, help="test-split index (default 0)")
+    src.add_argument("--video", default=None, help="a video file instead of a dataset clip")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def _add_bench(sub) -> None:
+    sub.add_parser(
+        "bench", help="op benchmarks (all arguments go to benchmarks/bench_ops.py)",
+        description="Run the op benchmarks; every argument after 'bench' is passed to "
+                    "benchmarks/bench_ops.py (see art-fast bench --help-bench).",
+        add_help=False)
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="backends built and usable, versions, device")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data.synthetic import build_parser as synth_parser
+
+    p = argparse.ArgumentParser(
+        prog="art-fast", description="ART (Action-Region Tracking) with custom kernels.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    synth = sub.add_parser("synth", help="write the synthetic fine-grained set",
+                           description="Write the synthetic fine-grained action set: real mp4 "
+                                       "files + Diving48-format JSON splits and vocab.")
+    synth_parser(synth)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_bench(sub)
+    _add_viz(sub)
+    _add_info(sub)
+    return p
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def info(as_json: bool = False) -> int:
+    """Print the backends (built, usable, why not), versions and devices."""
+    import torch
+
+    import art_fast
+
+    def ver(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    data = {
+        "art_fast": art_fast.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton": ver("triton"),
+        "open_clip_torch": ver("open_clip_torch"),
+        "decord2": ver("decord2"),
+        "av": ver("av"),
+        "cuda_available": torch.cuda.is_available(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else _cpu_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "backend_in_force": art_fast.get_backend(),
+        "available_backends": art_fast.available_backends(),
+        "backend_status": art_fast.backend_status(),
+    }
+    if as_json:
+        print(json.dumps(data, indent=1))
+        return 0
+    for k, v in data.items():
+        if k != "backend_status":
+            print(f"{k:20s} {v}")
+    print("backends (per op):")
+    for backend, ops in data["backend_status"].items():
+        for op, status in ops.items():
+            print(f"  {backend:7s} {op:16s} {status}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        return _bench(argv[1:])
+    args = build_parser().parse_args(argv)
+    if args.command == "synth":
+        from .data.synthetic import main as synth_main
+
+        return synth_main(argv[1:])
+    if args.command == "info":
+        return info(args.json)
+    from . import train as trainer  # the trainer (and torch.distributed) only when needed
+
+    if args.command == "train":
+        return trainer.main_train(args.config, args.overrides, args.resume)
+    if args.command == "eval":
+        return trainer.main_eval(args.checkpoint, args.overrides, args.out)
+    if args.command == "viz":
+        return viz(args.checkpoint, args.out, index=args.index, video=args.video,
+                   overrides=args.overrides)
+    raise AssertionError(args.command)
+
+
+def viz(checkpoint: str, out: str, *, index: int = 0, video: str | None = None,
+        overrides: Sequence[str] = ()) -> int:
+    """``art-fast viz``: draw the tracklets of a trained model over one clip (a test-split
+    item, or ``video`` sampled and centre-cropped as in evaluation) into the PNG ``out``."""
+    import torch
+
+    from .data import CenterCrop, Compose, Resize, num_frames, read_frames, segment_indices
+    from .train import build_dataset, load_trained
+    from .viz import draw_tracklets
+
+    model, cfg, _ = load_trained(checkpoint, list(overrides) + ["eval.views=[1,1]"])
+    T, S = model.num_frames, model.image_size
+    if video is not None:
+        idx = segment_indices(num_frames(video), T, train=False)
+        clip = Compose([Resize(S), CenterCrop(S)])(torch.from_numpy(read_frames(video, idx)))
+        source = video
+    else:
+        dataset = build_dataset(cfg, train=False)
+        if not 0 <= index < len(dataset):
+            raise IndexError(f"art-fast viz: --index {index} is outside the test split "
+                             f"(0..{len(dataset) - 1})")
+        clip, label = dataset[index]
+        source = f"{dataset.path_of(index)} (label {label}: {model.class_names[label]})"
+    info = draw_tracklets(model, clip.numpy(), out)
+    info["source"] = source
+    info.pop("saliency")
+    print(f"viz: {json.dumps(info)}", flush=True)
+    return 0
+
+
+def _bench(argv: list[str]) -> int:
+    """``art-fast bench ...`` = ``python benchmarks/bench_ops.py ...`` (from a source
+    checkout: the benchmarks are not installed with the package)."""
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ops.py"
+    if not script.is_file():
+        print(f"art-fast bench: {script} not found (the benchmarks live in the source "
+              "checkout)", file=sys.stderr)
+        return 2
+    if "--help-bench" in argv:
+        argv = ["--help"]
+    sys.argv = [str(script), *argv]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as e:
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,501 @@
+"""Training configuration: YAML into nested dataclasses, dotted overrides, strict validation.
+
+A config has four sections and a few top-level keys::
+
+    output_dir: runs/demo          # everything a run writes goes here
+    data:  {name, root, num_frames, image_size, num_workers, max_bad_fraction, ...}
+    model: {backbone, pretrained, num_queries, latent_dim, k_region, <every ARTOptions knob>}
+    train: {epochs, max_steps, batch_size, lr, optimizer, schedule, amp, resume, ...}
+    eval:  {views, batch_size, save_scores, ...}
+
+:func:`load_config` reads a YAML file (every key optional; a missing key keeps its default),
+applies ``key=value`` overrides (``train.lr=3e-4``, ``eval.views=[2,3]``; the value is parsed as
+a YAML scalar or list), and validates the result. An unknown key, in the file or in an
+override, is an error naming the key, the keys that section knows and the closest match; a
+value of the wrong type or outside its range is an error naming the key and what it expects.
+
+``data.num_frames`` and ``data.image_size`` are the single source of T and the frame side: the
+model is built with the same values. ``train.batch_size`` is per process: under torchrun with
+W processes the global batch is ``W x batch_size x grad_accum``.
+
+:func:`build_dataset` turns the ``data`` section into an :mod:`art_fast.data` reader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "DATASETS",
+    "apply_overrides",
+    "build_dataset",
+    "config_to_dict",
+    "config_from_dict",
+    "default_eval_split",
+    "load_config",
+    "parse_override",
+    "save_config",
+]
+
+DATASETS = ("diving48", "gym99", "gym288", "ssv2", "k400", "list", "synthetic")
+_EVAL_SPLITS = {"diving48": "test", "synthetic": "test", "gym99": "val", "gym288": "val",
+                "ssv2": "validation", "k400": "val", "list": "eval"}
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or its value is invalid (the message names the key)."""
+
+
+def _f(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
+       max: float | None = None, min_exclusive: bool = False) -> Any:
+    """A dataclass field with its help text and the constraints :func:`_check` enforces."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max,
+            "min_exclusive": min_exclusive}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    """Where the videos are and how clips are made (see :mod:`art_fast.data`)."""
+
+    name: str = _f("synthetic", "dataset reader", choices=DATASETS)
+    root: str | None = _f(None, "dataset folder (layouts: art_fast.data.datasets)")
+    video_dir: str | None = _f(None, "where the videos are, when not the reader's default")
+    train_split: str = _f("train", "split used for training")
+    eval_split: str | None = _f(None, "split used for evaluation (None: test for diving48 and "
+                                "synthetic, val for gym and k400, validation for ssv2)")
+    train_list: str | None = _f(None, "data.name=list: the training list file "
+                                "('<path> <label>' lines)")
+    eval_list: str | None = _f(None, "data.name=list: the evaluation list file")
+    class_csv: str | None = _f(None, "data.name=list: optional 'id,name' class file")
+    num_frames: int = _f(16, "frames per clip T (the model is built with the same T)", min=1)
+    image_size: int = _f(224, "frame side after cropping (the model input size)", min=1)
+    sampling: str = _f("segments", "TSN segments or dense clips", choices=("segments", "dense"))
+    dense_stride: int = _f(4, "frame step of dense clips", min=1)
+    crop_scale: list[float] = _f([0.25, 1.0], "area range of the training random resized crop")
+    hflip: bool = _f(False, "random horizontal flip in training (off: direction-sensitive "
+                     "classes)")
+    num_workers: int = _f(4, "DataLoader worker processes per training process", min=0)
+    pin_memory: bool = _f(True, "pin host memory for faster copies to the GPU (CUDA only)")
+    prefetch_factor: int = _f(2, "batches loaded in advance per worker", min=1)
+    max_bad_fraction: float = _f(0.05, "stop past this fraction of unreadable videos",
+                                 min=0.0, max=1.0)
+    max_retries: int = _f(2, "extra attempts on an unreadable video", min=0)
+    decode_backend: str = _f("auto", "video decoder", choices=("auto", "decord", "pyav"))
+
+
+@dataclass
+class ModelConfig:
+    """The ART model (:class:`art_fast.ART` arguments and :class:`art_fast.ARTOptions`)."""
+
+    backbone: str = _f("ViT-B-16", "open_clip ViT name, or 'tiny'")
+    pretrained: str | None = _f(None, "open_clip tag, local checkpoint, 'local-dir:<folder>', "
+                                "or None (random init)")
+    num_queries: int = _f(2, "K: queries = tracklets = top-K classes", min=1)
+    latent_dim: int = _f(256, "d: width of SE, RSSA and the tracklets", min=1)
+    k_region: int | None = _f(16, "patches kept per query and head in the last RSSA layer "
+                              "(None: dense)", min=1)
+    se_layers: int = _f(4, "spatial semantic enhancement layers", min=1)
+    rssa_layers: int = _f(4, "RSSA decoder layers", min=1)
+    heads: int = _f(8, "SE / RSSA heads", min=1)
+    temporal_layers: int = _f(1, "temporal module depth", min=0)
+    mlp_ratio: float = _f(4.0, "FFN width ratio", min=0.0, min_exclusive=True)
+    dropout: float = _f(0.5, "dropout before both heads", min=0.0, max=0.999)
+    gamma1: float = _f(5.0, "weight of L_MTC", min=0.0)
+    gamma2: float = _f(5.0, "weight of L_sema", min=0.0)
+    mtc_weights: list[float] = _f([1.0, 1.0, 1.0], "MTC level weights (spatial, temporal, "
+                                  "tracklet)")
+    mtc_temperature: float = _f(0.1, "InfoNCE temperature of L_MTC", min=0.0,
+                                min_exclusive=True)
+    sema_temperature: float = _f(0.07, "temperature of L_sema", min=0.0, min_exclusive=True)
+    ta_temperature: float = _f(0.1, "tracklet-aggregation softmax temperature", min=0.0,
+                               min_exclusive=True)
+    bank_momentum: float = _f(0.999, "EMA momentum of the semantics bank S", min=0.0, max=1.0)
+    num_prompts: int = _f(8, "prompt templates per class", min=1)
+    templates: list[str] | None = _f(None, "prompt templates ('{}' = the class), None: the "
+                                     "built-in ones")
+    temporal_negatives: str = _f("frame", "negatives of the temporal MTC level",
+                                 choices=("frame", "batch"))
+    tracklet_branch: bool = _f(True, "False: the global-token-only ablation")
+    freeze_backbone: bool = _f(False, "freeze the vision tower")
+    backbone_lr_mult: float = _f(0.1, "backbone learning-rate multiplier", min=0.0)
+    grad_checkpointing: bool = _f(False, "activation checkpointing in the backbone")
+    text_cache: bool = _f(True, "cache the encoded text bank on disk")
+    text_cache_dir: str | None = _f(None, "text-bank cache folder (None: ~/.cache/art_fast)")
+    init_seed: int = _f(0, "seed of a randomly initialised open_clip tower", min=0)
+
+    def art_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`art_fast.ART` (besides class names, T and size)."""
+        kw = dataclasses.asdict(self)
+        kw["mtc_weights"] = tuple(kw["mtc_weights"])
+        if kw["templates"] is not None:
+            kw["templates"] = tuple(kw["templates"])
+        return kw
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, precision, checkpoints, logging."""
+
+    epochs: int = _f(50, "training epochs", min=1)
+    max_steps: int | None = _f(None, "stop after this many optimiser steps (None: epochs)",
+                               min=1)
+    batch_size: int = _f(8, "clips per process per micro-batch", min=1)
+    grad_accum: int = _f(1, "micro-batches per optimiser step", min=1)
+    optimizer: str = _f("adamw", "optimiser", choices=("adamw", "sgd"))
+    lr: float = _f(3e-4, "peak learning rate (backbone groups: lr x model.backbone_lr_mult)",
+                   min=0.0)
+    weight_decay: float = _f(0.05, "weight decay (not on norms, biases, embeddings)", min=0.0)
+    momentum: float = _f(0.9, "SGD momentum", min=0.0, max=1.0)
+    nesterov: bool = _f(False, "SGD Nesterov momentum")
+    betas: list[float] = _f([0.9, 0.999], "AdamW betas")
+    schedule: str = _f("cosine", "warmup + cosine per step, or step decay per epoch",
+                       choices=("cosine", "step"))
+    warmup_steps: int = _f(0, "linear warmup, in optimiser steps", min=0)
+    warmup_epochs: float = _f(0.0, "linear warmup, in epochs (added to warmup_steps)",
+                              min=0.0)
+    min_lr_ratio: float = _f(0.0, "cosine floor, as a fraction of lr", min=0.0, max=1.0)
+    step_epochs: int = _f(20, "schedule=step: multiply the lr by step_gamma every this many "
+                          "epochs", min=1)
+    step_gamma: float = _f(0.1, "schedule=step: decay factor", min=0.0)
+    clip_grad: float | None = _f(1.0, "clip the global gradient norm (None: off)", min=0.0,
+                                 min_exclusive=True)
+    amp: str = _f("bf16", "autocast dtype on CUDA (ignored on CPU)",
+                  choices=("bf16", "fp16", "off"))
+    device: str = _f("auto", "auto (CUDA when available), cpu or cuda",
+                     choices=("auto", "cpu", "cuda"))
+    backend: str = _f("auto", "art_fast op backend", choices=("auto", "torch", "cpu", "triton",
+                                                              "cuda"))
+    eval_every: int = _f(1, "evaluate every this many epochs (0: only at the end)", min=0)
+    save_every: int = _f(500, "also write last.pt every this many optimiser steps (0: only "
+                         "at epoch ends)", min=0)
+    log_every: int = _f(20, "log the running loss every this many steps (0: never)", min=0)
+    seed: int = _f(0, "seed of model init, data order, augmentation and dropout", min=0)
+    deterministic: bool = _f(False, "bitwise-reproducible kernels "
+                             "(torch.use_deterministic_algorithms)")
+    threads: int | None = _f(None, "torch CPU threads per process (None: torch's default)",
+                             min=1)
+    find_unused_parameters: bool = _f(False, "DDP option for models with unused parameters")
+    resume: str | None = _f(None, "'auto' (newest checkpoint in output_dir, if any), a "
+                            "checkpoint path, or None")
+    tensorboard: bool = _f(False, "also log to TensorBoard (needs the tensorboard package)")
+    progress: bool = _f(True, "tqdm progress bars (rank 0, only on a terminal)")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation: multi-view testing and what is written."""
+
+    views: list[int] = _f([1, 1], "[temporal clips, spatial crops (1 or 3)]; softmax scores "
+                          "are averaged over the views")
+    batch_size: int | None = _f(None, "clips per process (None: train.batch_size)", min=1)
+    save_scores: bool = _f(False, "add every class score to predictions.csv")
+    confusion_png: bool = _f(True, "draw the confusion matrix as a PNG")
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    output_dir: str = _f("runs/default", "everything the run writes goes here")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+_SECTIONS = ("data", "model", "train", "eval")
+
+
+# --------------------------------------------------------------------------- type checking
+
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(
+        tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as type ``tp`` (int -> float allowed, nothing else), or ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            return float(value)  # PyYAML (YAML 1.1) reads 1e-4 as a string; YAML 1.2 does not
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}"
+                      + (" (quote it to make it a string)" if tp is str else ""))
+
+
+def _check(key: str, f: dataclasses.Field, tp: Any, value: Any) -> Any:
+    meta = f.metadata
+    choices = meta.get("choices")
+    if choices and isinstance(value, bool) and "off" in choices:
+        value = "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+    value = _coerce(value, tp, key)
+    if choices and value not in choices:
+        raise ConfigError(f"{key}: expected one of {list(choices)}, got {value!r}")
+    lo, hi = meta.get("min"), meta.get("max")
+    items = value if isinstance(value, list) else [value]
+    for v in items:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        if lo is not None and (v < lo or (meta.get("min_exclusive") and v == lo)):
+            rel = ">" if meta.get("min_exclusive") else ">="
+            raise ConfigError(f"{key}: expected a value {rel} {lo}, got {value!r}")
+        if hi is not None and v > hi:
+            raise ConfigError(f"{key}: expected a value <= {hi}, got {value!r}")
+    return value
+
+
+def _unknown(key: str, known: list[str]) -> ConfigError:
+    name = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint} (known here: {', '.join(known)})")
+
+
+def _set(obj: Any, key: str, value: Any, prefix: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    if key not in fields:
+        raise _unknown(prefix + key, list(fields))
+    setattr(obj, key, _check(prefix + key, fields[key], hints[key], value))
+
+
+def _apply_mapping(cfg: Config, mapping: Any, source: str) -> None:
+    if mapping is None:
+        return
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{source}: the config must be a mapping of keys, got "
+                          f"{type(mapping).__name__}")
+    for key, value in mapping.items():
+        if key in _SECTIONS:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a mapping of {key}.* keys, got {value!r}")
+            section = getattr(cfg, key)
+            for sub, v in value.items():
+                _set(section, str(sub), v, f"{key}.")
+        else:
+            if not isinstance(key, str):
+                raise ConfigError(f"{source}: config keys must be strings, got {key!r}")
+            _set(cfg, key, value, "")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=3e-4"`` -> ``("train.lr", 0.0003)`` (the value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value (e.g. train.lr=3e-4)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML: {e}") from None
+    return key, value
+
+
+def _apply_override(cfg: Config, text: str) -> None:
+    key, value = parse_override(text)
+    parts = key.split(".")
+    if len(parts) == 1:
+        if key in _SECTIONS:
+            raise ConfigError(f"override {text!r}: {key} is a section; set {key}.<key>=value")
+        _set(cfg, key, value, "")
+    elif len(parts) == 2 and parts[0] in _SECTIONS:
+        _set(getattr(cfg, parts[0]), parts[1], value, parts[0] + ".")
+    else:
+        top = [f.name for f in dataclasses.fields(Config)]
+        raise _unknown(key, top)
+
+
+def validate(cfg: Config) -> None:
+    """Checks that involve more than one key (single values are checked when set)."""
+    d, m, t, e = cfg.data, cfg.model, cfg.train, cfg.eval
+    if d.name != "list" and not d.root:
+        raise ConfigError(f"data.root: required for data.name={d.name!r} (the dataset folder)")
+    if d.name == "list" and not d.train_list:
+        raise ConfigError("data.train_list: required for data.name='list'")
+    if len(d.crop_scale) != 2 or not 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1:
+        raise ConfigError(f"data.crop_scale: expected [min, max] with 0 < min <= max <= 1, "
+                          f"got {d.crop_scale!r}")
+    if len(m.mtc_weights) != 3:
+        raise ConfigError(f"model.mtc_weights: expected 3 numbers (spatial, temporal, "
+                          f"tracklet), got {m.mtc_weights!r}")
+    if any(w < 0 for w in m.mtc_weights):
+        raise ConfigError(f"model.mtc_weights: expected numbers >= 0, got {m.mtc_weights!r}")
+    if m.latent_dim % m.heads:
+        raise ConfigError(f"model.latent_dim ({m.latent_dim}) must be divisible by "
+                          f"model.heads ({m.heads})")
+    if m.templates is not None and not m.templates:
+        raise ConfigError("model.templates: expected at least one template, or null")
+    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+        raise ConfigError(f"train.betas: expected [beta1, beta2] in [0, 1), got {t.betas!r}")
+    if len(e.views) != 2 or e.views[0] < 1 or e.views[1] not in (1, 3):
+        raise ConfigError(f"eval.views: expected [clips >= 1, crops in {{1, 3}}], got "
+                          f"{e.views!r}")
+    if t.resume is not None and t.resume != "auto" and not t.resume:
+        raise ConfigError("train.resume: expected 'auto', a checkpoint path, or null")
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                overrides: list[str] | tuple[str, ...] | None = None) -> Config:
+    """Read a YAML config (None: the defaults), apply ``key=value`` overrides, validate.
+
+    Raises:
+        ConfigError: an unknown key or a bad value (the message names the key and what it
+            expects); FileNotFoundError when ``path`` does not exist.
+    """
+    cfg = Config()
+    if path is not None:
+        with open(path, encoding="utf-8") as f:
+            try:
+                mapping = yaml.safe_load(f)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        _apply_mapping(cfg, mapping, os.fspath(path))
+    for text in overrides or ():
+        _apply_override(cfg, text)
+    validate(cfg)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...] | None) -> Config:
+    """Apply ``key=value`` overrides to ``cfg`` (in place; also returned) and validate."""
+    for text in overrides or ():
+        _apply_override(cfg, text)
+    validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain dicts/lists/scalars (what config.yaml and checkpoints hold)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(mapping: dict[str, Any]) -> Config:
+    """Inverse of :func:`config_to_dict` (validated like a YAML file)."""
+    cfg = Config()
+    _apply_mapping(cfg, mapping, "<dict>")
+    validate(cfg)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("# resolved config of this run (art_fast.train); reload with "
+                "art_fast.train.load_config\n")
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, default_flow_style=None)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- datasets
+
+def default_eval_split(name: str) -> str:
+    """The evaluation split of dataset ``name`` when ``data.eval_split`` is None."""
+    return _EVAL_SPLITS[name]
+
+
+def build_dataset(cfg: Config, split: str | None = None, train: bool = True) -> Any:
+    """The :mod:`art_fast.data` reader for ``cfg.data``.
+
+    Args:
+        cfg: the run config.
+        split: the split name (None: ``data.train_split`` when ``train``, else
+            ``data.eval_split`` or the dataset's evaluation split).
+        train: training transforms (random crop, random offsets) or evaluation ones
+            (centre, multi-view ``eval.views``).
+    """
+    from .. import data as D
+
+    d = cfg.data
+    if split is None:
+        split = d.train_split if train else (d.eval_split or default_eval_split(d.name))
+    opts: dict[str, Any] = dict(
+        num_frames=d.num_frames, train=train, image_size=d.image_size, sampling=d.sampling,
+        dense_stride=d.dense_stride, views=tuple(cfg.eval.views), hflip=d.hflip,
+        seed=cfg.train.seed, crop_scale=tuple(d.crop_scale), output_dir=cfg.output_dir,
+        max_retries=d.max_retries, max_bad_fraction=d.max_bad_fraction,
+        backend=d.decode_backend,
+    )
+    if d.name != "list" and d.video_dir:
+        opts["video_dir"] = d.video_dir
+    if d.name in ("diving48", "synthetic"):
+        if d.name == "synthetic" and not os.path.isfile(
+                os.path.join(str(d.root), "Diving48_vocab.json")):
+            raise FileNotFoundError(
+                f"data.root={d.root!r} holds no synthetic set; make one with "
+                f"`art-fast synth --out {d.root}`")
+        return D.Diving48(d.root, split, **opts)
+    if d.name in ("gym99", "gym288"):
+        return D.FineGym(d.root, split, variant=int(d.name[3:]), **opts)
+    if d.name == "ssv2":
+        return D.SomethingSomethingV2(d.root, split, **opts)
+    if d.name == "k400":
+        return D.Kinetics400(d.root, split, **opts)
+    if d.name == "list":
+        # two splits: data.train_split reads data.train_list, any other name data.eval_list
+        list_file = d.train_list if split == d.train_split else d.eval_list
+        if not list_file:
+            raise ConfigError("data.eval_list: required to evaluate with data.name='list'")
+        return D.VideoList(list_file, root=d.root, class_csv=d.class_csv, **opts)
+    raise ConfigError(f"data.name: expected one of {list(DATASETS)}, got {d.name!r}")

@@ -1,0 +1,755 @@
+"""The training and evaluation loops (DESIGN §6).
+
+:func:`train` runs a whole training job from a :class:`~art_fast.train.config.Config`:
+datasets, the ART model, AdamW over the model's parameter groups (or SGD with the paper's step
+schedule), warmup + cosine per step, gradient accumulation and clipping, autocast on CUDA
+(bf16, or fp16 with a gradient scaler), ``model.update_bank()`` after every optimiser step,
+DistributedDataParallel under torchrun, evaluation every ``train.eval_every`` epochs and at the
+end, ``metrics.jsonl``, ``last.pt`` / ``best.pt`` and ``--resume auto``.
+
+:func:`evaluate` scores a checkpoint on the evaluation split (multi-view: softmax scores
+averaged over ``eval.views``) and writes ``predictions.csv``, ``confusion.csv``/``.png`` and
+``eval_metrics.json``.
+
+Exact resume: a checkpoint is taken right after an optimiser step and holds everything the rest
+of the run depends on (weights and banks, optimiser, scaler, schedule step, the epoch and the
+sampler position, every RNG state of every rank, the running loss sums of the epoch); the data
+order depends only on ``(seed, epoch)`` and each clip's augmentation only on ``(seed, epoch,
+index)``; the DataLoader gets its own generator so creating an iterator never draws from the
+global RNG. With ``train.deterministic=true`` on the CPU, a resumed run ends with bitwise the
+same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .. import _backend
+from ..data import to_model_input
+from ..model import ART
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    atomic_save,
+    find_resume,
+    get_rng_state,
+    load_checkpoint,
+    remove_stale_temps,
+    set_rng_state,
+)
+from .config import (
+    Config,
+    apply_overrides,
+    build_dataset,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    save_config,
+)
+from .distributed import (
+    DistContext,
+    ShardedBatchSampler,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    cleanup_distributed,
+    gather_objects,
+    init_distributed,
+)
+from .metrics import (
+    MetricsLog,
+    RunningMeans,
+    classification_metrics,
+    write_confusion_csv,
+    write_confusion_png,
+    write_predictions_csv,
+)
+from .schedule import LRSchedule
+
+__all__ = ["train", "evaluate", "main_train", "main_eval", "build_model", "load_trained",
+           "StepInfo"]
+
+log = logging.getLogger("art_fast.train")
+
+StepInfo = dict[str, Any]
+"""What a training callback receives after every optimiser step: ``step``, ``epoch``,
+``batch_in_epoch``, ``lr``, ``loss`` (the last micro-batch's total loss, a float)."""
+
+
+# --------------------------------------------------------------------------- setup helpers
+
+@contextlib.contextmanager
+def _logging_to(output_dir: str, is_main: bool, filename: str = "train.log"
+                ) -> Iterator[None]:
+    """Log the ``art_fast`` loggers to the console and ``<output_dir>/<filename>`` (rank 0;
+    other ranks: warnings and errors on the console) for the duration of the block."""
+    logger = logging.getLogger("art_fast")
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            "%Y-%m-%d %H:%M:%S")
+    handlers: list[logging.Handler] = []
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.INFO if is_main else logging.WARNING)
+    console.setFormatter(fmt)
+    handlers.append(console)
+    if is_main:
+        fh = logging.FileHandler(os.path.join(output_dir, filename), encoding="utf-8")
+        fh.setLevel(logging.INFO)
+        fh.setFormatter(fmt)
+        handlers.append(fh)
+    old_level, old_prop = logger.level, logger.propagate
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for h in handlers:
+        logger.addHandler(h)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            logger.removeHandler(h)
+            h.close()
+        logger.setLevel(old_level)
+        logger.propagate = old_prop
+
+
+@contextlib.contextmanager
+def _runtime(cfg: Config, ctx: DistContext) -> Iterator[None]:
+    """Threads, deterministic algorithms and the op backend for the block (restored after)."""
+    old_threads = torch.get_num_threads()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_bench = torch.backends.cudnn.benchmark
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    try:
+        with _backend.use_backend(cfg.train.backend):
+            yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det)
+        torch.backends.cudnn.benchmark = old_bench
+
+
+def _seed_all(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: Config, class_names: Sequence[str], ctx: DistContext | None = None
+                ) -> ART:
+    """The ART model of ``cfg.model`` for ``class_names`` (T and size from ``cfg.data``),
+    initialised from ``cfg.train.seed`` (identical on every rank). Under torchrun rank 0
+    encodes the text bank first so the other ranks read it from the cache."""
+    ctx = ctx or DistContext()
+    kw = cfg.model.art_kwargs()
+    backbone, pretrained = kw.pop("backbone"), kw.pop("pretrained")
+
+    def make() -> ART:
+        torch.manual_seed(cfg.train.seed)
+        return ART(list(class_names), backbone=backbone, pretrained=pretrained,
+                   num_frames=cfg.data.num_frames, image_size=cfg.data.image_size, **kw)
+
+    if ctx.distributed and cfg.model.text_cache:
+        model = make() if ctx.is_main else None
+        barrier(ctx)
+        if model is None:
+            model = make()
+        return model
+    return make()
+
+
+def _autocast(cfg: Config, device: torch.device) -> tuple[contextlib.AbstractContextManager,
+                                                          torch.dtype | None]:
+    if device.type != "cuda" or cfg.train.amp == "off":
+        return contextlib.nullcontext(), None
+    dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
+    return torch.autocast("cuda", dtype=dtype), dtype
+
+
+def _make_loader(dataset: Any, sampler: ShardedBatchSampler, cfg: Config,
+                 device: torch.device) -> DataLoader:
+    workers = cfg.data.num_workers
+    extra: dict[str, Any] = {}
+    if workers > 0:
+        extra = dict(prefetch_factor=cfg.data.prefetch_factor, persistent_workers=True)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+                      pin_memory=cfg.data.pin_memory and device.type == "cuda",
+                      # an own generator: creating an iterator must not draw from the global
+                      # RNG (dropout's), or a resumed run would diverge
+                      generator=torch.Generator().manual_seed(cfg.train.seed), **extra)
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a requirement
+        return None
+    if not enabled:
+        return None
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+                leave=False, file=sys.stderr)
+
+
+def _show_progress(cfg: Config, ctx: DistContext) -> bool:
+    return ctx.is_main and cfg.train.progress and sys.stderr.isatty()
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+# --------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def _predict(model: nn.Module, dataset: Any, cfg: Config, ctx: DistContext,
+             desc: str = "eval") -> dict[str, Any] | None:
+    """Scores of every evaluation clip, gathered on rank 0: ``{indices, labels, probs}``
+    (probs = softmax averaged over the views), sorted by dataset index; None on other ranks."""
+    bs = cfg.eval.batch_size or cfg.train.batch_size
+    sampler = ShardedBatchSampler(len(dataset), bs, rank=ctx.rank, world_size=ctx.world_size,
+                                  train=False)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                        pin_memory=cfg.data.pin_memory and ctx.device.type == "cuda",
+                        generator=torch.Generator())
+    was_training = model.training
+    model.eval()
+    amp, _ = _autocast(cfg, ctx.device)
+    idx_all: list[int] = []
+    lab_all: list[torch.Tensor] = []
+    prob_all: list[torch.Tensor] = []
+    bar = _progress(len(sampler), 0, desc, _show_progress(cfg, ctx))
+    batches = iter(sampler)
+    for video, labels in loader:
+        idx_all.extend(i for i, _ in next(batches))
+        x = to_model_input(video, ctx.device)
+        multi = x.dim() == 6
+        B = x.shape[0]
+        V = x.shape[1] if multi else 1
+        if multi:
+            x = x.flatten(0, 1)
+        with amp:
+            logits = model(x).logits
+        probs = logits.float().softmax(-1).view(B, V, -1).mean(1)
+        prob_all.append(probs.cpu())
+        lab_all.append(labels.long())
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    model.train(was_training)
+    C = getattr(dataset, "num_classes", None) or len(dataset.classes)
+    mine = {
+        "indices": torch.tensor(idx_all, dtype=torch.int64),
+        "labels": torch.cat(lab_all) if lab_all else torch.zeros(0, dtype=torch.int64),
+        "probs": torch.cat(prob_all) if prob_all else torch.zeros(0, C),
+    }
+    parts = gather_objects(ctx, mine)
+    if not ctx.is_main:
+        return None
+    idx = torch.cat([p["indices"] for p in parts])
+    order = idx.argsort()
+    out = {k: torch.cat([p[k] for p in parts])[order] for k in ("indices", "labels", "probs")}
+    if out["indices"].numel() != len(dataset) or not torch.equal(
+            out["indices"], torch.arange(len(dataset))):
+        raise RuntimeError("evaluation did not score every clip exactly once")
+    return out
+
+
+def _eval_report(pred: dict[str, Any], dataset: Any, out_dir: str, cfg: Config,
+                 write: bool = True) -> dict[str, Any]:
+    """Metrics of gathered predictions; with ``write``, the predictions CSV and the confusion
+    matrix (CSV, PNG) in ``out_dir``."""
+    C = len(dataset.classes)
+    m = classification_metrics(pred["probs"], pred["labels"], C)
+    p_true = pred["probs"].gather(1, pred["labels"].view(-1, 1)).clamp_min(1e-12)
+    metrics = {"top1": m["top1"], "top5": m["top5"], "mean_class": m["mean_class"],
+               "loss": float(-p_true.log().mean()) if p_true.numel() else float("nan"),
+               "num_samples": m["num_samples"]}
+    if write:
+        os.makedirs(out_dir, exist_ok=True)
+        write_confusion_csv(os.path.join(out_dir, "confusion.csv"), m["confusion"],
+                            dataset.classes)
+        if cfg.eval.confusion_png:
+            write_confusion_png(os.path.join(out_dir, "confusion.png"), m["confusion"])
+        k = min(5, C)
+        top_s, top_i = pred["probs"].topk(k, dim=1)
+        rows = []
+        for r in range(pred["indices"].numel()):
+            i = int(pred["indices"][r])
+            rows.append({
+                "index": i, "path": dataset.path_of(i) if hasattr(dataset, "path_of") else "",
+                "label": int(pred["labels"][r]), "prediction": int(top_i[r, 0]),
+                "top5": top_i[r].tolist(), "top5_scores": top_s[r].tolist(),
+                "scores": pred["probs"][r].tolist() if cfg.eval.save_scores else None,
+            })
+        write_predictions_csv(os.path.join(out_dir, "predictions.csv"), rows, dataset.classes)
+    return metrics
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def _unwrap(model: nn.Module) -> ART:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _checkpoint_state(cfg: Config, ctx: DistContext, model: nn.Module,
+                      optimizer: torch.optim.Optimizer, schedule: LRSchedule,
+                      scaler: torch.amp.GradScaler | None, progress: dict[str, Any],
+                      stats: RunningMeans, metrics: dict[str, Any] | None
+                      ) -> dict[str, Any] | None:
+    """The checkpoint dict on rank 0 (None elsewhere); a collective: every rank calls it."""
+    rng = gather_objects(ctx, get_rng_state())
+    keys = sorted(stats.sums)
+    local = torch.tensor([stats.sums[k] for k in keys] + [stats.count], dtype=torch.float64)
+    total = all_reduce_sum(ctx, local).tolist()
+    if not ctx.is_main:
+        return None
+    inner = _unwrap(model)
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": inner.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": schedule.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "epoch": int(progress["epoch"]),
+        "batch_in_epoch": int(progress["batch_in_epoch"]),
+        "step": int(progress["step"]),
+        "best_top1": float(progress["best_top1"]),
+        "world_size": ctx.world_size,
+        "batch_size": cfg.train.batch_size,
+        "rng": rng,
+        "epoch_stats": {"sums": dict(zip(keys, total[:-1])), "count": total[-1]},
+        "class_names": list(inner.class_names),
+        "config": config_to_dict(cfg),
+        "metrics": dict(metrics or {}),
+    }
+
+
+def _save(state: dict[str, Any] | None, cfg: Config, names: Sequence[str]) -> None:
+    if state is None:
+        return
+    for n in names:
+        atomic_save(state, os.path.join(cfg.output_dir, n))
+    log.info("saved %s (step %d)", " and ".join(names), state["step"])
+
+
+def _resolve_resume(cfg: Config) -> str | None:
+    r = cfg.train.resume
+    if r is None:
+        return None
+    if r == "auto":
+        found = find_resume(cfg.output_dir)
+        if found is None:
+            log.info("resume=auto: no checkpoint in %s; starting from scratch", cfg.output_dir)
+        return found
+    if not os.path.isfile(r):
+        raise FileNotFoundError(f"train.resume={r!r}: no such checkpoint")
+    return r
+
+
+def _load_model_state(model: ART, state: dict[str, Any], source: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise RuntimeError(f"{source} does not fit this model (were model.* or data.num_frames"
+                           f" / data.image_size changed?): {e}") from None
+
+
+# --------------------------------------------------------------------------- training
+
+def train(cfg: Config, callbacks: Sequence[Callable[[StepInfo], None]] = ()) -> dict[str, Any]:
+    """Train ART as ``cfg`` says; returns the final metrics.
+
+    Args:
+        cfg: the run config (see :mod:`art_fast.train.config`).
+        callbacks: called after every optimiser step (after any checkpoint of that step) with
+            a :data:`StepInfo`; an exception raised there stops the run where it is, with no
+            further checkpoint (as a kill would).
+
+    Returns:
+        ``{step, epoch, top1, top5, mean_class, loss, best_top1, train_loss, output_dir}``
+        (eval numbers from the final evaluation; the same dict on every rank).
+
+    Writes to ``cfg.output_dir``: ``config.yaml``, ``train.log``, ``metrics.jsonl``,
+    ``last.pt``, ``best.pt``, ``confusion.csv``/``.png`` and ``predictions.csv`` of the latest
+    evaluation, ``bad_videos.txt`` when a video is unreadable (rank 0 writes).
+    """
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    ctx = init_distributed(cfg.train.device)
+    try:
+        with _logging_to(cfg.output_dir, ctx.is_main), _runtime(cfg, ctx):
+            return _train(cfg, ctx, callbacks)
+    finally:
+        cleanup_distributed(ctx)
+
+
+def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo], None]]
+           ) -> dict[str, Any]:
+    t_cfg = cfg.train
+    device = ctx.device
+    if ctx.is_main:
+        save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+        remove_stale_temps(cfg.output_dir)
+    log.info("art_fast.train: output_dir=%s, device=%s, world_size=%d, backend=%s",
+             cfg.output_dir, device, ctx.world_size, t_cfg.backend)
+    if device.type != "cuda" and t_cfg.amp != "off":
+        log.info("train.amp=%s applies on CUDA only; running in float32", t_cfg.amp)
+
+    train_ds = build_dataset(cfg, None, train=True)
+    eval_ds = build_dataset(cfg, None, train=False)
+    if list(eval_ds.classes) != list(train_ds.classes):
+        raise ValueError("the training and evaluation splits have different class lists "
+                         f"({len(train_ds.classes)} vs {len(eval_ds.classes)} classes); for "
+                         "data.name=list give data.class_csv")
+    log.info("data: %r / %r", train_ds, eval_ds)
+
+    _seed_all(t_cfg.seed)
+    model = build_model(cfg, train_ds.classes, ctx).to(device)
+    inner = model
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("model: ART(%s, %d classes), %.2fM parameters", cfg.model.backbone,
+             inner.num_classes, n_params / 1e6)
+
+    groups = inner.param_groups(t_cfg.lr, t_cfg.weight_decay)
+    if t_cfg.optimizer == "adamw":
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+            groups, lr=t_cfg.lr, betas=tuple(t_cfg.betas), weight_decay=t_cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=t_cfg.lr, momentum=t_cfg.momentum,
+                                    nesterov=t_cfg.nesterov, weight_decay=t_cfg.weight_decay)
+    amp, amp_dtype = _autocast(cfg, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+    sampler = ShardedBatchSampler(len(train_ds), t_cfg.batch_size, rank=ctx.rank,
+                                  world_size=ctx.world_size, train=True, seed=t_cfg.seed,
+                                  multiple_of=t_cfg.grad_accum)
+    micro_per_epoch = sampler.batches_per_epoch()
+    steps_per_epoch = micro_per_epoch // t_cfg.grad_accum
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"the training split has {len(train_ds)} clips, fewer than one optimiser step "
+            f"needs (world_size {ctx.world_size} x train.batch_size {t_cfg.batch_size} x "
+            f"train.grad_accum {t_cfg.grad_accum}); lower the batch size")
+    total_steps = t_cfg.epochs * steps_per_epoch
+    if t_cfg.max_steps is not None:
+        total_steps = min(total_steps, t_cfg.max_steps)
+    warmup = t_cfg.warmup_steps + int(round(t_cfg.warmup_epochs * steps_per_epoch))
+    schedule = LRSchedule(optimizer, total_steps, warmup_steps=warmup, kind=t_cfg.schedule,
+                          min_lr_ratio=t_cfg.min_lr_ratio, steps_per_epoch=steps_per_epoch,
+                          step_epochs=t_cfg.step_epochs, gamma=t_cfg.step_gamma)
+
+    progress = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best_top1": -1.0}
+    stats = RunningMeans()
+    last_metrics: dict[str, Any] = {}
+    resume_path = _resolve_resume(cfg)
+    if resume_path is not None:
+        ckpt = load_checkpoint(resume_path, map_location="cpu")
+        _load_model_state(inner, ckpt["model"], resume_path)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        for k in progress:
+            progress[k] = ckpt[k]
+        last_metrics = dict(ckpt.get("metrics") or {})
+        same_layout = (ckpt.get("world_size") == ctx.world_size
+                       and ckpt.get("batch_size") == t_cfg.batch_size)
+        if not same_layout:
+            consumed = (ckpt["batch_in_epoch"] * int(ckpt.get("batch_size", 1))
+                        * int(ckpt.get("world_size", 1)))
+            progress["batch_in_epoch"] = consumed // (t_cfg.batch_size * ctx.world_size)
+            log.warning("resume: the checkpoint was written with world_size=%s, batch_size=%s "
+                        "(now %d, %d); continuing at the same epoch position, not bitwise "
+                        "exact", ckpt.get("world_size"), ckpt.get("batch_size"),
+                        ctx.world_size, t_cfg.batch_size)
+        rng = ckpt.get("rng") or []
+        if same_layout and ctx.rank < len(rng):
+            set_rng_state(rng[ctx.rank])
+        else:
+            _seed_all(t_cfg.seed + 7919 * ctx.rank + progress["step"])
+        if ctx.is_main:
+            stats = RunningMeans(ckpt.get("epoch_stats"))
+        log.info("resumed from %s: epoch %d, batch %d, step %d", resume_path,
+                 progress["epoch"], progress["batch_in_epoch"], progress["step"])
+    else:
+        # dropout differs per rank (the model itself was built from the same seed everywhere)
+        _seed_all(t_cfg.seed + 7919 * ctx.rank)
+    schedule.apply(progress["step"])
+
+    if ctx.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            inner, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=t_cfg.find_unused_parameters)
+
+    metrics_log = MetricsLog(cfg.output_dir, t_cfg.tensorboard) if ctx.is_main else None
+    loader = _make_loader(train_ds, sampler, cfg, device)
+    global_clips = t_cfg.batch_size * ctx.world_size
+    log.info("training: %d steps (%d per epoch, %d epochs), global batch %d x accum %d, "
+             "lr %g (%s, %s), %d clips", total_steps, steps_per_epoch, t_cfg.epochs,
+             global_clips, t_cfg.grad_accum, t_cfg.lr, t_cfg.optimizer, t_cfg.schedule,
+             len(train_ds))
+    t_start = time.perf_counter()
+    steps_at_start = progress["step"]
+    record: dict[str, Any] = {}
+    lr_used = schedule.last_lr()
+    try:
+        while progress["step"] < total_steps:
+            epoch = progress["epoch"]
+            sampler.set_epoch(epoch, progress["batch_in_epoch"])
+            model.train()
+            t_epoch, clips_epoch = time.perf_counter(), 0
+            bar = _progress(steps_per_epoch, progress["batch_in_epoch"] // t_cfg.grad_accum,
+                            f"epoch {epoch}", _show_progress(cfg, ctx))
+            optimizer.zero_grad(set_to_none=True)
+            for video, labels in loader:
+                x = to_model_input(video, device)
+                y = labels.to(device, torch.int64, non_blocking=True)
+                sync_now = (progress["batch_in_epoch"] + 1) % t_cfg.grad_accum == 0
+                no_sync = (model.no_sync() if ctx.distributed and not sync_now
+                           else contextlib.nullcontext())
+                with no_sync:
+                    with amp:
+                        out = model(x, y)
+                    loss = out.losses["total"] / t_cfg.grad_accum
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                    else:
+                        loss.backward()
+                # one host sync per micro-batch for every loss term together
+                names = list(out.losses)
+                vals = torch.stack([out.losses[k].detach().float() for k in names]).tolist()
+                values = dict(zip(names, vals))
+                if all(math.isfinite(v) for v in vals):
+                    stats.add(values, x.shape[0])
+                elif scaler is None:  # fp16: the scaler skips the step and lowers its scale
+                    raise FloatingPointError(
+                        f"non-finite loss at epoch {epoch} step {progress['step']}: {values}; "
+                        "lower train.lr or set train.clip_grad")
+                clips_epoch += x.shape[0]
+                progress["batch_in_epoch"] += 1
+                if not sync_now:
+                    continue
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                if t_cfg.clip_grad is not None:
+                    torch.nn.utils.clip_grad_norm_(inner.parameters(), t_cfg.clip_grad)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                inner.update_bank()
+                lr_used = schedule.last_lr()
+                progress["step"] += 1
+                schedule.apply(progress["step"])
+                step = progress["step"]
+                if bar is not None:
+                    rate = clips_epoch * ctx.world_size / max(1e-9,
+                                                             time.perf_counter() - t_epoch)
+                    bar.set_postfix(loss=f"{values['total']:.3f}", clips_s=f"{rate:.1f}")
+                    bar.update(1)
+                if t_cfg.log_every and step % t_cfg.log_every == 0:
+                    elapsed = time.perf_counter() - t_start
+                    done = step - steps_at_start
+                    eta = elapsed / max(done, 1) * (total_steps - step)
+                    log.info("epoch %d step %d/%d loss %.4f lr %.3g clips/s %.1f eta %s",
+                             epoch, step, total_steps, values["total"], lr_used,
+                             clips_epoch * ctx.world_size / max(1e-9,
+                                                               time.perf_counter() - t_epoch),
+                             _fmt_time(eta))
+                epoch_done = progress["batch_in_epoch"] >= micro_per_epoch
+                if (t_cfg.save_every and step % t_cfg.save_every == 0 and not epoch_done
+                        and step < total_steps):
+                    _save(_checkpoint_state(cfg, ctx, model, optimizer, schedule, scaler,
+                                            progress, stats, last_metrics), cfg, ["last.pt"])
+                info = {"step": step, "epoch": epoch, "lr": lr_used,
+                        "batch_in_epoch": progress["batch_in_epoch"], "loss": values["total"]}
+                for cb in callbacks:
+                    cb(info)
+                if step >= total_steps:
+                    break
+            if bar is not None:
+                bar.close()
+            seconds = time.perf_counter() - t_epoch
+            epoch_done = progress["batch_in_epoch"] >= micro_per_epoch
+            finished = progress["step"] >= total_steps
+            do_eval = finished or (epoch_done and t_cfg.eval_every > 0
+                                   and (epoch + 1) % t_cfg.eval_every == 0)
+            record = _epoch_record(ctx, progress, stats, lr_used, seconds, clips_epoch,
+                                   epoch_done)
+            best = False
+            if do_eval:
+                pred = _predict(_unwrap(model), eval_ds, cfg, ctx)
+                m = _eval_report(pred, eval_ds, cfg.output_dir, cfg) if ctx.is_main else None
+                last_metrics = broadcast_object(ctx, m)
+                record["eval"] = last_metrics
+                best = last_metrics["top1"] > progress["best_top1"]
+                if best:
+                    progress["best_top1"] = last_metrics["top1"]
+                log.info("eval epoch %d step %d: top1 %.4f top5 %.4f mean_class %.4f "
+                         "(%d clips)", epoch, progress["step"], last_metrics["top1"],
+                         last_metrics["top5"], last_metrics["mean_class"],
+                         last_metrics["num_samples"])
+            if metrics_log is not None:
+                metrics_log.write(record)
+            if epoch_done:
+                progress["epoch"] += 1
+                progress["batch_in_epoch"] = 0
+                stats = RunningMeans()
+            state = _checkpoint_state(cfg, ctx, model, optimizer, schedule, scaler, progress,
+                                      stats, last_metrics)
+            _save(state, cfg, ["last.pt", "best.pt"] if best else ["last.pt"])
+    finally:
+        if metrics_log is not None:
+            metrics_log.close()
+    result = {"step": progress["step"], "epoch": progress["epoch"],
+              "best_top1": progress["best_top1"], "output_dir": cfg.output_dir,
+              "train_loss": record.get("train", {}).get("total") if progress["step"] else None}
+    result.update({k: last_metrics.get(k) for k in ("top1", "top5", "mean_class", "loss")})
+    log.info("done: %s", json.dumps(result))
+    return result
+
+
+def _epoch_record(ctx: DistContext, progress: dict[str, Any], stats: RunningMeans,
+                  lr: float, seconds: float, clips: int, complete: bool
+                  ) -> dict[str, Any]:
+    """One metrics.jsonl line (train loss terms averaged over every clip of every rank)."""
+    keys = sorted(stats.sums)
+    local = torch.tensor([stats.sums[k] for k in keys] + [stats.count, float(clips)],
+                         dtype=torch.float64)
+    total = all_reduce_sum(ctx, local).tolist()
+    count = total[-2]
+    train_means = {k: total[i] / count for i, k in enumerate(keys)} if count else {}
+    return {"epoch": progress["epoch"], "step": progress["step"],
+            "epoch_complete": bool(complete), "lr": lr, "train": train_means,
+            "clips_per_s": total[-1] / max(seconds, 1e-9), "time_s": round(seconds, 3)}
+
+
+# --------------------------------------------------------------------------- evaluation API
+
+def evaluate(cfg: Config, checkpoint: str | None = None, out_dir: str | None = None
+             ) -> dict[str, Any]:
+    """Score ``checkpoint`` on the evaluation split with ``cfg.eval.views``.
+
+    Args:
+        cfg: the run config (data, model, eval sections).
+        checkpoint: a checkpoint path, ``"best"`` / ``"last"`` (in ``cfg.output_dir``), or None
+            (``best.pt`` there if it exists, else ``last.pt``).
+        out_dir: where the results go (default ``<cfg.output_dir>/eval``).
+
+    Returns:
+        ``{top1, top5, mean_class, loss, num_samples, checkpoint, step, output_dir, views,
+        seconds}``; writes ``predictions.csv``, ``confusion.csv``, ``confusion.png``,
+        ``eval_metrics.json`` and ``eval.log`` to ``out_dir`` (rank 0).
+    """
+    out_dir = out_dir or os.path.join(cfg.output_dir, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    ctx = init_distributed(cfg.train.device)
+    try:
+        with _logging_to(out_dir, ctx.is_main, "eval.log"), _runtime(cfg, ctx):
+            path = _resolve_checkpoint(cfg, checkpoint)
+            ckpt = load_checkpoint(path, map_location="cpu")
+            dataset = build_dataset(cfg, None, train=False)
+            names = ckpt.get("class_names")
+            if names is not None and list(names) != list(dataset.classes):
+                raise ValueError(f"{path} was trained on {len(names)} classes that differ from "
+                                 f"the {len(dataset.classes)} classes of the evaluation split")
+            model = build_model(cfg, dataset.classes, ctx)
+            _load_model_state(model, ckpt["model"], path)
+            model.to(ctx.device)
+            log.info("evaluating %s (step %s) on %r", path, ckpt.get("step"), dataset)
+            t0 = time.perf_counter()
+            pred = _predict(model, dataset, cfg, ctx)
+            result = None
+            if ctx.is_main:
+                result = _eval_report(pred, dataset, out_dir, cfg)
+                result.update({"checkpoint": os.path.abspath(path),
+                               "step": int(ckpt.get("step", -1)), "output_dir": out_dir,
+                               "views": list(cfg.eval.views),
+                               "seconds": round(time.perf_counter() - t0, 3)})
+                with open(os.path.join(out_dir, "eval_metrics.json"), "w",
+                          encoding="utf-8") as f:
+                    json.dump(result, f, indent=1)
+                    f.write("\n")
+                log.info("eval: top1 %.4f top5 %.4f mean_class %.4f (%d clips)",
+                         result["top1"], result["top5"], result["mean_class"],
+                         result["num_samples"])
+            return broadcast_object(ctx, result)
+    finally:
+        cleanup_distributed(ctx)
+
+
+def _resolve_checkpoint(cfg: Config, checkpoint: str | None) -> str:
+    if checkpoint in (None, "best", "last", "auto"):
+        names = {"best": ["best.pt"], "last": ["last.pt"]}.get(checkpoint or "",
+                                                              ["best.pt", "last.pt"])
+        for n in names:
+            p = os.path.join(cfg.output_dir, n)
+            if os.path.isfile(p):
+                return p
+        raise FileNotFoundError(f"no checkpoint ({' or '.join(names)}) in {cfg.output_dir}")
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
+    return checkpoint
+
+
+# --------------------------------------------------------------------------- CLI entries
+
+def load_trained(checkpoint: str, overrides: Sequence[str] = (),
+                 device: str | torch.device = "cpu") -> tuple[ART, Config, dict[str, Any]]:
+    """A trained model from a checkpoint alone: ``(model in eval mode on device, the
+    checkpoint's config with ``overrides`` applied, the checkpoint dict)``. The class names
+    come from the checkpoint, so no dataset is needed (for drawing tracklets, demos)."""
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    cfg = apply_overrides(config_from_dict(ckpt["config"]), list(overrides))
+    model = build_model(cfg, ckpt["class_names"])
+    _load_model_state(model, ckpt["model"], checkpoint)
+    return model.to(device).eval(), cfg, ckpt
+
+
+def _print_main(tag: str, result: dict[str, Any]) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{tag}: {json.dumps(result)}", flush=True)
+
+
+def main_train(config_path: str | None, overrides: Sequence[str] = (),
+               resume: str | None = None) -> int:
+    """``art-fast train``: load the config (+ ``key=value`` overrides), set ``train.resume``
+    when ``resume`` is given (``"auto"`` or a path), :func:`train`, print the final metrics as
+    one ``train: {json}`` line (rank 0) and return the exit code 0 (errors raise)."""
+    cfg = load_config(config_path, list(overrides))
+    if resume is not None:
+        cfg.train.resume = str(resume)
+    _print_main("train", train(cfg))
+    return 0
+
+
+def main_eval(checkpoint: str, overrides: Sequence[str] = (), out: str | None = None) -> int:
+    """``art-fast eval``: evaluate ``checkpoint`` with the config stored in it (+ ``key=value``
+    overrides, e.g. ``data.root=...`` or ``eval.views=[2,3]``); results go to ``out`` (default:
+    ``eval/`` beside the checkpoint). Prints one ``eval: {json}`` line (rank 0), returns 0."""
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
+    cfg = apply_overrides(config_from_dict(load_checkpoint(checkpoint)["config"]),
+                          list(overrides))
+    out_dir = out or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "eval")
+    _print_main("eval", evaluate(cfg, checkpoint, out_dir))
+    return 0
