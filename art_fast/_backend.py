@@ -41,20 +41,32 @@ OPS = ("cross_attention", "topk_regions", "info_nce")
 _CUDA_PREFERENCE: dict[str, tuple[str, ...]] = {op: ("cuda", "triton", "torch") for op in OPS}
 
 
+_TRITON_MODULES: dict[str, object] = {}
+
+
 def _triton_status(op: str) -> tuple[bool, str]:
+    # Checked first, so that a CPU-only process without the interpreter never imports triton.
+    if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+        return False, "Triton needs a CUDA device, or TRITON_INTERPRET=1 for CPU tensors"
     try:
         import importlib
 
         mod = importlib.import_module(f"art_fast.kernels.{op}")
-    except ModuleNotFoundError:
-        return False, f"no Triton kernel for {op} in this version of art_fast"
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and exc.name.startswith("art_fast.kernels"):
+            return False, f"no Triton kernel for {op} in this version of art_fast"
+        return False, f"art_fast.kernels.{op} failed to import: {type(exc).__name__}: {exc}"
     except Exception as exc:  # triton missing or broken
         return False, f"art_fast.kernels.{op} failed to import: {type(exc).__name__}: {exc}"
-    if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
-        return False, "Triton needs a CUDA device, or TRITON_INTERPRET=1 for CPU tensors"
     if not hasattr(mod, "forward"):
         return False, f"art_fast.kernels.{op} defines no forward"
+    _TRITON_MODULES[op] = mod
     return True, ""
+
+
+def triton_kernels(op: str):
+    """The ``art_fast.kernels.<op>`` module (only after ``resolve`` returned ``triton``)."""
+    return _TRITON_MODULES[op]
 
 
 def _compute_status() -> dict[tuple[str, str], tuple[bool, str]]:

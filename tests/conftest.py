@@ -13,7 +13,17 @@ import os
 import pytest
 import torch
 
-import art_fast
+# Triton runs CPU tensors only under its interpreter, which must be on before the kernels are
+# defined (they are, at `import art_fast`). Without CUDA the test process turns it on here, so
+# that tests/test_triton_*.py run the Triton kernels on CPU in this same process. Side effects,
+# all checked: `auto` never picks triton for CPU tensors, so the other tests are unchanged;
+# `triton` is listed as usable (tests/test_backends.py expects that); subprocesses started by
+# tests inherit the variable unless they drop it. ART_FAST_TEST_TRITON_INTERPRET=0 opts out
+# (the CPU Triton tests then skip).
+if not torch.cuda.is_available() and os.environ.get("ART_FAST_TEST_TRITON_INTERPRET", "1") == "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import art_fast  # noqa: E402
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
@@ -30,6 +40,24 @@ def _fast_cases() -> list:
 
 
 FAST_CASES = _fast_cases()
+
+# The Triton tests (tests/test_triton_*.py): CPU tensors under the interpreter (tiny grids), and
+# the same tests on CUDA (marked gpu, skipped without CUDA).
+TRITON_CASES = [
+    pytest.param("cpu", id="interpret"),
+    pytest.param("cuda", id="cuda", marks=[
+        pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]),
+]
+
+
+def require_triton(op: str, device: str) -> None:
+    """Skip the CPU case when the interpreter is off; fail when Triton should run but cannot
+    (a broken triton install must not turn into silent skips)."""
+    if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1 (see tests/conftest.py)")
+    if "triton" not in art_fast.available_backends(op):
+        reason = art_fast.backend_status()["triton"][op]
+        pytest.fail(f"the triton backend should run here: {reason}")
 
 
 def require_backend(op: str, backend: str) -> None:

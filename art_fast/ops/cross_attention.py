@@ -72,9 +72,12 @@ def cross_attention(
     # gradient over B, and autograd's slice/expand backward routes that sum back to q.
     if q.shape[0] == B and B > 1 and q.stride(0) == 0:
         q = q[:1]
-    out, _lse, weights = torch.ops.art_fast.cross_attention_fwd(
-        q.contiguous(), k.contiguous(), v.contiguous(), scale, return_weights
+    fwd = (
+        _backend.triton_kernels(_OP).forward
+        if name == "triton"
+        else torch.ops.art_fast.cross_attention_fwd
     )
+    out, _lse, weights = fwd(q.contiguous(), k.contiguous(), v.contiguous(), scale, return_weights)
     return (out, weights) if return_weights else out
 
 

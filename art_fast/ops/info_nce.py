@@ -101,6 +101,10 @@ def info_nce(
     name = _backend.resolve(_OP, backend, anchors.device)
     if name == "torch":
         return reference.info_nce(anchors, candidates, targets, temperature, normalize, reduction)
+    if name == "triton":
+        return _backend.triton_kernels(_OP).forward(
+            anchors, candidates, targets, temperature, normalize, reduction
+        )
     if reduction == "none":
         loss, _lse = torch.ops.art_fast.info_nce_fwd(
             anchors.contiguous(),

@@ -53,7 +53,12 @@ def topk_regions(
     name = _backend.resolve(_OP, backend, scores.device)
     if name == "torch":
         return reference.topk_regions(scores, values, k)
-    return torch.ops.art_fast.topk_regions_fwd(scores.contiguous(), values.contiguous(), k)
+    fwd = (
+        _backend.triton_kernels(_OP).forward
+        if name == "triton"
+        else torch.ops.art_fast.topk_regions_fwd
+    )
+    return fwd(scores.contiguous(), values.contiguous(), k)
 
 
 if _ext.EXT_LOADED:

@@ -1,0 +1,333 @@
+"""Triton kernels of ``art_fast.cross_attention`` (DESIGN §3.1): forward and backward.
+
+out = softmax(q k^T * scale) v for q ``[Bq, H, M, D]`` (Bq = B, or 1 for a query set shared
+by every group), k, v ``[B, H, N, D]``. Profile note: ``docs/kernels/cross_attention.md``.
+
+Kernels:
+
+- ``_fwd``: grid ``(B * H, cdiv(M, BLOCK_M))``. One program owns a block of query rows of one
+  (b, h) and streams k/v in tiles of BLOCK_N patches with an online softmax (FlashAttention);
+  it writes out and the per-row max and sum (the LSE in two parts), and, when asked, the
+  weights exp(s - max) / sum in a second pass over the tiles.
+- ``_bwd``: grid ``(B * H,)``. One program owns every query row of one (b, h), so dk and dv of
+  a patch tile are produced by exactly one program: no atomics. For M > BLOCK_M the program
+  loops over the row blocks in order and adds into dk/dv (float32 buffers) it wrote itself.
+  dq of a shared query set is written per b into a float32 buffer and summed over b by
+  ``_sum_over_b`` in increasing b (a fixed order: bitwise reproducible).
+
+The ops (``torch.library.custom_op`` with fake kernels and autograd) are
+``art_fast_triton::cross_attention_fwd`` / ``_bwd``; :func:`forward` is the fwd op.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    NAMESPACE,
+    acc_dtype,
+    check_device,
+    configs,
+    device_ctx,
+    pow2,
+    split_float,
+    tl_acc,
+    tl_dot,
+)
+
+_FWD_CONFIGS = configs(
+    {"BLOCK_N": 16},
+    [({"BLOCK_N": bn}, w, s) for bn in (32, 64, 128) for w, s in ((4, 2), (4, 3), (8, 3))],
+)
+_BWD_CONFIGS = configs(
+    {"BLOCK_N": 16},
+    [({"BLOCK_N": bn}, w, s) for bn in (32, 64) for w, s in ((4, 1), (4, 2), (8, 2))],
+)
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=["M", "N", "D", "WRITE_W"])
+@triton.jit
+def _fwd(
+    Q, K, V, Out, STATS, W,
+    stat_stride, q_bstride, H, M, N, D, scale_hi, scale_lo,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    WRITE_W: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+):
+    # 1. Which (b, h) and which block of query rows; the scale in ACC (see split_float).
+    scale = tl.cast(scale_hi, ACC) + tl.cast(scale_lo, ACC)
+    pid_bh = tl.program_id(0).to(tl.int64)
+    pid_m = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < M
+    mask_d = offs_d < D
+    # 2. The query tile stays in registers; q_bstride is 0 for a shared query set. Rows past M
+    #    and columns past D are loaded as 0 (the tile is padded, the tensor is not).
+    q_base = Q + b * q_bstride + h * M * D
+    q = tl.load(q_base + offs_m[:, None] * D + offs_d[None, :],
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0).to(DOT)
+    kv_base = pid_bh * N * D
+    m_i = tl.full([BLOCK_M], float("-inf"), ACC)
+    l_i = tl.zeros([BLOCK_M], ACC)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
+    # 3. Online softmax over the patch tiles (precision: scores, max, sum and the output
+    #    accumulator in ACC = float32, float64 for float64 inputs; fp32 dots without TF32).
+    for start in range(0, N, BLOCK_N):
+        n = start + offs_n
+        mask_n = n < N
+        kv_mask = mask_n[:, None] & mask_d[None, :]
+        k = tl.load(K + kv_base + n[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0).to(DOT)
+        v = tl.load(V + kv_base + n[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0).to(DOT)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee").to(ACC) * scale
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # a row whose scores so far are all -inf keeps a finite reference point (no inf - inf)
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_ref)
+        p = tl.exp(s - m_ref[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        pv = tl.dot(p.to(v.dtype), v, input_precision="ieee").to(ACC)
+        acc = acc * alpha[:, None] + pv
+        m_i = m_new
+    # 4. Normalise. An all -inf row gives 0 / 0 = NaN, as torch.softmax does; a NaN score
+    #    makes l_i NaN and the whole row NaN, as torch.softmax does.
+    out = acc / l_i[:, None]
+    o_ptrs = Out + pid_bh * M * D + offs_m[:, None] * D + offs_d[None, :]
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+    # 5. The row statistics: max and sum, kept apart (the LSE, max + log(sum), rounds at the
+    #    scale of the scores: large logits would lose the weights' precision); P is then
+    #    exp(s - max) / sum, as torch.softmax computes it.
+    tl.store(STATS + pid_bh * M + offs_m, m_i, mask=mask_m)
+    tl.store(STATS + stat_stride + pid_bh * M + offs_m, l_i, mask=mask_m)
+    # 6. Weights (only when asked): a second pass recomputes the scores;
+    #    w = exp(s - max) / sum.
+    if WRITE_W:
+        for start in range(0, N, BLOCK_N):
+            n = start + offs_n
+            mask_n = n < N
+            k = tl.load(K + kv_base + n[:, None] * D + offs_d[None, :],
+                        mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(DOT)
+            s = tl.dot(q, tl.trans(k), input_precision="ieee").to(ACC) * scale
+            w = tl.exp(s - m_i[:, None]) / l_i[:, None]
+            tl.store(W + pid_bh * M * N + offs_m[:, None] * N + n[None, :],
+                     w.to(W.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.autotune(configs=_BWD_CONFIGS, key=["M", "N", "D", "HAS_DW"])
+@triton.jit
+def _bwd(
+    Q, K, V, DO, DW, STATS, DQ, DK, DV,
+    stat_stride, q_bstride, H, M, N, D, scale_hi, scale_lo,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_DW: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+):
+    # 1. One program per (b, h): it owns dk and dv of every patch of this (b, h).
+    scale = tl.cast(scale_hi, ACC) + tl.cast(scale_lo, ACC)
+    pid_bh = tl.program_id(0).to(tl.int64)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    q_base = Q + b * q_bstride + h * M * D
+    kv_base = pid_bh * N * D
+    row_base = pid_bh * M
+    for start_m in range(0, M, BLOCK_M):
+        # 2. The row block: q, dO, and delta_i = sum_n P_in dP_in with dP = dO v^T (+ dW),
+        #    in a first pass over the tiles. (Not <dO_i, O_i>: O is rounded to the output
+        #    dtype, and a first pass with the very dP of step 3 makes dP - delta exactly 0
+        #    where the softmax is constant, e.g. N = 1, as in float64.)
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < M
+        md = mask_m[:, None] & mask_d[None, :]
+        q = tl.load(q_base + offs_m[:, None] * D + offs_d[None, :], mask=md, other=0.0).to(DOT)
+        do = tl.load(DO + (row_base + offs_m[:, None]) * D + offs_d[None, :], mask=md,
+                     other=0.0).to(DOT)
+        m_i = tl.load(STATS + row_base + offs_m, mask=mask_m, other=0.0).to(ACC)
+        l_i = tl.load(STATS + stat_stride + row_base + offs_m, mask=mask_m, other=1.0).to(ACC)
+        delta = tl.zeros([BLOCK_M], ACC)
+        for start in range(0, N, BLOCK_N):
+            n = start + offs_n
+            mask_n = n < N
+            nd = mask_n[:, None] & mask_d[None, :]
+            k = tl.load(K + kv_base + n[:, None] * D + offs_d[None, :], mask=nd, other=0.0).to(DOT)
+            v = tl.load(V + kv_base + n[:, None] * D + offs_d[None, :], mask=nd, other=0.0).to(DOT)
+            s = tl.dot(q, tl.trans(k), input_precision="ieee").to(ACC) * scale
+            mn = mask_m[:, None] & mask_n[None, :]
+            p = tl.exp(tl.where(mn, s - m_i[:, None], float("-inf"))) / l_i[:, None]
+            dp = tl.dot(do, tl.trans(v), input_precision="ieee").to(ACC)
+            if HAS_DW:
+                dp += tl.load(DW + (row_base + offs_m[:, None]) * N + n[None, :], mask=mn,
+                              other=0.0).to(ACC)
+            delta += tl.sum(p * dp, 1)
+        # 3. Patch tiles: P = exp(s - max) / sum, dP = dO v^T (+ dW), dS = P (dP - delta);
+        #    dv = P^T dO, dk = scale dS^T q, dq += scale dS k.
+        dq = tl.zeros([BLOCK_M, BLOCK_D], ACC)
+        for start in range(0, N, BLOCK_N):
+            n = start + offs_n
+            mask_n = n < N
+            nd = mask_n[:, None] & mask_d[None, :]
+            k = tl.load(K + kv_base + n[:, None] * D + offs_d[None, :], mask=nd, other=0.0).to(DOT)
+            v = tl.load(V + kv_base + n[:, None] * D + offs_d[None, :], mask=nd, other=0.0).to(DOT)
+            s = tl.dot(q, tl.trans(k), input_precision="ieee").to(ACC) * scale
+            mn = mask_m[:, None] & mask_n[None, :]
+            p = tl.exp(tl.where(mn, s - m_i[:, None], float("-inf"))) / l_i[:, None]
+            dp = tl.dot(do, tl.trans(v), input_precision="ieee").to(ACC)
+            if HAS_DW:
+                dp += tl.load(DW + (row_base + offs_m[:, None]) * N + n[None, :], mask=mn,
+                              other=0.0).to(ACC)
+            ds = p * (dp - delta[:, None])
+            dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision="ieee").to(ACC)
+            dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision="ieee").to(ACC) * scale
+            dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee").to(ACC)
+            dk_ptrs = DK + kv_base + n[:, None] * D + offs_d[None, :]
+            dv_ptrs = DV + kv_base + n[:, None] * D + offs_d[None, :]
+            # 4. Row blocks after the first add to what this program stored for the earlier
+            #    ones (float32 buffers then; the barrier orders the program's own store/load).
+            if start_m > 0:
+                tl.debug_barrier()
+                dk += tl.load(dk_ptrs, mask=nd, other=0.0).to(ACC)
+                dv += tl.load(dv_ptrs, mask=nd, other=0.0).to(ACC)
+            tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=nd)
+            tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=nd)
+        # 5. dq of this (b, h): its own slot even when q is shared (summed over b later).
+        tl.store(DQ + (row_base + offs_m[:, None]) * D + offs_d[None, :],
+                 (dq * scale).to(DQ.dtype.element_ty), mask=md)
+
+
+@triton.jit
+def _sum_over_b(X, Y, B, L, BLOCK: tl.constexpr):
+    # Y[l] = sum_b X[b, l], b = 0, 1, ..., B - 1 in this order (deterministic).
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < L
+    acc = tl.load(X + offs, mask=mask, other=0.0)
+    for b in range(1, B):
+        acc += tl.load(X + b * L + offs, mask=mask, other=0.0)
+    tl.store(Y + offs, acc.to(Y.dtype.element_ty), mask=mask)
+
+
+def _block_m(M: int) -> int:
+    return min(64, pow2(M))
+
+
+def _fwd_host(q, k, v, scale, return_weights):
+    check_device("cross_attention", q, k, v)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    B, H, N, D = k.shape
+    M = q.shape[2]
+    out = torch.empty((B, H, M, D), dtype=q.dtype, device=q.device)
+    stats = torch.empty((2, B, H, M), dtype=acc_dtype(q.dtype), device=q.device)
+    weights = torch.empty((B, H, M, N) if return_weights else (0,), dtype=q.dtype,
+                          device=q.device)
+    block_m = _block_m(M)
+    q_bstride = 0 if q.shape[0] == 1 else H * M * D
+    with device_ctx(q):
+        _fwd[lambda meta: (B * H, triton.cdiv(M, block_m))](
+            q, k, v, out, stats, weights if return_weights else out,
+            B * H * M, q_bstride, H, M, N, D, *split_float(scale),
+            BLOCK_M=block_m, BLOCK_D=pow2(D), WRITE_W=bool(return_weights),
+            ACC=tl_acc(q.dtype), DOT=tl_dot(q.dtype),
+        )
+    return out, stats, weights
+
+
+def _bwd_host(grad_out, grad_weights, q, k, v, out, stats, scale):
+    check_device("cross_attention", q, k, v)
+    B, H, N, D = k.shape
+    M = q.shape[2]
+    shared = q.shape[0] == 1 and B > 1
+    acc = acc_dtype(q.dtype)
+    block_m = _block_m(M)
+    # dk/dv: written once per tile when the rows fit one block, else accumulated in float32
+    kv_dtype = k.dtype if M <= block_m else acc
+    dk = torch.empty((B, H, N, D), dtype=kv_dtype, device=k.device)
+    dv = torch.empty((B, H, N, D), dtype=kv_dtype, device=k.device)
+    dq_b = torch.empty((B, H, M, D), dtype=acc if shared else q.dtype, device=q.device)
+    has_dw = grad_weights is not None
+    q_bstride = 0 if q.shape[0] == 1 else H * M * D
+    with device_ctx(q):
+        _bwd[(B * H,)](
+            q, k, v, grad_out, grad_weights if has_dw else grad_out, stats, dq_b, dk, dv,
+            B * H * M, q_bstride, H, M, N, D, *split_float(scale),
+            BLOCK_M=block_m, BLOCK_D=pow2(D), HAS_DW=has_dw,
+            ACC=tl_acc(q.dtype), DOT=tl_dot(q.dtype),
+        )
+        if shared:
+            dq = torch.empty_like(q)
+            L = H * M * D
+            _sum_over_b[(triton.cdiv(L, 1024),)](dq_b, dq, B, L, BLOCK=1024)
+        elif q.shape[0] == 1:
+            dq = dq_b.view_as(q)
+        else:
+            dq = dq_b
+    return dq, dk.to(k.dtype), dv.to(v.dtype)
+
+
+@torch.library.custom_op(f"{NAMESPACE}::cross_attention_fwd", mutates_args=())
+def cross_attention_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, return_weights: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out ``[B, H, M, D]``, stats ``[2, B, H, M]`` float32/float64 (row max, row sum of
+    exp(s - max): LSE = max + log(sum)), weights ``[B, H, M, N]`` or ``[0]``);
+    q ``[B or 1, H, M, D]``, k, v ``[B, H, N, D]``."""
+    return _fwd_host(q, k, v, scale, return_weights)
+
+
+@cross_attention_fwd.register_fake
+def _(q, k, v, scale, return_weights):
+    B, H, N, D = k.shape
+    M = q.shape[2]
+    out = q.new_empty((B, H, M, D))
+    stats = q.new_empty((2, B, H, M), dtype=acc_dtype(q.dtype))
+    weights = q.new_empty((B, H, M, N) if return_weights else (0,))
+    return out, stats, weights
+
+
+@torch.library.custom_op(f"{NAMESPACE}::cross_attention_bwd", mutates_args=())
+def cross_attention_bwd(
+    grad_out: torch.Tensor,
+    grad_weights: torch.Tensor | None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    stats: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq like q, summed over B when q is shared; dk; dv)."""
+    gw = None if grad_weights is None else grad_weights.contiguous()
+    return _bwd_host(grad_out.contiguous(), gw, q, k, v, out, stats, scale)
+
+
+@cross_attention_bwd.register_fake
+def _(grad_out, grad_weights, q, k, v, out, stats, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, scale, return_weights = inputs
+    out, stats, _weights = output
+    ctx.save_for_backward(q, k, v, out, stats)
+    # unused outputs get None, not zero-filled gradients (no dW pass when weights are unused)
+    ctx.set_materialize_grads(False)
+    ctx.scale = scale
+    ctx.return_weights = return_weights
+
+
+def _backward(ctx, grad_out, _grad_stats, grad_weights):
+    q, k, v, out, stats = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    gw = grad_weights if ctx.return_weights else None  # None when the weights were unused
+    dq, dk, dv = cross_attention_bwd(grad_out, gw, q, k, v, out, stats, ctx.scale)
+    return dq, dk, dv, None, None
+
+
+cross_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+forward = cross_attention_fwd

@@ -1,0 +1,184 @@
+"""The Triton kernels of info_nce (kernels/info_nce.py), both regimes, against the float64
+reference: on CPU under TRITON_INTERPRET=1 (tiny grids, see tests/conftest.py) and on CUDA
+(marked gpu). ``regime`` forces the tiny-group kernels (several groups per program) or the
+large-group kernels (online log-sum-exp over candidate tiles, split row/column backward) on the
+same small shapes; under the interpreter the large kernels use 16 x 16 tiles, so M, N = 33
+spans three tiles."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import art_fast
+from tests import test_info_nce as suite
+from tests.conftest import TRITON_CASES, require_triton
+from tests.test_library import _check_compiled
+
+OP = "info_nce"
+REGIMES = [pytest.param(1, id="tiny"), pytest.param(2, id="large")]
+check = suite.check
+
+
+@pytest.fixture
+def regime(request, monkeypatch):
+    """Route art_fast.info_nce(backend="triton") to the kernels of one regime."""
+    from art_fast.kernels import info_nce as kmod
+
+    monkeypatch.setattr(kmod, "forward", functools.partial(kmod.forward, regime=request.param))
+    return request.param
+
+
+@pytest.mark.parametrize("device", TRITON_CASES)
+@pytest.mark.parametrize("regime", REGIMES, indirect=True)
+@pytest.mark.parametrize(
+    "G,M,N,D,reduction,normalize",
+    [(3, 1, 1, 8, "none", True), (2, 2, 7, 20, "mean", False), (2, 16, 33, 16, "sum", True),
+     (1, 33, 2, 24, "mean", True), (2, 7, 16, 5, "none", False)],
+)
+def test_float32_vs_float64(device, regime, G, M, N, D, reduction, normalize):
+    require_triton(OP, device)
+    check(device, "triton", G, M, N, D, torch.float32, reduction=reduction, normalize=normalize,
+          temperature=0.1 if normalize else 3.0, ignore_frac=0.3)
+
+
+@pytest.mark.parametrize("device", TRITON_CASES)
+@pytest.mark.parametrize("regime", REGIMES, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_anchors_are_the_candidates(device, regime, dtype):
+    """The same tensor as anchors and candidates: both gradients add up."""
+    require_triton(OP, device)
+    check(device, "triton", 3, 9, 9, 12, dtype, same=True, reduction="sum")
+    check(device, "triton", 1, 33, 33, 8, dtype, same=True, reduction="mean")
+
+
+@pytest.mark.parametrize("device", TRITON_CASES)
+@pytest.mark.parametrize("regime", REGIMES, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision(device, regime, dtype):
+    require_triton(OP, device)
+    check(device, "triton", 4, 16, 16, 64, dtype)
+
+
+@pytest.mark.parametrize("device", TRITON_CASES)
+@pytest.mark.parametrize("regime", REGIMES, indirect=True)
+@pytest.mark.parametrize(
+    "case,args",
+    [("test_all_rows_ignored", (8, 5, 6)),
+     ("test_ignored_rows_have_zero_loss_and_gradient", (8, 5, 6)),
+     ("test_large_logits_do_not_overflow", (16, 8)),
+     ("test_zero_vectors_normalize_like_f_normalize", ())],
+)
+def test_general_suite_cases(device, regime, case, args):
+    """Edge-case tests of tests/test_info_nce.py, on the triton backend, in each regime."""
+    require_triton(OP, device)
+    getattr(suite, case)(device, "triton", *args)
+
+
+@pytest.mark.parametrize("device", TRITON_CASES)
+@pytest.mark.parametrize(
+    "case,args",
+    [("test_all_rows_ignored", (1, 100, 120)), ("test_large_logits_do_not_overflow", (1, 150))],
+)
+def test_general_suite_cases_large_groups(device, case, args):
+    """Larger groups, regime chosen automatically (the large kernels)."""
+    require_triton(OP, device)
+    getattr(suite, case)(device, "triton", *args)
+
+
+@pytest.mark.parametrize("device", TRITON_CASES)
+@pytest.mark.parametrize("regime", REGIMES, indirect=True)
+def test_reproducible_and_fully_written(device, regime):
+    """Bitwise equal results on a second run with every new tensor NaN-filled first."""
+    require_triton(OP, device)
+    a, c, t = suite.make(2, 20, 33, 24, device)
+    a, c = a.float(), c.float()
+
+    def run():
+        x = [a.clone().requires_grad_(), c.clone().requires_grad_()]
+        loss = art_fast.info_nce(x[0], x[1], t, reduction="none", backend="triton")
+        return [loss, *torch.autograd.grad(loss.sum(), x)]
+
+    first = run()
+    torch.use_deterministic_algorithms(True)
+    second = run()
+    assert all(torch.equal(p, q) for p, q in zip(first, second))
+    assert not any(torch.isnan(x).any() for x in first)
+
+
+def test_regime_choice():
+    from art_fast.kernels import info_nce as kmod
+
+    assert kmod._regime(16, 16, 256, kmod.AUTO) == kmod.TINY
+    assert kmod._regime(64, 64, 128, kmod.AUTO) == kmod.TINY
+    assert kmod._regime(65, 8, 32, kmod.AUTO) == kmod.LARGE
+    assert kmod._regime(64, 64, 1024, kmod.AUTO) == kmod.LARGE  # tiles too big for registers
+    assert kmod._regime(8, 8, 32, kmod.LARGE) == kmod.LARGE
+    with pytest.raises(RuntimeError, match="tiny regime"):
+        kmod._regime(65, 8, 32, kmod.TINY)
+
+
+@pytest.mark.parametrize("device", TRITON_CASES)
+def test_opcheck(device):
+    require_triton(OP, device)
+    from art_fast.kernels import info_nce as kmod
+
+    a = torch.randn(3, 4, 8, device=device, requires_grad=True)
+    c = torch.randn(3, 6, 8, device=device, requires_grad=True)
+    t = torch.tensor([[0, 5, -100, 2]] * 3, device=device)
+    for regime in (kmod.TINY, kmod.LARGE):
+        for args in [(a, c, t, 0.1, True, regime), (a, c, t, 2.0, False, regime),
+                     (a, a, t.clamp(max=3), 0.5, True, regime)]:
+            torch.library.opcheck(kmod.info_nce_fwd, args)
+
+
+@pytest.mark.parametrize("device", TRITON_CASES)
+def test_compile_fullgraph(device):
+    require_triton(OP, device)
+    a = torch.randn(3, 5, 16, device=device, requires_grad=True)
+    c = torch.randn(3, 7, 16, device=device, requires_grad=True)
+    t = torch.randint(0, 7, (3, 5), device=device)
+    t[0, 0] = -100
+    same = torch.arange(5, device=device).expand(3, 5)
+
+    def fn(a, c):
+        return art_fast.info_nce(a, c, t, temperature=0.2, backend="triton") + art_fast.info_nce(
+            a, a, same, reduction="sum", backend="triton")
+
+    _check_compiled(fn, (a, c), (a, c))
+
+
+# ---- GPU: the paper shapes (DESIGN §7): tiny regime G = B x T = 32 x 16 frames, M = N = K
+# (2 and 16), d = 256; large regime one group of M = N = B x K x T = 8192, d = 256 ------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("G,M", [(512, 2), (512, 16), (1, 8192)])
+@pytest.mark.parametrize("same", [False, True])
+def test_paper_shapes_gpu(dtype, G, M, same):
+    require_triton(OP, "cuda")
+    check("cuda", "triton", G, M, M, 256, dtype, same=same, ignore_frac=0.05)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_large_regime_memory_is_linear_gpu():
+    """M = N = 8192: forward + backward allocate O(M + N) beyond the inputs and their
+    gradients, far below the 256 MiB of the float32 [M, N] logits."""
+    require_triton(OP, "cuda")
+    M, D = 8192, 256
+    a = torch.randn(1, M, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    c = torch.randn(1, M, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    t = torch.randint(0, M, (1, M), device="cuda")
+    art_fast.info_nce(a, c, t, backend="triton").backward()  # compile + autotune first
+    a.grad = c.grad = None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    art_fast.info_nce(a, c, t, backend="triton").backward()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    grads = 2 * M * D * 2  # bfloat16 gradients of a and c
+    assert extra <= grads + 64 * M * 4 + (1 << 20), extra
