@@ -59,6 +59,7 @@ class ARTOptions:
     templates: tuple[str, ...] | None = None  # None: the first num_prompts DEFAULT_TEMPLATES
     temporal_negatives: str = "frame"   # "frame" | "batch" (every video at t+1: large regime)
     tracklet_branch: bool = True        # False: the global-token-only ablation
+    query_time_embedding: bool = True   # (ours) RSSA queries know their frame index (see RSSA)
     freeze_backbone: bool = False
     backbone_lr_mult: float = 0.1       # (ours) see ART.param_groups
     grad_checkpointing: bool = False
@@ -238,7 +239,8 @@ class ART(nn.Module):
                 self.backbone.width, latent_dim, N, opts.heads, opts.se_layers, opts.mlp_ratio
             )
             self.rssa = RSSA(latent_dim, num_queries, opts.heads, opts.rssa_layers, k_region,
-                             opts.mlp_ratio)
+                             opts.mlp_ratio,
+                             num_frames if opts.query_time_embedding else None)
             self.head = ClassifierHead(E + num_queries * latent_dim, C, opts.dropout)
             self.mtc = TrackletContrastiveLoss(
                 tuple(opts.mtc_weights), opts.mtc_temperature, opts.temporal_negatives

@@ -38,6 +38,12 @@ class RSSA(nn.Module):
     """Q_t = P + S^_t (P ``[K, d]`` learnable, shared over frames), then ``layers`` decoder
     layers; the last one (ours) uses top-k region selection when ``k_region`` is set.
 
+    With ``num_frames`` set (ours, option ``query_time_embedding``), Q_t also gets a learned
+    embedding of the frame index t, shared by the K queries: tracklet aggregation is a weighted
+    sum over t, blind to order, so without it the tracklet branch cannot tell a motion from
+    its reverse (left vs right); with it each response can encode where the region is *at
+    time t*.
+
     ``forward(tokens [G, N, d], semantics [G, K, d])`` with G = B*T frames returns
     ``(R [G, K, d], indices [G, heads, K, k], weights [G, heads, K, k])``: the region
     responses (after a final LayerNorm) and the last layer's selected patches per head.
@@ -45,10 +51,13 @@ class RSSA(nn.Module):
 
     def __init__(
         self, dim: int, num_queries: int, heads: int, layers: int, k_region: int | None,
-        mlp_ratio: float = 4.0,
+        mlp_ratio: float = 4.0, num_frames: int | None = None,
     ) -> None:
         super().__init__()
         self.prompts = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
+        self.time_embedding = (
+            nn.Parameter(torch.randn(num_frames, dim) * 0.02) if num_frames else None
+        )
         self.layers = nn.ModuleList(
             RSSALayer(dim, heads, k_region if i == layers - 1 else None, mlp_ratio)
             for i in range(layers)
@@ -57,6 +66,10 @@ class RSSA(nn.Module):
 
     def forward(self, tokens: torch.Tensor, semantics: torch.Tensor):
         q = self.prompts.to(semantics.dtype) + semantics
+        if self.time_embedding is not None:  # frames are t-minor: G = B*T
+            T = self.time_embedding.shape[0]
+            q = q.view(-1, T, *q.shape[1:]) + self.time_embedding[:, None].to(q.dtype)
+            q = q.flatten(0, 1)
         for layer in self.layers[:-1]:
             q = layer(q, tokens)
         q, indices, weights = self.layers[-1](q, tokens, return_regions=True)

@@ -134,6 +134,8 @@ class ModelConfig:
     temporal_negatives: str = _f("frame", "negatives of the temporal MTC level",
                                  choices=("frame", "batch"))
     tracklet_branch: bool = _f(True, "False: the global-token-only ablation")
+    query_time_embedding: bool = _f(True, "RSSA queries get a learned frame-index embedding "
+                                    "(tracklets then encode the order of motion)")
     freeze_backbone: bool = _f(False, "freeze the vision tower")
     backbone_lr_mult: float = _f(0.1, "backbone learning-rate multiplier", min=0.0)
     grad_checkpointing: bool = _f(False, "activation checkpointing in the backbone")
