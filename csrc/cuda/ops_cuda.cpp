@@ -6,7 +6,10 @@
 // the current CUDA stream of the inputs' device. Outputs follow the schemas exactly: lse,
 // losses and the fused total in the accumulation dtype (float64 for float64 inputs, else
 // float32), everything else in the inputs' dtype (indices int64).
-#include <ATen/ATen.h>
+// Per-operator ATen headers (not ATen/ATen.h): this file compiles ~3x faster.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -270,7 +273,8 @@ cuda::NceDims nce_check(const at::Tensor& a, const at::Tensor& c, const at::Tens
   TORCH_CHECK(d.N > 0 && d.D > 0, "art_fast: info_nce needs N > 0 candidates and D > 0");
   TORCH_CHECK(temperature > 0 && std::isfinite(temperature),
               "art_fast: info_nce temperature must be finite and > 0, got ", temperature);
-  ART_CHECK_CUDA_CONTIG(targets, "targets");
+  TORCH_CHECK(targets.device().is_cuda(), "art_fast: targets must be a CUDA tensor, got ",
+              targets.device());
   ART_CHECK_SAME_DEVICE(targets, a, "targets", "anchors");
   TORCH_CHECK(targets.scalar_type() == at::kLong, "art_fast: targets must be int64, got ",
               targets.scalar_type());
@@ -307,13 +311,14 @@ std::tuple<at::Tensor, at::Tensor> info_nce_fwd_cuda(const at::Tensor& anchors,
                                                      double temperature, bool normalize) {
   const auto d = nce_check(anchors, candidates, targets, temperature);
   const c10::cuda::CUDAGuard guard(anchors.device());
+  const at::Tensor t = targets.contiguous();
   const auto acc = acc_dtype(anchors.scalar_type());
   auto loss = at::empty({d.G, d.M}, anchors.options().dtype(acc));
   auto lse = at::empty({d.G, d.M}, anchors.options().dtype(acc));
   if (d.G * d.M == 0) return {loss, lse};
   auto scratch = nce_scratch(d, anchors, false);
   check_launch(cuda::info_nce_launch(dtype_of(anchors, "anchors"), anchors.data_ptr(),
-                                     candidates.data_ptr(), targets.data_ptr<int64_t>(),
+                                     candidates.data_ptr(), t.data_ptr<int64_t>(),
                                      temperature, normalize, false, d, loss.data_ptr(),
                                      lse.data_ptr(), nullptr, nullptr, nullptr, nullptr, nullptr,
                                      scratch.data_ptr(),
@@ -333,6 +338,7 @@ std::tuple<at::Tensor, at::Tensor> info_nce_bwd_cuda(const at::Tensor& grad_loss
   const at::Tensor gl = nce_row_tensor(grad_loss, "grad_loss", d, anchors);
   const at::Tensor l = nce_row_tensor(lse, "lse", d, anchors);
   const c10::cuda::CUDAGuard guard(anchors.device());
+  const at::Tensor t = targets.contiguous();
   auto da = at::empty_like(anchors);
   auto dc = at::empty_like(candidates);
   if (d.G * d.M == 0) {
@@ -341,7 +347,7 @@ std::tuple<at::Tensor, at::Tensor> info_nce_bwd_cuda(const at::Tensor& grad_loss
   }
   auto scratch = nce_scratch(d, anchors, true);
   check_launch(cuda::info_nce_launch(dtype_of(anchors, "anchors"), anchors.data_ptr(),
-                                     candidates.data_ptr(), targets.data_ptr<int64_t>(),
+                                     candidates.data_ptr(), t.data_ptr<int64_t>(),
                                      temperature, normalize, false, d, nullptr, nullptr,
                                      gl.data_ptr(), l.data_ptr(), da.data_ptr(), dc.data_ptr(),
                                      nullptr, scratch.data_ptr(),
@@ -356,6 +362,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_fused_cuda(
     double temperature, bool normalize, bool mean, bool compute_grad) {
   const auto d = nce_check(anchors, candidates, targets, temperature);
   const c10::cuda::CUDAGuard guard(anchors.device());
+  const at::Tensor t = targets.contiguous();
   const auto acc = acc_dtype(anchors.scalar_type());
   auto loss = at::empty({}, anchors.options().dtype(acc));
   at::Tensor da = compute_grad ? at::empty_like(anchors) : at::empty({0}, anchors.options());
@@ -368,7 +375,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_fused_cuda(
   }
   auto scratch = nce_scratch(d, anchors, compute_grad);
   check_launch(cuda::info_nce_launch(dtype_of(anchors, "anchors"), anchors.data_ptr(),
-                                     candidates.data_ptr(), targets.data_ptr<int64_t>(),
+                                     candidates.data_ptr(), t.data_ptr<int64_t>(),
                                      temperature, normalize, mean, d, nullptr, nullptr, nullptr,
                                      nullptr, compute_grad ? da.data_ptr() : nullptr,
                                      compute_grad ? dc.data_ptr() : nullptr, loss.data_ptr(),
