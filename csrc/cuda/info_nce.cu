@@ -272,7 +272,8 @@ __global__ void tiny_kernel(TinyArgs<T> p) {
     __syncwarp();
     if (!grad) continue;
     const A gsc = row_grad(p.targets, gi, N, p.gl, p.count, p.mean, p.invT);
-    for (int64_t j = lane; j < N; j += 32) row[j] = gsc * exp_acc(row[j] - l);
+    // (an ignored row is exactly 0, whatever its logits, as on the CPU)
+    for (int64_t j = lane; j < N; j += 32) row[j] = gsc == A(0) ? A(0) : gsc * exp_acc(row[j] - l);
     __syncwarp();
     if (lane == 0 && valid) row[t] -= gsc;
     __syncwarp();
@@ -409,10 +410,12 @@ __global__ void __launch_bounds__(kTileThreads) tile_kernel(TileArgs<T> p) {
         v = acc[u] * f * p.invT;
         if (Mode == kRowGrad) {
           const A gs = rinfo[1][r];
-          v = gs * exp_acc(v - rinfo[0][r]) - (rt[r] == c0 + cc ? gs : A(0));
+          v = gs == A(0) ? A(0)
+                         : gs * exp_acc(v - rinfo[0][r]) - (rt[r] == c0 + cc ? gs : A(0));
         } else if (Mode == kColGrad) {
           const A gs = cinfo[1][cc];
-          v = gs * exp_acc(v - cinfo[0][cc]) - (ct[cc] == row0 + r ? gs : A(0));
+          v = gs == A(0) ? A(0)
+                         : gs * exp_acc(v - cinfo[0][cc]) - (ct[cc] == row0 + r ? gs : A(0));
         }
       } else if (Mode == kFwd) {
         v = neg_inf<A>();
