@@ -271,7 +271,7 @@ cudaError_t bwd_launch(const void* gp, const void* gw, const void* scores, const
       static_cast<const T*>(gp), static_cast<const T*>(gw), static_cast<const T*>(scores),
       static_cast<const T*>(values), indices, s, static_cast<T*>(gs), wsc, dsc);
   cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
+  if (err != cudaSuccess || s.C == 0) return err;  // (no channels: grad_values is empty)
   const int64_t CC = std::min<int64_t>(s.C, 256);
   const int64_t NB = std::max<int64_t>(
       1, std::min<int64_t>(64, (32 * 1024) / (CC * static_cast<int64_t>(sizeof(A)))));
