@@ -6,9 +6,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.art_fast_installed
-SRCS   := setup.py requirements.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
+SRCS   := setup.py requirements.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.cpp csrc/cuda/*.h)
 
-.PHONY: install build test lint bench bench-ops bench-train demo clean
+.PHONY: install build test lint bench bench-ops bench-train demo gpu-check clean
 
 install: $(STAMP)
 
@@ -33,8 +33,10 @@ lint: install
 
 # The whole suite (CPU: references, C++ kernels, torch.library registration, compile);
 # GPU cases skip without CUDA (run them with `pytest -m gpu` on a GPU machine).
+# ART_FAST_REQUIRE_CUDA_BUILD=1: where torch has CUDA and nvcc exists, an extension built
+# without its CUDA kernels is a failure (tests/test_cuda_build.py), not a silent CPU-only build.
 test: install lint
-	$(PY) -m pytest -q
+	ART_FAST_REQUIRE_CUDA_BUILD=1 $(PY) -m pytest -q
 
 # pytest-benchmark suite at small sizes (not part of `make test`).
 bench: install
@@ -65,6 +67,11 @@ demo: install $(DEMO_SET)/Diving48_vocab.json
 	$(PY) -m art_fast.cli eval $(DEMO_RUN)/best.pt --set data.root=$(DEMO_SET)
 	$(PY) -m art_fast.cli viz $(DEMO_RUN)/best.pt --index 0 --out $(DEMO_RUN)/tracklets.png --set data.root=$(DEMO_SET)
 	@$(PY) -c "import json; m = json.load(open('$(DEMO_RUN)/eval/eval_metrics.json')); print(f\"demo: top1={m['top1']:.4f} mean_class={m['mean_class']:.4f}\")"
+
+# On a GPU machine: build for sm_90, GPU tests, sanitizers, op and train benchmarks -> $(OUT).
+OUT ?= benchmarks/results/gpu-check
+gpu-check:
+	bash benchmarks/gpu_check.sh $(OUT)
 
 clean:
 	rm -rf build *.egg-info art_fast/_C*.so .pytest_cache
