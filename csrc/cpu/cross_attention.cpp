@@ -228,6 +228,29 @@ void fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, d
   });
 }
 
+// dst [N, D] (the rows of one pair of dk or dv) = A B for A [Np, Mp] patch-major and B [Mp, Dp]:
+// a sum over the M queries in increasing order (the padding columns of A are skipped, which
+// halves the work at M = 2). When dst holds acc_t in rows of whole aligned vectors (float32
+// with D = 32), the rows [0, n8) go straight from the GEMM's registers to dst with streaming
+// stores: dk and dv are written once and not read back here, so this saves the read of their
+// lines before the write, a copy, and cache space. The other rows (and every row otherwise) go
+// through `buf` [Np, Dp].
+template <typename scalar_t, typename acc_t>
+void kv_grad_gemm(const acc_t* A, const acc_t* B, const Dims& s, const Pads& z, scalar_t* dst,
+                  acc_t* buf) {
+  const int64_t N = s.N, D = s.D;
+  int64_t n8 = 0;
+  if constexpr (std::is_same_v<scalar_t, acc_t> && cpu::kCanStream<acc_t, cpu::kVecBytes>) {
+    if (D == z.Dp && reinterpret_cast<uintptr_t>(dst) % cpu::kVecBytes == 0) {
+      n8 = N / cpu::kMR * cpu::kMR;
+      cpu::gemm<false, cpu::kMR, cpu::kVecBytes, false, true>(A, z.Mp, B, z.Dp, dst, D, n8, s.M,
+                                                             D);
+    }
+  }
+  cpu::gemm<false>(A + n8 * z.Mp, z.Mp, B, z.Dp, buf, z.Dp, z.Np - n8, s.M, z.Dp);
+  for (int64_t n = n8; n < N; ++n) store(dst + n * D, buf + (n - n8) * z.Dp, D);
+}
+
 template <typename scalar_t, int VBM>
 void bwd_kernel(const at::Tensor& go, const at::Tensor* gw, const at::Tensor& q,
                 const at::Tensor& k, const at::Tensor& v, const at::Tensor& lse, double scale,
@@ -246,9 +269,9 @@ void bwd_kernel(const at::Tensor& go, const at::Tensor* gw, const at::Tensor& q,
   const Pads z = pads<acc_t, VBM>(s);
   constexpr int MRM = mrm<acc_t, VBM>();
   constexpr int MV = cpu::nr<acc_t, VBM>();
-  const acc_t sc = static_cast<acc_t>(scale);
 
   at::parallel_for(0, s.B * H, 1, [&](int64_t begin, int64_t end) {
+    const acc_t sc = static_cast<acc_t>(scale);  // a local: the loops below keep it in a register
     std::vector<acc_t> qt(D * z.Mp), qq(z.Mp * z.Dp), kk(z.Np * z.Dp), vv(z.Np * z.Dp),
         dOt(D * z.Mp), dO(z.Mp * z.Dp), pt(z.Np * z.Mp), dpt(z.Np * z.Mp), delta(z.Mp),
         l(z.Mp), r1(z.Mp * z.Dp), r2(z.Np * z.Dp);
@@ -286,37 +309,32 @@ void bwd_kernel(const at::Tensor& go, const at::Tensor* gw, const at::Tensor& q,
           const acc_t* dprow = dpt.data() + n * z.Mp + m0;
           for (int j = 0; j < MV; ++j) dl[j] += prow[j] * dprow[j];
         }
-        // 4b. dS^T = P^T * (dP^T - delta) (the scale enters in 5 and 6); padding zeroed.
+        // 4b. dS^T = scale * P^T * (dP^T - delta) (the scale of the scores, applied once here
+        //     for both dq and dk). The padding columns (m >= M) are left as they come: no
+        //     product below reads them into a kept result.
         for (int64_t n = 0; n < N; ++n) {
           const acc_t* prow = pt.data() + n * z.Mp + m0;
           acc_t* dprow = dpt.data() + n * z.Mp + m0;
-          for (int j = 0; j < MV; ++j)
-            dprow[j] = m0 + j < M ? prow[j] * (dprow[j] - dl[j]) : acc_t(0);
+          for (int j = 0; j < MV; ++j) dprow[j] = sc * (prow[j] * (dprow[j] - dl[j]));
         }
       }
       fill(dpt.data() + N * z.Mp, acc_t(0), (z.Np - N) * z.Mp);
-      // 5. dq = scale * dS k = scale * (dS^T)^T k   [Mp, Dp]
+      // 5. dq = dS k = (dS^T)^T k   [Mp, Dp]; rows m >= M are not kept.
       o_gemm<MRM>(dpt.data(), z.Mp, kt, r1.data(), z.Dp, z.Np, z.Mp, z.Dp);
       for (int64_t m = 0; m < M; ++m) {
-        acc_t* row = r1.data() + m * z.Dp;
-        for (int64_t d = 0; d < D; ++d) row[d] *= sc;
+        const acc_t* row = r1.data() + m * z.Dp;
         if (dqpart) {
           std::copy(row, row + D, dqpart + (bh * M + m) * D);
         } else {
           store(dq_direct + (bh * M + m) * D, row, D);
         }
       }
-      // 6. dk = scale * dS^T q   [Np, Dp]
-      cpu::gemm<false>(dpt.data(), z.Mp, qq.data(), z.Dp, r2.data(), z.Dp, z.Np, z.Mp, z.Dp);
-      for (int64_t n = 0; n < N; ++n) {
-        acc_t* row = r2.data() + n * z.Dp;
-        for (int64_t d = 0; d < D; ++d) row[d] *= sc;
-        store(dkp + (bh * N + n) * D, row, D);
-      }
-      // 7. dv = P^T dO   [Np, Dp]
-      cpu::gemm<false>(pt.data(), z.Mp, dO.data(), z.Dp, r2.data(), z.Dp, z.Np, z.Mp, z.Dp);
-      for (int64_t n = 0; n < N; ++n) store(dvp + (bh * N + n) * D, r2.data() + n * z.Dp, D);
+      // 6. dk = dS^T q   [N, D]
+      kv_grad_gemm(dpt.data(), qq.data(), s, z, dkp + bh * N * D, r2.data());
+      // 7. dv = P^T dO   [N, D]
+      kv_grad_gemm(pt.data(), dO.data(), s, z, dvp + bh * N * D, r2.data());
     }
+    cpu::stream_fence();
   });
 }
 
@@ -366,8 +384,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_bwd_cpu(
     gw = &*grad_weights;
   }
   auto dq = at::empty_like(q);
-  auto dk = at::empty_like(k);
-  auto dv = at::empty_like(v);
+  // dk and dv are as large as k and v (25.7 MB each at the paper shape) and written once.
+  auto dk = cpu::empty_like_huge(k);
+  auto dv = cpu::empty_like_huge(v);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
                                   "cross_attention_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
