@@ -277,9 +277,13 @@ inline void gemm_tile(const acc_t* __restrict__ a0, int64_t si, int64_t sk,
 // queries) without padding them to a full 512-bit vector. Accum = true adds to C (the sum
 // continues from C's values, so a K range split in two calls sums in the same order as one).
 // Stream = true writes C with stream_store (C and ldc aligned to VB bytes; see there).
+// PF > 0 (A not transposed) prefetches (towards L2) the rows of A that are PF rows ahead of each
+// row block: for an A streamed from memory (a k or v tile read once), the hardware prefetcher
+// alone leaves the broadcasts waiting on its lines. Prefetches never fault, so PF may run past
+// the end of A.
 // Every C element is one sum over K in increasing order, whatever the tiling.
 template <bool TransA, int MR = kMR, int VB = kVecBytes, bool Accum = false,
-          bool Stream = false, typename acc_t>
+          bool Stream = false, int PF = 0, typename acc_t>
 void gemm(const acc_t* __restrict__ A, int64_t lda, const acc_t* __restrict__ B, int64_t ldb,
           acc_t* __restrict__ C, int64_t ldc, int64_t R, int64_t K, int64_t Cc) {
   constexpr int NR = nr<acc_t, VB>();
@@ -287,6 +291,11 @@ void gemm(const acc_t* __restrict__ A, int64_t lda, const acc_t* __restrict__ B,
   const int64_t si = TransA ? 1 : lda, sk = TransA ? lda : 1;
   for (int64_t i0 = 0; i0 < R; i0 += MR) {
     const acc_t* a0 = TransA ? A + i0 : A + i0 * lda;
+    if constexpr (PF > 0 && !TransA) {  // the rows of A PF rows ahead, one line at a time
+      const int64_t bytes = MR * lda * static_cast<int64_t>(sizeof(acc_t));
+      const char* pf = reinterpret_cast<const char*>(A + (i0 + PF) * lda);
+      for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(pf + b, 0, 1);
+    }
     int64_t j0 = 0;
     if constexpr (kPairs) {
       for (; j0 + 2 * NR <= Cc; j0 += 2 * NR)

@@ -32,6 +32,10 @@
 #include "../ops.h"
 #include "common.h"
 
+
+
+
+
 namespace art_fast {
 
 namespace {
@@ -129,12 +133,98 @@ struct PairTile {
   }
 };
 
-// C[Np, Cc] = T B for a PairTile T [Np, K]: the in-place rows and the copied rows are two
-// GEMMs over row ranges (both multiples of kMR).
+#if defined(__AVX512F__)
+// GCC 12 flags the _mm512_undefined_ps() inside its own unmasked AVX-512 intrinsics.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// Sums of 16 vectors: lane i of the result is the sum of the 16 lanes of v[i], by a fixed
+// tree (pairs of lanes within 128-bit blocks, then blocks).
+inline __m512 hsum16(const __m512* v) {
+  __m512 s2[8], s4[4];
+  for (int i = 0; i < 8; ++i)  // per 128-bit block: [a0+a2, b0+b2, a1+a3, b1+b3]
+    s2[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                          _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int j = 0; j < 4; ++j)  // per 128-bit block: the block sums of v[4j .. 4j + 3]
+    s4[j] = _mm512_add_ps(_mm512_shuffle_ps(s2[2 * j], s2[2 * j + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                          _mm512_shuffle_ps(s2[2 * j], s2[2 * j + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512 w01 = _mm512_add_ps(_mm512_shuffle_f32x4(s4[0], s4[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_f32x4(s4[0], s4[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512 w23 = _mm512_add_ps(_mm512_shuffle_f32x4(s4[2], s4[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_f32x4(s4[2], s4[3], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(w01, w23, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(w01, w23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// Scores of one or two queries as dot products: C[r, m] = sum_d A[r, d] B[d, m] for rows
+// r < R (R % 16 == 0), m < M <= 2, with C of 4 columns (ldc = 4; columns 2, 3 are set to 0),
+// A [R, K] row-major (lda >= K, K % 16 == 0) and B [K, 4]. The broadcast GEMM would spend one
+// 4-lane FMA per element of A for the 2 useful lanes; here each row of A is loaded once per
+// query as whole vectors, and 16 rows' products are summed across lanes together (hsum16):
+// ~3x fewer instructions. Each sum has a fixed order (lanes, then the tree of hsum16).
+inline void scores_dot(const float* A, int64_t lda, const float* B, int64_t M, float* C,
+                       int64_t R, int64_t K) {
+  constexpr int64_t kLd = 4;
+  alignas(64) float bq[2][256];
+  const int64_t Kq = K <= 256 ? K : 0;  // longer rows take the GEMM (the caller checks)
+  for (int64_t m = 0; m < 2; ++m)
+    for (int64_t d = 0; d < Kq; ++d) bq[m][d] = m < M ? B[d * kLd + m] : 0.0f;
+  // output vector t holds rows 4t .. 4t + 3 of a block: [r0, r1, 0, 0] per row
+  alignas(64) static constexpr int32_t kIdx[4][16] = {
+      {0, 16, 0, 0, 1, 17, 0, 0, 2, 18, 0, 0, 3, 19, 0, 0},
+      {4, 20, 0, 0, 5, 21, 0, 0, 6, 22, 0, 0, 7, 23, 0, 0},
+      {8, 24, 0, 0, 9, 25, 0, 0, 10, 26, 0, 0, 11, 27, 0, 0},
+      {12, 28, 0, 0, 13, 29, 0, 0, 14, 30, 0, 0, 15, 31, 0, 0}};
+  for (int64_t r0 = 0; r0 < R; r0 += 16) {
+    const float* a = A + r0 * lda;
+    // this block's first touch of A: prefetch (towards L2) the block 128 rows ahead
+    const char* pf = reinterpret_cast<const char*>(a + 128 * lda);
+    for (int64_t b = 0; b < 16 * lda * 4; b += 64) __builtin_prefetch(pf + b, 0, 1);
+    __m512 r[2];
+    for (int64_t m = 0; m < 2; ++m) {
+      if (m >= M) {
+        r[m] = _mm512_setzero_ps();
+        continue;
+      }
+      __m512 v[16];
+      const __m512 q0 = _mm512_load_ps(bq[m]);
+      for (int i = 0; i < 16; ++i) v[i] = _mm512_mul_ps(_mm512_loadu_ps(a + i * lda), q0);
+      for (int64_t d = 16; d < K; d += 16) {
+        const __m512 qv = _mm512_load_ps(bq[m] + d);
+        for (int i = 0; i < 16; ++i)
+          v[i] = _mm512_fmadd_ps(_mm512_loadu_ps(a + i * lda + d), qv, v[i]);
+      }
+      r[m] = hsum16(v);
+    }
+    for (int t = 0; t < 4; ++t) {
+      const __m512i idx = _mm512_load_si512(kIdx[t]);
+      _mm512_storeu_ps(C + (r0 + 4 * t) * kLd,
+                       _mm512_maskz_permutex2var_ps(0x3333, r[0], idx, r[1]));
+    }
+  }
+}
+#pragma GCC diagnostic pop
+#endif
+
+// C[Np, Cc] = T B for a PairTile T [Np, K] and the M queries of B [K, Cc]: the in-place rows
+// and the copied rows are two GEMMs over row ranges (both multiples of kMR). The in-place rows
+// are this pair's first touch of k or v: they are prefetched 16 row blocks ahead (which runs on
+// into the next pair's). For one or two float queries (Cc = 4), the in-place rows go by
+// whole blocks of 16 through scores_dot.
 template <int VB, typename acc_t>
 void tile_gemm(const PairTile<acc_t>& t, const acc_t* B, int64_t ldb, acc_t* C, int64_t ldc,
-               int64_t Np, int64_t K, int64_t Cc) {
-  cpu::gemm<false, cpu::kMR, VB>(t.head, t.ld, B, ldb, C, ldc, t.n8, K, Cc);
+               int64_t Np, int64_t K, int64_t Cc, int64_t M) {
+  int64_t r0 = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<acc_t, float> && VB == 16) {
+    if (M <= 2 && Cc == 4 && K % 16 == 0 && K <= 256) {
+      r0 = t.n8 / 16 * 16;
+      scores_dot(t.head, t.ld, B, M, C, r0, K);
+    }
+  }
+#endif
+  cpu::gemm<false, cpu::kMR, VB, false, false, 16 * cpu::kMR>(t.head + r0 * t.ld, t.ld, B, ldb,
+                                                              C + r0 * ldc, ldc, t.n8 - r0, K, Cc);
   cpu::gemm<false, cpu::kMR, VB>(t.tail, t.ld, B, ldb, C + t.n8 * ldc, ldc, Np - t.n8, K, Cc);
 }
 
@@ -211,7 +301,7 @@ void fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, d
       const auto kt = PairTile<acc_t>::make(kp + bh * N * D, s, z, kk.data());
       const auto vt = PairTile<acc_t>::make(vp + bh * N * D, s, z, vv.data());
       // 2. scores S^T = k (q * scale)^T   [Np, Mp]
-      tile_gemm<VBM>(kt, qt.data(), z.Mp, st.data(), z.Mp, z.Np, D, z.Mp);
+      tile_gemm<VBM>(kt, qt.data(), z.Mp, st.data(), z.Mp, z.Np, D, z.Mp, M);
       // 3. P^T = softmax over n of each column; lse saved for the backward.
       softmax_cols<MV>(st.data(), s, z, lp + bh * M);
       // 4. out = P v = (P^T)^T v   [Mp, Dp], over the Np rows of v (the padding rows of P^T
@@ -289,10 +379,10 @@ void bwd_kernel(const at::Tensor& go, const at::Tensor* gw, const at::Tensor& q,
       // 2. recompute S^T with the forward's exact product and P^T with the forward's exact
       //    softmax (max, exp, sum): P is bitwise the forward's, and no precision is lost to
       //    the rounding of a large lse (exp(S - lse) is off by ulp(lse), ~1e-3 at |S| ~ 1e4).
-      tile_gemm<VBM>(kt, qt.data(), z.Mp, pt.data(), z.Mp, z.Np, D, z.Mp);
+      tile_gemm<VBM>(kt, qt.data(), z.Mp, pt.data(), z.Mp, z.Np, D, z.Mp, M);
       softmax_cols<MV>(pt.data(), s, z, l.data());
       // 3. dP^T = v dO^T   [Np, Mp]
-      tile_gemm<VBM>(vt, dOt.data(), z.Mp, dpt.data(), z.Mp, z.Np, D, z.Mp);
+      tile_gemm<VBM>(vt, dOt.data(), z.Mp, dpt.data(), z.Mp, z.Np, D, z.Mp, M);
       fill(delta.data(), acc_t(0), z.Mp);
       if (gwp) {  // + the gradient of the returned weights ([M, N] in memory)
         for (int64_t n = 0; n < N; ++n) {
