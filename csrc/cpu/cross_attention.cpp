@@ -230,9 +230,14 @@ void tile_gemm(const PairTile<acc_t>& t, const acc_t* B, int64_t ldb, acc_t* C, 
 
 // C[Mp, Dp] = A^T T for A [Np, Mp] (stored patch-major) and a PairTile T [Np, Dp]: the sum
 // over n runs over the in-place rows, then continues over the copied ones (one fixed order).
+// Only the rows m < M of C are meant to be read: for one or two queries, rows 2 .. Mp - 1 are
+// not computed (2-row blocks instead of MR: half the FMAs at the paper's M = 2).
 template <int MR, typename acc_t>
 void o_gemm(const acc_t* A, int64_t lda, const PairTile<acc_t>& t, acc_t* C, int64_t ldc,
-            int64_t Np, int64_t Mp, int64_t Dp) {
+            int64_t Np, int64_t Mp, int64_t Dp, int64_t M) {
+  if constexpr (MR > 2) {
+    if (M <= 2 && Mp % 2 == 0) return o_gemm<2>(A, lda, t, C, ldc, Np, 2, Dp, M);
+  }
   cpu::gemm<true, MR>(A, lda, t.head, t.ld, C, ldc, Mp, t.n8, Dp);
   cpu::gemm<true, MR, cpu::kVecBytes, true>(A + t.n8 * lda, lda, t.tail, t.ld, C, ldc, Mp,
                                             Np - t.n8, Dp);
@@ -306,7 +311,7 @@ void fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, d
       softmax_cols<MV>(st.data(), s, z, lp + bh * M);
       // 4. out = P v = (P^T)^T v   [Mp, Dp], over the Np rows of v (the padding rows of P^T
       //    are zero).
-      o_gemm<MRM>(st.data(), z.Mp, vt, o.data(), z.Dp, z.Np, z.Mp, z.Dp);
+      o_gemm<MRM>(st.data(), z.Mp, vt, o.data(), z.Dp, z.Np, z.Mp, z.Dp, M);
       for (int64_t m = 0; m < M; ++m) store(op + (bh * M + m) * D, o.data() + m * z.Dp, D);
       // 5. the probabilities [M, N], only when asked for.
       if (wp) {
@@ -410,7 +415,7 @@ void bwd_kernel(const at::Tensor& go, const at::Tensor* gw, const at::Tensor& q,
       }
       fill(dpt.data() + N * z.Mp, acc_t(0), (z.Np - N) * z.Mp);
       // 5. dq = dS k = (dS^T)^T k   [Mp, Dp]; rows m >= M are not kept.
-      o_gemm<MRM>(dpt.data(), z.Mp, kt, r1.data(), z.Dp, z.Np, z.Mp, z.Dp);
+      o_gemm<MRM>(dpt.data(), z.Mp, kt, r1.data(), z.Dp, z.Np, z.Mp, z.Dp, M);
       for (int64_t m = 0; m < M; ++m) {
         const acc_t* row = r1.data() + m * z.Dp;
         if (dqpart) {
