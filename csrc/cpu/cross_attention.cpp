@@ -245,10 +245,15 @@ void o_gemm(const acc_t* A, int64_t lda, const PairTile<acc_t>& t, acc_t* C, int
 
 // Column softmax of st [Np, Mp] (column m = query m) over the first N rows, in place; writes
 // lse[m] for m < M; zeroes the padding rows and columns. Each column's max and sum run over n
-// in increasing order, lane-parallel across m, so no sum is reassociated.
+// in a fixed order, lane-parallel across m, so no sum depends on the thread count. With Mp = MV
+// narrower than a native vector (a few queries), G = kVec / MV consecutive rows are one vector:
+// the sum of column m is then G partial sums (over n = g mod G, in increasing n) added in
+// increasing g, then the last N mod G rows in increasing n.
 template <int MV, typename acc_t>
 void softmax_cols(acc_t* st, const Dims& s, const Pads& z, acc_t* lse) {
   const int64_t N = s.N, Mp = z.Mp;
+  constexpr int kVec = cpu::nr<acc_t>();
+  constexpr int G = MV < kVec ? kVec / MV : 1;  // rows per vector when Mp == MV
   // Columns in chunks of MV (one query vector, a compile-time width), so that every inner
   // loop below is one vector operation.
   for (int64_t m0 = 0; m0 < Mp; m0 += MV) {
@@ -261,7 +266,21 @@ void softmax_cols(acc_t* st, const Dims& s, const Pads& z, acc_t* lse) {
       for (int j = 0; j < MV; ++j) mx[j] = row[j] > mx[j] ? row[j] : mx[j];
     }
     for (int j = 0; j < MV; ++j) sm[j] = acc_t(0);
-    for (int64_t n = 0; n < N; ++n) {
+    int64_t n = 0;
+    if (G > 1 && Mp == MV) {  // G rows at a time, as one flat vector
+      acc_t mxg[G * MV], smg[G * MV];
+      for (int j = 0; j < G * MV; ++j) mxg[j] = mx[j % MV], smg[j] = acc_t(0);
+      for (; n + G <= N; n += G) {
+        acc_t* rows = st + n * Mp;
+        for (int j = 0; j < G * MV; ++j) {
+          rows[j] = cpu::exp_acc(rows[j] - mxg[j]);
+          smg[j] += rows[j];
+        }
+      }
+      for (int g = 0; g < G; ++g)
+        for (int j = 0; j < MV; ++j) sm[j] += smg[g * MV + j];
+    }
+    for (; n < N; ++n) {
       acc_t* row = st + n * Mp + m0;
       for (int j = 0; j < MV; ++j) {
         row[j] = cpu::exp_acc(row[j] - mx[j]);
