@@ -12,6 +12,9 @@
 //            never saved.
 //   grid     at::parallel_for over the B*H (b, h) pairs; each pair is one task that owns its
 //            outputs, so no two threads write the same element.
+//   outputs' memory dk and dv (as large as k and v) are advised for transparent huge pages when
+//            fresh (cpu::empty_like_huge) and written once, by the GEMMs' streaming stores
+//            (float32, D a multiple of the vector width); see kv_grad_gemm.
 //   memory   per thread: zero-padded work buffers of one pair (q, k, v, the [N, M] scores; the
 //            backward adds dO and dS), in the accumulation type: ~100 KB at the paper shapes.
 //            Tile products go through cpu::gemm (register-blocked, see common.h).
@@ -211,6 +214,16 @@ inline void scores_dot(const float* A, int64_t lda, const float* B, int64_t M, f
 // are this pair's first touch of k or v: they are prefetched 16 row blocks ahead (which runs on
 // into the next pair's). For one or two float queries (Cc = 4), the in-place rows go by
 // whole blocks of 16 through scores_dot.
+// Rows of a score product, prefetching A 16 row blocks ahead (also for the copied rows: one
+// instantiation, and the next rows past them are the next pair's). Kept out of line: inlined
+// into tile_gemm, GCC 12 spills the row strides of the kernel's inner loop (~1.5x slower).
+template <int VB, typename acc_t>
+__attribute__((noinline)) void rows_gemm(const acc_t* A, int64_t lda, const acc_t* B,
+                                         int64_t ldb, acc_t* C, int64_t ldc, int64_t R,
+                                         int64_t K, int64_t Cc) {
+  cpu::gemm<false, cpu::kMR, VB, false, false, 16 * cpu::kMR>(A, lda, B, ldb, C, ldc, R, K, Cc);
+}
+
 template <int VB, typename acc_t>
 void tile_gemm(const PairTile<acc_t>& t, const acc_t* B, int64_t ldb, acc_t* C, int64_t ldc,
                int64_t Np, int64_t K, int64_t Cc, int64_t M) {
@@ -223,9 +236,8 @@ void tile_gemm(const PairTile<acc_t>& t, const acc_t* B, int64_t ldb, acc_t* C, 
     }
   }
 #endif
-  cpu::gemm<false, cpu::kMR, VB, false, false, 16 * cpu::kMR>(t.head + r0 * t.ld, t.ld, B, ldb,
-                                                              C + r0 * ldc, ldc, t.n8 - r0, K, Cc);
-  cpu::gemm<false, cpu::kMR, VB>(t.tail, t.ld, B, ldb, C + t.n8 * ldc, ldc, Np - t.n8, K, Cc);
+  rows_gemm<VB>(t.head + r0 * t.ld, t.ld, B, ldb, C + r0 * ldc, ldc, t.n8 - r0, K, Cc);
+  rows_gemm<VB>(t.tail, t.ld, B, ldb, C + t.n8 * ldc, ldc, Np - t.n8, K, Cc);
 }
 
 // C[Mp, Dp] = A^T T for A [Np, Mp] (stored patch-major) and a PairTile T [Np, Dp]: the sum
