@@ -14,6 +14,13 @@
 #include <limits>
 #include <type_traits>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 namespace art_fast {
 namespace cpu {
 
@@ -30,6 +37,31 @@ namespace cpu {
 // row statistics (log-sum-exp) are kept in it, so float64 runs stay float64 throughout.
 inline at::ScalarType acc_dtype(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// at::empty_like(t), its memory advised for transparent huge pages when large. The torch CPU
+// allocator does not cache: a large output is fresh memory from glibc (an mmap, or heap pages
+// returned to the system), and on first touch every 4 KiB page costs a fault plus the zeroing
+// of the page. For outputs written once by a memory-bound kernel this dominates: ~1-2 us a page,
+// ~10 ms of CPU for the 51 MB of cross_attention's dk and dv (measured on a Zen4 VM), against
+// ~2 ms to write them. MADV_HUGEPAGE on the 2 MiB-aligned interior of the block (what torch
+// itself does for its allocations under THP_MEM_ALLOC_ENABLE=1, but here for these outputs
+// only) makes it ~25 faults of 2 MiB. The advice changes no content; where the pages are
+// already resident (memory glibc reused) it is a no-op for this call, and where it is refused
+// (THP disabled, not anonymous memory) it is ignored.
+inline constexpr int64_t kHugeAdviseBytes = int64_t(8) << 20;
+
+inline at::Tensor empty_like_huge(const at::Tensor& t) {
+  at::Tensor r = at::empty_like(t, at::MemoryFormat::Contiguous);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (static_cast<int64_t>(r.nbytes()) >= kHugeAdviseBytes) {
+    constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+    const auto p = reinterpret_cast<uintptr_t>(r.data_ptr());
+    const uintptr_t lo = (p + kHuge - 1) & ~(kHuge - 1), hi = (p + r.nbytes()) & ~(kHuge - 1);
+    if (hi > lo) (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+  }
+#endif
+  return r;
 }
 
 // dst[i] = (acc_t) src[i]
@@ -167,8 +199,37 @@ constexpr int nr() {
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// Whether stream_store<acc_t, VB> is a non-temporal store (else it is a plain store).
+template <typename acc_t, int VB>
+constexpr bool kCanStream =
+    (std::is_same_v<acc_t, float> || std::is_same_v<acc_t, double>) &&
+    ((VB == 64 && kVecBytes == 64) || (VB == 32 && kVecBytes >= 32));
+
+// Stores one vector to p (VB-byte aligned when kCanStream) with a non-temporal hint: the line
+// goes to memory without being read first or kept in cache. For large outputs written once
+// (dk, dv) this halves their memory traffic and leaves the caches to the inputs. The stores are
+// weakly ordered: a kernel that streams calls stream_fence() before its results are read.
+template <typename acc_t, int VB>
+inline void stream_store(acc_t* p, typename Vec<acc_t, VB>::type x) {
+#if defined(__AVX512F__)
+  if constexpr (VB == 64 && std::is_same_v<acc_t, float>) return _mm512_stream_ps(p, (__m512)x);
+  if constexpr (VB == 64 && std::is_same_v<acc_t, double>) return _mm512_stream_pd(p, (__m512d)x);
+#endif
+#if defined(__AVX__)
+  if constexpr (VB == 32 && std::is_same_v<acc_t, float>) return _mm256_stream_ps(p, (__m256)x);
+  if constexpr (VB == 32 && std::is_same_v<acc_t, double>) return _mm256_stream_pd(p, (__m256d)x);
+#endif
+  std::memcpy(p, &x, sizeof(x));
+}
+
+inline void stream_fence() {
+#if defined(__AVX__)
+  _mm_sfence();
+#endif
+}
+
 // One MR x (NV vectors) tile of C; see gemm below.
-template <bool TransA, int MR, int VB, bool Accum, int NV, typename acc_t>
+template <bool TransA, int MR, int VB, bool Accum, int NV, bool Stream, typename acc_t>
 inline void gemm_tile(const acc_t* __restrict__ a0, int64_t si, int64_t sk,
                       const acc_t* __restrict__ B, int64_t ldb, acc_t* __restrict__ C,
                       int64_t ldc, int64_t K) {
@@ -200,7 +261,13 @@ inline void gemm_tile(const acc_t* __restrict__ a0, int64_t si, int64_t sk,
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) std::memcpy(C + i * ldc + v * NR, &acc[i][v], sizeof(V));
+    for (int v = 0; v < NV; ++v) {
+      if constexpr (Stream) {
+        stream_store<acc_t, VB>(C + i * ldc + v * NR, acc[i][v]);
+      } else {
+        std::memcpy(C + i * ldc + v * NR, &acc[i][v], sizeof(V));
+      }
+    }
   }
 }
 
@@ -209,8 +276,14 @@ inline void gemm_tile(const acc_t* __restrict__ a0, int64_t si, int64_t sk,
 // ~1.5x faster on AVX-512). Narrower VB / MR serve tiles with few columns or rows (a few
 // queries) without padding them to a full 512-bit vector. Accum = true adds to C (the sum
 // continues from C's values, so a K range split in two calls sums in the same order as one).
+// Stream = true writes C with stream_store (C and ldc aligned to VB bytes; see there).
+// PF > 0 (A not transposed) prefetches (towards L2) the rows of A that are PF rows ahead of each
+// row block: for an A streamed from memory (a k or v tile read once), the hardware prefetcher
+// alone leaves the broadcasts waiting on its lines. Prefetches never fault, so PF may run past
+// the end of A.
 // Every C element is one sum over K in increasing order, whatever the tiling.
-template <bool TransA, int MR = kMR, int VB = kVecBytes, bool Accum = false, typename acc_t>
+template <bool TransA, int MR = kMR, int VB = kVecBytes, bool Accum = false,
+          bool Stream = false, int PF = 0, typename acc_t>
 void gemm(const acc_t* __restrict__ A, int64_t lda, const acc_t* __restrict__ B, int64_t ldb,
           acc_t* __restrict__ C, int64_t ldc, int64_t R, int64_t K, int64_t Cc) {
   constexpr int NR = nr<acc_t, VB>();
@@ -218,13 +291,20 @@ void gemm(const acc_t* __restrict__ A, int64_t lda, const acc_t* __restrict__ B,
   const int64_t si = TransA ? 1 : lda, sk = TransA ? lda : 1;
   for (int64_t i0 = 0; i0 < R; i0 += MR) {
     const acc_t* a0 = TransA ? A + i0 : A + i0 * lda;
+    if constexpr (PF > 0 && !TransA) {  // the rows of A PF rows ahead, one line at a time
+      const int64_t bytes = MR * lda * static_cast<int64_t>(sizeof(acc_t));
+      const char* pf = reinterpret_cast<const char*>(A + (i0 + PF) * lda);
+      for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(pf + b, 0, 1);
+    }
     int64_t j0 = 0;
     if constexpr (kPairs) {
       for (; j0 + 2 * NR <= Cc; j0 += 2 * NR)
-        gemm_tile<TransA, MR, VB, Accum, 2>(a0, si, sk, B + j0, ldb, C + i0 * ldc + j0, ldc, K);
+        gemm_tile<TransA, MR, VB, Accum, 2, Stream>(a0, si, sk, B + j0, ldb, C + i0 * ldc + j0,
+                                                    ldc, K);
     }
     for (; j0 < Cc; j0 += NR)
-      gemm_tile<TransA, MR, VB, Accum, 1>(a0, si, sk, B + j0, ldb, C + i0 * ldc + j0, ldc, K);
+      gemm_tile<TransA, MR, VB, Accum, 1, Stream>(a0, si, sk, B + j0, ldb, C + i0 * ldc + j0, ldc,
+                                                  K);
   }
 }
 

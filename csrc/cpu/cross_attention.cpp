@@ -12,6 +12,9 @@
 //            never saved.
 //   grid     at::parallel_for over the B*H (b, h) pairs; each pair is one task that owns its
 //            outputs, so no two threads write the same element.
+//   outputs' memory dk and dv (as large as k and v) are advised for transparent huge pages when
+//            fresh (cpu::empty_like_huge) and written once, by the GEMMs' streaming stores
+//            (float32, D a multiple of the vector width); see kv_grad_gemm.
 //   memory   per thread: zero-padded work buffers of one pair (q, k, v, the [N, M] scores; the
 //            backward adds dO and dS), in the accumulation type: ~100 KB at the paper shapes.
 //            Tile products go through cpu::gemm (register-blocked, see common.h).
@@ -31,6 +34,10 @@
 
 #include "../ops.h"
 #include "common.h"
+
+
+
+
 
 namespace art_fast {
 
@@ -129,20 +136,120 @@ struct PairTile {
   }
 };
 
-// C[Np, Cc] = T B for a PairTile T [Np, K]: the in-place rows and the copied rows are two
-// GEMMs over row ranges (both multiples of kMR).
+#if defined(__AVX512F__)
+// GCC 12 flags the _mm512_undefined_ps() inside its own unmasked AVX-512 intrinsics.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// Sums of 16 vectors: lane i of the result is the sum of the 16 lanes of v[i], by a fixed
+// tree (pairs of lanes within 128-bit blocks, then blocks).
+inline __m512 hsum16(const __m512* v) {
+  __m512 s2[8], s4[4];
+  for (int i = 0; i < 8; ++i)  // per 128-bit block: [a0+a2, b0+b2, a1+a3, b1+b3]
+    s2[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                          _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int j = 0; j < 4; ++j)  // per 128-bit block: the block sums of v[4j .. 4j + 3]
+    s4[j] = _mm512_add_ps(_mm512_shuffle_ps(s2[2 * j], s2[2 * j + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                          _mm512_shuffle_ps(s2[2 * j], s2[2 * j + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512 w01 = _mm512_add_ps(_mm512_shuffle_f32x4(s4[0], s4[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_f32x4(s4[0], s4[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512 w23 = _mm512_add_ps(_mm512_shuffle_f32x4(s4[2], s4[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_f32x4(s4[2], s4[3], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(w01, w23, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(w01, w23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// Scores of one or two queries as dot products: C[r, m] = sum_d A[r, d] B[d, m] for rows
+// r < R (R % 16 == 0), m < M <= 2, with C of 4 columns (ldc = 4; columns 2, 3 are set to 0),
+// A [R, K] row-major (lda >= K, K % 16 == 0) and B [K, 4]. The broadcast GEMM would spend one
+// 4-lane FMA per element of A for the 2 useful lanes; here each row of A is loaded once per
+// query as whole vectors, and 16 rows' products are summed across lanes together (hsum16):
+// ~3x fewer instructions. Each sum has a fixed order (lanes, then the tree of hsum16).
+inline void scores_dot(const float* A, int64_t lda, const float* B, int64_t M, float* C,
+                       int64_t R, int64_t K) {
+  constexpr int64_t kLd = 4;
+  alignas(64) float bq[2][256];
+  const int64_t Kq = K <= 256 ? K : 0;  // longer rows take the GEMM (the caller checks)
+  for (int64_t m = 0; m < 2; ++m)
+    for (int64_t d = 0; d < Kq; ++d) bq[m][d] = m < M ? B[d * kLd + m] : 0.0f;
+  // output vector t holds rows 4t .. 4t + 3 of a block: [r0, r1, 0, 0] per row
+  alignas(64) static constexpr int32_t kIdx[4][16] = {
+      {0, 16, 0, 0, 1, 17, 0, 0, 2, 18, 0, 0, 3, 19, 0, 0},
+      {4, 20, 0, 0, 5, 21, 0, 0, 6, 22, 0, 0, 7, 23, 0, 0},
+      {8, 24, 0, 0, 9, 25, 0, 0, 10, 26, 0, 0, 11, 27, 0, 0},
+      {12, 28, 0, 0, 13, 29, 0, 0, 14, 30, 0, 0, 15, 31, 0, 0}};
+  for (int64_t r0 = 0; r0 < R; r0 += 16) {
+    const float* a = A + r0 * lda;
+    // this block's first touch of A: prefetch (towards L2) the block 128 rows ahead
+    const char* pf = reinterpret_cast<const char*>(a + 128 * lda);
+    for (int64_t b = 0; b < 16 * lda * 4; b += 64) __builtin_prefetch(pf + b, 0, 1);
+    __m512 r[2];
+    for (int64_t m = 0; m < 2; ++m) {
+      if (m >= M) {
+        r[m] = _mm512_setzero_ps();
+        continue;
+      }
+      __m512 v[16];
+      const __m512 q0 = _mm512_load_ps(bq[m]);
+      for (int i = 0; i < 16; ++i) v[i] = _mm512_mul_ps(_mm512_loadu_ps(a + i * lda), q0);
+      for (int64_t d = 16; d < K; d += 16) {
+        const __m512 qv = _mm512_load_ps(bq[m] + d);
+        for (int i = 0; i < 16; ++i)
+          v[i] = _mm512_fmadd_ps(_mm512_loadu_ps(a + i * lda + d), qv, v[i]);
+      }
+      r[m] = hsum16(v);
+    }
+    for (int t = 0; t < 4; ++t) {
+      const __m512i idx = _mm512_load_si512(kIdx[t]);
+      _mm512_storeu_ps(C + (r0 + 4 * t) * kLd,
+                       _mm512_maskz_permutex2var_ps(0x3333, r[0], idx, r[1]));
+    }
+  }
+}
+#pragma GCC diagnostic pop
+#endif
+
+// C[Np, Cc] = T B for a PairTile T [Np, K] and the M queries of B [K, Cc]: the in-place rows
+// and the copied rows are two GEMMs over row ranges (both multiples of kMR). The in-place rows
+// are this pair's first touch of k or v: they are prefetched 16 row blocks ahead (which runs on
+// into the next pair's). For one or two float queries (Cc = 4), the in-place rows go by
+// whole blocks of 16 through scores_dot.
+// Rows of a score product, prefetching A 16 row blocks ahead (also for the copied rows: one
+// instantiation, and the next rows past them are the next pair's). Kept out of line: inlined
+// into tile_gemm, GCC 12 spills the row strides of the kernel's inner loop (~1.5x slower).
+template <int VB, typename acc_t>
+__attribute__((noinline)) void rows_gemm(const acc_t* A, int64_t lda, const acc_t* B,
+                                         int64_t ldb, acc_t* C, int64_t ldc, int64_t R,
+                                         int64_t K, int64_t Cc) {
+  cpu::gemm<false, cpu::kMR, VB, false, false, 16 * cpu::kMR>(A, lda, B, ldb, C, ldc, R, K, Cc);
+}
+
 template <int VB, typename acc_t>
 void tile_gemm(const PairTile<acc_t>& t, const acc_t* B, int64_t ldb, acc_t* C, int64_t ldc,
-               int64_t Np, int64_t K, int64_t Cc) {
-  cpu::gemm<false, cpu::kMR, VB>(t.head, t.ld, B, ldb, C, ldc, t.n8, K, Cc);
-  cpu::gemm<false, cpu::kMR, VB>(t.tail, t.ld, B, ldb, C + t.n8 * ldc, ldc, Np - t.n8, K, Cc);
+               int64_t Np, int64_t K, int64_t Cc, int64_t M) {
+  int64_t r0 = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<acc_t, float> && VB == 16) {
+    if (M <= 2 && Cc == 4 && K % 16 == 0 && K <= 256) {
+      r0 = t.n8 / 16 * 16;
+      scores_dot(t.head, t.ld, B, M, C, r0, K);
+    }
+  }
+#endif
+  rows_gemm<VB>(t.head + r0 * t.ld, t.ld, B, ldb, C + r0 * ldc, ldc, t.n8 - r0, K, Cc);
+  rows_gemm<VB>(t.tail, t.ld, B, ldb, C + t.n8 * ldc, ldc, Np - t.n8, K, Cc);
 }
 
 // C[Mp, Dp] = A^T T for A [Np, Mp] (stored patch-major) and a PairTile T [Np, Dp]: the sum
 // over n runs over the in-place rows, then continues over the copied ones (one fixed order).
+// Only the rows m < M of C are meant to be read: for one or two queries, rows 2 .. Mp - 1 are
+// not computed (2-row blocks instead of MR: half the FMAs at the paper's M = 2).
 template <int MR, typename acc_t>
 void o_gemm(const acc_t* A, int64_t lda, const PairTile<acc_t>& t, acc_t* C, int64_t ldc,
-            int64_t Np, int64_t Mp, int64_t Dp) {
+            int64_t Np, int64_t Mp, int64_t Dp, int64_t M) {
+  if constexpr (MR > 2) {
+    if (M <= 2 && Mp % 2 == 0) return o_gemm<2>(A, lda, t, C, ldc, Np, 2, Dp, M);
+  }
   cpu::gemm<true, MR>(A, lda, t.head, t.ld, C, ldc, Mp, t.n8, Dp);
   cpu::gemm<true, MR, cpu::kVecBytes, true>(A + t.n8 * lda, lda, t.tail, t.ld, C, ldc, Mp,
                                             Np - t.n8, Dp);
@@ -150,10 +257,15 @@ void o_gemm(const acc_t* A, int64_t lda, const PairTile<acc_t>& t, acc_t* C, int
 
 // Column softmax of st [Np, Mp] (column m = query m) over the first N rows, in place; writes
 // lse[m] for m < M; zeroes the padding rows and columns. Each column's max and sum run over n
-// in increasing order, lane-parallel across m, so no sum is reassociated.
+// in a fixed order, lane-parallel across m, so no sum depends on the thread count. With Mp = MV
+// narrower than a native vector (a few queries), G = kVec / MV consecutive rows are one vector:
+// the sum of column m is then G partial sums (over n = g mod G, in increasing n) added in
+// increasing g, then the last N mod G rows in increasing n.
 template <int MV, typename acc_t>
 void softmax_cols(acc_t* st, const Dims& s, const Pads& z, acc_t* lse) {
   const int64_t N = s.N, Mp = z.Mp;
+  constexpr int kVec = cpu::nr<acc_t>();
+  constexpr int G = MV < kVec ? kVec / MV : 1;  // rows per vector when Mp == MV
   // Columns in chunks of MV (one query vector, a compile-time width), so that every inner
   // loop below is one vector operation.
   for (int64_t m0 = 0; m0 < Mp; m0 += MV) {
@@ -166,7 +278,21 @@ void softmax_cols(acc_t* st, const Dims& s, const Pads& z, acc_t* lse) {
       for (int j = 0; j < MV; ++j) mx[j] = row[j] > mx[j] ? row[j] : mx[j];
     }
     for (int j = 0; j < MV; ++j) sm[j] = acc_t(0);
-    for (int64_t n = 0; n < N; ++n) {
+    int64_t n = 0;
+    if (G > 1 && Mp == MV) {  // G rows at a time, as one flat vector
+      acc_t mxg[G * MV], smg[G * MV];
+      for (int j = 0; j < G * MV; ++j) mxg[j] = mx[j % MV], smg[j] = acc_t(0);
+      for (; n + G <= N; n += G) {
+        acc_t* rows = st + n * Mp;
+        for (int j = 0; j < G * MV; ++j) {
+          rows[j] = cpu::exp_acc(rows[j] - mxg[j]);
+          smg[j] += rows[j];
+        }
+      }
+      for (int g = 0; g < G; ++g)
+        for (int j = 0; j < MV; ++j) sm[j] += smg[g * MV + j];
+    }
+    for (; n < N; ++n) {
       acc_t* row = st + n * Mp + m0;
       for (int j = 0; j < MV; ++j) {
         row[j] = cpu::exp_acc(row[j] - mx[j]);
@@ -211,12 +337,12 @@ void fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, d
       const auto kt = PairTile<acc_t>::make(kp + bh * N * D, s, z, kk.data());
       const auto vt = PairTile<acc_t>::make(vp + bh * N * D, s, z, vv.data());
       // 2. scores S^T = k (q * scale)^T   [Np, Mp]
-      tile_gemm<VBM>(kt, qt.data(), z.Mp, st.data(), z.Mp, z.Np, D, z.Mp);
+      tile_gemm<VBM>(kt, qt.data(), z.Mp, st.data(), z.Mp, z.Np, D, z.Mp, M);
       // 3. P^T = softmax over n of each column; lse saved for the backward.
       softmax_cols<MV>(st.data(), s, z, lp + bh * M);
       // 4. out = P v = (P^T)^T v   [Mp, Dp], over the Np rows of v (the padding rows of P^T
       //    are zero).
-      o_gemm<MRM>(st.data(), z.Mp, vt, o.data(), z.Dp, z.Np, z.Mp, z.Dp);
+      o_gemm<MRM>(st.data(), z.Mp, vt, o.data(), z.Dp, z.Np, z.Mp, z.Dp, M);
       for (int64_t m = 0; m < M; ++m) store(op + (bh * M + m) * D, o.data() + m * z.Dp, D);
       // 5. the probabilities [M, N], only when asked for.
       if (wp) {
@@ -226,6 +352,29 @@ void fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, d
       }
     }
   });
+}
+
+// dst [N, D] (the rows of one pair of dk or dv) = A B for A [Np, Mp] patch-major and B [Mp, Dp]:
+// a sum over the M queries in increasing order (the padding columns of A are skipped, which
+// halves the work at M = 2). When dst holds acc_t in rows of whole aligned vectors (float32
+// with D = 32), the rows [0, n8) go straight from the GEMM's registers to dst with streaming
+// stores: dk and dv are written once and not read back here, so this saves the read of their
+// lines before the write, a copy, and cache space. The other rows (and every row otherwise) go
+// through `buf` [Np, Dp].
+template <typename scalar_t, typename acc_t>
+void kv_grad_gemm(const acc_t* A, const acc_t* B, const Dims& s, const Pads& z, scalar_t* dst,
+                  acc_t* buf) {
+  const int64_t N = s.N, D = s.D;
+  int64_t n8 = 0;
+  if constexpr (std::is_same_v<scalar_t, acc_t> && cpu::kCanStream<acc_t, cpu::kVecBytes>) {
+    if (D == z.Dp && reinterpret_cast<uintptr_t>(dst) % cpu::kVecBytes == 0) {
+      n8 = N / cpu::kMR * cpu::kMR;
+      cpu::gemm<false, cpu::kMR, cpu::kVecBytes, false, true>(A, z.Mp, B, z.Dp, dst, D, n8, s.M,
+                                                             D);
+    }
+  }
+  cpu::gemm<false>(A + n8 * z.Mp, z.Mp, B, z.Dp, buf, z.Dp, z.Np - n8, s.M, z.Dp);
+  for (int64_t n = n8; n < N; ++n) store(dst + n * D, buf + (n - n8) * z.Dp, D);
 }
 
 template <typename scalar_t, int VBM>
@@ -246,9 +395,9 @@ void bwd_kernel(const at::Tensor& go, const at::Tensor* gw, const at::Tensor& q,
   const Pads z = pads<acc_t, VBM>(s);
   constexpr int MRM = mrm<acc_t, VBM>();
   constexpr int MV = cpu::nr<acc_t, VBM>();
-  const acc_t sc = static_cast<acc_t>(scale);
 
   at::parallel_for(0, s.B * H, 1, [&](int64_t begin, int64_t end) {
+    const acc_t sc = static_cast<acc_t>(scale);  // a local: the loops below keep it in a register
     std::vector<acc_t> qt(D * z.Mp), qq(z.Mp * z.Dp), kk(z.Np * z.Dp), vv(z.Np * z.Dp),
         dOt(D * z.Mp), dO(z.Mp * z.Dp), pt(z.Np * z.Mp), dpt(z.Np * z.Mp), delta(z.Mp),
         l(z.Mp), r1(z.Mp * z.Dp), r2(z.Np * z.Dp);
@@ -266,10 +415,10 @@ void bwd_kernel(const at::Tensor& go, const at::Tensor* gw, const at::Tensor& q,
       // 2. recompute S^T with the forward's exact product and P^T with the forward's exact
       //    softmax (max, exp, sum): P is bitwise the forward's, and no precision is lost to
       //    the rounding of a large lse (exp(S - lse) is off by ulp(lse), ~1e-3 at |S| ~ 1e4).
-      tile_gemm<VBM>(kt, qt.data(), z.Mp, pt.data(), z.Mp, z.Np, D, z.Mp);
+      tile_gemm<VBM>(kt, qt.data(), z.Mp, pt.data(), z.Mp, z.Np, D, z.Mp, M);
       softmax_cols<MV>(pt.data(), s, z, l.data());
       // 3. dP^T = v dO^T   [Np, Mp]
-      tile_gemm<VBM>(vt, dOt.data(), z.Mp, dpt.data(), z.Mp, z.Np, D, z.Mp);
+      tile_gemm<VBM>(vt, dOt.data(), z.Mp, dpt.data(), z.Mp, z.Np, D, z.Mp, M);
       fill(delta.data(), acc_t(0), z.Mp);
       if (gwp) {  // + the gradient of the returned weights ([M, N] in memory)
         for (int64_t n = 0; n < N; ++n) {
@@ -286,37 +435,32 @@ void bwd_kernel(const at::Tensor& go, const at::Tensor* gw, const at::Tensor& q,
           const acc_t* dprow = dpt.data() + n * z.Mp + m0;
           for (int j = 0; j < MV; ++j) dl[j] += prow[j] * dprow[j];
         }
-        // 4b. dS^T = P^T * (dP^T - delta) (the scale enters in 5 and 6); padding zeroed.
+        // 4b. dS^T = scale * P^T * (dP^T - delta) (the scale of the scores, applied once here
+        //     for both dq and dk). The padding columns (m >= M) are left as they come: no
+        //     product below reads them into a kept result.
         for (int64_t n = 0; n < N; ++n) {
           const acc_t* prow = pt.data() + n * z.Mp + m0;
           acc_t* dprow = dpt.data() + n * z.Mp + m0;
-          for (int j = 0; j < MV; ++j)
-            dprow[j] = m0 + j < M ? prow[j] * (dprow[j] - dl[j]) : acc_t(0);
+          for (int j = 0; j < MV; ++j) dprow[j] = sc * (prow[j] * (dprow[j] - dl[j]));
         }
       }
       fill(dpt.data() + N * z.Mp, acc_t(0), (z.Np - N) * z.Mp);
-      // 5. dq = scale * dS k = scale * (dS^T)^T k   [Mp, Dp]
-      o_gemm<MRM>(dpt.data(), z.Mp, kt, r1.data(), z.Dp, z.Np, z.Mp, z.Dp);
+      // 5. dq = dS k = (dS^T)^T k   [Mp, Dp]; rows m >= M are not kept.
+      o_gemm<MRM>(dpt.data(), z.Mp, kt, r1.data(), z.Dp, z.Np, z.Mp, z.Dp, M);
       for (int64_t m = 0; m < M; ++m) {
-        acc_t* row = r1.data() + m * z.Dp;
-        for (int64_t d = 0; d < D; ++d) row[d] *= sc;
+        const acc_t* row = r1.data() + m * z.Dp;
         if (dqpart) {
           std::copy(row, row + D, dqpart + (bh * M + m) * D);
         } else {
           store(dq_direct + (bh * M + m) * D, row, D);
         }
       }
-      // 6. dk = scale * dS^T q   [Np, Dp]
-      cpu::gemm<false>(dpt.data(), z.Mp, qq.data(), z.Dp, r2.data(), z.Dp, z.Np, z.Mp, z.Dp);
-      for (int64_t n = 0; n < N; ++n) {
-        acc_t* row = r2.data() + n * z.Dp;
-        for (int64_t d = 0; d < D; ++d) row[d] *= sc;
-        store(dkp + (bh * N + n) * D, row, D);
-      }
-      // 7. dv = P^T dO   [Np, Dp]
-      cpu::gemm<false>(pt.data(), z.Mp, dO.data(), z.Dp, r2.data(), z.Dp, z.Np, z.Mp, z.Dp);
-      for (int64_t n = 0; n < N; ++n) store(dvp + (bh * N + n) * D, r2.data() + n * z.Dp, D);
+      // 6. dk = dS^T q   [N, D]
+      kv_grad_gemm(dpt.data(), qq.data(), s, z, dkp + bh * N * D, r2.data());
+      // 7. dv = P^T dO   [N, D]
+      kv_grad_gemm(pt.data(), dO.data(), s, z, dvp + bh * N * D, r2.data());
     }
+    cpu::stream_fence();
   });
 }
 
@@ -366,8 +510,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_bwd_cpu(
     gw = &*grad_weights;
   }
   auto dq = at::empty_like(q);
-  auto dk = at::empty_like(k);
-  auto dv = at::empty_like(v);
+  // dk and dv are as large as k and v (25.7 MB each at the paper shape) and written once.
+  auto dk = cpu::empty_like_huge(k);
+  auto dv = cpu::empty_like_huge(v);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
                                   "cross_attention_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
