@@ -79,7 +79,8 @@ def test_gradients_reach_every_trainable_tensor_and_never_the_bank(cache_dir):
     bank0 = model.bank.clone()
     out = model(clip(2, 4), torch.tensor([1, 2]))
     out.losses["total"].backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    missing = [n for n, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or not p.grad.any())]
     assert missing == []
     groups = {"backbone.temporal.", "semantics.to_text.", "semantics.to_latent.", "se.",
               "rssa.layers.", "rssa.prompts", "head.", "head_v.", "agent_bank",
@@ -199,7 +200,7 @@ def test_param_groups(cache_dir):
     assert groups["backbone"]["lr"] == pytest.approx(0.1) and groups["head"]["lr"] == 1.0
     assert groups["backbone_no_decay"]["weight_decay"] == 0.0
     ids = {id(p) for g in groups.values() for p in g["params"]}
-    assert ids == {id(p) for p in model.parameters()}  # every parameter once
+    assert ids == {id(p) for p in model.parameters() if p.requires_grad}  # every trainable once
     assert sum(len(g["params"]) for g in groups.values()) == len(ids)
     nd = {id(p) for g in ("backbone_no_decay", "head_no_decay") for p in groups[g]["params"]}
     assert id(model.agent_bank) in nd and id(model.rssa.prompts) in nd

@@ -103,7 +103,10 @@ def build_clip(
                 f"open_clip.list_models()) nor {TINY_ALIAS!r}"
             )
         if pretrained is None:
-            weights_id = f"random-init:seed={seed}"
+            # the random weights depend on the seed and on the whole architecture
+            cfg = json.dumps(open_clip.get_model_config(name), sort_keys=True)
+            weights_id = (f"random-init:seed={seed}:image_size={image_size}:"
+                          f"{hashlib.sha256(cfg.encode()).hexdigest()[:16]}")
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 model = open_clip.create_model(name, pretrained=None, **kwargs)
