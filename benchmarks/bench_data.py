@@ -28,13 +28,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
-import importlib.metadata
 import json
-import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -54,50 +50,8 @@ from art_fast.data import Diving48, VideoList, make_synthetic, read_frames  # no
 from art_fast.data import synthetic as syn  # noqa: E402
 from art_fast.data.video import decord_available  # noqa: E402
 
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def core_count() -> int:
-    with contextlib.suppress(AttributeError):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def device_slug() -> str:
-    name = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")
-    return f"cpu-{name}-{core_count()}c"
-
-
-def cpu_busy(seconds: float = 0.5) -> float | None:
-    """Fraction of all cores busy over ``seconds`` while this process sleeps."""
-
-    def times() -> tuple[int, int] | None:
-        try:
-            f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        except (OSError, ValueError):
-            return None
-        idle = f[3] + (f[4] if len(f) > 4 else 0)
-        return sum(f) - idle, sum(f)
-
-    a = times()
-    time.sleep(seconds)
-    b = times()
-    if a is None or b is None or b[1] <= a[1]:
-        return None
-    return round((b[0] - a[0]) / (b[1] - a[1]), 2)
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ops import _version, core_count, cpu_busy, cpu_model, device_slug  # noqa: E402
 
 
 def make_224_videos(folder: Path, count: int = 4, frames: int = 64, seed: int = 0) -> Path:
@@ -266,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", default=None, help="generate the videos here and keep them")
     args = p.parse_args(argv)
     head, rows = run(args)
-    out = args.out or ROOT / "benchmarks" / "results" / device_slug()
+    out = args.out or ROOT / "benchmarks" / "results" / device_slug("cpu")
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_data.json").write_text(json.dumps({"header": head, "rows": rows}, indent=1)
                                          + "\n")
