@@ -75,8 +75,10 @@ def test_ddp_two_processes_match_doubled_batch(tmp_path):
     b = load_checkpoint(os.path.join(one_out, "last.pt"))
     assert a["step"] == b["step"] == STEPS and a["world_size"] == 2
     cfg = load_config(None, tiny_overrides(one_out, *COMMON))
-    init = build_model(cfg, build_dataset(cfg, None, True).classes).state_dict()
-    worst, moved_min = 0.0, float("inf")
+    init_model = build_model(cfg, build_dataset(cfg, None, True).classes)
+    init = init_model.state_dict()
+    trainable = {n for n, p in init_model.named_parameters() if p.requires_grad}
+    worst, moved_min, least = 0.0, float("inf"), ""
     for k, v in b["model"].items():
         if not v.is_floating_point():
             continue
@@ -85,9 +87,13 @@ def test_ddp_two_processes_match_doubled_batch(tmp_path):
         # measured: max |diff| 1.5e-8, at most 1.1e-4 of the tensor's own movement
         assert diff <= 1e-3 * moved + 1e-7, f"{k}: |diff| {diff:.3e}, moved {moved:.3e}"
         if moved > 0:
-            worst, moved_min = max(worst, diff / moved), min(moved_min, moved)
+            worst = max(worst, diff / moved)
+        if k in trainable and moved < moved_min:  # buffers (the EMA bank S) move far less
+            moved_min, least = moved, k
     print(f"DDP vs single process: worst |diff| / movement {worst:.3e}")
-    assert moved_min > 1e-6  # every parameter trained: the comparison is not vacuous
+    # every trainable parameter moved (the comparison is not vacuous); the smallest movement is
+    # a LayerNorm gain deep in RSSA, ~1e-6 after 3 SGD steps, still well above float32 noise
+    assert moved_min > 1e-7, f"{least} moved only {moved_min:.3e}"
     # same train losses (reduced over both ranks) and the same evaluation
     ddp_lines = [json.loads(x) for x in open(os.path.join(ddp_out, "metrics.jsonl"))]
     one_lines = [json.loads(x) for x in open(os.path.join(one_out, "metrics.jsonl"))]
