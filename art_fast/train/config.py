@@ -34,6 +34,10 @@ from typing import Any
 
 import yaml
 
+from ..model.art import ARTOptions
+
+_ART = ARTOptions()  # the model's defaults: the one source of the model section's defaults
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -112,36 +116,42 @@ class ModelConfig:
     latent_dim: int = _f(256, "d: width of SE, RSSA and the tracklets", min=1)
     k_region: int | None = _f(16, "patches kept per query and head in the last RSSA layer "
                               "(None: dense)", min=1)
-    se_layers: int = _f(4, "spatial semantic enhancement layers", min=1)
-    rssa_layers: int = _f(4, "RSSA decoder layers", min=1)
-    heads: int = _f(8, "SE / RSSA heads", min=1)
-    temporal_layers: int = _f(1, "temporal module depth", min=0)
-    mlp_ratio: float = _f(4.0, "FFN width ratio", min=0.0, min_exclusive=True)
-    dropout: float = _f(0.5, "dropout before both heads", min=0.0, max=0.999)
-    gamma1: float = _f(5.0, "weight of L_MTC", min=0.0)
-    gamma2: float = _f(5.0, "weight of L_sema", min=0.0)
-    mtc_weights: list[float] = _f([1.0, 1.0, 1.0], "MTC level weights (spatial, temporal, "
+    se_layers: int = _f(_ART.se_layers, "spatial semantic enhancement layers", min=1)
+    rssa_layers: int = _f(_ART.rssa_layers, "RSSA decoder layers", min=1)
+    heads: int = _f(_ART.heads, "SE / RSSA heads", min=1)
+    temporal_layers: int = _f(_ART.temporal_layers, "temporal module depth", min=0)
+    mlp_ratio: float = _f(_ART.mlp_ratio, "FFN width ratio", min=0.0, min_exclusive=True)
+    dropout: float = _f(_ART.dropout, "dropout before both heads", min=0.0, max=0.999)
+    gamma1: float = _f(_ART.gamma1, "weight of L_MTC", min=0.0)
+    gamma2: float = _f(_ART.gamma2, "weight of L_sema", min=0.0)
+    mtc_weights: list[float] = _f(list(_ART.mtc_weights), "MTC level weights (spatial, temporal, "
                                   "tracklet)")
-    mtc_temperature: float = _f(0.1, "InfoNCE temperature of L_MTC", min=0.0,
+    mtc_temperature: float = _f(_ART.mtc_temperature, "InfoNCE temperature of L_MTC", min=0.0,
                                 min_exclusive=True)
-    sema_temperature: float = _f(0.07, "temperature of L_sema", min=0.0, min_exclusive=True)
-    ta_temperature: float = _f(0.1, "tracklet-aggregation softmax temperature", min=0.0,
-                               min_exclusive=True)
-    bank_momentum: float = _f(0.999, "EMA momentum of the semantics bank S", min=0.0, max=1.0)
-    num_prompts: int = _f(8, "prompt templates per class", min=1)
+    sema_temperature: float = _f(_ART.sema_temperature, "temperature of L_sema", min=0.0,
+                                 min_exclusive=True)
+    ta_temperature: float = _f(_ART.ta_temperature, "tracklet-aggregation softmax temperature",
+                               min=0.0, min_exclusive=True)
+    bank_momentum: float = _f(_ART.bank_momentum, "EMA momentum of the semantics bank S", min=0.0,
+                              max=1.0)
+    num_prompts: int = _f(_ART.num_prompts, "prompt templates per class", min=1)
     templates: list[str] | None = _f(None, "prompt templates ('{}' = the class), None: the "
                                      "built-in ones")
-    temporal_negatives: str = _f("frame", "negatives of the temporal MTC level",
+    temporal_negatives: str = _f(_ART.temporal_negatives, "negatives of the temporal MTC level",
                                  choices=("frame", "batch"))
-    tracklet_branch: bool = _f(True, "False: the global-token-only ablation")
-    query_time_embedding: bool = _f(True, "RSSA queries get a learned frame-index embedding "
+    tracklet_branch: bool = _f(_ART.tracklet_branch, "False: the global-token-only ablation")
+    query_time_embedding: bool = _f(_ART.query_time_embedding,
+                                    "RSSA queries get a learned frame-index embedding "
                                     "(tracklets then encode the order of motion)")
-    freeze_backbone: bool = _f(False, "freeze the vision tower")
-    backbone_lr_mult: float = _f(0.1, "backbone learning-rate multiplier", min=0.0)
-    grad_checkpointing: bool = _f(False, "activation checkpointing in the backbone")
-    text_cache: bool = _f(True, "cache the encoded text bank on disk")
-    text_cache_dir: str | None = _f(None, "text-bank cache folder (None: ~/.cache/art_fast)")
-    init_seed: int = _f(0, "seed of a randomly initialised open_clip tower", min=0)
+    freeze_backbone: bool = _f(_ART.freeze_backbone, "freeze the vision tower")
+    backbone_lr_mult: float = _f(_ART.backbone_lr_mult, "backbone learning-rate multiplier",
+                                 min=0.0)
+    grad_checkpointing: bool = _f(_ART.grad_checkpointing,
+                                  "activation checkpointing in the backbone")
+    text_cache: bool = _f(_ART.text_cache, "cache the encoded text bank on disk")
+    text_cache_dir: str | None = _f(_ART.text_cache_dir,
+                                    "text-bank cache folder (None: ~/.cache/art_fast)")
+    init_seed: int = _f(_ART.init_seed, "seed of a randomly initialised open_clip tower", min=0)
 
     def art_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`art_fast.ART` (besides class names, T and size)."""
