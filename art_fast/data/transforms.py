@@ -226,6 +226,17 @@ class Resize:
         return f"Resize(short_side={self.short_side})"
 
 
+def _crop_fits(name: str, video: torch.Tensor, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Check a clip for a fixed-size crop; returns ``(h, w, H, W)`` (crop and frame sides)."""
+    _check_clip(video)
+    h, w = size
+    H, W = video.shape[1], video.shape[2]
+    if H < h or W < w:
+        raise ValueError(f"{name}{size} needs frames at least that large, got {H}x{W}; "
+                         "resize first")
+    return h, w, H, W
+
+
 class CenterCrop:
     """The central ``size`` crop. Input uint8 ``[T, H, W, 3]`` with H, W >= size, output
     uint8 ``[T, size_h, size_w, 3]``."""
@@ -234,12 +245,7 @@ class CenterCrop:
         self.size = _size2(size)
 
     def __call__(self, video: torch.Tensor, generator: Generator = None) -> torch.Tensor:
-        _check_clip(video)
-        h, w = self.size
-        H, W = video.shape[1], video.shape[2]
-        if H < h or W < w:
-            raise ValueError(f"CenterCrop{self.size} needs frames at least that large, got "
-                             f"{H}x{W}; resize first")
+        h, w, H, W = _crop_fits("CenterCrop", video, self.size)
         top, left = (H - h) // 2, (W - w) // 2
         return video[:, top:top + h, left:left + w].contiguous()
 
@@ -257,12 +263,7 @@ class ThreeCrop:
         self.size = _size2(size)
 
     def __call__(self, video: torch.Tensor, generator: Generator = None) -> torch.Tensor:
-        _check_clip(video)
-        h, w = self.size
-        H, W = video.shape[1], video.shape[2]
-        if H < h or W < w:
-            raise ValueError(f"ThreeCrop{self.size} needs frames at least that large, got "
-                             f"{H}x{W}; resize first")
+        h, w, H, W = _crop_fits("ThreeCrop", video, self.size)
         crops = []
         if W - w >= H - h:  # landscape (or square): slide along the width
             top = (H - h) // 2
