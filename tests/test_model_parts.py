@@ -139,3 +139,57 @@ def test_tracklet_aggregation():
     trk = build_tracklets(resp, 2)
     assert trk.shape == (2, 2, 3, 1)
     assert trk[1, 0, 2, 0] == resp[1 * 3 + 2, 0, 0]
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("T,C,fraction", [(5, 16, 0.25), (3, 7, 0.5), (1, 8, 0.25), (4, 8, 1.0)])
+def test_temporal_shift_matches_loop(T, C, fraction, batch_first):
+    from art_fast.model.backbone import temporal_shift
+
+    B, L = 2, 3
+    x = torch.randn(B * T, L, C, dtype=torch.float64)
+    c = int(C * fraction / 2)
+    want = x.clone()
+    for b in range(B):
+        for t in range(T):
+            g = b * T + t
+            want[g, :, :c] = x[g - 1, :, :c] if t > 0 else 0
+            want[g, :, c:2 * c] = x[g + 1, :, c:2 * c] if t < T - 1 else 0
+    if T == 1:
+        want = x
+    xin = x if batch_first else x.transpose(0, 1)
+    got = temporal_shift(xin, T, fraction, batch_first)
+    got = got if batch_first else got.transpose(0, 1)
+    assert torch.equal(got, want)
+    assert torch.equal(temporal_shift(xin, T, 0.0, batch_first), xin)
+
+
+def test_temporal_shift_in_the_tower_mixes_only_neighbouring_frames():
+    """With the shift, a frame's features depend on frames up to `layers` steps away (one
+    step per block) and on no others; without it the tower is per-frame. The state_dict is
+    the same either way."""
+    from art_fast.model.backbone import VideoBackbone, build_clip
+
+    torch.manual_seed(0)
+    T = 7
+    video = torch.randn(1, T, 3, 32, 32)
+    bumped = video.clone()
+    bumped[:, 0] += 1.0
+    keys = None
+    for shift in (0.0, 0.25):
+        clip, _, _ = build_clip("tiny", None, 32)
+        vb = VideoBackbone(clip.visual, T, temporal_shift=shift).eval()
+        keys = keys or set(vb.state_dict())
+        assert set(vb.state_dict()) == keys
+        layers = len(vb.visual.transformer.resblocks)
+        with torch.no_grad():
+            tok0, _, _ = vb(video)
+            tok1, _, _ = vb(bumped)
+        changed = [(tok0[0, t] - tok1[0, t]).abs().max().item() > 1e-6 for t in range(T)]
+        reach = layers if shift else 0
+        assert changed == [t <= reach for t in range(T)], (shift, changed)
+    with pytest.raises(ValueError, match="temporal_shift"):
+        VideoBackbone(clip.visual, T, temporal_shift=1.5)
+    with pytest.raises(ValueError, match="temporal_shift"):
+        art_fast.ART(["a", "b"], backbone="tiny", num_frames=2, image_size=32,
+                     temporal_shift=-0.1, text_cache=False)

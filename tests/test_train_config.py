@@ -83,6 +83,8 @@ def test_unknown_key_suggests(tmp_path):
     ("data.name=imagenet", "data.name: expected one of"),
     ("train.deterministic=maybe", "train.deterministic: expected true/false"),
     ("model.dropout=1.5", "model.dropout: expected a value <= 0.999"),
+    ("model.temporal_shift=1.5", "model.temporal_shift: expected a value <= 1"),
+    ("model.temporal_shift=-0.25", "model.temporal_shift: expected a value >= 0"),
     ("model.mtc_weights=[1, 2]", "model.mtc_weights: expected 3 numbers"),
     ("model.mtc_weights=3", "model.mtc_weights: expected a list of a number"),
     ("eval.views=[1, 2]", "eval.views: expected"),

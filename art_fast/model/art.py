@@ -46,6 +46,7 @@ class ARTOptions:
     rssa_layers: int = 4
     heads: int = 8                      # SE / RSSA heads; latent_dim % heads == 0
     temporal_layers: int = 1            # (ours) temporal module depth
+    temporal_shift: float = 0.0         # (ours) TSM channel share in the tower (VideoBackbone)
     mlp_ratio: float = 4.0
     dropout: float = 0.5                # before both heads
     gamma1: float = 5.0                 # weight of L_MTC
@@ -76,6 +77,10 @@ class ARTOptions:
                 or self.temporal_layers < 0:
             raise ValueError(f"ART: option temporal_layers must be an int >= 0, "
                              f"got {self.temporal_layers!r}")
+        shift = self.temporal_shift
+        if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 <= shift <= 1:
+            raise ValueError(f"ART: option temporal_shift must be a number in [0, 1], "
+                             f"got {self.temporal_shift!r}")
         for name in ("mtc_temperature", "sema_temperature", "ta_temperature", "mlp_ratio"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
@@ -218,7 +223,8 @@ class ART(nn.Module):
         del clip, tokenizer  # the text tower is not kept (DESIGN §4.2)
 
         self.backbone = VideoBackbone(
-            visual, num_frames, opts.temporal_layers, opts.grad_checkpointing
+            visual, num_frames, opts.temporal_layers, opts.grad_checkpointing,
+            opts.temporal_shift,
         )
         if opts.freeze_backbone:
             self.backbone.visual.requires_grad_(False)

@@ -148,6 +148,43 @@ class TemporalModule(nn.Module):
         return self.ln(x[:, 0])
 
 
+def temporal_shift(x: torch.Tensor, num_frames: int, fraction: float,
+                   batch_first: bool = True) -> torch.Tensor:
+    """(ours) TSM's temporal shift (Lin et al., ICCV 2019) on a ViT's token sequence.
+
+    Of the C channels, the first ``c = int(C * fraction / 2)`` of frame t are replaced by those of
+    frame t-1 and the next c by those of frame t+1 (zeros past the clip's ends); the rest are
+    unchanged. No parameters, no FLOPs: one copy.
+
+    Args:
+        x: ``[B*T, L, C]`` (``batch_first``) or ``[L, B*T, C]``, frames t-minor (G = B*T).
+        num_frames: T. fraction: in [0, 1], the share of channels that move (TSM: 1/4).
+
+    Returns:
+        a tensor of ``x``'s shape and dtype.
+    """
+    C = x.shape[-1]
+    c = int(C * fraction / 2)
+    if c == 0 or num_frames == 1:
+        return x
+    if not batch_first:
+        return temporal_shift(x.transpose(0, 1), num_frames, fraction).transpose(0, 1)
+    G, L = x.shape[:2]
+    v = x.view(G // num_frames, num_frames, L, C)
+    from_prev = nn.functional.pad(v[:, :-1, :, :c], (0, 0, 0, 0, 1, 0))  # frame t <- t-1
+    from_next = nn.functional.pad(v[:, 1:, :, c:2 * c], (0, 0, 0, 0, 0, 1))  # frame t <- t+1
+    return torch.cat([from_prev, from_next, v[..., 2 * c:]], dim=-1).view(G, L, C)
+
+
+def _shift_hook(num_frames: int, fraction: float, batch_first: bool):
+    """A forward pre-hook that applies :func:`temporal_shift` to a module's first input."""
+
+    def hook(_module: nn.Module, args: tuple) -> tuple:
+        return (temporal_shift(args[0], num_frames, fraction, batch_first), *args[1:])
+
+    return hook
+
+
 class VideoBackbone(nn.Module):
     """An open_clip vision tower applied to every frame, plus the temporal module.
 
@@ -156,6 +193,13 @@ class VideoBackbone(nn.Module):
         num_frames: T (the temporal position embeddings are sized for it).
         temporal_layers: blocks in the temporal module.
         grad_checkpointing: recompute the tower's blocks in backward to save memory.
+        temporal_shift: (ours) share of channels in [0, 1] that :func:`temporal_shift` moves
+            across frames at the input of every block's attention (TSM's residual shift; the
+            skip path is unshifted). 0 keeps the tower purely per-frame. A per-frame tower sees
+            motion only through the temporal module, after pooling; with the shift every patch
+            token holds its neighbours in time, so motion becomes a local feature (the role the
+            paper's motion-aware TEA/UniFormerV2 backbones play). The parameters and the
+            state_dict are the same either way.
 
     Attributes: ``width`` (patch token width), ``embed_dim`` (pooled feature width),
     ``num_patches`` (N).
@@ -163,7 +207,7 @@ class VideoBackbone(nn.Module):
 
     def __init__(
         self, visual: nn.Module, num_frames: int, temporal_layers: int = 1,
-        grad_checkpointing: bool = False,
+        grad_checkpointing: bool = False, temporal_shift: float = 0.0,
     ) -> None:
         super().__init__()
         if not hasattr(visual, "output_tokens") or not hasattr(visual, "conv1"):
@@ -180,6 +224,17 @@ class VideoBackbone(nn.Module):
         gh, gw = visual.grid_size
         self.num_patches = gh * gw
         self.temporal = TemporalModule(self.embed_dim, num_frames, temporal_layers)
+        if not 0.0 <= temporal_shift <= 1.0:
+            raise ValueError(f"ART: temporal_shift must be in [0, 1], got {temporal_shift!r}")
+        self.temporal_shift = float(temporal_shift)
+        if self.temporal_shift > 0:
+            batch_first = getattr(visual.transformer, "batch_first", True)
+            for blk in visual.transformer.resblocks:
+                # ln_1 normalises exactly the attention branch's input (open_clip
+                # ResidualAttentionBlock: x = q_x + attn(ln_1(q_x))), so shifting its input
+                # leaves the residual path per-frame.
+                blk.ln_1.register_forward_pre_hook(
+                    _shift_hook(num_frames, self.temporal_shift, batch_first))
 
     def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Args: video ``[B, T, 3, H, W]`` float.

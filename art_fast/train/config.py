@@ -120,6 +120,9 @@ class ModelConfig:
     rssa_layers: int = _f(_ART.rssa_layers, "RSSA decoder layers", min=1)
     heads: int = _f(_ART.heads, "SE / RSSA heads", min=1)
     temporal_layers: int = _f(_ART.temporal_layers, "temporal module depth", min=0)
+    temporal_shift: float = _f(_ART.temporal_shift, "share of the tower's channels shifted "
+                               "across frames in every block (TSM; 0: per-frame tower)",
+                               min=0.0, max=1.0)
     mlp_ratio: float = _f(_ART.mlp_ratio, "FFN width ratio", min=0.0, min_exclusive=True)
     dropout: float = _f(_ART.dropout, "dropout before both heads", min=0.0, max=0.999)
     gamma1: float = _f(_ART.gamma1, "weight of L_MTC", min=0.0)
