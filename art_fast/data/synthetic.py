@@ -14,8 +14,12 @@ e.g. ``"moves-right, fast, straight-path, checkered-square"``).
 
 Construction (every clip, ``S x S`` pixels, ``F`` frames):
 
-* **Cue (decides the class)**: a small black-and-white checkered square, side ``0.14 S``
-  (9 px at 64), drawn on top of everything. Its *motion* is the class: direction (right, left,
+* **Cue (decides the class)**: a small black-and-white checkered square, side ``0.22 S``
+  (14 px at 64, 4-px cells; under 5% of the frame), drawn on top of everything. Against the
+  tiny tower's 8-px patches it fills at least 7 x 7 px of one patch in every frame, as a real
+  action region covers several 16-px patches of a 224-px ViT input; at 0.14 S (9 px, the first
+  version) it was split across up to four patches and the tower did not find it within the
+  demo's budget (see the README). Its *motion* is the class: direction (right, left,
   up, down; then the four diagonals) x speed (slow: 0.18 S over the clip, fast: 0.5 S) x path
   (straight; then zigzag: a perpendicular sine of amplitude 0.06 S, two periods). The first 8
   classes are the 4 cardinal directions x 2 speeds, the next 8 the diagonals x 2 speeds, the
@@ -74,7 +78,7 @@ _DIAGONAL = ["moves-up-right", "moves-down-left", "moves-up-left", "moves-down-r
 _SPEEDS = {"slow": 0.18, "fast": 0.5}  # displacement over the clip, in frame sides
 _PATHS = ("straight-path", "zigzag-path")
 _OBJECT = "checkered-square"
-_CUE_SIDE = 0.14
+_CUE_SIDE = 0.22
 _ZIGZAG_AMP = 0.06
 _DISTRACTOR_R = 0.06
 _CRF = 12
@@ -249,7 +253,7 @@ def _name(c: int, i: int) -> str:
 
 
 def make_synthetic(out_dir: str | os.PathLike[str], *, classes: int = 8,
-                   videos_per_class: int = 48, frames: int = 16, size: int = 64, seed: int = 0,
+                   videos_per_class: int = 200, frames: int = 16, size: int = 64, seed: int = 0,
                    test_fraction: float = 0.25, distractors: int = 2,
                    verbose: bool = False) -> dict[str, Any]:
     """Write the synthetic set (see the module docstring) and return a summary.
@@ -337,8 +341,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--classes", type=int, default=8, help=f"classes, 2..{MAX_CLASSES} "
                    "(default: 8)")
-    p.add_argument("--videos-per-class", type=int, default=48,
-                   help="clips per class, train + test (default: 48)")
+    p.add_argument("--videos-per-class", type=int, default=200,
+                   help="clips per class, train + test (default: 200)")
     p.add_argument("--frames", type=int, default=16, help="frames per clip (default: 16)")
     p.add_argument("--size", type=int, default=64, help="frame side in pixels, even "
                    "(default: 64)")
