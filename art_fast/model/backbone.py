@@ -154,7 +154,8 @@ def temporal_shift(x: torch.Tensor, num_frames: int, fraction: float,
 
     Of the C channels, the first ``c = int(C * fraction / 2)`` of frame t are replaced by those of
     frame t-1 and the next c by those of frame t+1 (zeros past the clip's ends); the rest are
-    unchanged. No parameters, no FLOPs: one copy.
+    unchanged. With T = 1 there is no neighbour to mix in and ``x`` is returned as it is. No
+    parameters, no FLOPs: one copy.
 
     Args:
         x: ``[B*T, L, C]`` (``batch_first``) or ``[L, B*T, C]``, frames t-minor (G = B*T).
