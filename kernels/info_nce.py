@@ -44,7 +44,8 @@ from ._common import (
     tl_dot,
 )
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # host code
+_IGNORE = tl.constexpr(IGNORE_INDEX)  # jit code (the compiler accepts constexpr globals only)
 EPS = 1e-12  # F.normalize's eps
 TINY_MAX = 64  # M, N <= TINY_MAX: the tiny-group kernels
 TINY_MAX_TILE = 1 << 15  # (BLOCK_M + BLOCK_N) * BLOCK_D elements in registers, at most
@@ -132,12 +133,12 @@ def _tiny_fwd(
         # 3. Row log-sum-exp and the target logit (a target never indexes memory).
         mx = tl.max(L, 1)
         l_i = tl.sum(tl.exp(L - mx[:, None]), 1)
-        tgt = tl.load(T + g * M + offs_m, mask=mask_m, other=IGNORE_INDEX)
+        tgt = tl.load(T + g * M + offs_m, mask=mask_m, other=_IGNORE)
         lt = tl.sum(tl.where(offs_n[None, :] == tgt[:, None], L, 0.0), 1)
         # 4. loss = (max - target logit) + log(sum). The LSE is kept in two parts (max, sum of
         #    exp(L - max)) everywhere: its rounding at the scale of large logits would cost
         #    the softmax its precision; P = exp(L - max) / sum, as torch.softmax computes it.
-        loss = tl.where(tgt != IGNORE_INDEX, (mx - lt) + tl.log(l_i), 0.0)
+        loss = tl.where(tgt != _IGNORE, (mx - lt) + tl.log(l_i), 0.0)
         tl.store(LOSS + g * M + offs_m, loss, mask=mask_m)
         tl.store(LSE + g * M + offs_m, mx, mask=mask_m)
         tl.store(LSE + ss + g * M + offs_m, l_i, mask=mask_m)
@@ -175,9 +176,9 @@ def _tiny_bwd(
         # 2. dL = g_i (softmax - onehot(t_i)), 0 on ignored rows and padding.
         mx = tl.load(LSE + g * M + offs_m, mask=mask_m, other=0.0).to(ACC)
         l_i = tl.load(LSE + ss + g * M + offs_m, mask=mask_m, other=1.0).to(ACC)
-        tgt = tl.load(T + g * M + offs_m, mask=mask_m, other=IGNORE_INDEX)
+        tgt = tl.load(T + g * M + offs_m, mask=mask_m, other=_IGNORE)
         gl = tl.load(GL + g * M + offs_m, mask=mask_m, other=0.0).to(ACC)
-        gl = tl.where(tgt != IGNORE_INDEX, gl, 0.0)
+        gl = tl.where(tgt != _IGNORE, gl, 0.0)
         onehot = tl.where(offs_n[None, :] == tgt[:, None], 1.0, 0.0)
         p = tl.exp(tl.where(mn, L - mx[:, None], float("-inf"))) / l_i[:, None]
         dL = tl.where(mn, gl[:, None] * (p - onehot), 0.0)
@@ -215,7 +216,7 @@ def _rows_fwd(
     inv_a, _pa = _inv(tl.load(NA + g * M + offs_m, mask=mask_m, other=1.0).to(ACC), eps,
                       NORMALIZE)
     row_scale = inv_a * inv_temp
-    tgt = tl.load(T + g * M + offs_m, mask=mask_m, other=IGNORE_INDEX)
+    tgt = tl.load(T + g * M + offs_m, mask=mask_m, other=_IGNORE)
     m_i = tl.full([BLOCK_M], float("-inf"), ACC)
     l_i = tl.zeros([BLOCK_M], ACC)
     lt = tl.zeros([BLOCK_M], ACC)
@@ -235,7 +236,7 @@ def _rows_fwd(
         m_i = m_new
         lt += tl.sum(tl.where(n[None, :] == tgt[:, None], L, 0.0), 1)
     # 3. loss = (max - target logit) + log(sum) (0 when ignored); max and sum stored apart.
-    loss = tl.where(tgt != IGNORE_INDEX, (m_i - lt) + tl.log(l_i), 0.0)
+    loss = tl.where(tgt != _IGNORE, (m_i - lt) + tl.log(l_i), 0.0)
     tl.store(LOSS + g * M + offs_m, loss, mask=mask_m)
     tl.store(LSE + g * M + offs_m, m_i, mask=mask_m)
     tl.store(LSE + ss + g * M + offs_m, l_i, mask=mask_m)
@@ -264,9 +265,9 @@ def _rows_bwd(
     row_scale = inv_a * inv_temp
     mx = tl.load(LSE + g * M + offs_m, mask=mask_m, other=0.0).to(ACC)
     l_i = tl.load(LSE + ss + g * M + offs_m, mask=mask_m, other=1.0).to(ACC)
-    tgt = tl.load(T + g * M + offs_m, mask=mask_m, other=IGNORE_INDEX)
+    tgt = tl.load(T + g * M + offs_m, mask=mask_m, other=_IGNORE)
     gl = tl.load(GL + g * M + offs_m, mask=mask_m, other=0.0).to(ACC)
-    gl = tl.where(tgt != IGNORE_INDEX, gl, 0.0)
+    gl = tl.where(tgt != _IGNORE, gl, 0.0)
     ga_hat = tl.zeros([BLOCK_M, BLOCK_D], ACC)
     r = tl.zeros([BLOCK_M], ACC)
     # 2. Over candidate tiles: dL = g (P - onehot); ga_hat += dL c_hat; r += sum_j dL L.
@@ -323,9 +324,9 @@ def _cols_bwd(
                           NORMALIZE)
         mx = tl.load(LSE + g * M + m, mask=mask_m, other=0.0).to(ACC)
         l_i = tl.load(LSE + ss + g * M + m, mask=mask_m, other=1.0).to(ACC)
-        tgt = tl.load(T + g * M + m, mask=mask_m, other=IGNORE_INDEX)
+        tgt = tl.load(T + g * M + m, mask=mask_m, other=_IGNORE)
         gl = tl.load(GL + g * M + m, mask=mask_m, other=0.0).to(ACC)
-        gl = tl.where(tgt != IGNORE_INDEX, gl, 0.0)
+        gl = tl.where(tgt != _IGNORE, gl, 0.0)
         L = tl.dot(a, tl.trans(c), input_precision="ieee").to(ACC)
         L = L * (inv_a * inv_temp)[:, None] * inv_c[None, :]
         mn = mask_m[:, None] & mask_n[None, :]
