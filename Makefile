@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.art_fast_installed
 SRCS   := setup.py requirements.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.cpp csrc/cuda/*.h)
 
-.PHONY: install build test lint bench bench-ops bench-train demo gpu-check clean
+.PHONY: install build test lint bench bench-ops bench-train demo gpu-check gpu-aot clean
 
 install: $(STAMP)
 
@@ -67,6 +67,12 @@ demo: install $(DEMO_SET)/Diving48_vocab.json
 	$(PY) -m art_fast.cli eval $(DEMO_RUN)/best.pt --set data.root=$(DEMO_SET)
 	$(PY) -m art_fast.cli viz $(DEMO_RUN)/best.pt --index 0 --out $(DEMO_RUN)/tracklets.png --set data.root=$(DEMO_SET)
 	@$(PY) -c "import json; m = json.load(open('$(DEMO_RUN)/eval/eval_metrics.json')); print(f\"demo: top1={m['top1']:.4f} mean_class={m['mean_class']:.4f}\")"
+
+# Every Triton kernel compiled ahead of time for sm_80 and sm_90 (no GPU needed): the full
+# sweep (all dtypes, regime limits, other D) -> benchmarks/results/aot/triton_aot_full.{md,json}.
+# `make test` runs the `ci` subset through tests/test_triton_aot.py.
+gpu-aot: install
+	env -u TRITON_INTERPRET $(PY) benchmarks/triton_aot.py --set full
 
 # On a GPU machine: build for sm_90, GPU tests, sanitizers, op and train benchmarks -> $(OUT).
 OUT ?= benchmarks/results/gpu-check

@@ -1,0 +1,592 @@
+#!/usr/bin/env python
+"""Compile every Triton kernel of art_fast ahead of time for real GPU targets, with no GPU.
+
+The interpreter (``TRITON_INTERPRET=1``, what the CPU tests run) accepts code that the
+compiler rejects, and says nothing about shared memory or registers. This script runs the
+kernels' own host functions (``_fwd_host``/``_bwd_host`` of ``art_fast.kernels.*``) on "meta"
+tensors (shapes and dtypes, no data) at the shapes of each scenario, records every launch they
+make (kernel, arguments, constexprs, grid; for an autotuned kernel every config the autotuner
+can pick), and compiles each one with ``triton.compile(ASTSource(...),
+target=GPUTarget("cuda", arch, 32))`` and the wheel's own ptxas: the same specialisation
+(argument types, 16-divisibility, constexprs, num_warps/num_stages) that a launch on a GPU
+would compile.
+
+Per compiled kernel it reports (Markdown + JSON): op, scenario, kernel, dtype, arch, config,
+grid, shared memory (Triton's dynamic + ptxas' static bytes), registers per thread, spill
+store/load bytes (ptxas -v), and the MMA path read off the TTGIR (``wgmma``: Hopper warpgroup
+MMA; ``mma``: mma.sync tensor cores; ``fma``: tl.dot lowered to FMAs, e.g. float32 with
+input_precision="ieee" or float64; ``-``: no dot).
+
+Verdicts, per row:
+- ``ERROR``: the compile failed (the first line of the error is the note);
+- ``SMEM``: shared memory over the target's opt-in limit per block (sm_80: 166912 B, sm_90:
+  232448 B): such a config fails at launch with OutOfResources (an autotuner skips it
+  silently, a plain launch crashes);
+- ``SPILL``: register spills in a scenario whose ``spills`` flag is set (the paper shapes and
+  the stated regime limits, float32 and bfloat16); spills elsewhere are reported, not failed.
+Exit status 1 when any row has a verdict, 0 otherwise.
+
+Sets (``--set``): ``ci`` (what ``make test`` runs through tests/test_triton_aot.py: the paper
+shapes in float32 and bfloat16 for sm_80 and sm_90) and ``full`` (``make gpu-aot``: also
+float16 and float64, the regime limits, wider D, normalize off, weights on). Compiles run in
+parallel (``--jobs``, default the core count); Triton's cache (``~/.triton/cache``) makes a
+second run fast.
+
+Usage::
+
+    python benchmarks/triton_aot.py [--set ci|full] [--arch 80,90] [--out DIR] [--jobs N]
+        [--ops OP ...] [--list]
+
+Must run without ``TRITON_INTERPRET`` (it is removed from the environment of the workers; the
+script refuses to run with it set, since the kernels would then be interpreted functions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib
+import importlib.metadata
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the repository root (art_fast importable from a checkout)
+
+# Opt-in shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin): A100 163 KiB,
+# H100/H200 227 KiB.
+SMEM_LIMIT = {80: 166912, 90: 232448}
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+OPS = ("cross_attention", "topk_regions", "info_nce")
+
+
+# ---- scenarios ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Scenario:
+    """One host-function call at given shapes: ``run(dtype)`` calls the host on meta tensors."""
+
+    op: str
+    name: str
+    run: Callable[[Any], None]
+    dtypes: tuple[str, ...]
+    sets: tuple[str, ...]  # which --set values include it
+    spills: bool  # spills fail this scenario (paper shapes, stated limits) in fp32/bf16
+
+
+def _meta(torch, shape, dtype):
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
+def _ca(B, Bq, H, M, N, D, weights=False, backward=True):
+    def run(dtype):
+        import torch
+        from art_fast.kernels import cross_attention as K
+
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        q = _meta(torch, (Bq, H, M, D), dtype)
+        k = _meta(torch, (B, H, N, D), dtype)
+        v = _meta(torch, (B, H, N, D), dtype)
+        K._fwd_host(q, k, v, D**-0.5, weights)
+        if backward:
+            go = _meta(torch, (B, H, M, D), dtype)
+            gw = _meta(torch, (B, H, M, N), dtype) if weights else None
+            out = _meta(torch, (B, H, M, D), dtype)
+            stats = _meta(torch, (2, B, H, M), acc)
+            K._bwd_host(go, gw, q, k, v, out, stats, D**-0.5)
+
+    return run
+
+
+def _topk(B, M, N, C, k, grad_weights=True):
+    def run(dtype):
+        import torch
+        from art_fast.kernels import topk_regions as K
+
+        s = _meta(torch, (B, M, N), dtype)
+        v = _meta(torch, (B, N, C), dtype)
+        _host(K.topk_regions_fwd)(s, v, k)
+        gp = _meta(torch, (B, M, C), dtype)
+        gw = _meta(torch, (B, M, k), dtype) if grad_weights else None
+        idx = _meta(torch, (B, M, k), torch.int64)
+        _host(K.topk_regions_bwd)(gp, gw, s, v, idx)
+
+    return run
+
+
+def _nce(G, M, N, D, normalize=True, regime=0):
+    def run(dtype):
+        import torch
+        from art_fast.kernels import info_nce as K
+
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        a = _meta(torch, (G, M, D), dtype)
+        c = _meta(torch, (G, N, D), dtype)
+        t = _meta(torch, (G, M), torch.int64)
+        K._fwd_host(a, c, t, 0.1, normalize, regime)
+        gl = _meta(torch, (G, M), acc)
+        lse = _meta(torch, (2, G, M), acc)
+        K._bwd_host(gl, a, c, t, lse, 0.1, normalize, regime)
+
+    return run
+
+
+def _host(op):
+    """The Python function behind a ``torch.library.custom_op`` (a call of the op itself with
+    meta tensors would dispatch to its fake kernel and launch nothing)."""
+    return getattr(op, "_init_fn", op)
+
+
+PAPER = ("float32", "bfloat16")
+ALL = DTYPES
+CI_FULL = ("ci", "full")
+FULL = ("full",)
+
+SCENARIOS: list[Scenario] = [
+    # cross_attention: B*T = 512 (B = 64 clips x T = 8), H = 8 heads, M = 2 / 16 queries,
+    # N = 196 patches, D = 32 head dim; a query set shared by every b (Bq = 1) in RSSA.
+    Scenario("cross_attention", "paper M=2 shared q", _ca(512, 1, 8, 2, 196, 32), PAPER,
+             CI_FULL, True),
+    Scenario("cross_attention", "paper M=16", _ca(512, 512, 8, 16, 196, 32), PAPER, CI_FULL,
+             True),
+    Scenario("cross_attention", "paper M=2 shared q", _ca(512, 1, 8, 2, 196, 32), ALL, FULL,
+             True),
+    Scenario("cross_attention", "paper M=16", _ca(512, 512, 8, 16, 196, 32), ALL, FULL, True),
+    Scenario("cross_attention", "M=16 weights", _ca(512, 512, 8, 16, 196, 32, weights=True),
+             ALL, FULL, True),
+    Scenario("cross_attention", "M=100 D=64", _ca(64, 64, 8, 100, 196, 64), ALL, FULL, False),
+    Scenario("cross_attention", "M=16 D=128", _ca(64, 64, 8, 16, 196, 128), ALL, FULL, False),
+    # topk_regions: [B*T*... = 4096, M = 16, N = 196] scores, values [4096, 196, 32], k = 16.
+    Scenario("topk_regions", "paper", _topk(4096, 16, 196, 32, 16), PAPER, CI_FULL, True),
+    Scenario("topk_regions", "paper", _topk(4096, 16, 196, 32, 16), ALL, FULL, True),
+    Scenario("topk_regions", "paper, no grad weights",
+             _topk(4096, 16, 196, 32, 16, grad_weights=False), ALL, FULL, True),
+    Scenario("topk_regions", "N=1024 k=32", _topk(64, 16, 1024, 64, 32), ALL, FULL, False),
+    Scenario("topk_regions", "N=16384", _topk(8, 4, 16384, 32, 16), ALL, FULL, False),
+    Scenario("topk_regions", "N=32768 (limit)", _topk(2, 4, 32768, 32, 16), ALL, FULL, False),
+    # info_nce: tiny regime G = 1e5 groups of M = N = 16, D = 256; large regime one group of
+    # M = N = 2048 and 32768 (the regime limit), D = 256.
+    Scenario("info_nce", "paper tiny", _nce(100000, 16, 16, 256), PAPER, CI_FULL, True),
+    Scenario("info_nce", "paper large 2048", _nce(1, 2048, 2048, 256), PAPER, CI_FULL, True),
+    Scenario("info_nce", "paper tiny", _nce(100000, 16, 16, 256), ALL, FULL, True),
+    Scenario("info_nce", "paper tiny, no normalize", _nce(100000, 16, 16, 256, False), ALL,
+             FULL, True),
+    Scenario("info_nce", "paper large 2048", _nce(1, 2048, 2048, 256), ALL, FULL, True),
+    Scenario("info_nce", "large 32768 (limit)", _nce(1, 32768, 32768, 256), ALL, FULL, True),
+    Scenario("info_nce", "tiny M=N=64", _nce(4096, 64, 64, 128), ALL, FULL, False),
+    Scenario("info_nce", "large D=1024", _nce(2, 4096, 4096, 1024), ALL, FULL, False),
+    Scenario("info_nce", "large D=40 M=300", _nce(8, 300, 200, 40), ALL, FULL, False),
+]
+
+
+# ---- recording launches -----------------------------------------------------------------------
+
+@dataclass
+class Launch:
+    """A kernel launch the host made: enough to compile it again (picklable)."""
+
+    module: str
+    kernel: str  # attribute name in the module
+    args: list  # tensors encoded as ("ptr", dtype name), scalars as they are
+    kwargs: dict  # constexprs and launch options, tl dtypes encoded as ("tl", name)
+    grid: tuple[int, ...]
+    config: str  # "BLOCK_M=64 BLOCK_N=64 w4 s2" (the constexprs a config or launch sets)
+
+
+def _encode(value):
+    import torch
+    import triton.language as tl
+
+    if isinstance(value, torch.Tensor):
+        return ("ptr", str(value.dtype).removeprefix("torch."))
+    if isinstance(value, tl.dtype):
+        return ("tl", value.name)
+    return value
+
+
+def _decode(value):
+    import torch
+    import triton.language as tl
+
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "ptr":
+        return _FakePtr(getattr(torch, value[1]))
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "tl":
+        return getattr(tl, {"fp32": "float32", "fp64": "float64", "bf16": "bfloat16",
+                            "fp16": "float16"}.get(value[1], value[1]))
+    return value
+
+
+class _FakePtr:
+    """Stands in for a tensor argument: Triton's binder reads its dtype and data_ptr() (0:
+    16-byte aligned, as every CUDA allocation of torch is)."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def data_ptr(self) -> int:
+        return 0
+
+
+def _kernel_attr(fn) -> tuple[str, str]:
+    mod = importlib.import_module(fn.__module__)
+    for name, obj in vars(mod).items():
+        if obj is fn or getattr(obj, "fn", None) is fn:
+            return fn.__module__, name
+    raise RuntimeError(f"cannot find kernel {fn} in {fn.__module__}")
+
+
+def _config_str(kw: dict, names: list[str]) -> str:
+    parts = [f"{n}={kw[n]}" for n in names if n in kw]
+    parts.append(f"w{kw.get('num_warps', 4)}")
+    parts.append(f"s{kw.get('num_stages', 3)}")
+    return " ".join(parts)
+
+
+def _grid(grid, named: dict) -> tuple[int, ...]:
+    g = grid(named) if callable(grid) else grid
+    return tuple(int(x) for x in g)
+
+
+@contextlib.contextmanager
+def record_launches() -> Iterator[list[Launch]]:
+    """Intercept every Triton launch (plain and autotuned) while the host functions run on
+    meta tensors; yields the list the launches are appended to. Nothing runs."""
+    from art_fast.kernels import _common
+    from triton.runtime import autotuner, jit
+
+    launches: list[Launch] = []
+    orig_jit, orig_tune = jit.JITFunction.run, autotuner.Autotuner.run
+
+    def add(fn, args, kwargs, grid, config_kw):
+        module, attr = _kernel_attr(fn)
+        kw = {**kwargs, **config_kw}
+        named = {**dict(zip(fn.arg_names, args)), **kw}
+        constexpr_names = [p.name for p in fn.params if p.is_constexpr]
+        tunable = [n for n in constexpr_names if n.startswith("BLOCK") or n == "GROUPS"]
+        launches.append(Launch(module, attr, [_encode(a) for a in args],
+                               {k: _encode(v) for k, v in kw.items()}, _grid(grid, named),
+                               _config_str(kw, tunable)))
+
+    def jit_run(self, *args, grid, warmup, **kwargs):
+        add(self, args, kwargs, grid, {})
+
+    def tune_run(self, *args, **kwargs):
+        grid = kwargs.pop("grid")
+        kwargs.pop("warmup", None)
+        for cfg in self.configs:
+            add(self.fn, args, kwargs, grid, cfg.all_kwargs())
+
+    jit.JITFunction.run, autotuner.Autotuner.run = jit_run, tune_run
+    _common.RECORDING[0] = True
+    try:
+        yield launches
+    finally:
+        jit.JITFunction.run, autotuner.Autotuner.run = orig_jit, orig_tune
+        _common.RECORDING[0] = False
+
+
+# ---- compiling --------------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    op: str
+    scenario: str
+    kernel: str
+    dtype: str
+    arch: int
+    config: str
+    grid: str
+    smem: int = -1
+    registers: int = -1
+    spill_stores: int = -1
+    spill_loads: int = -1
+    mma: str = ""
+    seconds: float = 0.0
+    verdict: str = ""  # "" (ok), ERROR, SMEM, SPILL
+    note: str = ""
+    spills_fail: bool = False
+    scenarios: list[str] = field(default_factory=list)
+
+
+_PTXAS_REGS = re.compile(r"Used (\d+) registers")
+_PTXAS_SMEM = re.compile(r"(\d+) bytes smem")
+_PTXAS_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def _ptxas_log(kernel, arch: int, captured: str) -> str:
+    """The ptxas -v log of a compiled kernel: the one Triton printed while compiling it, or,
+    on a cache hit (no compile happened), our own run of the wheel's ptxas on its PTX with
+    Triton's flags."""
+    if _PTXAS_REGS.search(captured):
+        return captured
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    ptxas = get_ptxas(arch).path if _accepts_arch(get_ptxas) else get_ptxas().path
+    gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(kernel.asm["ptx"])
+        res = subprocess.run([ptxas, "-lineinfo", "-v", "--regAllocOptLevel=2",
+                              f"--gpu-name={gpu}", src, "-o", os.path.join(d, "k.o")],
+                             capture_output=True, text=True)
+    return res.stdout + res.stderr
+
+
+def _accepts_arch(get_ptxas) -> bool:
+    import inspect
+
+    return len(inspect.signature(get_ptxas).parameters) > 0
+
+
+def _mma_path(ttgir: str) -> str:
+    if "versionMajor = 3" in ttgir and "nvidia_mma" in ttgir:
+        return "wgmma"
+    if "nvidia_mma" in ttgir:
+        return "mma"
+    if re.search(r"\btt\.dot\b", ttgir):
+        return "fma"
+    return "-"
+
+
+def compile_launch(job: tuple[Launch, int]) -> dict:
+    """Compile one recorded launch for sm_<arch>; returns the measured fields of its Row."""
+    launch, arch = job
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    t0 = time.perf_counter()
+    mod = importlib.import_module(launch.module)
+    obj = getattr(mod, launch.kernel)
+    fn = obj.fn if hasattr(obj, "configs") else obj
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    args = [_decode(a) for a in launch.args]
+    kw = {k: _decode(v) for k, v in launch.kwargs.items()}
+    out: dict[str, Any] = {}
+    try:
+        binder = create_function_from_signature(fn.signature, fn.params, backend)
+        bound, spec, opts = binder(*args, **kw)
+        options, signature, constexprs, attrs = fn._pack_args(backend, kw, bound, spec, opts)
+        knobs = getattr(triton, "knobs", None)
+        if knobs is not None and hasattr(knobs.nvidia, "dump_ptxas_log"):
+            knobs.nvidia.dump_ptxas_log = True
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
+                                    options=options.__dict__)
+        log = _ptxas_log(kernel, arch, buf.getvalue())
+        regs = [int(x) for x in _PTXAS_REGS.findall(log)]
+        smem_static = sum(int(x) for x in _PTXAS_SMEM.findall(log))
+        spills = [(int(a), int(b)) for a, b in _PTXAS_SPILL.findall(log)]
+        out.update(
+            smem=int(kernel.metadata.shared) + smem_static,
+            registers=max(regs) if regs else -1,
+            spill_stores=sum(s for s, _ in spills) if spills else -1,
+            spill_loads=sum(ld for _, ld in spills) if spills else -1,
+            mma=_mma_path(kernel.asm.get("ttgir", "")),
+        )
+        if not regs or not spills:
+            out["note"] = "ptxas -v log not found: registers/spills unknown"
+    except Exception as exc:  # a compile error is a result, not a crash of the sweep
+        msg = [m.strip() for m in f"{type(exc).__name__}: {exc}".strip().splitlines()]
+        msg = [m for m in msg if m]
+        # the first line names the place, the last one the cause (e.g. the NameError)
+        note = msg[0] if len(msg) < 2 else f"{msg[0][:150]} ... {msg[-1][:200]}"
+        out.update(verdict="ERROR", note=note)
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def _judge(row: Row) -> None:
+    if row.verdict == "ERROR":
+        return
+    if row.smem > SMEM_LIMIT[row.arch]:
+        row.verdict = "SMEM"
+        row.note = f"{row.smem} B shared > {SMEM_LIMIT[row.arch]} B (sm_{row.arch} opt-in limit)"
+    elif row.spills_fail and (row.spill_stores > 0 or row.spill_loads > 0):
+        row.verdict = "SPILL"
+        row.note = f"{row.spill_stores} B spill stores, {row.spill_loads} B spill loads"
+    elif row.spill_stores < 0 and row.spills_fail:
+        row.verdict = "ERROR"
+        row.note = row.note or "no ptxas log"
+
+
+def check_launches(launches: list[Launch], arch: int, spills_fail: bool = True) -> list[Row]:
+    """Compile and judge recorded launches in this process (for tests of the checker)."""
+    rows = []
+    for ln in launches:
+        row = Row("-", "-", ln.kernel, "-", arch, ln.config, "x".join(map(str, ln.grid)),
+                  spills_fail=spills_fail)
+        for k, v in compile_launch((ln, arch)).items():
+            setattr(row, k, v)
+        _judge(row)
+        rows.append(row)
+    return rows
+
+
+# ---- the sweep --------------------------------------------------------------------------------
+
+def plan(set_name: str, archs: list[int], ops: list[str]) -> list[Row]:
+    """Record the launches of every scenario of ``set_name``; one Row per distinct compile
+    (kernel, specialisation, config, arch), listing every scenario that launches it."""
+    import torch
+
+    rows: dict[tuple, Row] = {}
+    jobs: dict[tuple, tuple[Launch, int]] = {}
+    for sc in SCENARIOS:
+        if set_name not in sc.sets or sc.op not in ops:
+            continue
+        for dname in sc.dtypes:
+            with record_launches() as launches:
+                sc.run(getattr(torch, dname))
+            for ln in launches:
+                sig = [a for a in ln.args if isinstance(a, tuple)]
+                for arch in archs:
+                    # int arguments matter only through their specialisation (== 1, % 16)
+                    ints = tuple((a == 1, a % 16 == 0) if isinstance(a, int) else None
+                                 for a in ln.args)
+                    key = (ln.module, ln.kernel, repr(sig), ints, repr(sorted(ln.kwargs.items())),
+                           arch)
+                    strict = sc.spills and dname in PAPER
+                    if key not in rows:
+                        rows[key] = Row(sc.op, sc.name, ln.kernel, dname, arch, ln.config,
+                                        "x".join(map(str, ln.grid)), spills_fail=strict,
+                                        scenarios=[sc.name])
+                        jobs[key] = (ln, arch)
+                    else:
+                        r = rows[key]
+                        r.spills_fail = r.spills_fail or strict
+                        if sc.name not in r.scenarios:
+                            r.scenarios.append(sc.name)
+    plan.jobs = jobs  # type: ignore[attr-defined]
+    return list(rows.values())
+
+
+def run(set_name: str, archs: list[int], ops: list[str], jobs: int) -> list[Row]:
+    rows = plan(set_name, archs, ops)
+    work = list(plan.jobs.values())  # type: ignore[attr-defined]
+    # fork keeps the imported modules; the workers never touch CUDA
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx) as pool:
+        results = list(pool.map(compile_launch, work, chunksize=1))
+    for row, res in zip(rows, results):
+        for k, v in res.items():
+            setattr(row, k, v)
+        _judge(row)
+    return rows
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import triton
+
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "ptxas": _ptxas_version(),
+        "note": "compiled ahead of time for the targets (no GPU); smem = Triton dynamic + "
+                "ptxas static bytes; spills from ptxas -v",
+    }
+
+
+def _ptxas_version() -> str:
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        p = get_ptxas(90).path if _accepts_arch(get_ptxas) else get_ptxas().path
+        out = subprocess.run([p, "--version"], capture_output=True, text=True).stdout
+        m = re.search(r"release ([\d.]+)", out)
+        return m.group(1) if m else out.strip().splitlines()[-1]
+    except Exception as exc:  # report, never fail on the version line
+        return f"unknown ({exc})"
+
+
+def write(rows: list[Row], out: Path, set_name: str, archs: list[int], wall: float) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    head = _versions()
+    head.update(set=set_name, archs=archs, wall_seconds=round(wall, 1), compiles=len(rows),
+                failures=sum(1 for r in rows if r.verdict))
+    stem = f"triton_aot_{set_name}"
+    with open(out / f"{stem}.json", "w") as f:
+        json.dump({"header": head, "rows": [asdict(r) for r in rows]}, f, indent=1)
+    lines = [f"# Triton kernels compiled ahead of time ({set_name} set)", ""]
+    lines += [f"- {k}: {v}" for k, v in head.items()]
+    lines += ["", "| op | kernel | dtype | sm | config | grid | smem B | regs | spill st/ld B "
+              "| mma | verdict | scenarios |", "|" + "---|" * 12]
+    for r in sorted(rows, key=lambda r: (r.op, r.kernel, r.dtype, r.arch, r.config)):
+        verdict = r.verdict or "ok"
+        if r.note:
+            verdict += f": {r.note}"
+        lines.append(
+            f"| {r.op} | {r.kernel} | {r.dtype} | {r.arch} | {r.config} | {r.grid} | {r.smem} "
+            f"| {r.registers} | {r.spill_stores}/{r.spill_loads} | {r.mma} "
+            f"| {verdict.replace('|', '/')} | {'; '.join(r.scenarios)} |")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--set", choices=("ci", "full"), default="ci", dest="set_name")
+    p.add_argument("--arch", default="80,90", help="comma-separated compute capabilities")
+    p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for triton_aot_<set>.{md,json} (default: benchmarks/results/aot)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--list", action="store_true", help="print the planned compiles and exit")
+    args = p.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("triton_aot: run without TRITON_INTERPRET=1 (the kernels would be interpreted "
+              "functions, which cannot be compiled)", file=sys.stderr)
+        return 2
+    try:
+        archs = [int(a) for a in args.arch.split(",")]
+    except ValueError:
+        print(f"triton_aot: --arch must be comma-separated integers like 80,90, got "
+              f"{args.arch!r}", file=sys.stderr)
+        return 2
+    bad = [a for a in archs if a not in SMEM_LIMIT]
+    if bad:
+        print(f"triton_aot: --arch supports {sorted(SMEM_LIMIT)}, got {bad}", file=sys.stderr)
+        return 2
+    if args.list:
+        for r in plan(args.set_name, archs, args.ops):
+            print(f"{r.op:16s} {r.kernel:12s} {r.dtype:9s} sm_{r.arch} {r.config:40s} "
+                  f"{'; '.join(r.scenarios)}")
+        return 0
+    t0 = time.perf_counter()
+    rows = run(args.set_name, archs, args.ops, args.jobs)
+    wall = time.perf_counter() - t0
+    out = args.out or ROOT / "benchmarks" / "results" / "aot"
+    write(rows, out, args.set_name, archs, wall)
+    failed = [r for r in rows if r.verdict]
+    for r in failed:
+        print(f"triton_aot: {r.verdict} {r.op}.{r.kernel} {r.dtype} sm_{r.arch} [{r.config}] "
+              f"({'; '.join(r.scenarios)}): {r.note}")
+    print(f"triton_aot: {len(rows)} compiles, {len(failed)} failing, {wall:.0f} s; table in "
+          f"{out / f'triton_aot_{args.set_name}.md'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
