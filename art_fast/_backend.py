@@ -20,6 +20,11 @@ not usable raises a RuntimeError that says why.
 
 Usability is computed once at import into plain Python data, so that ``torch.compile`` traces
 the selection without graph breaks.
+
+``auto`` also self-checks a compiled backend the first time it would pick it for an (op, dtype,
+device), and skips it for the rest of the process when it raises or disagrees with the reference
+(one RuntimeWarning; ``art_fast._selftest``; ``ART_FAST_SELFCHECK=0`` turns this off). A backend
+asked for by name is never checked or replaced.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from collections.abc import Iterator
 
 import torch
 
-from . import _ext
+from . import _ext, _selftest
 
 BACKENDS = ("torch", "cpu", "triton", "cuda")
 CHOICES = BACKENDS + ("auto",)
@@ -148,21 +153,30 @@ def available_backends(op: str | None = None) -> list[str]:
     return [b for b in BACKENDS if all(_STATUS[(b, o)][0] for o in ops)]
 
 
-def resolve(op: str, requested: str | None, device: torch.device) -> str:
-    """The concrete backend that runs ``op`` on tensors of ``device``.
+def resolve(
+    op: str, requested: str | None, device: torch.device, dtype: torch.dtype | None = None
+) -> str:
+    """The concrete backend that runs ``op`` on tensors of ``device`` (and ``dtype``).
 
-    Raises RuntimeError when a backend asked for by name cannot run here.
+    ``auto`` takes the first candidate (CUDA: ``_CUDA_PREFERENCE``; CPU: cpu, torch) that is
+    usable and passes its self-check for (op, dtype, device) (``art_fast._selftest``; all
+    float dtypes must pass when ``dtype`` is None). Raises RuntimeError when a backend asked
+    for by name cannot run here.
     """
     name = get_backend() if requested is None else _check_name(requested, "backend")
     dev = device.type
     if name == "auto":
         if dev == "cuda":
-            for cand in _CUDA_PREFERENCE[op]:
-                if _STATUS[(cand, op)][0]:
-                    return cand
-            return "torch"
-        if dev == "cpu" and _STATUS[("cpu", op)][0]:
-            return "cpu"
+            candidates = _CUDA_PREFERENCE[op]
+        elif dev == "cpu":
+            candidates = ("cpu", "torch")
+        else:
+            candidates = ("torch",)
+        for cand in candidates:
+            if cand == "torch":
+                return "torch"
+            if _STATUS[(cand, op)][0] and _selftest.usable(op, cand, device, dtype):
+                return cand
         return "torch"
     ok, reason = _STATUS[(name, op)]
     if not ok:

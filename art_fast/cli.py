@@ -22,6 +22,7 @@ EPILOG = """examples:
   art-fast viz runs/demo/best.pt --index 0 --out runs/demo/tracklets.png
   art-fast bench --device cpu                           # op benchmarks (benchmarks/bench_ops.py)
   art-fast info                                         # backends built and usable, versions
+  art-fast info --selftest                              # check every backend vs the reference
 """
 
 
@@ -73,8 +74,17 @@ def _add_bench(sub) -> None:
 
 
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="backends built and usable, versions, device")
+    p = sub.add_parser(
+        "info", help="backends built and usable, versions, device",
+        description="Print versions, the device and which backends are built and usable. "
+                    "With --selftest, also run every op x backend x dtype on the current "
+                    "device (CUDA when available, else CPU) forward and backward at small "
+                    "sizes against the float64 reference (docs/selftest.md); exit status 1 "
+                    "when a usable backend fails.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--selftest", action="store_true",
+                   help="check every op x backend x dtype against the reference (and a "
+                        "small-size smoke timing); exit 1 when a usable backend fails")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,8 +117,14 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def info(as_json: bool = False) -> int:
-    """Print the backends (built, usable, why not), versions and devices."""
+def info(as_json: bool = False, selftest: bool = False) -> int:
+    """Print the backends (built, usable, why not), versions and devices.
+
+    With ``selftest``, also the self-check table of every op x backend x dtype on the current
+    device (``art_fast._selftest.report``: built, agrees with the float64 reference, median
+    ms of forward+backward at the self-check sizes). Returns the exit status: 1 when a usable
+    backend fails its check, else 0.
+    """
     import torch
 
     import art_fast
@@ -135,17 +151,50 @@ def info(as_json: bool = False) -> int:
         "available_backends": art_fast.available_backends(),
         "backend_status": art_fast.backend_status(),
     }
+    status = 0
+    if selftest:
+        from . import _selftest
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        rows = _selftest.report(device, repeats=_SELFTEST_REPEATS)
+        status = 1 if any(r["usable"] and not r["ok"] for r in rows) else 0
+        data["selftest"] = {"device": device, "all_agree": status == 0,
+                            "note": _SELFTEST_NOTE, "rows": rows}
     if as_json:
         print(json.dumps(data, indent=1))
-        return 0
+        return status
     for k, v in data.items():
-        if k != "backend_status":
+        if k not in ("backend_status", "selftest"):
             print(f"{k:20s} {v}")
     print("backends (per op):")
     for backend, ops in data["backend_status"].items():
-        for op, status in ops.items():
-            print(f"  {backend:7s} {op:16s} {status}")
-    return 0
+        for op, st in ops.items():
+            print(f"  {backend:7s} {op:16s} {st}")
+    if selftest:
+        _print_selftest(data["selftest"])
+    return status
+
+
+_SELFTEST_REPEATS = 5
+_SELFTEST_NOTE = (f"forward+backward at the self-check sizes vs the float64 reference "
+                  f"(docs/selftest.md); ms = median of {_SELFTEST_REPEATS} runs (1 for Triton's "
+                  f"CPU interpreter) of every case at these tiny sizes: a smoke timing, not a "
+                  f"benchmark")
+
+
+def _print_selftest(st: dict) -> None:
+    print(f"self-check on {st['device']}: {st['note']}")
+    print(f"  {'op':16s} {'backend':7s} {'dtype':9s} {'built':5s} {'agrees':6s} "
+          f"{'ms':>8s}  note")
+    for r in st["rows"]:
+        built = "yes" if r["usable"] else "no"
+        agrees = "-" if r["ok"] is None else ("yes" if r["ok"] else "NO")
+        ms = "-" if r["ms"] is None else f"{r['ms']:.2f}"
+        note = "" if r["ok"] else (r["built"] if not r["usable"] else r["agrees"])
+        print(f"  {r['op']:16s} {r['backend']:7s} {r['dtype']:9s} {built:5s} {agrees:6s} "
+              f"{ms:>8s}  {note}".rstrip())
+    print("self-check: every usable backend agrees" if st["all_agree"]
+          else "self-check: FAILED (rows marked NO); exit status 1")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -158,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return synth_main(argv[1:])
     if args.command == "info":
-        return info(args.json)
+        return info(args.json, args.selftest)
     from . import train as trainer  # the trainer (and torch.distributed) only when needed
 
     if args.command == "train":
