@@ -63,7 +63,7 @@ def cross_attention(
     if not isinstance(return_weights, bool):
         raise TypeError(f"art_fast.{_OP}: return_weights must be a bool, got {return_weights!r}")
 
-    name = _backend.resolve(_OP, backend, q.device)
+    name = _backend.resolve(_OP, backend, q.device, q.dtype)
     if name == "torch":
         if q.shape[0] != B:
             q = q.expand(B, -1, -1, -1)

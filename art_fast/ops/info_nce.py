@@ -98,7 +98,7 @@ def info_nce(
                 f"{targets[bad][:5].tolist()}"
             )
 
-    name = _backend.resolve(_OP, backend, anchors.device)
+    name = _backend.resolve(_OP, backend, anchors.device, anchors.dtype)
     if name == "torch":
         return reference.info_nce(anchors, candidates, targets, temperature, normalize, reduction)
     if name == "triton":

@@ -50,7 +50,7 @@ def topk_regions(
     if not 1 <= k <= N:
         raise ValueError(f"art_fast.{_OP}: k must be in [1, N = {N}] (scores {_SHAPE_S}), got {k}")
 
-    name = _backend.resolve(_OP, backend, scores.device)
+    name = _backend.resolve(_OP, backend, scores.device, scores.dtype)
     if name == "torch":
         return reference.topk_regions(scores, values, k)
     fwd = (
