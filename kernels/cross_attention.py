@@ -201,14 +201,50 @@ def _bwd(
 
 
 @triton.jit
-def _sum_over_b(X, Y, B, L, BLOCK: tl.constexpr):
-    # Y[l] = sum_b X[b, l], b = 0, 1, ..., B - 1 in this order (deterministic).
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < L
-    acc = tl.load(X + offs, mask=mask, other=0.0)
-    for b in range(1, B):
-        acc += tl.load(X + b * L + offs, mask=mask, other=0.0)
-    tl.store(Y + offs, acc.to(Y.dtype.element_ty), mask=mask)
+def _sum_over_b(X, Y, R, L, n_lblocks, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+    # Y[c, l] = sum of X[r, l] over the rows r of chunk c (c * BLOCK_R <= r < (c + 1) * BLOCK_R).
+    # 1. The program's chunk of rows and block of columns (a 1-D grid of n_chunks x n_lblocks
+    #    programs: no 65535 limit on the second grid axis); offsets in int64 (R * L may pass
+    #    2^31).
+    pid = tl.program_id(0)
+    pid_c = (pid // n_lblocks).to(tl.int64)
+    pid_l = (pid % n_lblocks).to(tl.int64)
+    offs_r = pid_c * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_l = offs_l < L
+    # 2. One [BLOCK_R, BLOCK_L] tile, summed over its rows by tl.sum: a reduction tree fixed
+    #    by the block sizes and num_warps, which the host fixes (no autotuning, no atomics:
+    #    bitwise reproducible). Precision: X and Y are float32 (float64 for float64 inputs),
+    #    except the last level's Y, the output in q's dtype.
+    x = tl.load(X + offs_r[:, None] * L + offs_l[None, :],
+                mask=(offs_r < R)[:, None] & mask_l[None, :], other=0.0)
+    tl.store(Y + pid_c * L + offs_l, tl.sum(x, 0).to(Y.dtype.element_ty), mask=mask_l)
+
+
+# _sum_over_b tiles: 32 rows x 128 columns (32 elements per thread at 4 warps).
+_SUM_BLOCK_R = 32
+_SUM_BLOCK_L = 128
+
+
+def _sum_over_b_host(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out[l] = sum_b x[b, l] for x ``[B, L]`` (float32 / float64), ``out`` any float dtype
+    with L elements: a tree of _sum_over_b levels, each summing chunks of 32 rows in parallel
+    into a ``[cdiv(rows, 32), L]`` partial buffer (dtype of x) until one row is left, which the
+    last level writes to ``out``. The levels, tiles and warps depend on (B, L) only: bitwise
+    reproducible. B = 512, L = H M D = 4096: 512 -> 16 -> 1 rows, two launches of 16 x 32 and
+    1 x 32 programs (the old kernel: 4 programs each looping over the 512 rows)."""
+    R, L = x.shape
+    block_l = min(_SUM_BLOCK_L, pow2(L))
+    n_lblocks = triton.cdiv(L, block_l)
+    while True:
+        block_r = min(_SUM_BLOCK_R, pow2(R, 2))
+        chunks = triton.cdiv(R, block_r)
+        y = out if chunks == 1 else torch.empty((chunks, L), dtype=x.dtype, device=x.device)
+        _sum_over_b[(chunks * n_lblocks,)](x, y, R, L, n_lblocks, BLOCK_R=block_r,
+                                            BLOCK_L=block_l, num_warps=4)
+        if chunks == 1:
+            return out
+        x, R = y, chunks
 
 
 def _block_m(M: int) -> int:
@@ -238,6 +274,12 @@ def _fwd_host(q, k, v, scale, return_weights):
 
 def _bwd_host(grad_out, grad_weights, q, k, v, out, stats, scale):
     check_device("cross_attention", q, k, v)
+    # The same contiguous tensors as the forward: autograd saves the op's inputs, which may
+    # have any strides (the kernels index them as contiguous).
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    grad_out = grad_out.contiguous()
+    grad_weights = None if grad_weights is None else grad_weights.contiguous()
+    stats = stats.contiguous()
     B, H, N, D = k.shape
     M = q.shape[2]
     shared = q.shape[0] == 1 and B > 1
@@ -259,8 +301,7 @@ def _bwd_host(grad_out, grad_weights, q, k, v, out, stats, scale):
         )
         if shared:
             dq = torch.empty_like(q)
-            L = H * M * D
-            _sum_over_b[(triton.cdiv(L, 1024),)](dq_b, dq, B, L, BLOCK=1024)
+            _sum_over_b_host(dq_b.view(B, H * M * D), dq.view(H * M * D))
         elif q.shape[0] == 1:
             dq = dq_b.view_as(q)
         else:
@@ -300,13 +341,13 @@ def cross_attention_bwd(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq like q, summed over B when q is shared; dk; dv)."""
-    gw = None if grad_weights is None else grad_weights.contiguous()
-    return _bwd_host(grad_out.contiguous(), gw, q, k, v, out, stats, scale)
+    return _bwd_host(grad_out, grad_weights, q, k, v, out, stats, scale)
 
 
 @cross_attention_bwd.register_fake
 def _(grad_out, grad_weights, q, k, v, out, stats, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    # contiguous, whatever the inputs' strides (as the real kernel returns them)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):

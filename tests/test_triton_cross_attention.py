@@ -120,6 +120,151 @@ def test_compile_fullgraph(device):
     _check_compiled(fn, (q, k, v), (q, k, v))
 
 
+# ---- direct calls of the custom ops with non-contiguous inputs (issue 11) ------------------
+# art_fast.cross_attention makes its inputs contiguous, but the ops themselves are public
+# (torch.ops.art_fast_triton.*): the backward must read the same contiguous tensors as the
+# forward, whatever the strides autograd saved.
+
+def _noncontig(kind, B, H, M, N, D, device, dtype):
+    """(q, k, v) leaves and the (possibly non-contiguous) views given to the op."""
+    def leaf(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype, requires_grad=True)
+
+    if kind == "k transposed":
+        q, k, v = leaf(B, H, M, D), leaf(B, H, D, N), leaf(B, H, N, D)
+        return (q, k, v), (q, k.transpose(2, 3), v)
+    if kind == "v step-sliced, q transposed":
+        q, k, v = leaf(B, H, D, M), leaf(B, H, N, D), leaf(B, H, 2 * N, D)
+        return (q, k, v), (q.transpose(2, 3), k, v[:, :, ::2])
+    if kind == "q expanded over B (stride 0)":
+        q, k, v = leaf(1, H, M, D), leaf(B, H, N, D), leaf(B, H, N, D)
+        return (q, k, v), (q.expand(B, -1, -1, -1), k, v)
+    if kind == "shared q transposed, k and v permuted":
+        q, k, v = leaf(1, H, D, M), leaf(H, B, N, D), leaf(B, N, H, D)
+        return (q, k, v), (q.transpose(2, 3), k.transpose(0, 1), v.permute(0, 2, 1, 3))
+    raise ValueError(kind)
+
+
+NONCONTIG_KINDS = ["k transposed", "v step-sliced, q transposed", "q expanded over B (stride 0)",
+                   "shared q transposed, k and v permuted"]
+
+
+@pytest.mark.parametrize("device", TRITON_CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", NONCONTIG_KINDS)
+def test_direct_op_noncontiguous(device, dtype, kind):
+    """art_fast_triton::cross_attention_fwd called directly with non-contiguous q/k/v and
+    non-contiguous cotangents: forward and gradients (torch.autograd.grad through the op's
+    autograd) match the float64 reference on the same views."""
+    require_triton(OP, device)
+    kmod = _kernels()
+    B, H, M, N, D = 2, 2, 3, 9, 8
+    leaves, (q, k, v) = _noncontig(kind, B, H, M, N, D, device, dtype)
+    scale = 0.3
+    # cotangents with strides of their own: dO transposed, dW sliced with a step
+    g_out = torch.randn(B, H, D, M, device=device, dtype=dtype).transpose(2, 3)
+    g_w = torch.randn(B, H, M, 2 * N, device=device, dtype=dtype)[..., ::2]
+    out, _stats, w = kmod.cross_attention_fwd(q, k, v, scale, True)
+    grads = torch.autograd.grad((out, w), leaves, (g_out, g_w))
+    leaves64 = [x.detach().double().requires_grad_() for x in leaves]
+    views64 = _same_views(kind, leaves64)  # the same views of float64 copies
+    t_out, t_w = reference.cross_attention(*views64, scale, True)
+    t_grads = torch.autograd.grad((t_out, t_w), leaves64, (g_out.double(), g_w.double()))
+    assert_close_fp(out, t_out, what=f"out ({kind})")
+    assert_close_fp(w, t_w, what=f"weights ({kind})")
+    for name, g, t in zip(["dq", "dk", "dv"], grads, t_grads):
+        assert_close_fp(g, t, what=f"{name} ({kind})")
+
+
+def _same_views(kind, leaves):
+    q, k, v = leaves
+    if kind == "k transposed":
+        return q, k.transpose(2, 3), v
+    if kind == "v step-sliced, q transposed":
+        return q.transpose(2, 3), k, v[:, :, ::2]
+    if kind == "q expanded over B (stride 0)":
+        return q.expand(k.shape[0], -1, -1, -1), k, v
+    return q.transpose(2, 3), k.transpose(0, 1), v.permute(0, 2, 1, 3)
+
+
+@pytest.mark.parametrize("device", TRITON_CASES)
+def test_direct_bwd_op_noncontiguous(device):
+    """art_fast_triton::cross_attention_bwd called directly with non-contiguous inputs and
+    cotangents gives what it gives for their contiguous copies (bitwise) and the float64
+    reference's gradients."""
+    require_triton(OP, device)
+    kmod = _kernels()
+    B, H, M, N, D = 2, 2, 3, 9, 8
+    for kind in NONCONTIG_KINDS:
+        leaves, (q, k, v) = _noncontig(kind, B, H, M, N, D, device, torch.float64)
+        q, k, v = q.detach(), k.detach(), v.detach()
+        if q.shape[0] == B and q.stride(0) == 0:
+            q = q[:1]  # the shared-query form (what art_fast.cross_attention passes)
+        g_out = torch.randn(B, H, D, M, device=device, dtype=torch.float64).transpose(2, 3)
+        g_w = torch.randn(B, H, M, 2 * N, device=device, dtype=torch.float64)[..., ::2]
+        out, stats, _ = kmod.cross_attention_fwd(q, k, v, 0.3, True)
+        got = kmod.cross_attention_bwd(g_out, g_w, q, k, v, out, stats, 0.3)
+        contig = [x.contiguous() for x in (g_out, g_w, q, k, v)]
+        want = kmod.cross_attention_bwd(*contig, out, stats, 0.3)
+        for g, t in zip(got, want):
+            assert g.is_contiguous()
+            assert torch.equal(g, t), kind
+        qe, ke, ve = (x.detach().requires_grad_() for x in (q, k, v))
+        t_out, t_w = reference.cross_attention(qe.expand(B, -1, -1, -1), ke, ve, 0.3, True)
+        truth = torch.autograd.grad((t_out, t_w), (qe, ke, ve), (g_out, g_w))
+        for name, g, t in zip(["dq", "dk", "dv"], got, truth):
+            assert_close_fp(g, t, what=f"{name} ({kind})")
+
+
+@pytest.mark.parametrize("device", TRITON_CASES)
+def test_opcheck_noncontiguous(device):
+    """opcheck (fake kernels' strides, autograd registration) with non-contiguous inputs."""
+    require_triton(OP, device)
+    kmod = _kernels()
+    for kind in ["k transposed", "shared q transposed, k and v permuted"]:
+        _, (q, k, v) = _noncontig(kind, 2, 3, 4, 9, 8, device, torch.float32)
+        torch.library.opcheck(kmod.cross_attention_fwd, (q, k, v, 0.35, True))
+
+
+# ---- _sum_over_b: dq of a shared query set, summed over b -----------------------------------
+
+@pytest.mark.parametrize("device", TRITON_CASES)
+@pytest.mark.parametrize(
+    "B,L,dtype,out_dtype",
+    [(37, 333, torch.float32, torch.float32),  # two levels: 37 -> 2 -> 1 rows
+     (2, 15, torch.float32, torch.bfloat16),  # one level, L < one column block
+     (1100, 33, torch.float32, torch.float32),  # three levels: 1100 -> 35 -> 2 -> 1
+     (64, 257, torch.float64, torch.float64)],  # two full chunks, L one past a block
+)
+def test_sum_over_b(device, B, L, dtype, out_dtype):
+    """The parallel tree sum against torch's float64 sum, and bitwise equal across runs."""
+    require_triton(OP, device)
+    kmod = _kernels()
+    x = torch.randn(B, L, device=device, dtype=dtype)
+    x[:, :3] *= 1e4  # columns of very different magnitudes
+    runs = []
+    for _ in range(2):
+        out = torch.full((L,), float("nan"), device=device, dtype=out_dtype)
+        kmod._sum_over_b_host(x, out)
+        runs.append(out)
+    assert torch.equal(runs[0], runs[1])
+    truth = x.double().sum(0)
+    if out_dtype == torch.bfloat16:
+        assert_close_fp(runs[0], truth, x.sum(0).to(out_dtype), what="sum over b")
+    else:
+        # a sum of B terms: float32 rounding at most ~log2(B) ulps of sum |x| per column
+        tol = B * torch.finfo(dtype).eps * x.double().abs().sum(0)
+        assert ((runs[0].double() - truth).abs() <= tol).all()
+
+
+@pytest.mark.parametrize("device", TRITON_CASES)
+def test_shared_query_odd_sizes(device):
+    """A shared query set with B = 37 groups and H M D = 15: dq summed by two tree levels."""
+    require_triton(OP, device)
+    check(device, "triton", 37, 1, 3, 6, 5, torch.float64, weights=True, shared_q=True)
+    check(device, "triton", 37, 1, 3, 6, 5, torch.float32, weights=False, shared_q=True)
+
+
 def test_cpu_tensors_need_the_interpreter():
     """Without TRITON_INTERPRET=1 and without CUDA, the triton backend says why it cannot run
     (and importing art_fast does not import triton)."""
@@ -149,3 +294,24 @@ except RuntimeError as e:
 def test_paper_shapes_gpu(dtype, M):
     require_triton(OP, "cuda")
     check("cuda", "triton", 32 * 16, 8, M, 196, 32, dtype, weights=M == 16, shared_q=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sum_over_b_int64_offsets_gpu():
+    """B x L = 2^31 + 4096 elements (8.6 GB float32): the row offsets r * L and the partial
+    buffer's c * L pass 2^31 and must be int64 (the old kernel's b * L was int32). Small
+    integers: every sum is exact, so the check is bitwise."""
+    require_triton(OP, "cuda")
+    kmod = _kernels()
+    L = 4096
+    B = (1 << 31) // L + 1
+    x = torch.empty(B, L, device="cuda", dtype=torch.float32)
+    cols = torch.arange(L, device="cuda")
+    for r0 in range(0, B, 1 << 16):
+        rows = torch.arange(r0, min(B, r0 + (1 << 16)), device="cuda")
+        x[r0:r0 + len(rows)] = ((rows[:, None] + cols[None, :]) % 5 - 2).float()
+    out = torch.empty(L, device="cuda", dtype=torch.float32)
+    kmod._sum_over_b_host(x, out)
+    truth = x.sum(0, dtype=torch.float64)
+    assert torch.equal(out.double(), truth)
