@@ -48,7 +48,11 @@ IGNORE_INDEX = -100  # host code
 _IGNORE = tl.constexpr(IGNORE_INDEX)  # jit code (the compiler accepts constexpr globals only)
 EPS = 1e-12  # F.normalize's eps
 TINY_MAX = 64  # M, N <= TINY_MAX: the tiny-group kernels
-TINY_MAX_TILE = 1 << 15  # (BLOCK_M + BLOCK_N) * BLOCK_D elements in registers, at most
+TINY_MAX_BYTES = 1 << 14  # and a [BM, BN] logits tile of <= 16 KiB in ACC (_tiny_bytes)
+TINY_BYTES_PER_WARP = 8192  # tiny kernels: a warp per 8 KiB live (64 registers a thread), 4-8
+TINY_CHUNK_BYTES = 4096  # tiny backward: (BLOCK_M + BLOCK_N) * BLOCK_D accumulator bytes
+TINY_STAGES = 2
+BLOCK_D_MAX = 128  # the D chunk a large-backward program owns (64 in float64)
 AUTO, TINY, LARGE = 0, 1, 2
 
 _ROW_CONFIGS = configs(
@@ -102,32 +106,56 @@ def _grad_through_norm(gx_hat, x, inv, proj, dot_xhat_g):
 
 
 @triton.jit
+def _raw_logits(A, Cd, g, M, N, D, offs_m, mask_m, offs_n, mask_n,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                ACC: tl.constexpr, DOT: tl.constexpr):
+    # <a_i, c_j> of an [anchor tile, candidate tile] over the whole D, BLOCK_K columns at a
+    # time (a K-loop, as a GEMM): a fixed summation order, and tiles of any D fit.
+    offs_k = tl.arange(0, BLOCK_K)
+    L = tl.zeros([BLOCK_M, BLOCK_N], ACC)
+    for k0 in range(0, D, BLOCK_K):
+        k = k0 + offs_k
+        mask_k = k < D
+        a = tl.load(A + (g * M + offs_m[:, None]) * D + k[None, :],
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(DOT)
+        c = tl.load(Cd + (g * N + offs_n[:, None]) * D + k[None, :],
+                    mask=mask_n[:, None] & mask_k[None, :], other=0.0).to(DOT)
+        L = tl.dot(a, tl.trans(c), L, input_precision="ieee")  # no TF32; ACC accumulator
+    return L
+
+
+@triton.jit
+def _dlogits(L, mx, l_i, gl, tgt, offs_n, mn):
+    # dL = g_i (P - onehot(t_i)), P = exp(L - max) / sum; 0 on padding (gl is 0 on ignored rows).
+    onehot = tl.where(offs_n[None, :] == tgt[:, None], 1.0, 0.0)
+    p = tl.exp(tl.where(mn, L - mx[:, None], float("-inf"))) / l_i[:, None]
+    return tl.where(mn, gl[:, None] * (p - onehot), 0.0)
+
+
+@triton.jit
 def _tiny_fwd(
     A, Cd, T, NA, NC, LOSS, LSE, ss, G, M, N, D, it_hi, it_lo, eps_hi, eps_lo,
-    GROUPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    GROUPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     NORMALIZE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
     inv_temp = tl.cast(it_hi, ACC) + tl.cast(it_lo, ACC)  # 1 / T and eps in ACC (see split_float)
     eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
     for gi in range(GROUPS):
         # 1. Group g (past G: every mask false, nothing stored).
         g = tl.program_id(0).to(tl.int64) * GROUPS + gi
         gv = g < G
         mask_m = (offs_m < M) & gv
         mask_n = (offs_n < N) & gv
-        a = tl.load(A + (g * M + offs_m[:, None]) * D + offs_d[None, :],
-                    mask=mask_m[:, None] & (offs_d < D)[None, :], other=0.0).to(DOT)
-        c = tl.load(Cd + (g * N + offs_n[:, None]) * D + offs_d[None, :],
-                    mask=mask_n[:, None] & (offs_d < D)[None, :], other=0.0).to(DOT)
         inv_a, _pa = _inv(tl.load(NA + g * M + offs_m, mask=mask_m, other=1.0).to(ACC), eps,
                           NORMALIZE)
         inv_c, _pc = _inv(tl.load(NC + g * N + offs_n, mask=mask_n, other=1.0).to(ACC), eps,
                           NORMALIZE)
-        # 2. Logits in registers (fp32 dot without TF32; ACC = float64 for float64 inputs).
-        L = tl.dot(a, tl.trans(c), input_precision="ieee").to(ACC)
+        # 2. The group's whole [M, N] logits in registers, a K-loop over D in BLOCK_K chunks
+        #    (fp32 dot without TF32; ACC = float64 for float64 inputs).
+        L = _raw_logits(A, Cd, g, M, N, D, offs_m, mask_m, offs_n, mask_n,
+                        BLOCK_M, BLOCK_N, BLOCK_K, ACC, DOT)
         L = L * (inv_a[:, None] * inv_temp) * inv_c[None, :]
         L = tl.where((offs_n < N)[None, :], L, float("-inf"))  # (finite rows past G)
         # 3. Row log-sum-exp and the target logit (a target never indexes memory).
@@ -147,72 +175,74 @@ def _tiny_fwd(
 @triton.jit
 def _tiny_bwd(
     A, Cd, T, NA, NC, LSE, ss, GL, GA, GC, G, M, N, D, it_hi, it_lo, eps_hi, eps_lo,
-    GROUPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    NORMALIZE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    GROUPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
     inv_temp = tl.cast(it_hi, ACC) + tl.cast(it_lo, ACC)  # 1 / T and eps in ACC (see split_float)
     eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
+    offs_dd = tl.arange(0, BLOCK_D)
     for gi in range(GROUPS):
-        # 1. Group g: recompute the logits as in _tiny_fwd.
+        # 1. Group g: recompute the logits as in _tiny_fwd (K-loop over D).
         g = tl.program_id(0).to(tl.int64) * GROUPS + gi
         gv = g < G
         mask_m = (offs_m < M) & gv
         mask_n = (offs_n < N) & gv
-        a = tl.load(A + (g * M + offs_m[:, None]) * D + offs_d[None, :],
-                    mask=mask_m[:, None] & mask_d[None, :], other=0.0).to(DOT)
-        c = tl.load(Cd + (g * N + offs_n[:, None]) * D + offs_d[None, :],
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(DOT)
         inv_a, proj_a = _inv(tl.load(NA + g * M + offs_m, mask=mask_m, other=1.0).to(ACC), eps,
                              NORMALIZE)
         inv_c, proj_c = _inv(tl.load(NC + g * N + offs_n, mask=mask_n, other=1.0).to(ACC), eps,
                              NORMALIZE)
-        L = tl.dot(a, tl.trans(c), input_precision="ieee").to(ACC)
+        L = _raw_logits(A, Cd, g, M, N, D, offs_m, mask_m, offs_n, mask_n,
+                        BLOCK_M, BLOCK_N, BLOCK_K, ACC, DOT)
         L = L * (inv_a[:, None] * inv_temp) * inv_c[None, :]
         mn = mask_m[:, None] & mask_n[None, :]
-        # 2. dL = g_i (softmax - onehot(t_i)), 0 on ignored rows and padding.
+        # 2. dL = g_i (softmax - onehot(t_i)), 0 on ignored rows and padding; the projection
+        #    terms sum_j dL L (rows) and sum_i dL L (columns).
         mx = tl.load(LSE + g * M + offs_m, mask=mask_m, other=0.0).to(ACC)
         l_i = tl.load(LSE + ss + g * M + offs_m, mask=mask_m, other=1.0).to(ACC)
         tgt = tl.load(T + g * M + offs_m, mask=mask_m, other=_IGNORE)
         gl = tl.load(GL + g * M + offs_m, mask=mask_m, other=0.0).to(ACC)
         gl = tl.where(tgt != _IGNORE, gl, 0.0)
-        onehot = tl.where(offs_n[None, :] == tgt[:, None], 1.0, 0.0)
-        p = tl.exp(tl.where(mn, L - mx[:, None], float("-inf"))) / l_i[:, None]
-        dL = tl.where(mn, gl[:, None] * (p - onehot), 0.0)
+        dL = _dlogits(L, mx, l_i, gl, tgt, offs_n, mn)
         dLL = tl.where(mn, dL * L, 0.0)
-        # 3. Grad of a_hat = dL c_hat / T, of c_hat = dL^T a_hat / T; then through the norms.
-        ga_hat = tl.dot((dL * inv_c[None, :]).to(c.dtype), c, input_precision="ieee").to(ACC)
-        gc_hat = tl.dot(tl.trans((dL * inv_a[:, None]).to(a.dtype)), a,
-                        input_precision="ieee").to(ACC)
-        ga = _grad_through_norm(ga_hat * inv_temp, a.to(ACC), inv_a, proj_a, tl.sum(dLL, 1))
-        gc = _grad_through_norm(gc_hat * inv_temp, c.to(ACC), inv_c, proj_c, tl.sum(dLL, 0))
-        tl.store(GA + (g * M + offs_m[:, None]) * D + offs_d[None, :],
-                 ga.to(GA.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
-        tl.store(GC + (g * N + offs_n[:, None]) * D + offs_d[None, :],
-                 gc.to(GC.dtype.element_ty), mask=mask_n[:, None] & mask_d[None, :])
+        r = tl.sum(dLL, 1)
+        s = tl.sum(dLL, 0)
+        dl_a = (dL * inv_c[None, :]).to(DOT)  # dL c_hat = (dL / ||c||) c
+        dl_c = tl.trans((dL * inv_a[:, None]).to(DOT))  # dL^T a_hat
+        # 3. Over D chunks of BLOCK_D (the group's tiles re-read, from L1/L2): grad of
+        #    a_hat = dL c_hat / T, of c_hat = dL^T a_hat / T; then through the norms.
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + offs_dd
+            mask_d = d < D
+            a = tl.load(A + (g * M + offs_m[:, None]) * D + d[None, :],
+                        mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+            c = tl.load(Cd + (g * N + offs_n[:, None]) * D + d[None, :],
+                        mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+            ga_hat = tl.dot(dl_a, c.to(DOT), input_precision="ieee", out_dtype=ACC)
+            gc_hat = tl.dot(dl_c, a.to(DOT), input_precision="ieee", out_dtype=ACC)
+            ga = _grad_through_norm(ga_hat * inv_temp, a.to(ACC), inv_a, proj_a, r)
+            gc = _grad_through_norm(gc_hat * inv_temp, c.to(ACC), inv_c, proj_c, s)
+            tl.store(GA + (g * M + offs_m[:, None]) * D + d[None, :],
+                     ga.to(GA.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+            tl.store(GC + (g * N + offs_n[:, None]) * D + d[None, :],
+                     gc.to(GC.dtype.element_ty), mask=mask_n[:, None] & mask_d[None, :])
 
 
 @triton.autotune(configs=_ROW_CONFIGS, key=["M", "N", "D"])
 @triton.jit
 def _rows_fwd(
     A, Cd, T, NA, NC, LOSS, LSE, ss, M, N, D, it_hi, it_lo, eps_hi, eps_lo,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     NORMALIZE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
     inv_temp = tl.cast(it_hi, ACC) + tl.cast(it_lo, ACC)  # 1 / T and eps in ACC (see split_float)
     eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
-    # 1. An anchor tile of group g, whole D, in registers.
+    # 1. An anchor tile of group g (its rows' norms, targets); D is read in BLOCK_K chunks.
     g = tl.program_id(0).to(tl.int64)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < M
-    mask_d = offs_d < D
-    a = tl.load(A + (g * M + offs_m[:, None]) * D + offs_d[None, :],
-                mask=mask_m[:, None] & mask_d[None, :], other=0.0).to(DOT)
     inv_a, _pa = _inv(tl.load(NA + g * M + offs_m, mask=mask_m, other=1.0).to(ACC), eps,
                       NORMALIZE)
     row_scale = inv_a * inv_temp
@@ -220,15 +250,15 @@ def _rows_fwd(
     m_i = tl.full([BLOCK_M], float("-inf"), ACC)
     l_i = tl.zeros([BLOCK_M], ACC)
     lt = tl.zeros([BLOCK_M], ACC)
-    # 2. Online log-sum-exp over candidate tiles; the target logit is picked up in its tile.
+    # 2. Online log-sum-exp over candidate tiles; each logits tile is a K-loop over D
+    #    (_raw_logits); the target logit is picked up in its tile.
     for n0 in range(0, N, BLOCK_N):
         n = n0 + offs_n
         mask_n = n < N
-        c = tl.load(Cd + (g * N + n[:, None]) * D + offs_d[None, :],
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(DOT)
         inv_c, _pc = _inv(tl.load(NC + g * N + n, mask=mask_n, other=1.0).to(ACC), eps,
                           NORMALIZE)
-        L = tl.dot(a, tl.trans(c), input_precision="ieee").to(ACC)
+        L = _raw_logits(A, Cd, g, M, N, D, offs_m, mask_m, n, mask_n,
+                        BLOCK_M, BLOCK_N, BLOCK_K, ACC, DOT)
         L = L * row_scale[:, None] * inv_c[None, :]
         L = tl.where(mask_n[None, :], L, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(L, 1))
@@ -246,20 +276,20 @@ def _rows_fwd(
 @triton.jit
 def _rows_bwd(
     A, Cd, T, NA, NC, LSE, ss, GL, GA, M, N, D, it_hi, it_lo, eps_hi, eps_lo,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    NORMALIZE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
     inv_temp = tl.cast(it_hi, ACC) + tl.cast(it_lo, ACC)  # 1 / T and eps in ACC (see split_float)
     eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
-    # 1. Row pass of the backward: an anchor tile, its LSE, targets and upstream gradient.
-    g = tl.program_id(0).to(tl.int64)
+    # 1. Row pass of the backward. Program (g * cdiv(D, BLOCK_D) + dj, i) owns
+    #    ga[g, m-tile i, d-chunk dj]: the anchor tile's LSE, targets, upstream gradient.
+    nd = tl.cdiv(D, BLOCK_D)
+    g = (tl.program_id(0) // nd).to(tl.int64)
+    offs_d = (tl.program_id(0) % nd) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < M
     mask_d = offs_d < D
-    a = tl.load(A + (g * M + offs_m[:, None]) * D + offs_d[None, :],
-                mask=mask_m[:, None] & mask_d[None, :], other=0.0).to(DOT)
     inv_a, proj_a = _inv(tl.load(NA + g * M + offs_m, mask=mask_m, other=1.0).to(ACC), eps,
                          NORMALIZE)
     row_scale = inv_a * inv_temp
@@ -270,24 +300,27 @@ def _rows_bwd(
     gl = tl.where(tgt != _IGNORE, gl, 0.0)
     ga_hat = tl.zeros([BLOCK_M, BLOCK_D], ACC)
     r = tl.zeros([BLOCK_M], ACC)
-    # 2. Over candidate tiles: dL = g (P - onehot); ga_hat += dL c_hat; r += sum_j dL L.
+    # 2. Over candidate tiles: the logits tile over the WHOLE D (K-loop, recomputed by every
+    #    d-chunk program of this tile: r needs all of D); dL = g (P - onehot);
+    #    r += sum_j dL L (the same bits in every d-chunk program); ga_hat += dL c_hat[:, chunk].
     for n0 in range(0, N, BLOCK_N):
         n = n0 + offs_n
         mask_n = n < N
-        c = tl.load(Cd + (g * N + n[:, None]) * D + offs_d[None, :],
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(DOT)
         inv_c, _pc = _inv(tl.load(NC + g * N + n, mask=mask_n, other=1.0).to(ACC), eps,
                           NORMALIZE)
-        L = tl.dot(a, tl.trans(c), input_precision="ieee").to(ACC)
+        L = _raw_logits(A, Cd, g, M, N, D, offs_m, mask_m, n, mask_n,
+                        BLOCK_M, BLOCK_N, BLOCK_K, ACC, DOT)
         L = L * row_scale[:, None] * inv_c[None, :]
         mn = mask_m[:, None] & mask_n[None, :]
-        onehot = tl.where(n[None, :] == tgt[:, None], 1.0, 0.0)
-        p = tl.exp(tl.where(mn, L - mx[:, None], float("-inf"))) / l_i[:, None]
-        dL = tl.where(mn, gl[:, None] * (p - onehot), 0.0)
+        dL = _dlogits(L, mx, l_i, gl, tgt, n, mn)
         r += tl.sum(tl.where(mn, dL * L, 0.0), 1)
-        ga_hat += tl.dot((dL * inv_c[None, :]).to(c.dtype), c, input_precision="ieee").to(ACC)
-    # 3. Through the normalisation; one store per tile.
-    ga = _grad_through_norm(ga_hat * inv_temp, a.to(ACC), inv_a, proj_a, r)
+        c = tl.load(Cd + (g * N + n[:, None]) * D + offs_d[None, :],
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(DOT)
+        ga_hat = tl.dot((dL * inv_c[None, :]).to(c.dtype), c, ga_hat, input_precision="ieee")
+    # 3. Through the normalisation (the chunk of a it needs); one store per tile.
+    a = tl.load(A + (g * M + offs_m[:, None]) * D + offs_d[None, :],
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0).to(ACC)
+    ga = _grad_through_norm(ga_hat * inv_temp, a, inv_a, proj_a, r)
     tl.store(GA + (g * M + offs_m[:, None]) * D + offs_d[None, :], ga.to(GA.dtype.element_ty),
              mask=mask_m[:, None] & mask_d[None, :])
 
@@ -296,30 +329,29 @@ def _rows_bwd(
 @triton.jit
 def _cols_bwd(
     A, Cd, T, NA, NC, LSE, ss, GL, GC, M, N, D, it_hi, it_lo, eps_hi, eps_lo,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    NORMALIZE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
     inv_temp = tl.cast(it_hi, ACC) + tl.cast(it_lo, ACC)  # 1 / T and eps in ACC (see split_float)
     eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
-    # 1. Column pass of the backward: a candidate tile of group g.
-    g = tl.program_id(0).to(tl.int64)
+    # 1. Column pass of the backward. Program (g * cdiv(D, BLOCK_D) + dj, j) owns
+    #    gc[g, n-tile j, d-chunk dj].
+    nd = tl.cdiv(D, BLOCK_D)
+    g = (tl.program_id(0) // nd).to(tl.int64)
+    offs_d = (tl.program_id(0) % nd) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
     mask_n = offs_n < N
     mask_d = offs_d < D
-    c = tl.load(Cd + (g * N + offs_n[:, None]) * D + offs_d[None, :],
-                mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(DOT)
     inv_c, proj_c = _inv(tl.load(NC + g * N + offs_n, mask=mask_n, other=1.0).to(ACC), eps,
                          NORMALIZE)
     gc_hat = tl.zeros([BLOCK_N, BLOCK_D], ACC)
     s = tl.zeros([BLOCK_N], ACC)
-    # 2. Over anchor tiles (in increasing order): gc_hat += dL^T a_hat; s += sum_i dL L.
+    # 2. Over anchor tiles (in increasing order): the logits tile over the whole D (K-loop,
+    #    recomputed per d-chunk program); s += sum_i dL L; gc_hat += dL^T a_hat[:, chunk].
     for m0 in range(0, M, BLOCK_M):
         m = m0 + offs_m
         mask_m = m < M
-        a = tl.load(A + (g * M + m[:, None]) * D + offs_d[None, :],
-                    mask=mask_m[:, None] & mask_d[None, :], other=0.0).to(DOT)
         inv_a, _pa = _inv(tl.load(NA + g * M + m, mask=mask_m, other=1.0).to(ACC), eps,
                           NORMALIZE)
         mx = tl.load(LSE + g * M + m, mask=mask_m, other=0.0).to(ACC)
@@ -327,17 +359,20 @@ def _cols_bwd(
         tgt = tl.load(T + g * M + m, mask=mask_m, other=_IGNORE)
         gl = tl.load(GL + g * M + m, mask=mask_m, other=0.0).to(ACC)
         gl = tl.where(tgt != _IGNORE, gl, 0.0)
-        L = tl.dot(a, tl.trans(c), input_precision="ieee").to(ACC)
+        L = _raw_logits(A, Cd, g, M, N, D, m, mask_m, offs_n, mask_n,
+                        BLOCK_M, BLOCK_N, BLOCK_K, ACC, DOT)
         L = L * (inv_a * inv_temp)[:, None] * inv_c[None, :]
         mn = mask_m[:, None] & mask_n[None, :]
-        onehot = tl.where(offs_n[None, :] == tgt[:, None], 1.0, 0.0)
-        p = tl.exp(tl.where(mn, L - mx[:, None], float("-inf"))) / l_i[:, None]
-        dL = tl.where(mn, gl[:, None] * (p - onehot), 0.0)
+        dL = _dlogits(L, mx, l_i, gl, tgt, offs_n, mn)
         s += tl.sum(tl.where(mn, dL * L, 0.0), 0)
-        gc_hat += tl.dot(tl.trans((dL * inv_a[:, None]).to(a.dtype)), a,
-                         input_precision="ieee").to(ACC)
+        a = tl.load(A + (g * M + m[:, None]) * D + offs_d[None, :],
+                    mask=mask_m[:, None] & mask_d[None, :], other=0.0).to(DOT)
+        gc_hat = tl.dot(tl.trans((dL * inv_a[:, None]).to(a.dtype)), a, gc_hat,
+                        input_precision="ieee")
     # 3. Through the normalisation; one store per tile.
-    gc = _grad_through_norm(gc_hat * inv_temp, c.to(ACC), inv_c, proj_c, s)
+    c = tl.load(Cd + (g * N + offs_n[:, None]) * D + offs_d[None, :],
+                mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(ACC)
+    gc = _grad_through_norm(gc_hat * inv_temp, c, inv_c, proj_c, s)
     tl.store(GC + (g * N + offs_n[:, None]) * D + offs_d[None, :], gc.to(GC.dtype.element_ty),
              mask=mask_n[:, None] & mask_d[None, :])
 
@@ -353,19 +388,68 @@ def _norm_rows(x: torch.Tensor, normalize: bool) -> torch.Tensor:
     return out
 
 
-def _regime(M: int, N: int, D: int, regime: int) -> int:
+def _acc_bytes(dtype: torch.dtype) -> int:
+    return 8 if dtype == torch.float64 else 4
+
+
+def _tiny_bytes(M: int, N: int, dtype: torch.dtype) -> int:
+    """Bytes of a group's [BLOCK_M, BLOCK_N] logits tile in the accumulation dtype: what a
+    tiny program keeps in registers besides its D chunks (the size limit of the regime)."""
+    return pow2(M) * pow2(N) * _acc_bytes(dtype)
+
+
+def _tiny_fits(M: int, N: int, D: int, dtype: torch.dtype) -> bool:
+    return max(M, N) <= TINY_MAX and _tiny_bytes(M, N, dtype) <= TINY_MAX_BYTES
+
+
+def _regime(M: int, N: int, D: int, dtype: torch.dtype, regime: int) -> int:
+    fits = _tiny_fits(M, N, D, dtype)
+    if regime == TINY and not fits:
+        raise RuntimeError(
+            f"art_fast.info_nce: the tiny regime needs M, N <= {TINY_MAX} and a logits tile "
+            f"pow2(M) * pow2(N) * (accumulator bytes: 8 for float64, else 4) <= "
+            f"{TINY_MAX_BYTES} bytes (TINY_MAX_BYTES), got M = {M}, N = {N}, {dtype}: "
+            f"{_tiny_bytes(M, N, dtype)} bytes; use the large regime")
     if regime in (TINY, LARGE):
-        if regime == TINY and max(M, N) > TINY_MAX:
-            raise RuntimeError(f"art_fast.info_nce: the tiny regime needs M, N <= {TINY_MAX}")
         return regime
-    tiles = (pow2(M) + pow2(N)) * pow2(D)
-    return TINY if max(M, N) <= TINY_MAX and tiles <= TINY_MAX_TILE else LARGE
+    return TINY if fits else LARGE
 
 
-def _groups_per_program(G: int, M: int, N: int) -> int:
-    # several small groups per program (fewer, fuller programs); at least ~1 program per group
-    # block of 8 when G is large.
-    return max(1, min(8, 256 // (pow2(M) * pow2(N) // 16)))
+def _groups_per_program(M: int, N: int) -> int:
+    # several small groups per program, one after the other (fewer, fuller programs).
+    return max(1, min(8, 4096 // (pow2(M) * pow2(N))))
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
+
+
+def _tiny_meta(M: int, N: int, D: int, dtype: torch.dtype, backward: bool) -> dict:
+    """Launch parameters of the tiny kernels (tiles, D chunks, groups, warps, stages), from the
+    bytes a program keeps live: its logits tiles (L, P / dL, dL L: about 3 [BM, BN] tiles in
+    ACC) and its D chunks (K-loop: [BM + BN, BLOCK_K] in the input dtype; backward: a and c
+    chunks, in the input dtype and in ACC, and their gradients in ACC)."""
+    bm, bn, acc, elt = pow2(M), pow2(N), _acc_bytes(dtype), dtype.itemsize
+    bk = _block_k(D, dtype)
+    meta = dict(GROUPS=_groups_per_program(M, N), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+    live = 3 * bm * bn * acc + (bm + bn) * bk * elt
+    if backward:
+        bd = min(pow2(D), max(16, _pow2_floor(TINY_CHUNK_BYTES // ((bm + bn) * acc))))
+        meta["BLOCK_D"] = bd
+        live += (bm + bn) * bd * (elt + 2 * acc)
+    warps = min(8, max(4, pow2(triton.cdiv(live, TINY_BYTES_PER_WARP), lo=1)))
+    meta.update(num_warps=warps, num_stages=TINY_STAGES)
+    return meta
+
+
+def _block_k(D: int, dtype: torch.dtype) -> int:
+    """The D chunk of the logits K-loop: 128 bytes of a row (32 fp32, 64 bf16, 16 fp64)."""
+    return min(pow2(D), max(16, 128 // dtype.itemsize))
+
+
+def _block_d(D: int, dtype: torch.dtype) -> int:
+    """The D chunk a backward program owns (its [BLOCK_M, BLOCK_D] accumulator)."""
+    return min(pow2(D), BLOCK_D_MAX // _acc_bytes(dtype) * 4)
 
 
 def _fwd_host(anchors, candidates, targets, temperature, normalize, regime):
@@ -379,17 +463,16 @@ def _fwd_host(anchors, candidates, targets, temperature, normalize, regime):
     with device_ctx(a):
         na, nc = _norm_rows(a, normalize), _norm_rows(c, normalize)
         scal = (*split_float(1.0 / temperature), *split_float(EPS))
-        common = dict(NORMALIZE=normalize, ACC=tl_acc(a.dtype), DOT=tl_dot(a.dtype),
-                      BLOCK_D=pow2(D))
-        if _regime(M, N, D, regime) == TINY:
-            gpp = _groups_per_program(G, M, N)
-            _tiny_fwd[(triton.cdiv(G, gpp),)](
-                a, c, t, na, nc, loss, lse, G * M, G, M, N, D, *scal,
-                GROUPS=gpp, BLOCK_M=pow2(M), BLOCK_N=pow2(N), **common,
+        common = dict(NORMALIZE=normalize, ACC=tl_acc(a.dtype), DOT=tl_dot(a.dtype))
+        if _regime(M, N, D, a.dtype, regime) == TINY:
+            meta = _tiny_meta(M, N, D, a.dtype, backward=False)
+            _tiny_fwd[(triton.cdiv(G, meta["GROUPS"]),)](
+                a, c, t, na, nc, loss, lse, G * M, G, M, N, D, *scal, **meta, **common,
             )
         else:
             _rows_fwd[lambda meta: (G, triton.cdiv(M, meta["BLOCK_M"]))](
-                a, c, t, na, nc, loss, lse, G * M, M, N, D, *scal, **common,
+                a, c, t, na, nc, loss, lse, G * M, M, N, D, *scal,
+                BLOCK_K=_block_k(D, a.dtype), **common,
             )
     return loss, lse
 
@@ -405,21 +488,22 @@ def _bwd_host(grad_loss, anchors, candidates, targets, lse, temperature, normali
     with device_ctx(a):
         na, nc = _norm_rows(a, normalize), _norm_rows(c, normalize)
         scal = (*split_float(1.0 / temperature), *split_float(EPS))
-        common = dict(NORMALIZE=normalize, ACC=tl_acc(a.dtype), DOT=tl_dot(a.dtype),
-                      BLOCK_D=pow2(D))
+        common = dict(NORMALIZE=normalize, ACC=tl_acc(a.dtype), DOT=tl_dot(a.dtype))
         args = (a, c, t, na, nc, lse, G * M, gl)
-        if _regime(M, N, D, regime) == TINY:
-            gpp = _groups_per_program(G, M, N)
-            _tiny_bwd[(triton.cdiv(G, gpp),)](
-                *args, ga, gc, G, M, N, D, *scal,
-                GROUPS=gpp, BLOCK_M=pow2(M), BLOCK_N=pow2(N), **common,
+        if _regime(M, N, D, a.dtype, regime) == TINY:
+            meta = _tiny_meta(M, N, D, a.dtype, backward=True)
+            _tiny_bwd[(triton.cdiv(G, meta["GROUPS"]),)](
+                *args, ga, gc, G, M, N, D, *scal, **meta, **common,
             )
         else:
-            _rows_bwd[lambda meta: (G, triton.cdiv(M, meta["BLOCK_M"]))](
-                *args, ga, M, N, D, *scal, **common,
+            bd = _block_d(D, a.dtype)
+            chunks = dict(BLOCK_K=_block_k(D, a.dtype), BLOCK_D=bd, **common)
+            nd = triton.cdiv(D, bd)  # programs per output tile (grid axis 0: g * nd + chunk)
+            _rows_bwd[lambda meta: (G * nd, triton.cdiv(M, meta["BLOCK_M"]))](
+                *args, ga, M, N, D, *scal, **chunks,
             )
-            _cols_bwd[lambda meta: (G, triton.cdiv(N, meta["BLOCK_N"]))](
-                *args, gc, M, N, D, *scal, **common,
+            _cols_bwd[lambda meta: (G * nd, triton.cdiv(N, meta["BLOCK_N"]))](
+                *args, gc, M, N, D, *scal, **chunks,
             )
     return ga, gc
 

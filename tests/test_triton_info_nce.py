@@ -51,7 +51,8 @@ def test_anchors_are_the_candidates(device, regime, dtype):
     """The same tensor as anchors and candidates: both gradients add up."""
     require_triton(OP, device)
     check(device, "triton", 3, 9, 9, 12, dtype, same=True, reduction="sum")
-    check(device, "triton", 1, 33, 33, 8, dtype, same=True, reduction="mean")
+    mn = 32 if regime == 1 and dtype == torch.float64 else 33  # the tiny limit in float64
+    check(device, "triton", 1, mn, mn, 8, dtype, same=True, reduction="mean")
 
 
 @pytest.mark.parametrize("device", TRITON_CASES)
@@ -108,16 +109,84 @@ def test_reproducible_and_fully_written(device, regime):
     assert not any(torch.isnan(x).any() for x in first)
 
 
-def test_regime_choice():
+@pytest.mark.parametrize("device", TRITON_CASES)
+@pytest.mark.parametrize("regime", REGIMES, indirect=True)
+@pytest.mark.parametrize(
+    "G,M,N,D,dtype,normalize",
+    [(2, 9, 17, 200, torch.float32, True), (1, 5, 3, 33, torch.float64, False),
+     (1, 6, 18, 300, torch.float32, False), (1, 17, 4, 300, torch.float64, True)],
+)
+def test_d_chunks(device, regime, G, M, N, D, dtype, normalize):
+    """D not a multiple of the D chunks and D over them: the logits K-loop over D (BLOCK_K,
+    both regimes), the large backward's grid axis over D chunks and the tiny backward's loop
+    over them (BLOCK_D). Ignored rows included."""
+    require_triton(OP, device)
     from art_fast.kernels import info_nce as kmod
 
-    assert kmod._regime(16, 16, 256, kmod.AUTO) == kmod.TINY
-    assert kmod._regime(64, 64, 128, kmod.AUTO) == kmod.TINY
-    assert kmod._regime(65, 8, 32, kmod.AUTO) == kmod.LARGE
-    assert kmod._regime(64, 64, 1024, kmod.AUTO) == kmod.LARGE  # tiles too big for registers
-    assert kmod._regime(8, 8, 32, kmod.LARGE) == kmod.LARGE
+    if D == 300:  # several chunks of both kinds
+        assert D > 2 * kmod._block_k(D, dtype) and D > 2 * kmod._block_d(D, dtype)
+        assert D > 2 * kmod._tiny_meta(M, N, D, dtype, backward=True)["BLOCK_D"]
+    check(device, "triton", G, M, N, D, dtype, reduction="none", normalize=normalize,
+          temperature=0.1 if normalize else 3.0, ignore_frac=0.3)
+
+
+def test_regime_choice():
+    """Tiny: M, N <= 64 and a [pow2(M), pow2(N)] logits tile of <= TINY_MAX_BYTES in the
+    accumulation dtype (so float64 stops at 32 x 64); D does not count (D chunks)."""
+    from art_fast.kernels import info_nce as kmod
+
+    f32, bf16, f64 = torch.float32, torch.bfloat16, torch.float64
+    assert kmod.TINY_MAX_BYTES == 16384
+    for dtype in (f32, bf16, torch.float16, f64):
+        assert kmod._regime(16, 16, 256, dtype, kmod.AUTO) == kmod.TINY  # the paper shape
+        assert kmod._regime(2, 2, 256, dtype, kmod.AUTO) == kmod.TINY
+        assert kmod._regime(32, 64, 4096, dtype, kmod.AUTO) == kmod.TINY
+        assert kmod._regime(65, 8, 32, dtype, kmod.AUTO) == kmod.LARGE
+        assert kmod._regime(8, 8, 32, dtype, kmod.LARGE) == kmod.LARGE
+    assert kmod._regime(64, 64, 256, f32, kmod.AUTO) == kmod.TINY
+    assert kmod._regime(64, 64, 256, bf16, kmod.AUTO) == kmod.TINY
+    assert kmod._regime(64, 64, 256, f64, kmod.AUTO) == kmod.LARGE  # 32 KiB of fp64 logits
+    assert kmod._regime(33, 64, 8, f64, kmod.AUTO) == kmod.LARGE  # pow2(33) = 64
     with pytest.raises(RuntimeError, match="tiny regime"):
-        kmod._regime(65, 8, 32, kmod.TINY)
+        kmod._regime(65, 8, 32, f32, kmod.TINY)
+    with pytest.raises(RuntimeError, match="TINY_MAX_BYTES"):  # names the limit in bytes
+        kmod._regime(64, 64, 8, f64, kmod.TINY)
+
+
+def test_tiny_launch_parameters():
+    """Warps (4 or 8) from the bytes a tiny program keeps live; power-of-two D chunks; groups
+    per program shrink with the logits tile. The paper shape (M = N = 16, D = 256): 4 warps,
+    8 groups a program, 32-wide D chunks in the backward (fp32 / bf16)."""
+    from art_fast.kernels import info_nce as kmod
+
+    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        for M, N in [(1, 1), (2, 2), (16, 16), (64, 16), (16, 64), (32, 32), (32, 64), (64, 64)]:
+            for D in (1, 5, 33, 256, 3000):
+                if not kmod._tiny_fits(M, N, D, dtype):
+                    continue
+                for backward in (False, True):
+                    meta = kmod._tiny_meta(M, N, D, dtype, backward)
+                    assert meta["num_warps"] in (4, 8), (M, N, D, dtype, meta)
+                    assert 1 <= meta["GROUPS"] <= 8
+                    assert meta["BLOCK_K"] in (16, 32, 64)
+                    if backward:
+                        assert meta["BLOCK_D"] in (16, 32, 64), (M, N, D, dtype, meta)
+    for dtype in (torch.float32, torch.bfloat16):
+        meta = kmod._tiny_meta(16, 16, 256, dtype, True)
+        assert (meta["num_warps"], meta["GROUPS"], meta["BLOCK_D"]) == (4, 8, 32)
+
+
+@pytest.mark.parametrize("device", TRITON_CASES)
+def test_forced_tiny_beyond_the_limit_raises(device):
+    require_triton(OP, device)
+    from art_fast.kernels import info_nce as kmod
+
+    a = torch.randn(1, 64, 4, device=device, dtype=torch.float64)
+    t = torch.zeros(1, 64, dtype=torch.long, device=device)
+    with pytest.raises(RuntimeError, match=str(kmod.TINY_MAX_BYTES)):
+        kmod.forward(a, a, t, 0.1, True, "mean", regime=kmod.TINY)
+    loss = kmod.forward(a, a, t, 0.1, True, "mean")  # auto: the large kernels
+    assert torch.isfinite(loss)
 
 
 @pytest.mark.parametrize("device", TRITON_CASES)
