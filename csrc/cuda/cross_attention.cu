@@ -37,9 +37,9 @@ namespace {
 constexpr int kMaxTile = 64;
 
 template <typename A>
-__device__ __forceinline__ A dot_fma(const A* __restrict__ x, const A* __restrict__ y, int64_t D) {
+__device__ __forceinline__ A dot_fma(const A* __restrict__ x, const A* __restrict__ y, int D) {
   A acc = A(0);
-  for (int64_t d = 0; d < D; ++d) acc = fma(x[d], y[d], acc);
+  for (int d = 0; d < D; ++d) acc = fma(x[d], y[d], acc);
   return acc;
 }
 
@@ -75,7 +75,10 @@ __global__ void fwd_kernel(const T* __restrict__ q, const T* __restrict__ k,
   using A = acc_t<T>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   A* smem = reinterpret_cast<A*>(smem_raw);
-  const int64_t M = s.M, N = s.N, D = s.D, H = s.H;
+  // 32-bit index math inside the (b, h) pair (M*N, M*D, N*D < 2^31: ops_cuda.cpp), 64-bit
+  // pair offsets.
+  const int M = static_cast<int>(s.M), N = static_cast<int>(s.N), D = static_cast<int>(s.D);
+  const int H = static_cast<int>(s.H);
   A* qs = smem;                   // [M, D]   q * scale
   A* os = qs + M * D;             // [M, D]   running (unnormalised) output
   A* kt = os + M * D;             // [TN, D+1] k tile (padded: conflict-free dot products)
@@ -86,49 +89,49 @@ __global__ void fwd_kernel(const T* __restrict__ q, const T* __restrict__ k,
   A* fac = lrun + M;              // [M]      the tile's rescale factor
   const int tid = threadIdx.x, nt = blockDim.x;
   const int lane = tid & 31, warp = tid >> 5, nwarps = nt >> 5;
-  const int64_t bh = blockIdx.x;
-  const int64_t qbh = s.Bq == 1 ? bh % H : bh;
-  const T* qp = q + qbh * M * D;
-  const T* kp = k + bh * N * D;
-  const T* vp = v + bh * N * D;
+  const int bh = blockIdx.x;  // < 2^31 (ops_cuda.cpp)
+  const int qbh = s.Bq == 1 ? bh % H : bh;
+  const T* qp = q + int64_t(qbh) * M * D;
+  const T* kp = k + int64_t(bh) * N * D;
+  const T* vp = v + int64_t(bh) * N * D;
 
   // 1. q * scale into shared memory; zero the accumulators.
-  for (int64_t i = tid; i < M * D; i += nt) {
+  for (int i = tid; i < M * D; i += nt) {
     qs[i] = to_acc(qp[i]) * scale;
     os[i] = A(0);
   }
-  for (int64_t m = tid; m < M; m += nt) {
+  for (int m = tid; m < M; m += nt) {
     mrun[m] = neg_inf<A>();
     lrun[m] = A(0);
   }
   __syncthreads();
 
-  for (int64_t n0 = 0; n0 < N; n0 += TN) {
-    const int64_t tn = min(static_cast<int64_t>(TN), N - n0);
+  for (int n0 = 0; n0 < N; n0 += TN) {
+    const int tn = min(TN, N - n0);
     // 2. k and v tiles.
-    for (int64_t i = tid; i < tn * D; i += nt) {
-      const int64_t r = i / D, d = i - r * D;
+    for (int i = tid; i < tn * D; i += nt) {
+      const int r = i / D, d = i - r * D;
       kt[r * (D + 1) + d] = to_acc(kp[(n0 + r) * D + d]);
       vt[r * D + d] = to_acc(vp[(n0 + r) * D + d]);
     }
     __syncthreads();
     // 3. scores of the tile: st[m, n] = <q_m * scale, k_n>, d in increasing order.
-    for (int64_t i = tid; i < M * tn; i += nt) {
-      const int64_t m = i / tn, n = i - m * tn;
+    for (int i = tid; i < M * tn; i += nt) {
+      const int m = i / tn, n = i - m * tn;
       st[m * TN + n] = dot_fma(qs + m * D, kt + n * (D + 1), D);
     }
     __syncthreads();
     // 4. online softmax, one warp per row: new max, p = exp(s - m_new) in place, rescale of
     //    the running sum (and, in 5, of the output accumulator).
-    for (int64_t m = warp; m < M; m += nwarps) {
+    for (int m = warp; m < M; m += nwarps) {
       A* row = st + m * TN;
       A tmax = neg_inf<A>();
-      for (int64_t n = lane; n < tn; n += 32) tmax = max_skip_nan(tmax, row[n]);
+      for (int n = lane; n < tn; n += 32) tmax = max_skip_nan(tmax, row[n]);
       tmax = warp_max(tmax);
       const A mold = mrun[m];
       const A mnew = max_skip_nan(mold, tmax);
       A tsum = A(0);
-      for (int64_t n = lane; n < tn; n += 32) {
+      for (int n = lane; n < tn; n += 32) {
         const A p = exp_rel(row[n], mnew);
         row[n] = p;
         tsum += p;
@@ -143,41 +146,41 @@ __global__ void fwd_kernel(const T* __restrict__ q, const T* __restrict__ k,
     }
     __syncthreads();
     // 5. os = os * f + p v, each (m, d) owned by one thread, n in increasing order.
-    for (int64_t i = tid; i < M * D; i += nt) {
-      const int64_t m = i / D, d = i - m * D;
+    for (int i = tid; i < M * D; i += nt) {
+      const int m = i / D, d = i - m * D;
       A acc = os[i] * fac[m];
       const A* prow = st + m * TN;
-      for (int64_t n = 0; n < tn; ++n) acc = fma(prow[n], vt[n * D + d], acc);
+      for (int n = 0; n < tn; ++n) acc = fma(prow[n], vt[n * D + d], acc);
       os[i] = acc;
     }
     __syncthreads();
   }
 
   // 6. lse = m + log(l); a row of -inf scores (m = -inf) is NaN throughout, as torch.softmax.
-  for (int64_t m = tid; m < M; m += nt) {
+  for (int m = tid; m < M; m += nt) {
     const A mx = mrun[m];
     const A l = mx == neg_inf<A>() ? quiet_nan<A>() : lrun[m];
-    lse[bh * M + m] = mx + log_acc(l);
+    lse[int64_t(bh) * M + m] = mx + log_acc(l);
     lrun[m] = A(1) / l;
   }
   __syncthreads();
-  T* op = out + bh * M * D;
-  for (int64_t i = tid; i < M * D; i += nt) op[i] = from_acc<T>(os[i] * lrun[i / D]);
+  T* op = out + int64_t(bh) * M * D;
+  for (int i = tid; i < M * D; i += nt) op[i] = from_acc<T>(os[i] * lrun[i / D]);
   if (weights == nullptr) return;
 
   // 7. the probabilities, only when asked for: the scores recomputed with the same products,
   //    p = exp(s - m) / l with the final row statistics.
-  T* wp = weights + bh * M * N;
-  for (int64_t n0 = 0; n0 < N; n0 += TN) {
-    const int64_t tn = min(static_cast<int64_t>(TN), N - n0);
+  T* wp = weights + int64_t(bh) * M * N;
+  for (int n0 = 0; n0 < N; n0 += TN) {
+    const int tn = min(TN, N - n0);
     __syncthreads();
-    for (int64_t i = tid; i < tn * D; i += nt) {
-      const int64_t r = i / D, d = i - r * D;
+    for (int i = tid; i < tn * D; i += nt) {
+      const int r = i / D, d = i - r * D;
       kt[r * (D + 1) + d] = to_acc(kp[(n0 + r) * D + d]);
     }
     __syncthreads();
-    for (int64_t i = tid; i < M * tn; i += nt) {
-      const int64_t m = i / tn, n = i - m * tn;
+    for (int i = tid; i < M * tn; i += nt) {
+      const int m = i / tn, n = i - m * tn;
       const A sc = dot_fma(qs + m * D, kt + n * (D + 1), D);
       wp[m * N + n0 + n] = from_acc<T>(exp_acc(sc - mrun[m]) * lrun[m]);
     }
@@ -194,7 +197,8 @@ __global__ void bwd_kernel(const T* __restrict__ go, const T* __restrict__ gw,
   using A = acc_t<T>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   A* smem = reinterpret_cast<A*>(smem_raw);
-  const int64_t M = s.M, N = s.N, D = s.D, H = s.H;
+  const int M = static_cast<int>(s.M), N = static_cast<int>(s.N), D = static_cast<int>(s.D);
+  const int H = static_cast<int>(s.H);
   A* qs = smem;                  // [M, D]    q * scale
   A* dos = qs + M * D;           // [M, D]    dO
   A* dqs = dos + M * D;          // [M, D]    dq accumulator (before the final * scale)
@@ -208,21 +212,23 @@ __global__ void bwd_kernel(const T* __restrict__ go, const T* __restrict__ gw,
   A* fac = trun + M;             // [M]
   const int tid = threadIdx.x, nt = blockDim.x;
   const int lane = tid & 31, warp = tid >> 5, nwarps = nt >> 5;
-  const int64_t bh = blockIdx.x;
-  const int64_t qbh = s.Bq == 1 ? bh % H : bh;
-  const T* qp = q + qbh * M * D;
-  const T* gop = go + bh * M * D;
-  const T* kp = k + bh * N * D;
-  const T* vp = v + bh * N * D;
-  const T* gwp = gw ? gw + bh * M * N : nullptr;
+  const int bh = blockIdx.x;
+  const int qbh = s.Bq == 1 ? bh % H : bh;
+  const T* qp = q + int64_t(qbh) * M * D;
+  const T* gop = go + int64_t(bh) * M * D;
+  const T* kp = k + int64_t(bh) * N * D;
+  const T* vp = v + int64_t(bh) * N * D;
+  const T* gwp = gw ? gw + int64_t(bh) * M * N : nullptr;
+  T* dkp = dk + int64_t(bh) * N * D;
+  T* dvp = dv + int64_t(bh) * N * D;
 
   // 1. q * scale and dO into shared memory.
-  for (int64_t i = tid; i < M * D; i += nt) {
+  for (int i = tid; i < M * D; i += nt) {
     qs[i] = to_acc(qp[i]) * scale;
     dos[i] = to_acc(gop[i]);
     dqs[i] = A(0);
   }
-  for (int64_t m = tid; m < M; m += nt) {
+  for (int m = tid; m < M; m += nt) {
     mrun[m] = neg_inf<A>();
     lrun[m] = A(0);
     trun[m] = A(0);
@@ -230,18 +236,18 @@ __global__ void bwd_kernel(const T* __restrict__ go, const T* __restrict__ gw,
   __syncthreads();
 
   // Pass A: row statistics (max, sum) and delta = sum_n P dP, online over the tiles.
-  for (int64_t n0 = 0; n0 < N; n0 += TN) {
-    const int64_t tn = min(static_cast<int64_t>(TN), N - n0);
+  for (int n0 = 0; n0 < N; n0 += TN) {
+    const int tn = min(TN, N - n0);
     // 2. k and v tiles.
-    for (int64_t i = tid; i < tn * D; i += nt) {
-      const int64_t r = i / D, d = i - r * D;
+    for (int i = tid; i < tn * D; i += nt) {
+      const int r = i / D, d = i - r * D;
       kt[r * (D + 1) + d] = to_acc(kp[(n0 + r) * D + d]);
       vt[r * (D + 1) + d] = to_acc(vp[(n0 + r) * D + d]);
     }
     __syncthreads();
     // 3. s = <q_m * scale, k_n>, dP = <dO_m, v_n> (+ grad_weights).
-    for (int64_t i = tid; i < M * tn; i += nt) {
-      const int64_t m = i / tn, n = i - m * tn;
+    for (int i = tid; i < M * tn; i += nt) {
+      const int m = i / tn, n = i - m * tn;
       pt[m * TN + n] = dot_fma(qs + m * D, kt + n * (D + 1), D);
       A dp = dot_fma(dos + m * D, vt + n * (D + 1), D);
       if (gwp) dp += to_acc(gwp[m * N + n0 + n]);
@@ -249,16 +255,16 @@ __global__ void bwd_kernel(const T* __restrict__ go, const T* __restrict__ gw,
     }
     __syncthreads();
     // 4. one warp per row: new max, rescaled sums of p and of p dP.
-    for (int64_t m = warp; m < M; m += nwarps) {
+    for (int m = warp; m < M; m += nwarps) {
       const A* row = pt + m * TN;
       const A* drow = dst + m * TN;
       A tmax = neg_inf<A>();
-      for (int64_t n = lane; n < tn; n += 32) tmax = max_skip_nan(tmax, row[n]);
+      for (int n = lane; n < tn; n += 32) tmax = max_skip_nan(tmax, row[n]);
       tmax = warp_max(tmax);
       const A mold = mrun[m];
       const A mnew = max_skip_nan(mold, tmax);
       A tsum = A(0), tdot = A(0);
-      for (int64_t n = lane; n < tn; n += 32) {
+      for (int n = lane; n < tn; n += 32) {
         const A p = exp_rel(row[n], mnew);
         tsum += p;
         tdot = fma(p, drow[n], tdot);
@@ -275,7 +281,7 @@ __global__ void bwd_kernel(const T* __restrict__ go, const T* __restrict__ gw,
     __syncthreads();
   }
   // 5. 1 / l and delta = (sum p dP) / l (NaN for a row of -inf scores).
-  for (int64_t m = tid; m < M; m += nt) {
+  for (int m = tid; m < M; m += nt) {
     const A l = mrun[m] == neg_inf<A>() ? quiet_nan<A>() : lrun[m];
     lrun[m] = A(1) / l;
     trun[m] = trun[m] * lrun[m];
@@ -283,17 +289,17 @@ __global__ void bwd_kernel(const T* __restrict__ go, const T* __restrict__ gw,
   __syncthreads();
 
   // Pass B: P, dS = P (dP - delta), and the gradients.
-  for (int64_t n0 = 0; n0 < N; n0 += TN) {
-    const int64_t tn = min(static_cast<int64_t>(TN), N - n0);
-    for (int64_t i = tid; i < tn * D; i += nt) {
-      const int64_t r = i / D, d = i - r * D;
+  for (int n0 = 0; n0 < N; n0 += TN) {
+    const int tn = min(TN, N - n0);
+    for (int i = tid; i < tn * D; i += nt) {
+      const int r = i / D, d = i - r * D;
       kt[r * (D + 1) + d] = to_acc(kp[(n0 + r) * D + d]);
       vt[r * (D + 1) + d] = to_acc(vp[(n0 + r) * D + d]);
     }
     __syncthreads();
     // 6. P and dS of the tile.
-    for (int64_t i = tid; i < M * tn; i += nt) {
-      const int64_t m = i / tn, n = i - m * tn;
+    for (int i = tid; i < M * tn; i += nt) {
+      const int m = i / tn, n = i - m * tn;
       const A sc = dot_fma(qs + m * D, kt + n * (D + 1), D);
       const A p = exp_acc(sc - mrun[m]) * lrun[m];
       A dp = dot_fma(dos + m * D, vt + n * (D + 1), D);
@@ -303,34 +309,35 @@ __global__ void bwd_kernel(const T* __restrict__ go, const T* __restrict__ gw,
     }
     __syncthreads();
     // 7. dq += dS k (n in increasing order; the scale is applied at the end).
-    for (int64_t i = tid; i < M * D; i += nt) {
-      const int64_t m = i / D, d = i - m * D;
+    for (int i = tid; i < M * D; i += nt) {
+      const int m = i / D, d = i - m * D;
       A acc = dqs[i];
       const A* drow = dst + m * TN;
-      for (int64_t n = 0; n < tn; ++n) acc = fma(drow[n], kt[n * (D + 1) + d], acc);
+      for (int n = 0; n < tn; ++n) acc = fma(drow[n], kt[n * (D + 1) + d], acc);
       dqs[i] = acc;
     }
     // 8. dk = dS^T (q * scale), dv = P^T dO for the tile's patches (m in increasing order);
     //    each patch row is complete here and written once.
-    for (int64_t i = tid; i < tn * D; i += nt) {
-      const int64_t n = i / D, d = i - n * D;
+    for (int i = tid; i < tn * D; i += nt) {
+      const int n = i / D, d = i - n * D;
       A ak = A(0), av = A(0);
-      for (int64_t m = 0; m < M; ++m) {
+      for (int m = 0; m < M; ++m) {
         ak = fma(dst[m * TN + n], qs[m * D + d], ak);
         av = fma(pt[m * TN + n], dos[m * D + d], av);
       }
-      dk[(bh * N + n0 + n) * D + d] = from_acc<T>(ak);
-      dv[(bh * N + n0 + n) * D + d] = from_acc<T>(av);
+      dkp[(n0 + n) * D + d] = from_acc<T>(ak);
+      dvp[(n0 + n) * D + d] = from_acc<T>(av);
     }
     __syncthreads();
   }
   // 9. dq = scale * dS k: straight into dq, or into the per-b partial of a shared query.
-  for (int64_t i = tid; i < M * D; i += nt) {
+  const int64_t obase = int64_t(bh) * M * D;
+  for (int i = tid; i < M * D; i += nt) {
     const A g = dqs[i] * scale;
     if (dq_part) {
-      dq_part[bh * M * D + i] = g;
+      dq_part[obase + i] = g;
     } else {
-      dq[bh * M * D + i] = from_acc<T>(g);
+      dq[obase + i] = from_acc<T>(g);
     }
   }
 }
@@ -340,6 +347,7 @@ template <typename T>
 __global__ void sum_over_b_kernel(const acc_t<T>* __restrict__ part, int64_t B, int64_t inner,
                                   T* __restrict__ dq) {
   using A = acc_t<T>;
+#pragma unroll 1  // (no trip-count division: this loop runs once or a few times per thread)
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < inner;
        i += int64_t(gridDim.x) * blockDim.x) {
     A acc = A(0);

@@ -19,6 +19,8 @@ namespace cuda {
 enum class DType { f32, f64, f16, bf16 };
 
 // ---- cross_attention --------------------------------------------------------------------------
+// The kernels index inside one (b, h) pair with 32-bit integers: M * N, M * D and N * D must
+// be < 2^31 (checked by ops_cuda.cpp); the offsets of the pairs are 64-bit.
 struct CrossAttnDims {
   int64_t B, Bq, H, M, N, D;
 };

@@ -59,6 +59,8 @@ DType dtype_of(const at::Tensor& t, const char* name) {
 at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 constexpr int64_t kMaxGrid = std::numeric_limits<int32_t>::max();
+// Largest extent the kernels index with 32-bit integers (inside one (b, h) pair / group).
+constexpr int64_t kMaxInt32 = std::numeric_limits<int32_t>::max();
 
 void check_launch(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, "art_fast: ", op, ": CUDA error: ", cudaGetErrorString(err));
@@ -89,6 +91,9 @@ cuda::CrossAttnDims ca_check(const at::Tensor& q, const at::Tensor& k, const at:
   TORCH_CHECK(d.B > 0 && d.H > 0 && d.M > 0 && d.N > 0 && d.D > 0,
               "art_fast: cross_attention got an empty tensor");
   TORCH_CHECK(d.B * d.H <= kMaxGrid, "art_fast: cross_attention (CUDA) needs B*H < 2^31");
+  TORCH_CHECK(d.M * d.N <= kMaxInt32 && d.M * d.D <= kMaxInt32 && d.N * d.D <= kMaxInt32,
+              "art_fast: cross_attention (CUDA) indexes one (b, h) pair with 32-bit integers: "
+              "M*N, M*D and N*D must be < 2^31, got M = ", d.M, ", N = ", d.N, ", D = ", d.D);
   return d;
 }
 

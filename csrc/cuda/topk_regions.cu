@@ -98,10 +98,10 @@ __global__ void fwd_kernel(const T* __restrict__ scores, const T* __restrict__ v
                            T* __restrict__ weights) {
   using A = acc_t<T>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const int64_t N = s.N, C = s.C, k = s.k, M = s.M;
+  const int64_t N = s.N, C = s.C, k = s.k;
   const int64_t n2 = next_pow2(N);
   const int64_t row = blockIdx.x;
-  const int64_t b = row / M;
+  const int64_t b = blockIdx.x / static_cast<unsigned>(s.M);  // B*M < 2^31 (ops_cuda.cpp)
   const int tid = threadIdx.x, nt = blockDim.x;
   A* red = reinterpret_cast<A*>(smem_raw);  // [33] reduction scratch
   unsigned char* base = scratch ? scratch + row * n2 * (sizeof(u64) + sizeof(unsigned))
@@ -155,8 +155,8 @@ __global__ void bwd_rows_kernel(const T* __restrict__ gp, const T* __restrict__ 
                                 acc_t<T>* __restrict__ dsc) {
   using A = acc_t<T>;
   __shared__ A red[33];
-  const int64_t N = s.N, C = s.C, k = s.k, M = s.M;
-  const int64_t row = blockIdx.x, b = row / M;
+  const int64_t N = s.N, C = s.C, k = s.k;
+  const int64_t row = blockIdx.x, b = blockIdx.x / static_cast<unsigned>(s.M);
   const int tid = threadIdx.x, nt = blockDim.x;
   const int64_t* I = indices + row * k;
   const T* srow = scores + row * N;
@@ -210,37 +210,45 @@ __global__ void bwd_rows_kernel(const T* __restrict__ gp, const T* __restrict__ 
 template <typename T>
 __global__ void bwd_values_kernel(const T* __restrict__ gp, const int64_t* __restrict__ indices,
                                   const acc_t<T>* __restrict__ wsc, TopkDims s, int64_t NB,
-                                  int64_t CC, T* __restrict__ gv) {
+                                  int64_t CC, unsigned nchunks, unsigned cchunks,
+                                  T* __restrict__ gv) {
   using A = acc_t<T>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   A* acc = reinterpret_cast<A*>(smem_raw);  // [NB, CC]
   const int64_t N = s.N, C = s.C, k = s.k, M = s.M;
-  const int64_t nchunks = (N + NB - 1) / NB, cchunks = (C + CC - 1) / CC;
-  int64_t blk = blockIdx.x;
-  const int64_t cc = blk % cchunks;
+  // The block's (b, patch chunk, channel chunk), nchunks = ceil(N / NB), cchunks =
+  // ceil(C / CC): 32-bit (the grid has < 2^31 blocks).
+  unsigned blk = blockIdx.x;
+  const unsigned cc = blk % cchunks;
   blk /= cchunks;
-  const int64_t nc = blk % nchunks;
+  const unsigned nc = blk % nchunks;
   const int64_t b = blk / nchunks;
   const int64_t n0 = nc * NB, c0 = cc * CC;
-  const int64_t nb = min(NB, N - n0), cw = min(CC, C - c0);
+  // nb <= 64, cw <= 256: the block's [nb, cw] accumulator is indexed in 32 bits.
+  const int nb = static_cast<int>(min(NB, N - n0)), cw = static_cast<int>(min(CC, C - c0));
   const int tid = threadIdx.x, nt = blockDim.x;
-  for (int64_t i = tid; i < nb * cw; i += nt) acc[i] = A(0);
+  for (int i = tid; i < nb * cw; i += nt) acc[i] = A(0);
   // (each thread only ever touches the elements i with i % cw == its channels: no race)
   __syncthreads();
   const int64_t* Ib = indices + b * M * k;
   const A* wb = wsc + b * M * k;
-  for (int64_t e = 0; e < M * k; ++e) {
-    const int64_t n = Ib[e];  // the same e for every thread: a uniform branch
-    if (n < n0 || n >= n0 + nb) continue;
-    const A w = wb[e];
-    const T* g = gp + (b * M + e / k) * C + c0;
-    A* arow = acc + (n - n0) * cw;
-    for (int64_t c = tid; c < cw; c += nt) arow[c] = fma(w, to_acc(g[c]), arow[c]);
+  const T* gb = gp + b * M * C + c0;
+  // (m, j) in increasing order, e = m k + j: no division per entry.
+  for (int64_t m = 0, e = 0; m < M; ++m) {
+    const T* g = gb + m * C;
+    for (int64_t j = 0; j < k; ++j, ++e) {
+      const int64_t n = Ib[e];  // the same e for every thread: a uniform branch
+      if (n < n0 || n >= n0 + nb) continue;
+      const A w = wb[e];
+      A* arow = acc + static_cast<int>(n - n0) * cw;
+      for (int c = tid; c < cw; c += nt) arow[c] = fma(w, to_acc(g[c]), arow[c]);
+    }
   }
   __syncthreads();
-  for (int64_t i = tid; i < nb * cw; i += nt) {
-    const int64_t r = i / cw, c = i - r * cw;
-    gv[(b * N + n0 + r) * C + c0 + c] = from_acc<T>(acc[i]);
+  T* gvb = gv + (b * N + n0) * C + c0;
+  for (int i = tid; i < nb * cw; i += nt) {
+    const int r = i / cw, c = i - r * cw;
+    gvb[r * C + c] = from_acc<T>(acc[i]);
   }
 }
 
@@ -275,10 +283,12 @@ cudaError_t bwd_launch(const void* gp, const void* gw, const void* scores, const
   const int64_t CC = std::min<int64_t>(s.C, 256);
   const int64_t NB = std::max<int64_t>(
       1, std::min<int64_t>(64, (32 * 1024) / (CC * static_cast<int64_t>(sizeof(A)))));
-  const int64_t blocks = s.B * ceil_div(s.N, NB) * ceil_div(s.C, CC);
+  const int64_t nchunks = ceil_div(s.N, NB), cchunks = ceil_div(s.C, CC);
+  const int64_t blocks = s.B * nchunks * cchunks;
   const int threads = static_cast<int>(std::max<int64_t>(64, (CC + 31) / 32 * 32));
   bwd_values_kernel<T><<<static_cast<unsigned>(blocks), threads, NB * CC * sizeof(A), stream>>>(
-      static_cast<const T*>(gp), indices, wsc, s, NB, CC, static_cast<T*>(gv));
+      static_cast<const T*>(gp), indices, wsc, s, NB, CC, static_cast<unsigned>(nchunks),
+      static_cast<unsigned>(cchunks), static_cast<T*>(gv));
   return cudaGetLastError();
 }
 
