@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import art_fast
+from art_fast import reference
 from tests import test_cross_attention as tca
 from tests import test_info_nce as tnce
 from tests import test_topk_regions as ttk
@@ -96,6 +97,80 @@ def test_info_nce_regime_boundaries(M, N, D, normalize, reduction):
     require_backend("info_nce", "cuda")
     tnce.check("cuda", "cuda", 3, M, N, D, torch.float32, normalize=normalize,
                reduction=reduction, temperature=0.5)
+
+
+# The large regime's tensor-core path (csrc/cuda/info_nce.cu, path (b); issue 11): tails in
+# M, N (not multiples of 16 / of the 32 x 64 tile) and in D (not a multiple of 16; 45 and 19
+# also not of 8: the scalar loads; 72 and 200: the 16-byte loads with a partial d chunk).
+TC_SHAPES = [(2, 97, 131, 45), (1, 150, 77, 72), (1, 65, 300, 200), (3, 70, 33, 19)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("G,M,N,D", TC_SHAPES)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_info_nce_large_tensor_cores(dtype, G, M, N, D, reduction):
+    require_backend("info_nce", "cuda")
+    tnce.check("cuda", "cuda", G, M, N, D, dtype, reduction=reduction)
+    tnce.check("cuda", "cuda", G, M, N, D, dtype, reduction=reduction, normalize=False,
+               temperature=3.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_info_nce_large_tensor_cores_same_tensor_and_sum(dtype):
+    require_backend("info_nce", "cuda")
+    tnce.check("cuda", "cuda", 1, 150, 150, 40, dtype, same=True)
+    tnce.check("cuda", "cuda", 2, 97, 131, 45, dtype, reduction="sum", temperature=0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_info_nce_large_tensor_cores_ignored_rows_and_bits(dtype):
+    """Ignored rows: loss and gradient exactly 0; two runs: the same bits (no atomics)."""
+    require_backend("info_nce", "cuda")
+    a, c, t = tnce.make(1, 150, 130, 45, "cuda", ignore_frac=0.5)
+    a, c = a.to(dtype), c.to(dtype)
+
+    def run():
+        x = [a.clone().requires_grad_(), c.clone().requires_grad_()]
+        loss = art_fast.info_nce(x[0], x[1], t, reduction="none", backend="cuda")
+        return [loss, *torch.autograd.grad(loss.sum(), x)]
+
+    first, second = run(), run()
+    assert all(torch.equal(p, q) for p, q in zip(first, second))
+    ignored = t == tnce.IGNORE
+    assert ignored.any() and (~ignored).any()
+    assert torch.equal(first[0][ignored], torch.zeros_like(first[0][ignored]))
+    assert torch.equal(first[1][ignored], torch.zeros_like(first[1][ignored]))
+    assert all(torch.isfinite(x).all() for x in first)
+
+
+def test_info_nce_tf32_switch():
+    """float32 in the large regime: the exact FMA path by default (the tests run with TF32
+    off), TF32 tensor cores when torch allows TF32 for CUDA matmuls: other bits, TF32
+    accuracy (~1e-3 relative), and back to the exact bits when switched off again."""
+    require_backend("info_nce", "cuda")
+    a, c, t = tnce.make(1, 200, 260, 72, "cuda")
+    a, c = a.float(), c.float()
+    ref = reference.info_nce(a.double(), c.double(), t, reduction="none")
+
+    def run():
+        return art_fast.info_nce(a, c, t, reduction="none", backend="cuda")
+
+    old = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        exact = run()
+        torch.backends.cuda.matmul.allow_tf32 = True
+        tf32 = run()
+        torch.backends.cuda.matmul.allow_tf32 = False
+        again = run()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    assert torch.equal(exact, again)
+    torch.testing.assert_close(exact.double(), ref, rtol=1e-5, atol=1e-5)
+    if torch.cuda.get_device_capability()[0] >= 8:
+        assert not torch.equal(exact, tf32), "allow_tf32 is not read by the CUDA info_nce"
+        scale = float(ref.abs().max())
+        assert float((tf32.double() - ref).abs().max()) <= 1e-2 * scale
 
 
 @pytest.mark.parametrize("M,N", [(16, 16), (300, 300)])

@@ -24,6 +24,8 @@
 //            with fma, tile sums over n in increasing order, warp reductions by a fixed xor
 //            butterfly). The gradient of a shared query (Bq = 1) goes to per-b partials in
 //            acc_t, then a second kernel sums them over b = 0, 1, ... in order.
+//   index    32-bit inside a (b, h) pair (M*N, M*D, N*D < 2^31, checked by ops_cuda.cpp),
+//            64-bit pair offsets: no 64-bit integer division in the per-element loops.
 #include <algorithm>
 
 #include "common.cuh"

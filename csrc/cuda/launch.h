@@ -80,11 +80,15 @@ size_t info_nce_scratch_bytes(const NceDims& s, DType dt, bool grad);
 //   ga, gc        [G,M,D], [G,N,D] in the input dtype, or nullptr (no gradient wanted).
 //   total         [] acc: the reduced loss (mean or sum), or nullptr.
 //   scratch       info_nce_scratch_bytes(...) bytes of device memory.
+//   allow_tf32    float32 inputs in the large regime may use TF32 tensor cores (torch's
+//                 allow_tf32 for CUDA matmuls); otherwise float32 takes the exact FMA path.
+//                 bfloat16 / float16 use tensor cores on sm_80+ regardless, float64 never.
+// The large regime needs M * D and N * D < 2^31 (32-bit offsets inside a group).
 cudaError_t info_nce_launch(DType dt, const void* anchors, const void* candidates,
                             const int64_t* targets, double temperature, bool normalize,
-                            bool mean, const NceDims& s, void* loss, void* lse,
-                            const void* grad_loss, const void* saved_lse, void* ga, void* gc,
-                            void* total, void* scratch, cudaStream_t stream);
+                            bool mean, bool allow_tf32, const NceDims& s, void* loss,
+                            void* lse, const void* grad_loss, const void* saved_lse, void* ga,
+                            void* gc, void* total, void* scratch, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace art_fast

@@ -7,6 +7,7 @@
 // losses and the fused total in the accumulation dtype (float64 for float64 inputs, else
 // float32), everything else in the inputs' dtype (indices int64).
 // Per-operator ATen headers (not ATen/ATen.h): this file compiles ~3x faster.
+#include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -292,6 +293,9 @@ cuda::NceDims nce_check(const at::Tensor& a, const at::Tensor& c, const at::Tens
   TORCH_CHECK(d.G * ((std::max(d.M, d.N) + 31) / 32) <= kMaxGrid &&
                   d.G * std::max(d.M, d.N) * 32 <= int64_t(256) * kMaxGrid,
               "art_fast: info_nce (CUDA): G*M or G*N too large for one grid");
+  TORCH_CHECK(d.M * d.D <= kMaxInt32 && d.N * d.D <= kMaxInt32,
+              "art_fast: info_nce (CUDA) indexes one group with 32-bit integers: M*D and N*D "
+              "must be < 2^31, got M = ", d.M, ", N = ", d.N, ", D = ", d.D);
   return d;
 }
 
@@ -303,6 +307,17 @@ at::Tensor nce_row_tensor(const at::Tensor& x, const char* name, const cuda::Nce
               "art_fast: ", name, " must be [G, M] = [", d.G, ", ", d.M, "] ", acc, ", got ",
               x.sizes(), " ", x.scalar_type());
   return x.contiguous();
+}
+
+// float32 in the large regime may run on TF32 tensor cores when torch allows TF32 for CUDA
+// matmuls (torch.backends.cuda.matmul.allow_tf32 / fp32_precision "tf32"); when the legacy and
+// the new API were mixed, torch refuses to answer: then the exact path.
+bool nce_allow_tf32() {
+  try {
+    return at::globalContext().allowTF32CuBLAS();
+  } catch (const c10::Error&) {
+    return false;
+  }
 }
 
 at::Tensor nce_scratch(const cuda::NceDims& d, const at::Tensor& a, bool grad) {
@@ -324,9 +339,9 @@ std::tuple<at::Tensor, at::Tensor> info_nce_fwd_cuda(const at::Tensor& anchors,
   auto scratch = nce_scratch(d, anchors, false);
   check_launch(cuda::info_nce_launch(dtype_of(anchors, "anchors"), anchors.data_ptr(),
                                      candidates.data_ptr(), t.data_ptr<int64_t>(),
-                                     temperature, normalize, false, d, loss.data_ptr(),
-                                     lse.data_ptr(), nullptr, nullptr, nullptr, nullptr, nullptr,
-                                     scratch.data_ptr(),
+                                     temperature, normalize, false, nce_allow_tf32(), d,
+                                     loss.data_ptr(), lse.data_ptr(), nullptr, nullptr, nullptr,
+                                     nullptr, nullptr, scratch.data_ptr(),
                                      c10::cuda::getCurrentCUDAStream(anchors.device().index())
                                          .stream()),
                "info_nce_fwd");
@@ -353,9 +368,9 @@ std::tuple<at::Tensor, at::Tensor> info_nce_bwd_cuda(const at::Tensor& grad_loss
   auto scratch = nce_scratch(d, anchors, true);
   check_launch(cuda::info_nce_launch(dtype_of(anchors, "anchors"), anchors.data_ptr(),
                                      candidates.data_ptr(), t.data_ptr<int64_t>(),
-                                     temperature, normalize, false, d, nullptr, nullptr,
-                                     gl.data_ptr(), l.data_ptr(), da.data_ptr(), dc.data_ptr(),
-                                     nullptr, scratch.data_ptr(),
+                                     temperature, normalize, false, nce_allow_tf32(), d,
+                                     nullptr, nullptr, gl.data_ptr(), l.data_ptr(),
+                                     da.data_ptr(), dc.data_ptr(), nullptr, scratch.data_ptr(),
                                      c10::cuda::getCurrentCUDAStream(anchors.device().index())
                                          .stream()),
                "info_nce_bwd");
@@ -381,8 +396,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_fused_cuda(
   auto scratch = nce_scratch(d, anchors, compute_grad);
   check_launch(cuda::info_nce_launch(dtype_of(anchors, "anchors"), anchors.data_ptr(),
                                      candidates.data_ptr(), t.data_ptr<int64_t>(),
-                                     temperature, normalize, mean, d, nullptr, nullptr, nullptr,
-                                     nullptr, compute_grad ? da.data_ptr() : nullptr,
+                                     temperature, normalize, mean, nce_allow_tf32(), d,
+                                     nullptr, nullptr, nullptr, nullptr,
+                                     compute_grad ? da.data_ptr() : nullptr,
                                      compute_grad ? dc.data_ptr() : nullptr, loss.data_ptr(),
                                      scratch.data_ptr(),
                                      c10::cuda::getCurrentCUDAStream(anchors.device().index())

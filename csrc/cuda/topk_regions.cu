@@ -27,6 +27,9 @@
 //   determinism the selection is exact (distinct keys); every sum has a fixed order
 //            (block reductions by a fixed tree, the pooled and grad_values sums in j / (m, j)
 //            order).
+//   index    the block splits (row -> b, block -> (b, patch chunk, channel chunk)) in 32 bits;
+//            the grad_values walk over (m, j) and its [patch, channel] chunk index without
+//            division; row offsets 64-bit (N may exceed 2^31 / C).
 //   bad input indices outside [0, N) in the backward are never dereferenced: the row's
 //            grad_scores and weights become NaN (the Python wrapper and the forward never
 //            produce such indices).
