@@ -74,6 +74,14 @@ demo: install $(DEMO_SET)/Diving48_vocab.json
 gpu-aot: install
 	env -u TRITON_INTERPRET $(PY) benchmarks/triton_aot.py --set full
 
+# ptxas resources (registers, spills, shared memory, stack, 64-bit divisions) of every CUDA
+# kernel for sm_80 and sm_90 with the build's nvcc flags, no GPU needed ->
+# benchmarks/results/aot/cuda_ptxas.{md,json}; fails on a compile error or a spill.
+# `make test` runs the same check (tests/test_cuda_ptxas.py).
+.PHONY: cuda-ptxas
+cuda-ptxas: $(VENV)/bin/python
+	$(PY) benchmarks/cuda_ptxas.py --out benchmarks/results/aot --arch 80,90
+
 # On a GPU machine: build for sm_90, GPU tests, sanitizers, op and train benchmarks -> $(OUT).
 OUT ?= benchmarks/results/gpu-check
 gpu-check:
