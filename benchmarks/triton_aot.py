@@ -11,11 +11,11 @@ target=GPUTarget("cuda", arch, 32))`` and the wheel's own ptxas: the same specia
 (argument types, 16-divisibility, constexprs, num_warps/num_stages) that a launch on a GPU
 would compile.
 
-Per compiled kernel it reports (Markdown + JSON): op, scenario, kernel, dtype, arch, config,
-grid, shared memory (Triton's dynamic + ptxas' static bytes), registers per thread, spill
-store/load bytes (ptxas -v), and the MMA path read off the TTGIR (``wgmma``: Hopper warpgroup
-MMA; ``mma``: mma.sync tensor cores; ``fma``: tl.dot lowered to FMAs, e.g. float32 with
-input_precision="ieee" or float64; ``-``: no dot).
+Per compiled kernel it reports (Markdown + JSON, ``triton_aot_<set>_triton<version>.*``): op,
+scenario, kernel, dtype, arch, config, grid, shared memory (Triton's dynamic + ptxas' static
+bytes), registers per thread, spill store/load bytes (ptxas -v), and the MMA path read off the
+TTGIR (``wgmma``: Hopper warpgroup MMA; ``mma``: mma.sync tensor cores; ``fma``: tl.dot lowered
+to FMAs, e.g. float32 with input_precision="ieee" or float64; ``-``: no dot).
 
 Verdicts, per row:
 - ``ERROR``: the compile failed (the first line of the error is the note);
@@ -522,12 +522,19 @@ def _ptxas_version() -> str:
         return f"unknown ({exc})"
 
 
+def _stem(set_name: str) -> str:
+    """Output name: the set and the triton version (the GPU box runs another triton than CI)."""
+    import triton
+
+    return f"triton_aot_{set_name}_triton{triton.__version__}"
+
+
 def write(rows: list[Row], out: Path, set_name: str, archs: list[int], wall: float) -> None:
     out.mkdir(parents=True, exist_ok=True)
     head = _versions()
     head.update(set=set_name, archs=archs, wall_seconds=round(wall, 1), compiles=len(rows),
                 failures=sum(1 for r in rows if r.verdict))
-    stem = f"triton_aot_{set_name}"
+    stem = _stem(set_name)
     with open(out / f"{stem}.json", "w") as f:
         json.dump({"header": head, "rows": [asdict(r) for r in rows]}, f, indent=1)
     lines = [f"# Triton kernels compiled ahead of time ({set_name} set)", ""]
@@ -551,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="80,90", help="comma-separated compute capabilities")
     p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
     p.add_argument("--out", type=Path, default=None,
-                   help="folder for triton_aot_<set>.{md,json} (default: benchmarks/results/aot)")
+                   help="folder for triton_aot_<set>_triton<version>.{md,json} (default: "
+                        "benchmarks/results/aot)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--list", action="store_true", help="print the planned compiles and exit")
     args = p.parse_args(argv)
@@ -584,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"triton_aot: {r.verdict} {r.op}.{r.kernel} {r.dtype} sm_{r.arch} [{r.config}] "
               f"({'; '.join(r.scenarios)}): {r.note}")
     print(f"triton_aot: {len(rows)} compiles, {len(failed)} failing, {wall:.0f} s; table in "
-          f"{out / f'triton_aot_{args.set_name}.md'}")
+          f"{out / (_stem(args.set_name) + '.md')}")
     return 1 if failed else 0
 
 
