@@ -82,10 +82,21 @@ gpu-aot: install
 cuda-ptxas: $(VENV)/bin/python
 	$(PY) benchmarks/cuda_ptxas.py --out benchmarks/results/aot --arch 80,90
 
-# On a GPU machine: build for sm_90, GPU tests, sanitizers, op and train benchmarks -> $(OUT).
+# On a GPU machine (no network needed): install the package from this checkout into the
+# interpreter, build for the visible GPU, GPU tests in groups, sanitizers, op and train
+# benchmarks, in a 540 s budget -> $(OUT)/summary.md and $(OUT)/results.tar.gz
+# (docs/gpu_check.md). The interpreter: .venv/bin/python when it exists, else $(PYTHON).
+# gpu-check-dry proves the script on a CPU machine (GPU steps print their commands: DRYRUN)
 OUT ?= benchmarks/results/gpu-check
+GPU_CHECK_PY = $(if $(wildcard $(PY)),$(abspath $(PY)),$(PYTHON))
 gpu-check:
-	bash benchmarks/gpu_check.sh $(OUT)
+	PYTHON=$(GPU_CHECK_PY) bash benchmarks/gpu_check.sh $(OUT)
+
+# (GPU_CHECK_SKIP_BUILD=0 to rebuild the extension too; output in build/, git-ignored).
+DRY_OUT ?= build/gpu-check-dry
+.PHONY: gpu-check-dry
+gpu-check-dry:
+	PYTHON=$(GPU_CHECK_PY) GPU_CHECK_SKIP_BUILD=$(or $(GPU_CHECK_SKIP_BUILD),1) bash benchmarks/gpu_check.sh --dry-run $(DRY_OUT)
 
 clean:
 	rm -rf build *.egg-info art_fast/_C*.so .pytest_cache
