@@ -69,7 +69,8 @@ demo: install $(DEMO_SET)/Diving48_vocab.json
 	@$(PY) -c "import json; m = json.load(open('$(DEMO_RUN)/eval/eval_metrics.json')); print(f\"demo: top1={m['top1']:.4f} mean_class={m['mean_class']:.4f}\")"
 
 # Every Triton kernel compiled ahead of time for sm_80 and sm_90 (no GPU needed): the full
-# sweep (all dtypes, regime limits, other D) -> benchmarks/results/aot/triton_aot_full.{md,json}.
+# sweep (all dtypes, regime limits, other D)
+# -> benchmarks/results/aot/triton_aot_full_triton<version>.{md,json}.
 # `make test` runs the `ci` subset through tests/test_triton_aot.py.
 gpu-aot: install
 	env -u TRITON_INTERPRET $(PY) benchmarks/triton_aot.py --set full
