@@ -55,13 +55,27 @@ TINY_STAGES = 2
 BLOCK_D_MAX = 128  # the D chunk a large-backward program owns (64 in float64)
 AUTO, TINY, LARGE = 0, 1, 2
 
-_ROW_CONFIGS = configs(
-    {"BLOCK_M": 16, "BLOCK_N": 16},
-    [({"BLOCK_M": bm, "BLOCK_N": bn}, w, s)
-     for bm, bn, w, s in ((64, 64, 4, 2), (64, 64, 8, 3), (128, 64, 8, 3), (64, 128, 8, 3),
-                          (32, 64, 4, 2))],
-)
-_COL_CONFIGS = _ROW_CONFIGS
+
+def _tiles(*tiles: tuple[int, int, int, int]) -> list:
+    """An autotune list of (BLOCK_M, BLOCK_N, num_warps, num_stages); 16 x 16 interpreted."""
+    return configs({"BLOCK_M": 16, "BLOCK_N": 16},
+                   [({"BLOCK_M": bm, "BLOCK_N": bn}, w, s) for bm, bn, w, s in tiles])
+
+
+# Autotune lists of the large kernels, per tile class of the input dtype (_tile_class): 16 for
+# fp16 / bf16 (tensor-core dots; wgmma on sm_90 wants 64-row tiles), 32 for fp32 / fp64 (fp32
+# dots with input_precision="ieee" are FMAs: about twice the registers per tile element of an
+# MMA; fp64 MMAs hold 8-byte accumulators). Each config of a class fits sm_80 and sm_90 for
+# every dtype of the class and any D (the D chunks are capped, so D >= 128 compiles the tiles
+# of D = 256): shared memory under the limit, no spills (ptxas -v of ahead-of-time compiles:
+# docs/kernels/info_nce.md). Wider tiles than these spill (fp32 64 x 64 backward on sm_80,
+# 128 x 128 in every dtype), as do 4-warp 64 x 64 backward tiles.
+_FWD_CONFIGS = {16: _tiles((64, 64, 8, 3), (128, 64, 8, 3), (64, 128, 8, 3)),
+                32: _tiles((64, 64, 8, 3), (32, 64, 8, 3))}
+_ROW_CONFIGS = {16: _tiles((64, 64, 8, 3), (64, 128, 8, 3)),  # _rows_bwd: loops over N
+                32: _tiles((32, 64, 8, 3), (64, 32, 8, 3))}
+_COL_CONFIGS = {16: _tiles((64, 64, 8, 3), (128, 64, 8, 3)),  # _cols_bwd: loops over M
+                32: _tiles((32, 64, 8, 3), (32, 32, 4, 3))}
 
 
 @triton.jit
@@ -229,7 +243,6 @@ def _tiny_bwd(
                      gc.to(GC.dtype.element_ty), mask=mask_n[:, None] & mask_d[None, :])
 
 
-@triton.autotune(configs=_ROW_CONFIGS, key=["M", "N", "D"])
 @triton.jit
 def _rows_fwd(
     A, Cd, T, NA, NC, LOSS, LSE, ss, M, N, D, it_hi, it_lo, eps_hi, eps_lo,
@@ -272,7 +285,6 @@ def _rows_fwd(
     tl.store(LSE + ss + g * M + offs_m, l_i, mask=mask_m)
 
 
-@triton.autotune(configs=_ROW_CONFIGS, key=["M", "N", "D"])
 @triton.jit
 def _rows_bwd(
     A, Cd, T, NA, NC, LSE, ss, GL, GA, M, N, D, it_hi, it_lo, eps_hi, eps_lo,
@@ -325,7 +337,6 @@ def _rows_bwd(
              mask=mask_m[:, None] & mask_d[None, :])
 
 
-@triton.autotune(configs=_COL_CONFIGS, key=["M", "N", "D"])
 @triton.jit
 def _cols_bwd(
     A, Cd, T, NA, NC, LSE, ss, GL, GC, M, N, D, it_hi, it_lo, eps_hi, eps_lo,
@@ -375,6 +386,21 @@ def _cols_bwd(
     gc = _grad_through_norm(gc_hat * inv_temp, c, inv_c, proj_c, s)
     tl.store(GC + (g * N + offs_n[:, None]) * D + offs_d[None, :], gc.to(GC.dtype.element_ty),
              mask=mask_n[:, None] & mask_d[None, :])
+
+
+def _autotuned(kernel, lists: dict) -> dict:
+    """One autotuner per tile class over the same kernel (so each dtype compiles and tunes
+    only the configs of its class)."""
+    return {k: triton.autotune(configs=v, key=["M", "N", "D"])(kernel) for k, v in lists.items()}
+
+
+_ROWS_FWD = _autotuned(_rows_fwd, _FWD_CONFIGS)
+_ROWS_BWD = _autotuned(_rows_bwd, _ROW_CONFIGS)
+_COLS_BWD = _autotuned(_cols_bwd, _COL_CONFIGS)
+
+
+def _tile_class(dtype: torch.dtype) -> int:
+    return 16 if dtype.itemsize == 2 else 32
 
 
 def _norm_rows(x: torch.Tensor, normalize: bool) -> torch.Tensor:
@@ -470,7 +496,7 @@ def _fwd_host(anchors, candidates, targets, temperature, normalize, regime):
                 a, c, t, na, nc, loss, lse, G * M, G, M, N, D, *scal, **meta, **common,
             )
         else:
-            _rows_fwd[lambda meta: (G, triton.cdiv(M, meta["BLOCK_M"]))](
+            _ROWS_FWD[_tile_class(a.dtype)][lambda meta: (G, triton.cdiv(M, meta["BLOCK_M"]))](
                 a, c, t, na, nc, loss, lse, G * M, M, N, D, *scal,
                 BLOCK_K=_block_k(D, a.dtype), **common,
             )
@@ -499,10 +525,11 @@ def _bwd_host(grad_loss, anchors, candidates, targets, lse, temperature, normali
             bd = _block_d(D, a.dtype)
             chunks = dict(BLOCK_K=_block_k(D, a.dtype), BLOCK_D=bd, **common)
             nd = triton.cdiv(D, bd)  # programs per output tile (grid axis 0: g * nd + chunk)
-            _rows_bwd[lambda meta: (G * nd, triton.cdiv(M, meta["BLOCK_M"]))](
+            tc = _tile_class(a.dtype)
+            _ROWS_BWD[tc][lambda meta: (G * nd, triton.cdiv(M, meta["BLOCK_M"]))](
                 *args, ga, M, N, D, *scal, **chunks,
             )
-            _cols_bwd[lambda meta: (G * nd, triton.cdiv(N, meta["BLOCK_N"]))](
+            _COLS_BWD[tc][lambda meta: (G * nd, triton.cdiv(N, meta["BLOCK_N"]))](
                 *args, gc, M, N, D, *scal, **chunks,
             )
     return ga, gc
