@@ -10,16 +10,37 @@ through x_hat = x / max(||x||, eps) is (g - x_hat <x_hat, g>) / ||x|| when ||x||
 autograd of F.normalize) and g / eps below; <a_hat_i, g_ahat_i> = sum_j dL_ij L_ij needs no
 second pass over D.
 
-Regimes (chosen per call from M, N, D; ``regime`` forces one, for tests):
+Regimes (chosen per call from M, N and the dtype; ``regime`` forces one, for tests):
 
-- tiny (M, N <= 64): ``_tiny_fwd`` / ``_tiny_bwd``, grid ``(cdiv(G, GROUPS),)``; a program
-  handles GROUPS groups one after the other, each with its whole [M, N] logits in registers;
-  the backward computes both gradients of a group in the same program.
+- tiny: M, N <= 64 and a logits tile pow2(M) pow2(N) (accumulator bytes: 8 in float64, 4
+  otherwise) <= TINY_MAX_BYTES = 16 KiB, i.e. every M, N <= 64 for 16/32-bit inputs and
+  pow2(M) pow2(N) <= 2048 in float64 (32 x 64, not 64 x 64); any D. ``_tiny_fwd`` /
+  ``_tiny_bwd``, grid ``(cdiv(G, GROUPS),)``; a program handles GROUPS groups one after the
+  other, each with its whole [M, N] logits in registers, formed by a K-loop over D in BLOCK_K
+  chunks; the backward computes both gradients of a group in the same program, looping over D
+  in BLOCK_D chunks (the group's rows re-read, from L1/L2). Nothing of size D stays live, so the
+  limit is the logits tile: beyond it a program would need 16 warps (128 registers a thread at
+  most); the large regime takes those shapes. GROUPS, BLOCK_D, num_warps (4 or 8) and
+  num_stages come from the tile sizes and dtype (``_tiny_meta``); a forced ``regime=TINY``
+  beyond the limit raises.
 - large: ``_rows_fwd`` grid ``(G, cdiv(M, BLOCK_M))``, an online log-sum-exp over candidate
-  tiles (no [M, N] buffer: memory O(M + N)); backward in two passes, as Inf-CL does:
-  ``_rows_bwd`` (same grid) accumulates grad anchors over candidate tiles, ``_cols_bwd`` (grid
-  ``(G, cdiv(N, BLOCK_N))``) accumulates grad candidates over anchor tiles. Every output tile
-  has one owner: no atomics, bitwise reproducible.
+  tiles (no [M, N] buffer: memory O(M + N)); each logits tile is a K-loop over D in BLOCK_K
+  chunks (a GEMM: tiles of any D fit). Backward in two passes, as Inf-CL does: ``_rows_bwd``
+  accumulates grad anchors over candidate tiles, ``_cols_bwd`` grad candidates over anchor
+  tiles. The gradient accumulator cannot hold all of D, so both get a grid axis over output D
+  chunks: grid ``(G * cdiv(D, BLOCK_D), cdiv(M, BLOCK_M))`` resp. ``(.., cdiv(N, BLOCK_N))``,
+  program (g * nd + dj, i) owns ga[g, m-tile i, d-chunk dj] (resp. gc), recomputes the logits
+  over the full D (K-loop) and accumulates only its chunk; the normalisation's row term
+  r = sum_j dL L is recomputed by every chunk program of a tile (same code, same order: the
+  same bits). Cost: the logits GEMM is repeated per output chunk: backward FLOPs
+  4 (nd + 1) G M N D with nd = cdiv(D, BLOCK_D), against 8 G M N D without chunks, a ratio of
+  (nd + 1) / 2: 1 at D <= 128, 1.5 at D = 256 (fp64, BLOCK_D = 64: 2.5), 4.5 at D = 1024.
+  Every output tile has one owner: no atomics, a fixed summation order, bitwise reproducible.
+
+Chunks: BLOCK_K = 128 bytes of a row (32 fp32, 64 fp16/bf16, 16 fp64), BLOCK_D = 128 (64 in
+fp64) in the large backward, both capped at pow2(D); the autotune lists (per tile class,
+``_FWD_CONFIGS`` / ``_ROW_CONFIGS`` / ``_COL_CONFIGS``) hold only configs that fit sm_80 and
+sm_90 at any D without spills (measured ahead of time, docs/kernels/info_nce.md).
 
 The ops are ``art_fast_triton::info_nce_fwd`` (per-row loss, row max and sum) and
 ``_bwd`` (custom ops with fake kernels and autograd); :func:`forward` applies the reduction on
@@ -54,6 +75,7 @@ TINY_CHUNK_BYTES = 4096  # tiny backward: (BLOCK_M + BLOCK_N) * BLOCK_D accumula
 TINY_STAGES = 2
 BLOCK_D_MAX = 128  # the D chunk a large-backward program owns (64 in float64)
 AUTO, TINY, LARGE = 0, 1, 2
+ALIGN = 16  # the kernels read rows of a multiple of 16 elements (see _aligned)
 
 
 def _tiles(*tiles: tuple[int, int, int, int]) -> list:
@@ -152,6 +174,8 @@ def _tiny_fwd(
     GROUPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     NORMALIZE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
+    # Grid (cdiv(G, GROUPS),). Writes the per-row loss and the stats (row max, row sum of
+    # exp(L - max)) that autograd saves with a, c, t: never the [M, N] logits.
     inv_temp = tl.cast(it_hi, ACC) + tl.cast(it_lo, ACC)  # 1 / T and eps in ACC (see split_float)
     eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
     offs_m = tl.arange(0, BLOCK_M)
@@ -188,10 +212,12 @@ def _tiny_fwd(
 
 @triton.jit
 def _tiny_bwd(
-    A, Cd, T, NA, NC, LSE, ss, GL, GA, GC, G, M, N, D, it_hi, it_lo, eps_hi, eps_lo,
+    A, Cd, T, NA, NC, LSE, ss, GL, GA, GC, G, M, N, D, DO, it_hi, it_lo, eps_hi, eps_lo,
     GROUPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
+    # Grid (cdiv(G, GROUPS),). Reads the saved a, c, t, stats and the upstream gradient; the
+    # logits are recomputed (same K-loop as the forward), both gradients written per D chunk.
     inv_temp = tl.cast(it_hi, ACC) + tl.cast(it_lo, ACC)  # 1 / T and eps in ACC (see split_float)
     eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
     offs_m = tl.arange(0, BLOCK_M)
@@ -237,10 +263,10 @@ def _tiny_bwd(
             gc_hat = tl.dot(dl_c, a.to(DOT), input_precision="ieee", out_dtype=ACC)
             ga = _grad_through_norm(ga_hat * inv_temp, a.to(ACC), inv_a, proj_a, r)
             gc = _grad_through_norm(gc_hat * inv_temp, c.to(ACC), inv_c, proj_c, s)
-            tl.store(GA + (g * M + offs_m[:, None]) * D + d[None, :],
-                     ga.to(GA.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
-            tl.store(GC + (g * N + offs_n[:, None]) * D + d[None, :],
-                     gc.to(GC.dtype.element_ty), mask=mask_n[:, None] & mask_d[None, :])
+            tl.store(GA + (g * M + offs_m[:, None]) * DO + d[None, :],
+                     ga.to(GA.dtype.element_ty), mask=mask_m[:, None] & (d < DO)[None, :])
+            tl.store(GC + (g * N + offs_n[:, None]) * DO + d[None, :],
+                     gc.to(GC.dtype.element_ty), mask=mask_n[:, None] & (d < DO)[None, :])
 
 
 @triton.jit
@@ -249,6 +275,7 @@ def _rows_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     NORMALIZE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
+    # Grid (G, cdiv(M, BLOCK_M)). Writes the per-row loss and the stats (saved, with a, c, t).
     inv_temp = tl.cast(it_hi, ACC) + tl.cast(it_lo, ACC)  # 1 / T and eps in ACC (see split_float)
     eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
     # 1. An anchor tile of group g (its rows' norms, targets); D is read in BLOCK_K chunks.
@@ -287,10 +314,11 @@ def _rows_fwd(
 
 @triton.jit
 def _rows_bwd(
-    A, Cd, T, NA, NC, LSE, ss, GL, GA, M, N, D, it_hi, it_lo, eps_hi, eps_lo,
+    A, Cd, T, NA, NC, LSE, ss, GL, GA, M, N, D, DO, it_hi, it_lo, eps_hi, eps_lo,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
+    # Grid (G * cdiv(D, BLOCK_D), cdiv(M, BLOCK_M)). Reads the saved a, c, t, stats.
     inv_temp = tl.cast(it_hi, ACC) + tl.cast(it_lo, ACC)  # 1 / T and eps in ACC (see split_float)
     eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
     # 1. Row pass of the backward. Program (g * cdiv(D, BLOCK_D) + dj, i) owns
@@ -333,16 +361,17 @@ def _rows_bwd(
     a = tl.load(A + (g * M + offs_m[:, None]) * D + offs_d[None, :],
                 mask=mask_m[:, None] & mask_d[None, :], other=0.0).to(ACC)
     ga = _grad_through_norm(ga_hat * inv_temp, a, inv_a, proj_a, r)
-    tl.store(GA + (g * M + offs_m[:, None]) * D + offs_d[None, :], ga.to(GA.dtype.element_ty),
-             mask=mask_m[:, None] & mask_d[None, :])
+    tl.store(GA + (g * M + offs_m[:, None]) * DO + offs_d[None, :], ga.to(GA.dtype.element_ty),
+             mask=mask_m[:, None] & (offs_d < DO)[None, :])
 
 
 @triton.jit
 def _cols_bwd(
-    A, Cd, T, NA, NC, LSE, ss, GL, GC, M, N, D, it_hi, it_lo, eps_hi, eps_lo,
+    A, Cd, T, NA, NC, LSE, ss, GL, GC, M, N, D, DO, it_hi, it_lo, eps_hi, eps_lo,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
+    # Grid (G * cdiv(D, BLOCK_D), cdiv(N, BLOCK_N)). Reads the saved a, c, t, stats.
     inv_temp = tl.cast(it_hi, ACC) + tl.cast(it_lo, ACC)  # 1 / T and eps in ACC (see split_float)
     eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
     # 1. Column pass of the backward. Program (g * cdiv(D, BLOCK_D) + dj, j) owns
@@ -384,8 +413,8 @@ def _cols_bwd(
     c = tl.load(Cd + (g * N + offs_n[:, None]) * D + offs_d[None, :],
                 mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(ACC)
     gc = _grad_through_norm(gc_hat * inv_temp, c, inv_c, proj_c, s)
-    tl.store(GC + (g * N + offs_n[:, None]) * D + offs_d[None, :], gc.to(GC.dtype.element_ty),
-             mask=mask_n[:, None] & mask_d[None, :])
+    tl.store(GC + (g * N + offs_n[:, None]) * DO + offs_d[None, :], gc.to(GC.dtype.element_ty),
+             mask=mask_n[:, None] & (offs_d < DO)[None, :])
 
 
 def _autotuned(kernel, lists: dict) -> dict:
@@ -478,11 +507,22 @@ def _block_d(D: int, dtype: torch.dtype) -> int:
     return min(pow2(D), BLOCK_D_MAX // _acc_bytes(dtype) * 4)
 
 
+def _aligned(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with rows of a multiple of ALIGN elements: zero-padded copy when D is not one.
+    Triton specialises D on divisibility by 16: unaligned rows give element-wise loads without
+    cp.async, and those spilled in most large configs and several tiny ones (ahead-of-time
+    compiles at D = 40, 33, 200). The zeros change no dot product and no norm."""
+    D = x.shape[-1]
+    return x if D % ALIGN == 0 else torch.nn.functional.pad(x, (0, -D % ALIGN))
+
+
 def _fwd_host(anchors, candidates, targets, temperature, normalize, regime):
     check_device("info_nce", anchors, candidates)
     a, c, t = anchors.contiguous(), candidates.contiguous(), targets.contiguous()
-    G, M, D = a.shape
+    G, M, _ = a.shape
     N = c.shape[1]
+    a, c = _aligned(a), _aligned(c)
+    D = a.shape[-1]  # the row length the kernels read (a multiple of ALIGN)
     acc = acc_dtype(a.dtype)
     loss = torch.empty((G, M), dtype=acc, device=a.device)
     lse = torch.empty((2, G, M), dtype=acc, device=a.device)  # (max, sum of exp(L - max))
@@ -507,10 +547,12 @@ def _bwd_host(grad_loss, anchors, candidates, targets, lse, temperature, normali
     check_device("info_nce", anchors, candidates)
     a, c, t = anchors.contiguous(), candidates.contiguous(), targets.contiguous()
     gl = grad_loss.contiguous()
-    G, M, D = a.shape
+    G, M, DO = a.shape  # DO: the gradients' row length
     N = c.shape[1]
     ga = torch.empty_like(a)
     gc = torch.empty_like(c)
+    a, c = _aligned(a), _aligned(c)
+    D = a.shape[-1]  # the row length the kernels read (a multiple of ALIGN)
     with device_ctx(a):
         na, nc = _norm_rows(a, normalize), _norm_rows(c, normalize)
         scal = (*split_float(1.0 / temperature), *split_float(EPS))
@@ -519,7 +561,7 @@ def _bwd_host(grad_loss, anchors, candidates, targets, lse, temperature, normali
         if _regime(M, N, D, a.dtype, regime) == TINY:
             meta = _tiny_meta(M, N, D, a.dtype, backward=True)
             _tiny_bwd[(triton.cdiv(G, meta["GROUPS"]),)](
-                *args, ga, gc, G, M, N, D, *scal, **meta, **common,
+                *args, ga, gc, G, M, N, D, DO, *scal, **meta, **common,
             )
         else:
             bd = _block_d(D, a.dtype)
@@ -527,10 +569,10 @@ def _bwd_host(grad_loss, anchors, candidates, targets, lse, temperature, normali
             nd = triton.cdiv(D, bd)  # programs per output tile (grid axis 0: g * nd + chunk)
             tc = _tile_class(a.dtype)
             _ROWS_BWD[tc][lambda meta: (G * nd, triton.cdiv(M, meta["BLOCK_M"]))](
-                *args, ga, M, N, D, *scal, **chunks,
+                *args, ga, M, N, D, DO, *scal, **chunks,
             )
             _COLS_BWD[tc][lambda meta: (G * nd, triton.cdiv(N, meta["BLOCK_N"]))](
-                *args, gc, M, N, D, *scal, **chunks,
+                *args, gc, M, N, D, DO, *scal, **chunks,
             )
     return ga, gc
 
