@@ -12,11 +12,18 @@ Kernels:
 - ``_bwd``: grid ``(B * H,)``. One program owns every query row of one (b, h), so dk and dv of
   a patch tile are produced by exactly one program: no atomics. For M > BLOCK_M the program
   loops over the row blocks in order and adds into dk/dv (float32 buffers) it wrote itself.
-  dq of a shared query set is written per b into a float32 buffer and summed over b by
-  ``_sum_over_b`` in increasing b (a fixed order: bitwise reproducible).
+  dq of a shared query set is written per b into a float32 buffer ``[B, L = H M D]``.
+- ``_sum_over_b``: dq of a shared query set = sum over b of that buffer, as a tree of levels
+  (:func:`_sum_over_b_host`): grid ``(cdiv(rows, 32) * cdiv(L, 128),)``, each program sums a
+  [32, 128] tile over its rows with ``tl.sum`` into a partial buffer, until one row is left.
+  Parallel over B (the old kernel had cdiv(L, 1024) programs looping over B), fixed tiles and
+  warps (not autotuned), no atomics: bitwise reproducible; int64 offsets.
 
 The ops (``torch.library.custom_op`` with fake kernels and autograd) are
-``art_fast_triton::cross_attention_fwd`` / ``_bwd``; :func:`forward` is the fwd op.
+``art_fast_triton::cross_attention_fwd`` / ``_bwd``; :func:`forward` is the fwd op. Saved for
+the backward: q, k, v (as the op received them: any strides, the ops are public), out, stats.
+The kernels index q, k, v as contiguous, so the bwd host makes q, k, v, dO and dW contiguous
+exactly as the fwd host does (its outputs are contiguous; so are the fake kernels').
 """
 
 from __future__ import annotations
@@ -37,13 +44,20 @@ from ._common import (
     tl_dot,
 )
 
+# Autotune lists, kept short (CI compiles every config ahead of time: benchmarks/triton_aot.py)
+# and chosen from ahead-of-time compiles (docs/kernels/cross_attention.md, "Registers and
+# shared memory"): no register spill for fp32 and bf16 on sm_80 and sm_90 at the paper shapes
+# (M = 2 and 16, N = 196, D = 32, with and without the weights) and at D = 64 and 128 (one
+# exception: the bwd config (32, 8 warps, 1 stage) spills 8 B in bf16 at D = 128 on sm_80);
+# shared memory <= 76 KB. 4-warp fwd configs and bwd configs of 2-3 stages or wider tiles
+# spill at D = 64-128 in fp32 (some already at D = 32 with the weights).
 _FWD_CONFIGS = configs(
     {"BLOCK_N": 16},
-    [({"BLOCK_N": bn}, w, s) for bn in (32, 64, 128) for w, s in ((4, 2), (4, 3), (8, 3))],
+    [({"BLOCK_N": bn}, w, s) for bn, w, s in ((32, 8, 2), (32, 8, 3), (64, 8, 2))],
 )
 _BWD_CONFIGS = configs(
     {"BLOCK_N": 16},
-    [({"BLOCK_N": bn}, w, s) for bn in (32, 64) for w, s in ((4, 1), (4, 2), (8, 2))],
+    [({"BLOCK_N": bn}, w, s) for bn, w, s in ((16, 4, 1), (32, 8, 1))],
 )
 
 

@@ -10,19 +10,31 @@ Kernels:
   registers (BLOCK_N = next power of two >= N) and selects by k rounds of "max, lowest index
   among the maxima" with the chosen entries masked out (no sort: tl.sort/tl.topk give no
   indices and are slow under the interpreter). Then the softmax of the k selected scores and
-  the pooling (a gather of k value rows per row).
-- ``_bwd_rows``: same grid. Recomputes the weights from scores[indices]; dw_j = gw_j +
-  <g_pooled, values[I_j]>; g_scores = w (dw - <w, dw>) scattered into a dense row (zeros
-  elsewhere, one store per row); also the dense weight row W (zeros outside the selection).
+  the pooling (a gather of k value rows per row). BLOCK_R and num_warps come from N
+  (:func:`_fwd_params`): at most 16 elements of the score tile per thread, which compiles
+  without register spills (fp32 and bf16, sm_80 and sm_90, k <= 64 and C <= 128 measured)
+  for N <= 16384: rows up to 2048 wide take 4 warps and 2048 / BLOCK_N rows (16 at most),
+  longer rows one row and 8 / 16 / 32 warps. 16384 < N <= MAX_N = 32768: 32 warps, 32
+  elements per thread, ptxas spills (correct, slower); N > MAX_N raises.
+- ``_bwd_rows``: grid ``(cdiv(B * M, BLOCK_R),)``, 4 warps. Recomputes the weights from
+  scores[indices]; dw_j = gw_j + <g_pooled, values[I_j]>; g_scores = w (dw - <w, dw>)
+  scattered into a dense row (zeros elsewhere) and the dense weight row W (zeros outside the
+  selection), built in chunks of BLOCK_N <= 2048 columns (one store per element; no limit on
+  N, no spills).
 - ``_bwd_values``: grid ``(B, cdiv(N, BLOCK_N), cdiv(C, BLOCK_C))``. g_values[b] =
   W[b]^T g_pooled[b] as a tiled matmul over m in increasing order: each output tile has one
   owner, no atomics, bitwise reproducible.
 
 The ops are ``art_fast_triton::topk_regions_fwd`` / ``_bwd`` (custom ops with fake kernels and
-autograd); :func:`forward` is the fwd op.
+autograd); :func:`forward` is the fwd op. Saved for the backward: scores, values and indices
+as the op received them (any strides: the ops are public); the kernels index them as
+contiguous, so the bwd host makes scores, values, indices, g_pooled and g_weights contiguous
+exactly as the fwd host does (its outputs are contiguous; so are the fake kernels').
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
@@ -30,13 +42,16 @@ import triton.language as tl
 
 from ._common import NAMESPACE, acc_dtype, check_device, configs, device_ctx, pow2, tl_acc
 
-MAX_N = 1 << 15  # a row of scores lives in registers
+MAX_N = 1 << 15  # _fwd holds a row of scores in registers (spills past N = 16384)
 
+# _bwd_values autotune list, kept short (CI compiles every config ahead of time): spill-free
+# for fp32 and bf16 on sm_80 and sm_90 at M = 2 and 16, C = 32 and 128 (ahead-of-time
+# compiles; (64, 32, 16, 4 warps, 2 stages), in the old list, spills 16 B in fp32 on sm_80 at
+# M = 2); <= 16 KB of shared memory.
 _VAL_CONFIGS = configs(
     {"BLOCK_N": 16, "BLOCK_C": 16, "BLOCK_M": 16},
     [({"BLOCK_N": bn, "BLOCK_C": bc, "BLOCK_M": bm}, w, s)
-     for bn, bc, bm, w, s in ((32, 32, 16, 4, 2), (64, 32, 16, 4, 2), (64, 64, 16, 4, 3),
-                              (32, 64, 32, 4, 2), (128, 32, 16, 8, 3))],
+     for bn, bc, bm, w, s in ((32, 32, 16, 4, 2), (64, 32, 16, 4, 3), (64, 64, 16, 8, 2))],
 )
 
 
@@ -145,20 +160,26 @@ def _bwd_rows(
             dw = tl.where(cols_k[None, :] == j, dw + part[:, None], dw)
     # 3. Softmax backward over the selection: g_s = w (dw - <w, dw>).
     gs_sel = w * (dw - tl.sum(w * dw, 1)[:, None])
-    # 4. Dense rows: g_scores (zero outside the selection) and the weight row W for the
-    #    values' gradient; each written by one store.
-    offs_n = tl.arange(0, BLOCK_N)
-    gs_row = tl.zeros([BLOCK_R, BLOCK_N], ACC)
-    w_row = tl.zeros([BLOCK_R, BLOCK_N], ACC)
-    for j in range(k):
-        ij = tl.sum(tl.where(cols_k[None, :] == j, sel_i, 0), 1)
-        hit = offs_n[None, :] == ij[:, None]
-        gs_row = tl.where(hit, tl.sum(tl.where(cols_k[None, :] == j, gs_sel, 0.0), 1)[:, None],
-                          gs_row)
-        w_row = tl.where(hit, tl.sum(tl.where(cols_k[None, :] == j, w, 0.0), 1)[:, None], w_row)
-    rn = mask_r[:, None] & (offs_n < N)[None, :]
-    tl.store(GS + rows[:, None] * N + offs_n[None, :], gs_row.to(GS.dtype.element_ty), mask=rn)
-    tl.store(WD + rows[:, None] * N + offs_n[None, :], w_row.to(WD.dtype.element_ty), mask=rn)
+    # 4. Dense rows, in chunks of BLOCK_N columns (the registers do not grow with N): g_scores
+    #    (zero outside the selection) and the weight row W for the values' gradient; each
+    #    element written by one store (no zero-fill then scatter).
+    offs_nc = tl.arange(0, BLOCK_N)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + offs_nc
+        gs_row = tl.zeros([BLOCK_R, BLOCK_N], ACC)
+        w_row = tl.zeros([BLOCK_R, BLOCK_N], ACC)
+        for j in range(k):
+            ij = tl.sum(tl.where(cols_k[None, :] == j, sel_i, 0), 1)
+            hit = offs_n[None, :] == ij[:, None]
+            gs_j = tl.sum(tl.where(cols_k[None, :] == j, gs_sel, 0.0), 1)
+            w_j = tl.sum(tl.where(cols_k[None, :] == j, w, 0.0), 1)
+            gs_row = tl.where(hit, gs_j[:, None], gs_row)
+            w_row = tl.where(hit, w_j[:, None], w_row)
+        rn = mask_r[:, None] & (offs_n < N)[None, :]
+        tl.store(GS + rows[:, None] * N + offs_n[None, :], gs_row.to(GS.dtype.element_ty),
+                 mask=rn)
+        tl.store(WD + rows[:, None] * N + offs_n[None, :], w_row.to(WD.dtype.element_ty),
+                 mask=rn)
 
 
 @triton.autotune(configs=_VAL_CONFIGS, key=["M", "N", "C"])
@@ -186,10 +207,39 @@ def _bwd_values(
              mask=mask_n[:, None] & mask_c[None, :])
 
 
-def _row_blocks(N: int, k: int, C: int) -> tuple[int, int, int, int]:
+class _Launch(NamedTuple):
+    block_r: int
+    block_n: int
+    block_k: int
+    block_c: int
+    num_warps: int
+
+
+# Register budget: about 16 elements of a [BLOCK_R, BLOCK_N] tile per thread (ptxas stays
+# spill-free there with up to 64 registers per thread, the cap at 32 warps; see
+# docs/kernels/topk_regions.md for the measured table).
+_ELEMS_PER_THREAD = 16
+_ROW_TILE = 32 * 4 * _ELEMS_PER_THREAD  # elements of a row tile per 4-warp program (2048)
+_MAX_WARPS = 32
+
+
+def _fwd_params(N: int, k: int, C: int) -> _Launch:
+    """_fwd: a row lives in registers. Rows up to 2048 wide: 4 warps and as many rows per
+    program as fit 2048 elements (16 at most); longer rows: one row per program and
+    8 / 16 / 32 warps (N <= 4096 / 8192 / 16384: still 16 elements per thread); beyond 16384
+    (up to MAX_N) 32 warps hold 32 elements each and ptxas spills (correct, slower)."""
     block_n = pow2(N, 2)
-    block_r = max(1, min(16, 4096 // block_n))
-    return block_r, block_n, pow2(k, 2), min(128, pow2(C, 2))
+    block_r = max(1, min(16, _ROW_TILE // block_n))
+    warps = max(4, min(_MAX_WARPS, block_r * block_n // (32 * _ELEMS_PER_THREAD)))
+    return _Launch(block_r, block_n, pow2(k, 2), min(128, pow2(C, 2)), warps)
+
+
+def _bwd_rows_params(N: int, k: int, C: int) -> _Launch:
+    """_bwd_rows: the dense rows are built in chunks of at most 2048 columns, 4 warps (no
+    limit on N)."""
+    block_n = min(_ROW_TILE, pow2(N, 2))
+    block_r = max(1, min(16, _ROW_TILE // block_n))
+    return _Launch(block_r, block_n, pow2(k, 2), min(128, pow2(C, 2)), 4)
 
 
 def _check_n(N: int) -> None:
@@ -200,11 +250,7 @@ def _check_n(N: int) -> None:
         )
 
 
-@torch.library.custom_op(f"{NAMESPACE}::topk_regions_fwd", mutates_args=())
-def topk_regions_fwd(
-    scores: torch.Tensor, values: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(pooled ``[B, M, C]``, indices ``[B, M, k]`` int64, weights ``[B, M, k]``)."""
+def _fwd_host(scores, values, k):
     check_device("topk_regions", scores, values)
     scores, values = scores.contiguous(), values.contiguous()
     B, M, N = scores.shape
@@ -214,14 +260,52 @@ def topk_regions_fwd(
     indices = torch.empty((B, M, k), dtype=torch.int64, device=scores.device)
     weights = torch.empty((B, M, k), dtype=scores.dtype, device=scores.device)
     R = B * M
-    block_r, block_n, block_k, block_c = _row_blocks(N, k, C)
+    lp = _fwd_params(N, k, C)
     with device_ctx(scores):
-        _fwd[(triton.cdiv(R, block_r),)](
+        _fwd[(triton.cdiv(R, lp.block_r),)](
             scores, values, pooled, indices, weights, R, M, N, C, k,
-            BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_C=block_c,
-            ACC=tl_acc(scores.dtype),
+            BLOCK_R=lp.block_r, BLOCK_N=lp.block_n, BLOCK_K=lp.block_k, BLOCK_C=lp.block_c,
+            ACC=tl_acc(scores.dtype), num_warps=lp.num_warps,
         )
     return pooled, indices, weights
+
+
+def _bwd_host(grad_pooled, grad_weights, scores, values, indices):
+    check_device("topk_regions", scores, values)
+    # The same contiguous tensors as the forward: autograd saves the op's inputs, which may
+    # have any strides (the kernels index them as contiguous).
+    scores, values = scores.contiguous(), values.contiguous()
+    grad_pooled, indices = grad_pooled.contiguous(), indices.contiguous()
+    gw = None if grad_weights is None else grad_weights.contiguous()
+    B, M, N = scores.shape
+    C = values.shape[2]
+    k = indices.shape[2]
+    acc = acc_dtype(scores.dtype)
+    grad_scores = torch.empty((B, M, N), dtype=scores.dtype, device=scores.device)
+    w_dense = torch.empty((B, M, N), dtype=acc, device=scores.device)
+    grad_values = torch.empty((B, N, C), dtype=values.dtype, device=values.device)
+    R = B * M
+    lp = _bwd_rows_params(N, k, C)
+    with device_ctx(scores):
+        _bwd_rows[(triton.cdiv(R, lp.block_r),)](
+            scores, values, indices, grad_pooled, gw if gw is not None else grad_pooled,
+            grad_scores, w_dense, R, M, N, C, k,
+            BLOCK_R=lp.block_r, BLOCK_N=lp.block_n, BLOCK_K=lp.block_k, BLOCK_C=lp.block_c,
+            HAS_GW=gw is not None, ACC=tl_acc(scores.dtype), num_warps=lp.num_warps,
+        )
+        _bwd_values[lambda meta: (B, triton.cdiv(N, meta["BLOCK_N"]),
+                                  triton.cdiv(C, meta["BLOCK_C"]))](
+            w_dense, grad_pooled, grad_values, M, N, C, ACC=tl_acc(scores.dtype),
+        )
+    return grad_scores, grad_values
+
+
+@torch.library.custom_op(f"{NAMESPACE}::topk_regions_fwd", mutates_args=())
+def topk_regions_fwd(
+    scores: torch.Tensor, values: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(pooled ``[B, M, C]``, indices ``[B, M, k]`` int64, weights ``[B, M, k]``)."""
+    return _fwd_host(scores, values, k)
 
 
 @topk_regions_fwd.register_fake
@@ -242,35 +326,13 @@ def topk_regions_bwd(
     indices: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad scores ``[B, M, N]``, zero outside the selection; grad values ``[B, N, C]``)."""
-    check_device("topk_regions", scores, values)
-    grad_pooled = grad_pooled.contiguous()
-    gw = None if grad_weights is None else grad_weights.contiguous()
-    B, M, N = scores.shape
-    C = values.shape[2]
-    k = indices.shape[2]
-    acc = acc_dtype(scores.dtype)
-    grad_scores = torch.empty_like(scores)
-    w_dense = torch.empty((B, M, N), dtype=acc, device=scores.device)
-    grad_values = torch.empty_like(values)
-    R = B * M
-    block_r, block_n, block_k, block_c = _row_blocks(N, k, C)
-    with device_ctx(scores):
-        _bwd_rows[(triton.cdiv(R, block_r),)](
-            scores, values, indices, grad_pooled, gw if gw is not None else grad_pooled,
-            grad_scores, w_dense, R, M, N, C, k,
-            BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_C=block_c,
-            HAS_GW=gw is not None, ACC=tl_acc(scores.dtype),
-        )
-        _bwd_values[lambda meta: (B, triton.cdiv(N, meta["BLOCK_N"]),
-                                  triton.cdiv(C, meta["BLOCK_C"]))](
-            w_dense, grad_pooled, grad_values, M, N, C, ACC=tl_acc(scores.dtype),
-        )
-    return grad_scores, grad_values
+    return _bwd_host(grad_pooled, grad_weights, scores, values, indices)
 
 
 @topk_regions_bwd.register_fake
 def _(grad_pooled, grad_weights, scores, values, indices):
-    return torch.empty_like(scores), torch.empty_like(values)
+    # contiguous, whatever the inputs' strides (as the real kernels return them)
+    return scores.new_empty(scores.shape), values.new_empty(values.shape)
 
 
 def _setup_context(ctx, inputs, output):
