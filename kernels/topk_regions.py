@@ -12,7 +12,7 @@ Kernels:
   indices and are slow under the interpreter). Then the softmax of the k selected scores and
   the pooling (a gather of k value rows per row). BLOCK_R and num_warps come from N
   (:func:`_fwd_params`): at most 16 elements of the score tile per thread, which compiles
-  without register spills (fp32 and bf16, sm_80 and sm_90, k <= 64 and C <= 128 measured)
+  without register spills (fp32 and bf16, sm_80 and sm_90; k = 16-64, C = 32-128 measured)
   for N <= 16384: rows up to 2048 wide take 4 warps and 2048 / BLOCK_N rows (16 at most),
   longer rows one row and 8 / 16 / 32 warps. 16384 < N <= MAX_N = 32768: 32 warps, 32
   elements per thread, ptxas spills (correct, slower); N > MAX_N raises.
@@ -45,13 +45,14 @@ from ._common import NAMESPACE, acc_dtype, check_device, configs, device_ctx, po
 MAX_N = 1 << 15  # _fwd holds a row of scores in registers (spills past N = 16384)
 
 # _bwd_values autotune list, kept short (CI compiles every config ahead of time): spill-free
-# for fp32 and bf16 on sm_80 and sm_90 at M = 2 and 16, C = 32 and 128 (ahead-of-time
-# compiles; (64, 32, 16, 4 warps, 2 stages), in the old list, spills 16 B in fp32 on sm_80 at
-# M = 2); <= 16 KB of shared memory.
+# for fp32 and bf16 on sm_80 and sm_90 at the paper shape (M = 2 and 16, N = 196, C = 32 and
+# 128) and at N = 1024 (C = 64) and 16384 (ahead-of-time compiles; (64, 32, 16, 4 warps,
+# 2 stages), in the old list, spills 16 B in fp32 on sm_80 at M = 2, and (64, 64, 16, 8, 2) at
+# N >= 1024); <= 16 KB of shared memory.
 _VAL_CONFIGS = configs(
     {"BLOCK_N": 16, "BLOCK_C": 16, "BLOCK_M": 16},
     [({"BLOCK_N": bn, "BLOCK_C": bc, "BLOCK_M": bm}, w, s)
-     for bn, bc, bm, w, s in ((32, 32, 16, 4, 2), (64, 32, 16, 4, 3), (64, 64, 16, 8, 2))],
+     for bn, bc, bm, w, s in ((32, 32, 16, 4, 2), (64, 32, 16, 4, 3), (128, 64, 16, 8, 2))],
 )
 
 
