@@ -88,16 +88,18 @@ def _tiles(*tiles: tuple[int, int, int, int]) -> list:
 # fp16 / bf16 (tensor-core dots; wgmma on sm_90 wants 64-row tiles), 32 for fp32 / fp64 (fp32
 # dots with input_precision="ieee" are FMAs: about twice the registers per tile element of an
 # MMA; fp64 MMAs hold 8-byte accumulators). Each config of a class fits sm_80 and sm_90 for
-# every dtype of the class and any D (the D chunks are capped, so D >= 128 compiles the tiles
-# of D = 256): shared memory under the limit, no spills (ptxas -v of ahead-of-time compiles:
-# docs/kernels/info_nce.md). Wider tiles than these spill (fp32 64 x 64 backward on sm_80,
-# 128 x 128 in every dtype), as do 4-warp 64 x 64 backward tiles.
+# every dtype of the class and any D: shared memory under the limit, no spills (ptxas -v of
+# ahead-of-time compiles, docs/kernels/info_nce.md). Rows are padded to 16 elements
+# (_aligned) and the D chunks capped, so every D >= 128 compiles the tiles of D = 256;
+# smaller D compile smaller chunks (checked at D = 16, 48, 64). Wider tiles spill (fp32
+# 64 x 64 backward on sm_80, 128 x 128 in every dtype), as do 4-warp backward tiles (64 x 64;
+# 32 x 32 at D = 48, 64).
 _FWD_CONFIGS = {16: _tiles((64, 64, 8, 3), (128, 64, 8, 3), (64, 128, 8, 3)),
                 32: _tiles((64, 64, 8, 3), (32, 64, 8, 3))}
 _ROW_CONFIGS = {16: _tiles((64, 64, 8, 3), (64, 128, 8, 3)),  # _rows_bwd: loops over N
                 32: _tiles((32, 64, 8, 3), (64, 32, 8, 3))}
 _COL_CONFIGS = {16: _tiles((64, 64, 8, 3), (128, 64, 8, 3)),  # _cols_bwd: loops over M
-                32: _tiles((32, 64, 8, 3), (32, 32, 4, 3))}
+                32: _tiles((32, 64, 8, 3), (32, 32, 8, 3))}
 
 
 @triton.jit
@@ -568,12 +570,19 @@ def _bwd_host(grad_loss, anchors, candidates, targets, lse, temperature, normali
             chunks = dict(BLOCK_K=_block_k(D, a.dtype), BLOCK_D=bd, **common)
             nd = triton.cdiv(D, bd)  # programs per output tile (grid axis 0: g * nd + chunk)
             tc = _tile_class(a.dtype)
+            # Unaligned gradient rows cost the large kernels' epilogue registers (spills at
+            # D = 200 in ahead-of-time compiles): they store padded rows, copied out after.
+            ga_k = ga if D == DO else a.new_empty((G, M, D))
+            gc_k = gc if D == DO else c.new_empty((G, N, D))
             _ROWS_BWD[tc][lambda meta: (G * nd, triton.cdiv(M, meta["BLOCK_M"]))](
-                *args, ga, M, N, D, DO, *scal, **chunks,
+                *args, ga_k, M, N, D, D, *scal, **chunks,
             )
             _COLS_BWD[tc][lambda meta: (G * nd, triton.cdiv(N, meta["BLOCK_N"]))](
-                *args, gc, M, N, D, DO, *scal, **chunks,
+                *args, gc_k, M, N, D, D, *scal, **chunks,
             )
+            if D != DO:
+                ga.copy_(ga_k[..., :DO])
+                gc.copy_(gc_k[..., :DO])
     return ga, gc
 
 
