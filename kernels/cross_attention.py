@@ -57,7 +57,7 @@ _FWD_CONFIGS = configs(
 )
 _BWD_CONFIGS = configs(
     {"BLOCK_N": 16},
-    [({"BLOCK_N": bn}, w, s) for bn, w, s in ((16, 4, 1), (32, 8, 1))],
+    [({"BLOCK_N": bn}, w, s) for bn, w, s in ((16, 4, 1), (32, 4, 2), (32, 8, 2))],
 )
 
 
