@@ -70,7 +70,7 @@ _IGNORE = tl.constexpr(IGNORE_INDEX)  # jit code (the compiler accepts constexpr
 EPS = 1e-12  # F.normalize's eps
 TINY_MAX = 64  # M, N <= TINY_MAX: the tiny-group kernels
 TINY_MAX_BYTES = 1 << 14  # and a [BM, BN] logits tile of <= 16 KiB in ACC (_tiny_bytes)
-TINY_BYTES_PER_WARP = 8192  # tiny kernels: a warp per 8 KiB live (64 registers a thread), 4-8
+TINY_BYTES_PER_WARP = 8192  # tiny kernels: a warp per 8 KiB live (64 registers a thread), 4-16
 TINY_CHUNK_BYTES = 4096  # tiny backward: (BLOCK_M + BLOCK_N) * BLOCK_D accumulator bytes
 TINY_STAGES = 2
 BLOCK_D_MAX = 128  # the D chunk a large-backward program owns (64 in float64)
@@ -494,7 +494,8 @@ def _tiny_meta(M: int, N: int, D: int, dtype: torch.dtype, backward: bool) -> di
         bd = min(pow2(D), max(16, _pow2_floor(TINY_CHUNK_BYTES // ((bm + bn) * acc))))
         meta["BLOCK_D"] = bd
         live += (bm + bn) * bd * (elt + 2 * acc)
-    warps = min(8, max(4, pow2(triton.cdiv(live, TINY_BYTES_PER_WARP), lo=1)))
+    per_warp = TINY_BYTES_PER_WARP * acc // 4  # fp64: 16 KiB (measured: fp64 spilled at 8)
+    warps = min(16, max(4, pow2(triton.cdiv(live, per_warp), lo=1)))
     meta.update(num_warps=warps, num_stages=TINY_STAGES)
     return meta
 
