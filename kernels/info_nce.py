@@ -19,10 +19,12 @@ Regimes (chosen per call from M, N and the dtype; ``regime`` forces one, for tes
   other, each with its whole [M, N] logits in registers, formed by a K-loop over D in BLOCK_K
   chunks; the backward computes both gradients of a group in the same program, looping over D
   in BLOCK_D chunks (the group's rows re-read, from L1/L2). Nothing of size D stays live, so the
-  limit is the logits tile: beyond it a program would need 16 warps (128 registers a thread at
-  most); the large regime takes those shapes. GROUPS, BLOCK_D, num_warps (4 or 8) and
-  num_stages come from the tile sizes and dtype (``_tiny_meta``); a forced ``regime=TINY``
-  beyond the limit raises.
+  limit is the logits tile: fp64 64 x 64, the one tile past it, compiles without spills only
+  at exactly the 128-register cap of a 16-warp block, so the large regime takes it. GROUPS,
+  BLOCK_D, num_warps (4 to 16) and num_stages come from the tile sizes and dtype
+  (``_tiny_meta``); a forced ``regime=TINY`` beyond the limit raises. No spills at any
+  M, N <= 64 within the limit, any D, fp16 / bf16 / fp32 / fp64, sm_80 and sm_90
+  (ahead-of-time compiles: the table in docs/kernels/info_nce.md).
 - large: ``_rows_fwd`` grid ``(G, cdiv(M, BLOCK_M))``, an online log-sum-exp over candidate
   tiles (no [M, N] buffer: memory O(M + N)); each logits tile is a K-loop over D in BLOCK_K
   chunks (a GEMM: tiles of any D fit). Backward in two passes, as Inf-CL does: ``_rows_bwd``
@@ -38,9 +40,13 @@ Regimes (chosen per call from M, N and the dtype; ``regime`` forces one, for tes
   Every output tile has one owner: no atomics, a fixed summation order, bitwise reproducible.
 
 Chunks: BLOCK_K = 128 bytes of a row (32 fp32, 64 fp16/bf16, 16 fp64), BLOCK_D = 128 (64 in
-fp64) in the large backward, both capped at pow2(D); the autotune lists (per tile class,
-``_FWD_CONFIGS`` / ``_ROW_CONFIGS`` / ``_COL_CONFIGS``) hold only configs that fit sm_80 and
-sm_90 at any D without spills (measured ahead of time, docs/kernels/info_nce.md).
+fp64) in the large backward, both capped at pow2(D). When D is not a multiple of 16 the host
+pads a and c to one (``_aligned``: unaligned rows mean element-wise loads, which spilled), and
+the large backward writes padded gradient rows that it copies out. The autotune lists (per
+tile class, ``_FWD_CONFIGS`` / ``_ROW_CONFIGS`` / ``_COL_CONFIGS``) hold only configs that fit
+sm_80 and sm_90 at any D without spills (measured ahead of time, docs/kernels/info_nce.md);
+known residue: with M or N not a multiple of 16, fp32 large kernels (FMA dots, 8 warps) spill
+4-16 bytes, where ptxas settles on 128 registers (two blocks an SM).
 
 The ops are ``art_fast_triton::info_nce_fwd`` (per-row loss, row max and sum) and
 ``_bwd`` (custom ops with fake kernels and autograd); :func:`forward` applies the reduction on
