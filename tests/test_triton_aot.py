@@ -61,3 +61,29 @@ def test_checker_catches_the_three_faults():
         assert verdict == "SMEM" and smem > 232448, (arch, note)
         verdict, note, _smem, spills = got[f"_spiller/{arch}"]
         assert verdict == "SPILL" and spills > 0, (arch, note)
+
+
+@pytest.mark.slow
+def test_every_triton_kernel_compiles_for_sm80_and_sm90(tmp_path):
+    """The ``ci`` set: every kernel x every config the launchers and autotuners can pick, at the
+    paper shapes, float32 and bfloat16, sm_80 and sm_90 (``make gpu-aot`` runs the full sweep:
+    float16/float64, the regime limits, other D)."""
+    _require_triton_compiler()
+    res = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "triton_aot.py"), "--set", "ci",
+         "--out", str(tmp_path)],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1800,
+    )
+    tables = list(tmp_path.glob("triton_aot_ci_triton*.json"))
+    assert len(tables) == 1, res.stdout[-2000:] + res.stderr[-3000:]
+    table = tables[0]
+    rows = json.loads(table.read_text())["rows"]
+    failures = [f"{r['verdict']} {r['op']}.{r['kernel']} {r['dtype']} sm_{r['arch']} "
+                f"[{r['config']}]: {r['note']}" for r in rows if r["verdict"]]
+    assert not failures, "\n".join(failures)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # every op and both targets were compiled, and each row carries its resources
+    assert {r["op"] for r in rows} == {"cross_attention", "topk_regions", "info_nce"}
+    assert {r["arch"] for r in rows} == {80, 90}
+    assert all(r["registers"] > 0 and r["spill_stores"] == 0 for r in rows
+               if r["spills_fail"])
