@@ -16,7 +16,8 @@ bound on the time of the Triton path from counted work, not from a measurement:
   float64) 67 / 34 TFLOP/s (the H200's FP32 / FP64 vector peaks);
 - HBM at 4.3 TB/s (a device-to-device copy measured on this workplace's H200; spec 4.8);
 - the share of the GPU the grid can fill: min(1, programs / 132 SMs) scales both peaks
-  (a grid of 32 programs uses at most 32 of the 132 SMs);
+  (a grid of 32 programs uses at most 32 of the 132 SMs), with the smallest grid among the
+  op's main kernels (not the _norms / _sum_over_b passes) and the first autotune config;
 - about 4 us per kernel launch (the number of launches is recorded from the host functions).
 
 estimate = launches * 4 us + max(bytes / BW, FLOPs / peak) / fill. It is marked as an estimate
@@ -80,7 +81,10 @@ def _work(op: str, mode: str, dt: str) -> tuple[float, float, str]:
     f = 2 * G * M * N * D
     if mode == "fwd":
         return 2 * G * (M + N) * D * e, f, "G=1 M=N=32768 D=256"
-    return 3 * G * (M + N) * D * e, 4 * f, ""
+    # rows and columns passes each recompute the logits per output D chunk (nd = D / 128 = 2
+    # chunks): 2 (nd + 1) f instead of 4 f (kernels/info_nce.py)
+    nd = -(-D // 128)
+    return 3 * G * (M + N) * D * e, 2 * (nd + 1) * f, ""
 
 
 _OPKEY = {"cross_attention": ("cross_attention", "paper M=16"),
@@ -92,25 +96,26 @@ _KERNELS = {"fwd": {"_fwd", "_tiny_fwd", "_rows_fwd", "_norms"},
                     "_rows_bwd", "_cols_bwd", "_norms"}}
 
 
-_BWD_FIRST = {"_bwd", "_bwd_rows", "_tiny_bwd", "_rows_bwd"}
+# The kernels that carry an op's work (the grid fill is theirs; _norms and _sum_over_b are
+# small passes beside them).
+_MAIN = {"_fwd", "_tiny_fwd", "_rows_fwd", "_bwd", "_bwd_rows", "_bwd_values", "_tiny_bwd",
+         "_rows_bwd", "_cols_bwd"}
 
 
 def _kernels(op: str, scen: str, dt: str) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
-    """The kernels (name, grid) one forward and one backward call launch, in order (an
-    autotuned kernel is recorded once per config; counted once)."""
+    """Per phase (fwd, bwd), the kernels (name, grid of its first config) one call of the host
+    function launches, in order."""
     import torch
 
     sc = next(s for s in triton_aot.SCENARIOS if s.op == op and s.name == scen)
     with triton_aot.record_launches() as launches:
         sc.run(getattr(torch, dt))
-    split = next((i for i, ln in enumerate(launches) if ln.kernel in _BWD_FIRST), len(launches))
-    out: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
-    for mode, part in (("fwd", launches[:split]), ("bwd", launches[split:])):
-        ks: list[tuple[str, tuple[int, ...]]] = []
-        for ln in part:
-            if not ks or ks[-1][0] != ln.kernel:
-                ks.append((ln.kernel, ln.grid))
-        out[mode] = ks
+    out: dict[str, list[tuple[str, tuple[int, ...]]]] = {"fwd": [], "bwd": []}
+    seen: set[int] = set()
+    for ln in launches:
+        if ln.call not in seen:  # an autotuned launch is recorded once per config
+            seen.add(ln.call)
+            out[ln.phase].append((ln.kernel, ln.grid))
     return out
 
 
@@ -139,7 +144,7 @@ def estimate(aot_rows: list[dict]) -> list[dict]:
                     peak, path = PEAK["mma"], "mma"
                 else:
                     peak, path = PEAK["wgmma"], "wgmma"
-                programs = max(_programs(g) for _, g in kernels)
+                programs = min(_programs(g) for k, g in kernels if k in _MAIN)
                 fill = min(1.0, programs / SMS)
                 t_mem, t_cmp = byts / HBM, (flops / peak if flops else 0.0)
                 t = len(kernels) * LAUNCH_S + max(t_mem, t_cmp) / fill

@@ -57,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -87,6 +88,10 @@ class Scenario:
     spills: bool  # spills fail this scenario (paper shapes, stated limits) in fp32/bf16
 
 
+# The phase the scenario's host calls are in (stamped on every recorded launch).
+PHASE = ["fwd"]
+
+
 def _meta(torch, shape, dtype):
     return torch.empty(shape, dtype=dtype, device="meta")
 
@@ -102,6 +107,7 @@ def _ca(B, Bq, H, M, N, D, weights=False, backward=True):
         v = _meta(torch, (B, H, N, D), dtype)
         K._fwd_host(q, k, v, D**-0.5, weights)
         if backward:
+            PHASE[0] = "bwd"
             go = _meta(torch, (B, H, M, D), dtype)
             gw = _meta(torch, (B, H, M, N), dtype) if weights else None
             out = _meta(torch, (B, H, M, D), dtype)
@@ -119,6 +125,7 @@ def _topk(B, M, N, C, k, grad_weights=True):
         s = _meta(torch, (B, M, N), dtype)
         v = _meta(torch, (B, N, C), dtype)
         _host(K.topk_regions_fwd)(s, v, k)
+        PHASE[0] = "bwd"
         gp = _meta(torch, (B, M, C), dtype)
         gw = _meta(torch, (B, M, k), dtype) if grad_weights else None
         idx = _meta(torch, (B, M, k), torch.int64)
@@ -137,6 +144,7 @@ def _nce(G, M, N, D, normalize=True, regime=0):
         c = _meta(torch, (G, N, D), dtype)
         t = _meta(torch, (G, M), torch.int64)
         K._fwd_host(a, c, t, 0.1, normalize, regime)
+        PHASE[0] = "bwd"
         gl = _meta(torch, (G, M), acc)
         lse = _meta(torch, (2, G, M), acc)
         K._bwd_host(gl, a, c, t, lse, 0.1, normalize, regime)
@@ -204,6 +212,8 @@ class Launch:
     kwargs: dict  # constexprs and launch options, tl dtypes encoded as ("tl", name)
     grid: tuple[int, ...]
     config: str  # "BLOCK_M=64 BLOCK_N=64 w4 s2" (the constexprs a config or launch sets)
+    call: int = 0  # which launch of the host functions (an autotuned one: one per config)
+    phase: str = "fwd"  # "fwd" or "bwd": the host function that launched it
 
 
 def _encode(value):
@@ -269,6 +279,8 @@ def record_launches() -> Iterator[list[Launch]]:
 
     launches: list[Launch] = []
     orig_jit, orig_tune = jit.JITFunction.run, autotuner.Autotuner.run
+    calls = [0]
+    PHASE[0] = "fwd"
 
     def add(fn, args, kwargs, grid, config_kw):
         module, attr = _kernel_attr(fn)
@@ -278,14 +290,16 @@ def record_launches() -> Iterator[list[Launch]]:
         tunable = [n for n in constexpr_names if n.startswith("BLOCK") or n == "GROUPS"]
         launches.append(Launch(module, attr, [_encode(a) for a in args],
                                {k: _encode(v) for k, v in kw.items()}, _grid(grid, named),
-                               _config_str(kw, tunable)))
+                               _config_str(kw, tunable), calls[0], PHASE[0]))
 
     def jit_run(self, *args, grid, warmup, **kwargs):
+        calls[0] += 1
         add(self, args, kwargs, grid, {})
 
     def tune_run(self, *args, **kwargs):
         grid = kwargs.pop("grid")
         kwargs.pop("warmup", None)
+        calls[0] += 1
         for cfg in self.configs:
             add(self.fn, args, kwargs, grid, cfg.all_kwargs())
 
@@ -296,6 +310,7 @@ def record_launches() -> Iterator[list[Launch]]:
     finally:
         jit.JITFunction.run, autotuner.Autotuner.run = orig_jit, orig_tune
         _common.RECORDING[0] = False
+        PHASE[0] = "fwd"
 
 
 # ---- compiling --------------------------------------------------------------------------------
@@ -404,6 +419,15 @@ def compile_launch(job: tuple[Launch, int]) -> dict:
         if not regs or not spills:
             out["note"] = "ptxas -v log not found: registers/spills unknown"
     except Exception as exc:  # a compile error is a result, not a crash of the sweep
+        root = exc
+        while root.__cause__ is not None:  # Triton chains the real error (an assertion in
+            root = root.__cause__          # its semantic layer, a NameError) behind it
+        if root is not exc:
+            frame = traceback.extract_tb(root.__traceback__)[-1] if root.__traceback__ else None
+            where = f" ({os.path.basename(frame.filename)}:{frame.lineno}: {frame.line})" \
+                if frame else ""
+            exc = RuntimeError(f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                               f" ... caused by {type(root).__name__}: {root}{where}")
         msg = [m.strip() for m in f"{type(exc).__name__}: {exc}".strip().splitlines()]
         msg = [m for m in msg if m]
         # the first line names the place, the last one the cause (e.g. the NameError)

@@ -47,18 +47,21 @@ from ._common import (
 # Autotune lists, kept short (CI compiles every config ahead of time: benchmarks/triton_aot.py)
 # and chosen from ahead-of-time compiles (docs/kernels/cross_attention.md, "Registers and
 # shared memory"): no register spill for fp32 and bf16 on sm_80 and sm_90 at the paper shapes
-# (M = 2 and 16, N = 196, D = 32, with and without the weights) and at D = 64 and 128 (one
-# exception: the bwd config (32, 8 warps, 1 stage) spills 8 B in bf16 at D = 128 on sm_80);
-# shared memory <= 76 KB. 4-warp fwd configs and bwd configs of 2-3 stages or wider tiles
-# spill at D = 64-128 in fp32 (some already at D = 32 with the weights).
+# (M = 2 and 16, N = 196, D = 32, with and without the weights), with triton 3.8 (CI) and 3.6
+# (the GPU box), and every config within shared memory in every dtype of the full sweep.
+# 4-warp fwd configs and 8-warp or wider bwd configs spill at D = 64-128 in fp32 (some already
+# at D = 32 with the weights; (32, 8, 1) in bf16 on sm_80 with triton 3.6).
 _FWD_CONFIGS = configs(
     {"BLOCK_N": 16},
     [({"BLOCK_N": bn}, w, s) for bn, w, s in ((32, 8, 2), (32, 8, 3), (64, 8, 2))],
 )
 _BWD_CONFIGS = configs(
     {"BLOCK_N": 16},
-    [({"BLOCK_N": bn}, w, s) for bn, w, s in ((16, 4, 1), (32, 4, 2), (32, 8, 2))],
+    [({"BLOCK_N": bn}, w, s) for bn, w, s in ((16, 4, 1), (32, 4, 2))],
 )
+# float64 tiles take twice the shared memory: (32, 4, 2) at M > 64, D = 64 needs 180224 B with
+# triton 3.6 (over sm_80's 166912 B), so float64 tunes over the 1-stage config alone.
+_BWD_CONFIGS_F64 = configs({"BLOCK_N": 16}, [({"BLOCK_N": 16}, 4, 1)])
 
 
 @triton.autotune(configs=_FWD_CONFIGS, key=["M", "N", "D", "WRITE_W"])
@@ -132,7 +135,6 @@ def _fwd(
                      w.to(W.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=["M", "N", "D", "HAS_DW"])
 @triton.jit
 def _bwd(
     Q, K, V, DO, DW, STATS, DQ, DK, DV,
@@ -212,6 +214,13 @@ def _bwd(
         # 5. dq of this (b, h): its own slot even when q is shared (summed over b later).
         tl.store(DQ + (row_base + offs_m[:, None]) * D + offs_d[None, :],
                  (dq * scale).to(DQ.dtype.element_ty), mask=md)
+
+
+# One autotuner per dtype class over the same kernel (each compiles and tunes its own list).
+_BWD_TUNED = {
+    "f64": triton.autotune(configs=_BWD_CONFIGS_F64, key=["M", "N", "D", "HAS_DW"])(_bwd),
+    "other": triton.autotune(configs=_BWD_CONFIGS, key=["M", "N", "D", "HAS_DW"])(_bwd),
+}
 
 
 @triton.jit
@@ -307,7 +316,7 @@ def _bwd_host(grad_out, grad_weights, q, k, v, out, stats, scale):
     has_dw = grad_weights is not None
     q_bstride = 0 if q.shape[0] == 1 else H * M * D
     with device_ctx(q):
-        _bwd[(B * H,)](
+        _BWD_TUNED["f64" if q.dtype == torch.float64 else "other"][(B * H,)](
             q, k, v, grad_out, grad_weights if has_dw else grad_out, stats, dq_b, dk, dv,
             B * H * M, q_bstride, H, M, N, D, *split_float(scale),
             BLOCK_M=block_m, BLOCK_D=pow2(D), HAS_DW=has_dw,

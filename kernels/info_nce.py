@@ -164,7 +164,9 @@ def _raw_logits(A, Cd, g, M, N, D, offs_m, mask_m, offs_n, mask_n,
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(DOT)
         c = tl.load(Cd + (g * N + offs_n[:, None]) * D + k[None, :],
                     mask=mask_n[:, None] & mask_k[None, :], other=0.0).to(DOT)
-        L = tl.dot(a, tl.trans(c), L, input_precision="ieee")  # no TF32; ACC accumulator
+        # no TF32; the ACC accumulator (out_dtype: triton 3.6 asserts acc dtype == out_dtype,
+        # float32 by default, so float64 needs it named)
+        L = tl.dot(a, tl.trans(c), L, input_precision="ieee", out_dtype=ACC)
     return L
 
 
@@ -364,7 +366,8 @@ def _rows_bwd(
         r += tl.sum(tl.where(mn, dL * L, 0.0), 1)
         c = tl.load(Cd + (g * N + n[:, None]) * D + offs_d[None, :],
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(DOT)
-        ga_hat = tl.dot((dL * inv_c[None, :]).to(c.dtype), c, ga_hat, input_precision="ieee")
+        ga_hat = tl.dot((dL * inv_c[None, :]).to(c.dtype), c, ga_hat, input_precision="ieee",
+                        out_dtype=ACC)
     # 3. Through the normalisation (the chunk of a it needs); one store per tile.
     a = tl.load(A + (g * M + offs_m[:, None]) * D + offs_d[None, :],
                 mask=mask_m[:, None] & mask_d[None, :], other=0.0).to(ACC)
@@ -416,7 +419,7 @@ def _cols_bwd(
         a = tl.load(A + (g * M + m[:, None]) * D + offs_d[None, :],
                     mask=mask_m[:, None] & mask_d[None, :], other=0.0).to(DOT)
         gc_hat = tl.dot(tl.trans((dL * inv_a[:, None]).to(a.dtype)), a, gc_hat,
-                        input_precision="ieee")
+                        input_precision="ieee", out_dtype=ACC)
     # 3. Through the normalisation; one store per tile.
     c = tl.load(Cd + (g * N + offs_n[:, None]) * D + offs_d[None, :],
                 mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(ACC)
