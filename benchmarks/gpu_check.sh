@@ -77,6 +77,8 @@
 #   GPU_CHECK_XDIST         pytest-xdist workers per test step (default 4 with >= 8 cores and
 #                           xdist installed; 0 = serial)
 #   GPU_CHECK_TEST_TIMEOUT  per-test timeout in s when pytest-timeout is installed (default 90)
+#   GPU_CHECK_TRITON_CONFIGS  ART_FAST_TRITON_CONFIGS of the test groups: "first" (default: the
+#                           first autotune config only, no autotuning sweep per shape) or "all"
 #   GPU_CHECK_REP_MS        bench_ops --rep-ms (default 20)
 #   GPU_CHECK_EXTRA_REQUIRED  more module names the deps step requires (space-separated)
 #   GPU_CHECK_DRY_PROBES=0  dry run: skip the CPU probes (faster)
@@ -738,7 +740,7 @@ while [ "$i" -lt "${#TEST_STEPS[@]}" ]; do
     i=$((i + 1))
   done
   i=$((i + 1))
-  env_pre=(env TRITON_PRINT_AUTOTUNING=0)
+  env_pre=(env TRITON_PRINT_AUTOTUNING=0 ART_FAST_TRITON_CONFIGS="${GPU_CHECK_TRITON_CONFIGS:-first}")
   if [ "$name" = tests_misc ] && [ "$CUDA_BUILT" = 1 ]; then env_pre+=(ART_FAST_REQUIRE_CUDA_BUILD=1); fi
   if [ "$name" = tests_gpu_other ]; then OK_RC=5; fi  # 5: no test selected
   if [ "$name" = tests_cuda ] && [ "$CUDA_BUILT" != 1 ] && [ -z "$GPU_BLOCK" ]; then

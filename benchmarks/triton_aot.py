@@ -591,6 +591,10 @@ def main(argv: list[str] | None = None) -> int:
         print("triton_aot: run without TRITON_INTERPRET=1 (the kernels would be interpreted "
               "functions, which cannot be compiled)", file=sys.stderr)
         return 2
+    if os.environ.get("ART_FAST_TRITON_CONFIGS", "all").strip().lower() not in ("", "all"):
+        print("triton_aot: run without ART_FAST_TRITON_CONFIGS (it would hide every autotune "
+              "config but the first)", file=sys.stderr)
+        return 2
     try:
         archs = [int(a) for a in args.arch.split(",")]
     except ValueError:

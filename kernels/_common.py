@@ -25,10 +25,25 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 NAMESPACE = "art_fast_triton"
 
 
+# ART_FAST_TRITON_CONFIGS=first (read at import): every autotuned kernel keeps only the first
+# config of its list, so a GPU test run does not pay an autotuning sweep at every new shape
+# (benchmarks/gpu_check.sh sets it for its test groups; the winner of a sweep is the only
+# config whose numbers a test sees anyway). Default "all". benchmarks/triton_aot.py compiles
+# every config whatever this says (it refuses to run with it set).
+CONFIGS_MODE = os.environ.get("ART_FAST_TRITON_CONFIGS", "all").strip().lower() or "all"
+if CONFIGS_MODE not in ("all", "first"):
+    raise ValueError(
+        f"ART_FAST_TRITON_CONFIGS must be 'all' or 'first', got {CONFIGS_MODE!r}"
+    )
+
+
 def configs(interpret: dict, hopper: list[tuple[dict, int, int]]) -> list[triton.Config]:
-    """One config under the interpreter; ``hopper`` = [(meta, num_warps, num_stages)] on GPU."""
+    """One config under the interpreter; ``hopper`` = [(meta, num_warps, num_stages)] on GPU
+    (only the first with ``ART_FAST_TRITON_CONFIGS=first``)."""
     if INTERPRET:
         return [triton.Config(dict(interpret), num_warps=1, num_stages=1)]
+    if CONFIGS_MODE == "first":
+        hopper = hopper[:1]
     return [triton.Config(dict(m), num_warps=w, num_stages=s) for m, w, s in hopper]
 
 

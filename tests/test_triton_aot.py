@@ -21,7 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TRITON_INTERPRET", "ART_FAST_TRITON_CONFIGS")}
     env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "benchmarks"),
                                          os.path.join(ROOT, "tests")])
     return env
@@ -87,3 +88,38 @@ def test_every_triton_kernel_compiles_for_sm80_and_sm90(tmp_path):
     assert {r["arch"] for r in rows} == {80, 90}
     assert all(r["registers"] > 0 and r["spill_stores"] == 0 for r in rows
                if r["spills_fail"])
+
+
+def test_first_config_mode_keeps_one_config_per_autotuner():
+    """ART_FAST_TRITON_CONFIGS=first (what gpu_check.sh sets for its GPU test groups) leaves
+    every autotuned kernel with exactly its list's first config; a bad value is refused."""
+    script = textwrap.dedent("""
+        import json
+        from triton.runtime.autotuner import Autotuner
+        from art_fast.kernels import cross_attention, info_nce, topk_regions
+        out = {}
+        for mod in (cross_attention, info_nce, topk_regions):
+            for name, obj in vars(mod).items():
+                tuners = obj.values() if isinstance(obj, dict) else [obj]
+                for i, t in enumerate(tuners):
+                    if isinstance(t, Autotuner):
+                        out[f"{mod.__name__}.{name}.{i}"] = [str(c) for c in t.configs]
+        print(json.dumps(out))
+    """)
+    got = {}
+    for mode in ("all", "first"):
+        env = _env()
+        env["ART_FAST_TRITON_CONFIGS"] = mode
+        res = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        got[mode] = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["all"].keys() == got["first"].keys() and len(got["all"]) >= 6
+    assert any(len(v) > 1 for v in got["all"].values())
+    for name, cfgs in got["all"].items():
+        assert got["first"][name] == cfgs[:1], name
+    env = _env()
+    env["ART_FAST_TRITON_CONFIGS"] = "fastest"
+    res = subprocess.run([sys.executable, "-c", "import art_fast.kernels.info_nce"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "ART_FAST_TRITON_CONFIGS must be" in res.stderr
