@@ -338,9 +338,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         prog="art-fast synth",
         description="Write the synthetic fine-grained action set (mp4 + Diving48-format "
                     "JSON) that the demo trains on.")
+    p.add_argument("--kind", choices=("displacement", "binding"), default="displacement",
+                   help="which set: 'displacement' (a checkered square's motion is the class) "
+                        "or 'binding' (which of two look-alike actors did which limb motions "
+                        "in which order; art_fast.data.binding) (default: displacement)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--classes", type=int, default=8, help=f"classes, 2..{MAX_CLASSES} "
-                   "(default: 8)")
+    p.add_argument("--classes", type=int, default=None,
+                   help=f"classes, 2..{MAX_CLASSES} (binding: 2..6) (default: 8; binding: 6)")
     p.add_argument("--videos-per-class", type=int, default=200,
                    help="clips per class, train + test (default: 200)")
     p.add_argument("--frames", type=int, default=16, help="frames per clip (default: 16)")
@@ -350,7 +354,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--test-fraction", type=float, default=0.25,
                    help="fraction of each class in the test split (default: 0.25)")
     p.add_argument("--distractors", type=int, default=2,
-                   help="distractor objects per clip (default: 2)")
+                   help="distractor objects per clip (default: 2; displacement only)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes (binding only; default: the CPU count; the files do not "
+                        "depend on it)")
     return p
 
 
@@ -358,10 +365,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``art-fast synth``: parse ``argv``, write the set, print a one-line summary."""
     args = build_parser().parse_args(argv)
     try:
-        s = make_synthetic(args.out, classes=args.classes,
-                           videos_per_class=args.videos_per_class, frames=args.frames,
-                           size=args.size, seed=args.seed, test_fraction=args.test_fraction,
-                           distractors=args.distractors)
+        if args.kind == "binding":
+            from .binding import make_binding
+
+            s = make_binding(args.out, classes=6 if args.classes is None else args.classes,
+                             videos_per_class=args.videos_per_class, frames=args.frames,
+                             size=args.size, seed=args.seed,
+                             test_fraction=args.test_fraction, workers=args.workers)
+        else:
+            s = make_synthetic(args.out, classes=8 if args.classes is None else args.classes,
+                               videos_per_class=args.videos_per_class, frames=args.frames,
+                               size=args.size, seed=args.seed,
+                               test_fraction=args.test_fraction, distractors=args.distractors)
     except ValueError as exc:
         print(f"art-fast synth: error: {exc}", file=sys.stderr)
         return 2
