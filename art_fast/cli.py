@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 EPILOG = """examples:
   art-fast synth --out data/synth                       # the synthetic fine-grained set
+  art-fast synth --kind binding --out data/binding      # the binding set (actor x order)
   art-fast train configs/synthetic_tiny.yaml --set output_dir=runs/demo
   art-fast train configs/diving48.yaml --set data.root=/data/Diving48 --resume auto
   torchrun --nproc_per_node 4 -m art_fast.cli train configs/gym99.yaml --set data.root=/data/gym
@@ -94,9 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="art-fast", description="ART (Action-Region Tracking) with custom kernels.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    synth = sub.add_parser("synth", help="write the synthetic fine-grained set",
-                           description="Write the synthetic fine-grained action set: real mp4 "
-                                       "files + Diving48-format JSON splits and vocab.")
+    synth = sub.add_parser("synth", help="write a synthetic fine-grained set (--kind "
+                                         "displacement | binding)",
+                           description="Write a synthetic fine-grained action set: real mp4 "
+                                       "files + Diving48-format JSON splits and vocab. "
+                                       "--kind displacement (default): the class is a cue's "
+                                       "motion; --kind binding: which actor did what, in "
+                                       "which order (art_fast/data/binding.py).")
     synth_parser(synth)
     _add_train(sub)
     _add_eval(sub)
