@@ -1,7 +1,9 @@
-"""Helpers for the op tests: forward + backward of a function with fixed cotangents."""
+"""Helpers for the tests: forward + backward of a function with fixed cotangents (op tests);
+the bytes of every file under a folder (determinism tests of the synthetic sets)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import torch
@@ -33,3 +35,14 @@ def fwd_bwd(
     grads = torch.autograd.grad(total, diff, allow_unused=True)
     grads = [torch.zeros_like(x) if g is None else g for x, g in zip(diff, grads)]
     return [o.detach() for o in outs], list(grads)
+
+
+def files_bytes(root: str | os.PathLike[str]) -> dict[str, bytes]:
+    """{path relative to root: file bytes} for every file under ``root``."""
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, root)] = f.read()
+    return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -11,17 +10,11 @@ import pytest
 from art_fast.data import Diving48, read_frames
 from art_fast.data import binding as bd
 from art_fast.data import synthetic as syn
+from tests._util import files_bytes
 
 SMALL = dict(classes=6, videos_per_class=3, frames=8, size=48, test_fraction=0.34)
 
 
-def _files(root) -> dict[str, bytes]:
-    out = {}
-    for dirpath, _, names in os.walk(root):
-        for n in names:
-            p = os.path.join(dirpath, n)
-            out[os.path.relpath(p, root)] = open(p, "rb").read()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +29,7 @@ def test_layout_and_same_bytes_whatever_the_workers(small_set, tmp_path):
     assert summary["num_train"] == 12 and summary["num_test"] == 6
     bd.make_binding(tmp_path / "b", seed=0, workers=2, **SMALL)
     bd.make_binding(tmp_path / "c", seed=1, workers=2, **SMALL)
-    a, b, c = _files(root), _files(tmp_path / "b"), _files(tmp_path / "c")
+    a, b, c = files_bytes(root), files_bytes(tmp_path / "b"), files_bytes(tmp_path / "c")
     assert a.keys() == b.keys() and a == b
     videos = [k for k in a if k.endswith(".mp4")]
     assert len(videos) == 18

@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 
 from art_fast.data import Diving48, make_synthetic, read_frames
 from art_fast.data import synthetic as syn
+from tests._util import files_bytes
 
 SMALL = dict(classes=3, videos_per_class=3, frames=8, size=40, test_fraction=0.34)
 
 
-def _files(root) -> dict[str, bytes]:
-    out = {}
-    for dirpath, _, names in os.walk(root):
-        for n in names:
-            p = os.path.join(dirpath, n)
-            out[os.path.relpath(p, root)] = open(p, "rb").read()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +49,7 @@ def test_same_seed_same_bytes_other_seed_differs(small_set, tmp_path):
     root, _ = small_set
     make_synthetic(tmp_path / "b", seed=0, **SMALL)
     make_synthetic(tmp_path / "c", seed=1, **SMALL)
-    a, b, c = _files(root), _files(tmp_path / "b"), _files(tmp_path / "c")
+    a, b, c = files_bytes(root), files_bytes(tmp_path / "b"), files_bytes(tmp_path / "c")
     assert a.keys() == b.keys() and a == b
     videos = [k for k in a if k.endswith(".mp4")]
     assert len(videos) == 9

@@ -90,7 +90,6 @@ whole-frame frame-difference energy from the pixels 0.22 (chance 0.17).
 from __future__ import annotations
 
 import colorsys
-import json
 import math
 import multiprocessing as mp
 import os
@@ -101,7 +100,7 @@ from typing import Any
 
 import numpy as np
 
-from .synthetic import _encoder, _name, _texture, _write_mp4
+from .synthetic import _name, _texture, _write_mp4, prepare_layout, write_layout
 
 __all__ = ["make_binding", "render_binding_clip", "draw_binding_clip", "binding_vocab",
            "MOTIONS", "CLASS_ORDERS", "MAX_BINDING_CLASSES", "MIN_FRAMES", "MIN_SIZE"]
@@ -395,7 +394,6 @@ def make_binding(out_dir: str | os.PathLike[str], *, classes: int = 6,
         dict with ``out_dir``, ``classes`` (descriptions), ``vocab``, ``num_train``,
         ``num_test``, ``frames``, ``size``, ``seed``, ``codec``, ``workers``, ``seconds``.
     """
-    from .datasets import diving48_sentence
 
     _check_classes(classes)
     if int(videos_per_class) < 2:
@@ -408,13 +406,9 @@ def make_binding(out_dir: str | os.PathLike[str], *, classes: int = 6,
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers!r}")
     t0 = time.perf_counter()
-    out_dir = os.fspath(out_dir)
-    video_dir = os.path.join(out_dir, "rgb")
-    os.makedirs(video_dir, exist_ok=True)
-    codec, options = _encoder()
+    out_dir, video_dir, codec, options, n_train = prepare_layout(out_dir, videos_per_class,
+                                                                 test_fraction)
     vocab = binding_vocab(int(classes))
-    n_test = min(int(videos_per_class) - 1, max(1, round(test_fraction * videos_per_class)))
-    n_train = int(videos_per_class) - n_test
     jobs = [(video_dir, int(seed), c, i, int(frames), int(size), codec, options)
             for c in range(int(classes)) for i in range(int(videos_per_class))]
     if workers == 1:
@@ -431,23 +425,12 @@ def make_binding(out_dir: str | os.PathLike[str], *, classes: int = 6,
     if verbose:
         print(f"binding: {len(jobs)} clips written", file=sys.stderr)
 
-    def dump(obj: Any, name: str) -> None:
-        tmp = os.path.join(out_dir, name + ".part")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, os.path.join(out_dir, name))
-
-    dump(train, "Diving48_V2_train.json")
-    dump(test, "Diving48_V2_test.json")
-    dump(vocab, "Diving48_vocab.json")
-    sentences = [diving48_sentence(v) for v in vocab]
     params = {"kind": "binding", "classes": int(classes),
               "videos_per_class": int(videos_per_class), "frames": int(frames),
               "size": int(size), "seed": int(seed), "test_fraction": float(test_fraction),
               "codec": codec, "encoder_options": options}
-    dump({"params": params, "class_descriptions": sentences, "motions": list(MOTIONS),
-          "videos": meta_videos}, "binding_meta.json")
+    sentences = write_layout(out_dir, train, test, vocab, "binding_meta.json",
+                             {"params": params, "motions": list(MOTIONS)}, meta_videos)
     return {"out_dir": os.path.abspath(out_dir), "classes": sentences, "vocab": vocab,
             "num_train": len(train), "num_test": len(test), "frames": int(frames),
             "size": int(size), "seed": int(seed), "codec": codec, "workers": workers,

@@ -247,6 +247,45 @@ def _write_mp4(path: str, clip: np.ndarray, codec: str, options: dict[str, str],
     os.replace(tmp, path)
 
 
+def prepare_layout(out_dir: str | os.PathLike[str], videos_per_class: int,
+                   test_fraction: float) -> tuple[str, str, str, dict[str, str], int]:
+    """Create ``out_dir/rgb``; returns (out_dir, video_dir, codec, encoder options, number of
+    training videos per class: the last ``round(test_fraction * videos_per_class)``, at least
+    1 and at most ``videos_per_class - 1``, are the test split)."""
+    out_dir = os.fspath(out_dir)
+    video_dir = os.path.join(out_dir, "rgb")
+    os.makedirs(video_dir, exist_ok=True)
+    codec, options = _encoder()
+    n_test = min(int(videos_per_class) - 1, max(1, round(test_fraction * videos_per_class)))
+    return out_dir, video_dir, codec, options, int(videos_per_class) - n_test
+
+
+def write_layout(out_dir: str | os.PathLike[str], train: list[dict], test: list[dict],
+                 vocab: list[list[str]], meta_name: str, meta_head: dict[str, Any],
+                 meta_videos: dict[str, Any]) -> list[str]:
+    """Write the JSON side of the Diving48 V2 layout (train/test splits, vocab) and the set's
+    meta file ``meta_name`` = ``{**meta_head, "class_descriptions": [...], **rest,
+    "videos": meta_videos}``, each atomically (a ``.part`` file, then a rename); returns the
+    class descriptions. Shared by the synthetic sets (the displacement and the binding set)."""
+    from .datasets import diving48_sentence  # lazily, as before (the readers are not needed)
+
+    def dump(obj: Any, name: str) -> None:
+        tmp = os.path.join(out_dir, name + ".part")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, os.path.join(out_dir, name))
+
+    dump(train, "Diving48_V2_train.json")
+    dump(test, "Diving48_V2_test.json")
+    dump(vocab, "Diving48_vocab.json")
+    sentences = [diving48_sentence(v) for v in vocab]
+    head = dict(meta_head)
+    rest = {k: head.pop(k) for k in list(head) if k != "params"}
+    dump({**head, "class_descriptions": sentences, **rest, "videos": meta_videos}, meta_name)
+    return sentences
+
+
 def _name(c: int, i: int) -> str:
     prefix = ("", "-", "_")[i % 3]
     return f"{prefix}syn{c:02d}_{i:04d}"
@@ -272,7 +311,6 @@ def make_synthetic(out_dir: str | os.PathLike[str], *, classes: int = 8,
         dict with ``out_dir``, ``classes`` (descriptions), ``vocab``, ``num_train``,
         ``num_test``, ``frames``, ``size``, ``seed``, ``codec``, ``seconds``.
     """
-    from .datasets import diving48_sentence
 
     if not 2 <= int(classes) <= MAX_CLASSES:
         raise ValueError(f"classes must be in 2..{MAX_CLASSES}, got {classes!r}")
@@ -288,13 +326,9 @@ def make_synthetic(out_dir: str | os.PathLike[str], *, classes: int = 8,
     if int(distractors) < 0:
         raise ValueError(f"distractors must be >= 0, got {distractors!r}")
     t0 = time.perf_counter()
-    out_dir = os.fspath(out_dir)
-    video_dir = os.path.join(out_dir, "rgb")
-    os.makedirs(video_dir, exist_ok=True)
-    codec, options = _encoder()
+    out_dir, video_dir, codec, options, n_train = prepare_layout(out_dir, videos_per_class,
+                                                                 test_fraction)
     vocab = synthetic_vocab(int(classes))
-    n_test = min(int(videos_per_class) - 1, max(1, round(test_fraction * videos_per_class)))
-    n_train = int(videos_per_class) - n_test
     train, test, meta_videos = [], [], {}
     for c in range(int(classes)):
         attrs = tuple(vocab[c][:3])
@@ -309,23 +343,12 @@ def make_synthetic(out_dir: str | os.PathLike[str], *, classes: int = 8,
         if verbose:
             print(f"synth: class {c + 1}/{classes} done", file=sys.stderr)
 
-    def dump(obj: Any, name: str) -> None:
-        tmp = os.path.join(out_dir, name + ".part")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, os.path.join(out_dir, name))
-
-    dump(train, "Diving48_V2_train.json")
-    dump(test, "Diving48_V2_test.json")
-    dump(vocab, "Diving48_vocab.json")
-    sentences = [diving48_sentence(v) for v in vocab]
     params = {"classes": int(classes), "videos_per_class": int(videos_per_class),
               "frames": int(frames), "size": int(size), "seed": int(seed),
               "test_fraction": float(test_fraction), "distractors": int(distractors),
               "codec": codec, "encoder_options": options}
-    dump({"params": params, "class_descriptions": sentences, "videos": meta_videos},
-         "synthetic_meta.json")
+    sentences = write_layout(out_dir, train, test, vocab, "synthetic_meta.json",
+                             {"params": params}, meta_videos)
     return {"out_dir": os.path.abspath(out_dir), "classes": sentences, "vocab": vocab,
             "num_train": len(train), "num_test": len(test), "frames": int(frames),
             "size": int(size), "seed": int(seed), "codec": codec,
