@@ -18,9 +18,10 @@ Every output is checked to be finite (the inputs give no NaN); a kernel that rea
 usually trips this even without the sanitizer.
 
 Autotuning: the Triton kernels autotune over several configs at each new shape, which under
-the sanitizer multiplies the launches (and the minutes). By default this driver keeps only the
-first config of every ``triton.autotune`` kernel (the launches are checked, not their speed);
-``--all-configs`` keeps them all, so that every config is sanitized.
+the sanitizer multiplies the launches (and the minutes). By default this driver sets
+``ART_FAST_TRITON_CONFIGS=first`` before art_fast is imported, so every autotuned kernel keeps
+its first config (the launches are checked, not their speed); ``--all-configs`` keeps them all,
+so that every config is sanitized.
 
 ``--device cpu`` runs the same calls on CPU tensors with the ``cpu`` backend and the Triton
 interpreter (TRITON_INTERPRET=1, set here before art_fast is imported): the dry run of
@@ -60,31 +61,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _trim_autotune() -> list[str]:
-    """Keep the first config of every triton.autotune kernel of art_fast.kernels."""
-    import importlib
-
-    from triton.runtime.autotuner import Autotuner
-
-    trimmed = []
-    for op in ("cross_attention", "topk_regions", "info_nce"):
-        try:
-            mod = importlib.import_module(f"art_fast.kernels.{op}")
-        except ImportError:
-            continue
-        for name, obj in vars(mod).items():
-            if isinstance(obj, Autotuner) and len(obj.configs) > 1:
-                obj.configs = obj.configs[:1]
-                trimmed.append(f"{op}.{name}")
-    return trimmed
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     backends = args.backends or (["cpu", "triton"] if args.device == "cpu" else
                                  ["cuda", "triton"])
     if args.device == "cpu" and "triton" in backends:
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are defined
+    if not args.all_configs:
+        # every autotuned kernel keeps its first config (kernels/_common.configs reads this
+        # when the kernels are defined, at import; an explicit setting wins)
+        os.environ.setdefault("ART_FAST_TRITON_CONFIGS", "first")
     import torch
 
     import art_fast
@@ -99,8 +85,9 @@ def main(argv=None) -> int:
                 print(f"sanitize_ops: backend {b!r} is not usable for {op}: {status[b][op]}",
                       file=sys.stderr)
                 return 2
-    if "triton" in backends and args.device == "cuda" and not args.all_configs:
-        print("sanitize_ops: first autotune config only:", ", ".join(_trim_autotune()))
+    if "triton" in backends and args.device == "cuda":
+        print(f"sanitize_ops: autotune configs: "
+              f"ART_FAST_TRITON_CONFIGS={os.environ.get('ART_FAST_TRITON_CONFIGS', 'all')}")
 
     dev = args.device
     n_shapes = 1 if args.quick else None
