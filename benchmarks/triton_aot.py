@@ -66,6 +66,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repository root (art_fast importable from a checkout)
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from cuda_ptxas import parse_ptxas  # noqa: E402  (one parser of ptxas -v logs for both)
 
 # Opt-in shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin): A100 163 KiB,
 # H100/H200 227 KiB.
@@ -336,16 +339,13 @@ class Row:
     scenarios: list[str] = field(default_factory=list)
 
 
-_PTXAS_REGS = re.compile(r"Used (\d+) registers")
-_PTXAS_SMEM = re.compile(r"(\d+) bytes smem")
-_PTXAS_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
 def _ptxas_log(kernel, arch: int, captured: str) -> str:
     """The ptxas -v log of a compiled kernel: the one Triton printed while compiling it, or,
     on a cache hit (no compile happened), our own run of the wheel's ptxas on its PTX with
     Triton's flags."""
-    if _PTXAS_REGS.search(captured):
+    if any(f["registers"] is not None for f in parse_ptxas(captured)):
         return captured
     from triton.backends.nvidia.compiler import get_ptxas
 
@@ -406,17 +406,16 @@ def compile_launch(job: tuple[Launch, int]) -> dict:
             kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
                                     options=options.__dict__)
         log = _ptxas_log(kernel, arch, buf.getvalue())
-        regs = [int(x) for x in _PTXAS_REGS.findall(log)]
-        smem_static = sum(int(x) for x in _PTXAS_SMEM.findall(log))
-        spills = [(int(a), int(b)) for a, b in _PTXAS_SPILL.findall(log)]
+        funcs = parse_ptxas(log)
+        regs = [f["registers"] for f in funcs if f["registers"] is not None]
         out.update(
-            smem=int(kernel.metadata.shared) + smem_static,
+            smem=int(kernel.metadata.shared) + sum(f["smem"] for f in funcs),
             registers=max(regs) if regs else -1,
-            spill_stores=sum(s for s, _ in spills) if spills else -1,
-            spill_loads=sum(ld for _, ld in spills) if spills else -1,
+            spill_stores=sum(f["spill_stores"] for f in funcs) if regs else -1,
+            spill_loads=sum(f["spill_loads"] for f in funcs) if regs else -1,
             mma=_mma_path(kernel.asm.get("ttgir", "")),
         )
-        if not regs or not spills:
+        if not regs:
             out["note"] = "ptxas -v log not found: registers/spills unknown"
     except Exception as exc:  # a compile error is a result, not a crash of the sweep
         root = exc
