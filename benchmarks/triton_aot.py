@@ -465,9 +465,11 @@ def check_launches(launches: list[Launch], arch: int, spills_fail: bool = True) 
 
 # ---- the sweep --------------------------------------------------------------------------------
 
-def plan(set_name: str, archs: list[int], ops: list[str]) -> list[Row]:
-    """Record the launches of every scenario of ``set_name``; one Row per distinct compile
-    (kernel, specialisation, config, arch), listing every scenario that launches it."""
+def plan(set_name: str, archs: list[int],
+         ops: list[str]) -> list[tuple[Row, tuple[Launch, int]]]:
+    """Record the launches of every scenario of ``set_name``; one (Row, compile job) per
+    distinct compile (kernel, specialisation, config, arch), the Row listing every scenario
+    that launches it."""
     import torch
 
     rows: dict[tuple, Row] = {}
@@ -497,13 +499,13 @@ def plan(set_name: str, archs: list[int], ops: list[str]) -> list[Row]:
                         r.spills_fail = r.spills_fail or strict
                         if sc.name not in r.scenarios:
                             r.scenarios.append(sc.name)
-    plan.jobs = jobs  # type: ignore[attr-defined]
-    return list(rows.values())
+    return [(rows[k], jobs[k]) for k in rows]
 
 
 def run(set_name: str, archs: list[int], ops: list[str], jobs: int) -> list[Row]:
-    rows = plan(set_name, archs, ops)
-    work = list(plan.jobs.values())  # type: ignore[attr-defined]
+    planned = plan(set_name, archs, ops)
+    rows = [row for row, _ in planned]
+    work = [job for _, job in planned]
     # fork keeps the imported modules; the workers never touch CUDA
     import multiprocessing as mp
 
@@ -605,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"triton_aot: --arch supports {sorted(SMEM_LIMIT)}, got {bad}", file=sys.stderr)
         return 2
     if args.list:
-        for r in plan(args.set_name, archs, args.ops):
+        for r, _job in plan(args.set_name, archs, args.ops):
             print(f"{r.op:16s} {r.kernel:12s} {r.dtype:9s} sm_{r.arch} {r.config:40s} "
                   f"{'; '.join(r.scenarios)}")
         return 0
