@@ -11,13 +11,14 @@ Public names (see each module for details):
   ``to_model_input``, ``CLIP_MEAN``, ``CLIP_STD``;
 * datasets (:mod:`.base`, :mod:`.datasets`): ``VideoClassificationDataset``, ``VideoSample``,
   ``Diving48``, ``FineGym``, ``SomethingSomethingV2``, ``Kinetics400``, ``VideoList``,
-  ``diving48_sentence``, ``finegym_classes``;
+  ``diving48_sentence``, ``finegym_classes``; target boxes: ``WithTargetBoxes``,
+  ``read_target_boxes``, ``supports_boxes``;
 * broken videos (:mod:`.robust`): ``BadVideoLog``, ``BadVideoPolicy``, ``RobustVideoDataset``;
 * synthetic set (:mod:`.synthetic`): ``make_synthetic`` (``art-fast synth`` calls
   ``art_fast.data.synthetic.main``).
 """
 
-from .base import VideoClassificationDataset, VideoSample
+from .base import VideoClassificationDataset, VideoSample, WithTargetBoxes
 from .datasets import (
     Diving48,
     FineGym,
@@ -27,6 +28,7 @@ from .datasets import (
     diving48_sentence,
     finegym_classes,
     parse_finegym_categories,
+    read_target_boxes,
 )
 from .robust import BadVideoLog, BadVideoPolicy, RobustVideoDataset
 from .sampling import dense_indices, dense_multiview_indices, multiview_indices, segment_indices
@@ -41,6 +43,7 @@ from .transforms import (
     Resize,
     ScaleJitterCrop,
     ThreeCrop,
+    supports_boxes,
     to_model_input,
 )
 from .video import VideoDecodeError, VideoReader, num_frames, read_frames
@@ -74,6 +77,9 @@ __all__ = [
     "diving48_sentence",
     "finegym_classes",
     "parse_finegym_categories",
+    "read_target_boxes",
+    "WithTargetBoxes",
+    "supports_boxes",
     "BadVideoLog",
     "BadVideoPolicy",
     "RobustVideoDataset",

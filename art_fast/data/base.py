@@ -8,7 +8,12 @@ A reader (``Diving48``, ``FineGym``, ...) only parses its annotation files into 
   dense clip; several temporal views in multi-view evaluation), decodes them, applies the
   transforms, and returns ``(uint8 tensor, int label)``;
 * broken files: the policy of :mod:`art_fast.data.robust` (bounded retry, next sample,
-  ``bad_videos.txt``, stop past ``max_bad_fraction``).
+  ``bad_videos.txt``, stop past ``max_bad_fraction``);
+* target boxes (readers that have them, e.g. :class:`~art_fast.data.Diving48` with a
+  ``binding_meta.json``): :meth:`VideoClassificationDataset.get_with_boxes` returns an item
+  with the target's box in every frame the model sees, in model-input pixels (the frames'
+  indices as the loader sampled them, the boxes mapped through the evaluation transform);
+  :class:`WithTargetBoxes` wraps a dataset so that its items are ``(video, label, boxes)``.
 
 Reproducibility: sample ``i`` in epoch ``e`` draws everything (frame offsets, crop box, flip)
 from ``numpy.random.default_rng([seed, e, i])``, so it does not depend on the worker or the
@@ -39,10 +44,11 @@ from .transforms import (
     RandomResizedCrop,
     Resize,
     ThreeCrop,
+    supports_boxes,
 )
 from .video import VideoReader
 
-__all__ = ["VideoSample", "VideoClassificationDataset"]
+__all__ = ["VideoSample", "VideoClassificationDataset", "WithTargetBoxes"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +118,14 @@ class VideoClassificationDataset(Dataset):
         ``(video, label)``: ``video`` uint8 ``[T, S, S, 3]``, or ``[V, T, S, S, 3]`` with
         ``V = clips * crops`` (clip-major) when evaluating with more than one view; ``label``
         int.
+
+    Target boxes: ``target_boxes`` maps a sample's path to the float32 ``[F, 4]`` target box
+    (``x0, y0, x1, y1``, exclusive ends, the file's pixels; NaN rows: no box) of each of the
+    ``F`` frames of its file. The base class has none (``{}``); readers with box annotations
+    fill it (:class:`~art_fast.data.Diving48`). ``has_boxes``: some sample has boxes;
+    ``can_map_boxes``: ``has_boxes`` and the items go through a transform that maps boxes
+    (evaluation mode with the default resize + centre / three crop); then
+    :meth:`get_with_boxes` gives ``(video, label, boxes)``.
     """
 
     def __init__(self, samples: Sequence[VideoSample], classes: Sequence[str], *,
@@ -186,6 +200,8 @@ class VideoClassificationDataset(Dataset):
             self.transform = Compose([Resize(self.image_size), crop])
         self.policy = BadVideoPolicy(len(self.samples), self.path_of, max_retries=max_retries,
                                      max_bad_fraction=max_bad_fraction, output_dir=output_dir)
+        self.target_boxes: dict[str, np.ndarray] = {}
+        self.box_file: str | None = None  # where target_boxes came from (for messages)
 
     # -- basic accessors ---------------------------------------------------------------------
 
@@ -240,6 +256,38 @@ class VideoClassificationDataset(Dataset):
         """Sample ``index`` without the broken-video policy (raises on a bad file).
 
         Returns ``(uint8 [T, S, S, 3] or [V, T, S, S, 3], label)``."""
+        video, label, _ = self._load(index, epoch, with_boxes=False)
+        return video, label
+
+    def load_with_boxes(self, index: int, epoch: int | None = None
+                        ) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """:meth:`load` plus the target box of every frame of the item, in the item's pixels.
+
+        Returns ``(video, label, boxes)``: ``video`` as :meth:`load`; ``boxes`` float32
+        ``[T, 4]`` (or ``[V, T, 4]`` with the video's views, in the same clip-major order)
+        ``x0, y0, x1, y1`` with exclusive ends in model-input pixels: each sampled frame's
+        box in the file (``target_boxes``) mapped through the transform exactly as the
+        pixels are (resize, then the view's crop, clipped to it). A frame with no box, a
+        sample with no boxes, gives NaN rows. Every view has its own mapping (its own frame
+        indices and crop).
+
+        Raises:
+            ValueError: the set has no boxes, the transform cannot map boxes (training mode,
+                a custom transform), or the sample's box list does not have one box per
+                decoded frame of its file.
+        """
+        if not self.has_boxes:
+            raise ValueError(f"{type(self).__name__}: this set has no target boxes")
+        if not supports_boxes(self.transform):
+            raise ValueError(f"{type(self).__name__}: boxes can only be mapped through a "
+                             f"deterministic transform (evaluation mode, default transform), "
+                             f"not {self.transform!r}")
+        video, label, boxes = self._load(index, epoch, with_boxes=True)
+        assert boxes is not None
+        return video, label, boxes
+
+    def _load(self, index: int, epoch: int | None, with_boxes: bool
+              ) -> tuple[torch.Tensor, int, torch.Tensor | None]:
         s = self.samples[index]
         ep = self.epoch if epoch is None else int(epoch)
         rng = np.random.default_rng([self.seed, ep, int(index)])
@@ -254,25 +302,91 @@ class VideoClassificationDataset(Dataset):
         t = self.num_frames
         clips = [frames[k * t:(k + 1) * t] for k in range(len(views))]
         out = [self.transform(c, rng) for c in clips]
+        boxes, boxes_v = None, []
+        if with_boxes:
+            raw = self._file_boxes(index, total)
+            size = (int(frames.shape[1]), int(frames.shape[2]))
+            boxes_v = [self.transform.map_boxes(torch.from_numpy(raw[v + start]), size)[0]
+                       for v in views]
         if self.train or not self.multiview:
-            return out[0], s.label
+            return out[0], s.label, (boxes_v[0] if with_boxes else None)
         # [clips] x ([crops, T, S, S, 3] or [T, S, S, 3]) -> [clips * crops, T, S, S, 3]
         out = [o if o.dim() == 5 else o.unsqueeze(0) for o in out]
-        return torch.cat(out, 0), s.label
+        if with_boxes:
+            boxes = torch.cat([b if b.dim() == 3 else b.unsqueeze(0) for b in boxes_v], 0)
+        return torch.cat(out, 0), s.label, boxes
 
-    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
-        """``(video, label)``; ``index`` may be ``(i, epoch)``. A broken file is replaced by
-        the next readable sample (see :mod:`art_fast.data.robust`)."""
+    def _file_boxes(self, index: int, total: int) -> np.ndarray:
+        """float32 ``[total, 4]`` target boxes of sample ``index``'s file (NaN: none)."""
+        path = self.samples[index].path
+        raw = self.target_boxes.get(path)
+        if raw is None:
+            return np.full((total, 4), np.nan, dtype=np.float32)
+        if len(raw) != total:
+            raise ValueError(f"{self.box_file or 'target boxes'}: {len(raw)} boxes for {path}, "
+                             f"which decodes to {total} frames (one box per frame is required)")
+        return raw
+
+    def _split_index(self, index: int | tuple[int, int]) -> tuple[int, int]:
         if isinstance(index, tuple):
             i, ep = int(index[0]), int(index[1])
         else:
             i, ep = int(index), self.epoch
         if i < 0:
             i += len(self.samples)
+        return i, ep
+
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """``(video, label)``; ``index`` may be ``(i, epoch)``. A broken file is replaced by
+        the next readable sample (see :mod:`art_fast.data.robust`)."""
+        i, ep = self._split_index(index)
         return self.policy.load(i, lambda j: self.load(j, ep))
+
+    # -- target boxes ------------------------------------------------------------------------
+
+    @property
+    def has_boxes(self) -> bool:
+        """True when some sample has target boxes (``target_boxes`` is not empty)."""
+        return bool(self.target_boxes)
+
+    @property
+    def can_map_boxes(self) -> bool:
+        """True when :meth:`get_with_boxes` works: ``has_boxes`` and a transform that maps
+        boxes (evaluation mode with the default transform)."""
+        return self.has_boxes and supports_boxes(self.transform)
+
+    def get_with_boxes(self, index: int | tuple[int, int]
+                       ) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """``(video, label, boxes)`` of :meth:`load_with_boxes` with the broken-video policy
+        of ``__getitem__`` (a substituted sample comes with its own boxes); ``index`` may be
+        ``(i, epoch)``."""
+        i, ep = self._split_index(index)
+        return self.policy.load(i, lambda j: self.load_with_boxes(j, ep))
 
     def __repr__(self) -> str:
         mode = "train" if self.train else f"eval, views={self.views}"
         return (f"{type(self).__name__}({len(self)} videos, {len(self.classes)} classes, "
                 f"T={self.num_frames}, size={self.image_size}, {self.sampling}, {mode}, "
                 f"missing={self.missing})")
+
+
+class WithTargetBoxes(Dataset):
+    """A view of a :class:`VideoClassificationDataset` whose items carry the target boxes:
+    ``(video, label, boxes)`` from :meth:`VideoClassificationDataset.get_with_boxes`
+    (``boxes`` float32 ``[T, 4]`` or ``[V, T, 4]``, model-input pixels, NaN rows: no box);
+    indices as the dataset's (``i`` or ``(i, epoch)``). The default collate stacks the boxes
+    to ``[B, T, 4]`` / ``[B, V, T, 4]``."""
+
+    def __init__(self, dataset: VideoClassificationDataset) -> None:
+        if not dataset.can_map_boxes:
+            raise ValueError(f"WithTargetBoxes: {dataset!r} cannot give target boxes "
+                             f"(has_boxes={dataset.has_boxes}; boxes need the evaluation "
+                             f"transform)")
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int | tuple[int, int]
+                    ) -> tuple[torch.Tensor, int, torch.Tensor]:
+        return self.dataset.get_with_boxes(index)

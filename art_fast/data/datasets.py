@@ -14,7 +14,8 @@ Layouts (``video_dir=`` overrides where the videos are looked up):
   videos ``root/rgb/<vid_name>.mp4`` when ``root/rgb`` is a directory (the layout of the
   official ``Diving48_rgb.tar.gz``), else ``root/<vid_name>.mp4``. Frames are sampled from
   ``[start_frame, end_frame)`` (end exclusive, clipped to the decoded frame count).
-  Class descriptions: :func:`diving48_sentence` of the vocabulary tokens.
+  Class descriptions: :func:`diving48_sentence` of the vocabulary tokens. Optional
+  ``root/binding_meta.json``: per-frame target boxes (see :class:`Diving48`).
 * ``FineGym(root, split, variant=99|288)``: ``gym{V}_train_element_v1.1.txt`` /
   ``gym{V}_val_element.txt`` (lines ``<element_id> <label>``) and ``gym{V}_categories.txt``
   (lines ``Clabel: N; set: S; Glabel: G; (EV) description``), in ``root`` or
@@ -50,6 +51,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from .base import VideoClassificationDataset, VideoSample
 
 __all__ = [
@@ -61,6 +64,7 @@ __all__ = [
     "diving48_sentence",
     "finegym_classes",
     "parse_finegym_categories",
+    "read_target_boxes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -138,7 +142,29 @@ class Diving48(VideoClassificationDataset):
         video_dir: where ``<vid_name>.mp4`` are (default: ``root/rgb`` if it exists, else
             ``root``).
         **options: :class:`~art_fast.data.base.VideoClassificationDataset` options.
+
+    Target boxes: when ``root/binding_meta.json`` exists (the binding set of
+    :mod:`art_fast.data.binding` writes it; any other set can provide the same minimal
+    format), it is read at construction and fills ``target_boxes`` (``has_boxes`` is then
+    True; see :meth:`~art_fast.data.base.VideoClassificationDataset.get_with_boxes`). Only
+    these fields are required (others are ignored)::
+
+        {"videos": {
+            "<vid_name>": {
+                "target": i,                       # index into "actors" of the target
+                "actors": [{"actor_boxes": [[x0, y0, x1, y1] or null, ...]}, ...]},
+            ...}}
+
+    ``actor_boxes`` holds one box per frame of the video file (F boxes for an F-frame file;
+    null: no box in that frame), in the file's pixels, ``x0 <= x1``, ``y0 <= y1``, exclusive
+    ends (the box covers ``img[y0:y1, x0:x1]``). A file that is not valid JSON or breaks this
+    format raises ValueError naming the file and the problem (at construction; a box count
+    that differs from the decoded frame count, when the clip is loaded with its boxes).
+    Videos of the split with no entry have no boxes (a warning counts them). No file: no
+    boxes (``has_boxes`` False).
     """
+
+    BOX_FILE = "binding_meta.json"
 
     def __init__(self, root: PathLike, split: str = "train", *, video_dir: PathLike | None = None,
                  **options: Any) -> None:
@@ -163,7 +189,7 @@ class Diving48(VideoClassificationDataset):
         if not isinstance(entries, list):
             raise ValueError(f"{ann}: expected a list of {{vid_name, label, start_frame, "
                              f"end_frame}}")
-        samples = []
+        samples, vid_names = [], []
         for k, e in enumerate(entries):
             try:
                 name, label = str(e["vid_name"]), int(e["label"])
@@ -177,8 +203,72 @@ class Diving48(VideoClassificationDataset):
                 end = None
             samples.append(VideoSample(os.path.join(self.video_dir, name + ".mp4"), label,
                                        start, end))
+            vid_names.append(name)
         self.split = split
         super().__init__(samples, classes, **_default_train(split, options))
+        box_file = os.path.join(root, self.BOX_FILE)
+        if os.path.isfile(box_file):
+            boxes = read_target_boxes(box_file)
+            name_of = {s.path: n for s, n in zip(samples, vid_names)}
+            kept = [name_of[s.path] for s in self.samples]
+            self.target_boxes = {s.path: boxes[n] for s, n in zip(self.samples, kept)
+                                 if n in boxes}
+            self.box_file = box_file
+            lacking = len(kept) - len(self.target_boxes)
+            if lacking:
+                logger.warning("Diving48 %s: %d of %d videos have no entry in %s (no target "
+                               "boxes for them)", split, lacking, len(kept), box_file)
+
+
+def read_target_boxes(path: PathLike) -> dict[str, np.ndarray]:
+    """The target boxes of a ``binding_meta.json`` (the minimal format of :class:`Diving48`).
+
+    Returns:
+        ``{vid_name: float32 [F, 4]}``, ``x0, y0, x1, y1`` per frame (NaN rows for null).
+
+    Raises:
+        ValueError: not valid JSON, or a required field missing or malformed (the message
+            names the file, the video and the problem).
+    """
+    path = os.fspath(path)
+    meta = _load_json(path)
+    fmt = ('{"videos": {<vid_name>: {"target": i, "actors": [{"actor_boxes": [[x0, y0, x1, '
+           'y1] or null, ...]}, ...]}}}')
+    if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
+        raise ValueError(f"{path}: expected an object with a 'videos' object, {fmt}")
+    out: dict[str, np.ndarray] = {}
+    for name, v in meta["videos"].items():
+        where = f"{path}: videos[{name!r}]"
+        if not isinstance(v, dict):
+            raise ValueError(f"{where} must be an object with 'target' and 'actors'")
+        actors, target = v.get("actors"), v.get("target")
+        if not isinstance(actors, list) or not actors:
+            raise ValueError(f"{where}: 'actors' must be a non-empty list, got {actors!r:.80}")
+        if isinstance(target, bool) or not isinstance(target, int) or not (
+                0 <= target < len(actors)):
+            raise ValueError(f"{where}: 'target' must be an index into its {len(actors)} "
+                             f"actors, got {target!r:.80}")
+        actor = actors[target]
+        rows = actor.get("actor_boxes") if isinstance(actor, dict) else None
+        if not isinstance(rows, list) or not rows:
+            raise ValueError(f"{where}: actors[{target}] (the target) must have a non-empty "
+                             f"'actor_boxes' list")
+        arr = np.full((len(rows), 4), np.nan, dtype=np.float64)
+        for f, b in enumerate(rows):
+            if b is None:
+                continue
+            ok = (isinstance(b, list) and len(b) == 4
+                  and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in b))
+            if ok:
+                arr[f] = b
+                ok = bool(np.isfinite(arr[f]).all() and arr[f, 2] >= arr[f, 0]
+                          and arr[f, 3] >= arr[f, 1])
+            if not ok:
+                raise ValueError(f"{where}: actors[{target}].actor_boxes[{f}] must be null or "
+                                 f"[x0, y0, x1, y1] (finite numbers, x0 <= x1, y0 <= y1), got "
+                                 f"{b!r:.80}")
+        out[str(name)] = arr.astype(np.float32)
+    return out
 
 
 # -------------------------------------------------------------------------------- FineGym

@@ -9,6 +9,14 @@ None uses torch's global generator), so a dataset sample is reproducible from
 Resizing uses ``torch.nn.functional.interpolate(mode="bilinear", antialias=True)`` directly on
 uint8 (PyTorch's uint8 path, channels-last memory format, which the ``[T, H, W, 3]`` layout
 already is).
+
+Boxes: the deterministic (evaluation) transforms ``Resize``, ``CenterCrop``, ``ThreeCrop`` and a
+``Compose`` of them also map pixel boxes exactly as they map the pixels
+(``map_boxes(boxes, (H, W)) -> (boxes, (h, w))``; boxes float ``[..., 4]`` ``x0, y0, x1, y1``
+with exclusive ends, in the input frame's pixels). A resize scales the continuous coordinates
+(``x' = x * w / W``: with ``align_corners=False`` pixel edges map to pixel edges); a crop
+shifts them and clips them to the crop (a box wholly outside becomes empty, zero width or
+height); NaN coordinates stay NaN. :func:`supports_boxes` tells whether a transform can.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ __all__ = [
     "CenterCrop",
     "ThreeCrop",
     "resize_clip",
+    "supports_boxes",
     "to_model_input",
 ]
 
@@ -98,9 +107,46 @@ class Compose:
             video = t(video, generator)
         return video
 
+    def map_boxes(self, boxes: torch.Tensor, size: tuple[int, int]
+                  ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Map float boxes ``[..., 4]`` (xyxy, input pixels of an ``H x W`` frame, ``size =
+        (H, W)``) through every transform in order; returns ``(boxes, (h, w))`` (a
+        :class:`ThreeCrop` adds a leading dimension of 3). Raises TypeError when a transform
+        cannot map boxes (random ones)."""
+        for t in self.transforms:
+            if not supports_boxes(t):
+                raise TypeError(f"{t!r} cannot map boxes (only deterministic transforms can)")
+            boxes, size = t.map_boxes(boxes, size)
+        return boxes, size
+
     def __repr__(self) -> str:
         inner = ", ".join(repr(t) for t in self.transforms)
         return f"Compose([{inner}])"
+
+
+def supports_boxes(transform: object) -> bool:
+    """Whether ``transform`` maps boxes (``map_boxes``): :class:`Resize`, :class:`CenterCrop`,
+    :class:`ThreeCrop`, and a :class:`Compose` of only those."""
+    if isinstance(transform, Compose):
+        return all(supports_boxes(t) for t in transform.transforms)
+    return isinstance(transform, (Resize, CenterCrop, ThreeCrop))
+
+
+def _check_boxes(boxes: torch.Tensor) -> torch.Tensor:
+    if not isinstance(boxes, torch.Tensor) or not boxes.dtype.is_floating_point:
+        raise TypeError(f"boxes must be a floating torch.Tensor [..., 4], got "
+                        f"{type(boxes).__name__} {getattr(boxes, 'dtype', '')}")
+    if boxes.dim() < 1 or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must have shape [..., 4] (x0, y0, x1, y1), got "
+                         f"{tuple(boxes.shape)}")
+    return boxes
+
+
+def _crop_boxes(boxes: torch.Tensor, top: int, left: int, h: int, w: int) -> torch.Tensor:
+    """Shift boxes into a crop at ``(top, left)`` of size ``h x w`` and clip them to it."""
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    return torch.stack([(x0 - left).clamp(0, w), (y0 - top).clamp(0, h),
+                        (x1 - left).clamp(0, w), (y1 - top).clamp(0, h)], -1)
 
 
 class RandomResizedCrop:
@@ -212,15 +258,26 @@ class Resize:
             raise ValueError(f"short_side must be a positive integer, got {short_side!r}")
         self.short_side = int(short_side)
 
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """The ``(h, w)`` an ``height x width`` frame is resized to."""
+        s = self.short_side
+        if height <= width:
+            return s, max(1, int(round(width * s / height)))
+        return max(1, int(round(height * s / width))), s
+
     def __call__(self, video: torch.Tensor, generator: Generator = None) -> torch.Tensor:
         _check_clip(video)
-        h, w = video.shape[1], video.shape[2]
-        s = self.short_side
-        if h <= w:
-            size = (s, max(1, int(round(w * s / h))))
-        else:
-            size = (max(1, int(round(h * s / w))), s)
-        return resize_clip(video, size)
+        return resize_clip(video, self.output_size(video.shape[1], video.shape[2]))
+
+    def map_boxes(self, boxes: torch.Tensor, size: tuple[int, int]
+                  ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Scale float boxes ``[..., 4]`` of an ``H x W`` frame (``size = (H, W)``) as the
+        pixels are scaled; returns ``(boxes [..., 4], (h, w))``."""
+        _check_boxes(boxes)
+        H, W = int(size[0]), int(size[1])
+        h, w = self.output_size(H, W)
+        scale = boxes.new_tensor([w / W, h / H, w / W, h / H])
+        return boxes * scale, (h, w)
 
     def __repr__(self) -> str:
         return f"Resize(short_side={self.short_side})"
@@ -249,6 +306,15 @@ class CenterCrop:
         top, left = (H - h) // 2, (W - w) // 2
         return video[:, top:top + h, left:left + w].contiguous()
 
+    def map_boxes(self, boxes: torch.Tensor, size: tuple[int, int]
+                  ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Float boxes ``[..., 4]`` of an ``H x W`` frame (``size = (H, W)``) in the crop's
+        pixels, clipped to it; returns ``(boxes [..., 4], (size_h, size_w))``."""
+        _check_boxes(boxes)
+        h, w = self.size
+        H, W = int(size[0]), int(size[1])
+        return _crop_boxes(boxes, (H - h) // 2, (W - w) // 2, h, w), (h, w)
+
     def __repr__(self) -> str:
         return f"CenterCrop(size={self.size})"
 
@@ -262,18 +328,27 @@ class ThreeCrop:
     def __init__(self, size: int | Sequence[int]) -> None:
         self.size = _size2(size)
 
+    def offsets(self, height: int, width: int) -> list[tuple[int, int]]:
+        """The three crops' ``(top, left)`` in an ``height x width`` frame."""
+        h, w = self.size
+        H, W = height, width
+        if W - w >= H - h:  # landscape (or square): slide along the width
+            return [((H - h) // 2, left) for left in (0, (W - w) // 2, W - w)]
+        return [(top, (W - w) // 2) for top in (0, (H - h) // 2, H - h)]
+
     def __call__(self, video: torch.Tensor, generator: Generator = None) -> torch.Tensor:
         h, w, H, W = _crop_fits("ThreeCrop", video, self.size)
-        crops = []
-        if W - w >= H - h:  # landscape (or square): slide along the width
-            top = (H - h) // 2
-            for left in (0, (W - w) // 2, W - w):
-                crops.append(video[:, top:top + h, left:left + w])
-        else:
-            left = (W - w) // 2
-            for top in (0, (H - h) // 2, H - h):
-                crops.append(video[:, top:top + h, left:left + w])
-        return torch.stack(crops)
+        return torch.stack([video[:, top:top + h, left:left + w]
+                            for top, left in self.offsets(H, W)])
+
+    def map_boxes(self, boxes: torch.Tensor, size: tuple[int, int]
+                  ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Float boxes ``[..., 4]`` of an ``H x W`` frame (``size = (H, W)``) in each crop's
+        pixels, clipped to it; returns ``(boxes [3, ..., 4], (size_h, size_w))``."""
+        _check_boxes(boxes)
+        h, w = self.size
+        return torch.stack([_crop_boxes(boxes, top, left, h, w)
+                            for top, left in self.offsets(int(size[0]), int(size[1]))]), (h, w)
 
     def __repr__(self) -> str:
         return f"ThreeCrop(size={self.size})"

@@ -9,7 +9,9 @@ Entry points::
 
 The command line calls :func:`main_train` (config, overrides, resume) and :func:`main_eval`
 (checkpoint, overrides, out), which print one JSON line and return an exit code;
-:func:`load_trained` gives a model from a checkpoint alone (for drawing tracklets). Under
+:func:`load_trained` gives a model from a checkpoint alone (for drawing tracklets).
+:mod:`.region_hit` scores the tracklets' selected regions against target boxes (evaluation
+metrics ``region_hit`` / ``region_hit_chance`` on sets with boxes). Under
 ``torchrun`` the same calls run DistributedDataParallel (NCCL on GPU, gloo on CPU).
 """
 
@@ -30,6 +32,13 @@ from .config import (
     save_config,
 )
 from .metrics import classification_metrics, confusion_matrix, mean_class_accuracy
+from .region_hit import (
+    RegionHitAccumulator,
+    patch_box_overlap,
+    region_hit,
+    region_hit_sums,
+    summarize_region_hit,
+)
 from .trainer import build_model, evaluate, load_trained, main_eval, main_train, train
 
 __all__ = [
@@ -58,4 +67,9 @@ __all__ = [
     "classification_metrics",
     "confusion_matrix",
     "mean_class_accuracy",
+    "patch_box_overlap",
+    "region_hit",
+    "region_hit_sums",
+    "summarize_region_hit",
+    "RegionHitAccumulator",
 ]
