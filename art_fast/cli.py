@@ -57,7 +57,9 @@ def _add_viz(sub) -> None:
     p = sub.add_parser(
         "viz", help="draw each tracklet's regions over a clip (PNG)",
         description="Load a checkpoint, run it on one test clip (by dataset index or a video "
-                    "file) and draw each tracklet's selected regions over the frames.")
+                    "file) and draw each tracklet's selected regions over the frames. When the "
+                    "test split has target boxes (the binding set), the box is drawn too and "
+                    "each tracklet's per-frame region hit is printed.")
     p.add_argument("checkpoint")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--index", type=int, default=0, help="test-split index (default 0)")
@@ -228,7 +230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def viz(checkpoint: str, out: str, *, index: int = 0, video: str | None = None,
         overrides: Sequence[str] = ()) -> int:
     """``art-fast viz``: draw the tracklets of a trained model over one clip (a test-split
-    item, or ``video`` sampled and centre-cropped as in evaluation) into the PNG ``out``."""
+    item, or ``video`` sampled and centre-cropped as in evaluation) into the PNG ``out``.
+
+    When the test split has target boxes (``dataset.can_map_boxes``, e.g. the binding set),
+    the box is drawn in every cell and each tracklet's per-frame region hit is printed (one
+    ``viz: tracklet k region_hit ...`` line per tracklet, then the per-frame chance) and
+    included in the ``viz: {json}`` line (``region_hit``, ``region_hit_chance``)."""
     import torch
 
     from .data import CenterCrop, Compose, Resize, num_frames, read_frames, segment_indices
@@ -237,6 +244,7 @@ def viz(checkpoint: str, out: str, *, index: int = 0, video: str | None = None,
 
     model, cfg, _ = load_trained(checkpoint, list(overrides) + ["eval.views=[1,1]"])
     T, S = model.num_frames, model.image_size
+    boxes = None
     if video is not None:
         idx = segment_indices(num_frames(video), T, train=False)
         clip = Compose([Resize(S), CenterCrop(S)])(torch.from_numpy(read_frames(video, idx)))
@@ -246,11 +254,23 @@ def viz(checkpoint: str, out: str, *, index: int = 0, video: str | None = None,
         if not 0 <= index < len(dataset):
             raise IndexError(f"art-fast viz: --index {index} is outside the test split "
                              f"(0..{len(dataset) - 1})")
-        clip, label = dataset[index]
+        if getattr(dataset, "can_map_boxes", False):
+            clip, label, boxes = dataset.get_with_boxes(index)
+        else:
+            clip, label = dataset[index]
         source = f"{dataset.path_of(index)} (label {label}: {model.class_names[label]})"
-    info = draw_tracklets(model, clip.numpy(), out)
+    info = draw_tracklets(model, clip.numpy(), out,
+                          boxes=None if boxes is None else boxes.numpy())
     info["source"] = source
     info.pop("saliency")
+    if "region_hit" in info:
+        def row(values: list) -> str:
+            return " ".join("-" if v is None else f"{v:.3f}" for v in values)
+
+        for k, hits in enumerate(info["region_hit"]):
+            print(f"viz: tracklet {k} region_hit per frame: {row(hits)}", flush=True)
+        print(f"viz: region_hit chance per frame:  {row(info['region_hit_chance'])}",
+              flush=True)
     print(f"viz: {json.dumps(info)}", flush=True)
     return 0
 

@@ -4,25 +4,35 @@ target boxes of dataset items against the pixels, and the evaluation / viz wirin
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from test_train_helpers import synthetic_root, tiny_config
 
+import art_fast
 from art_fast.data import CenterCrop, Compose, Diving48, Resize, ThreeCrop, supports_boxes
 from art_fast.data import binding as bd
 from art_fast.data import synthetic as syn
 from art_fast.data.sampling import multiview_indices
 from art_fast.train import (
     RegionHitAccumulator,
+    evaluate,
+    load_trained,
     patch_box_overlap,
     region_hit,
     region_hit_sums,
     summarize_region_hit,
+    train,
 )
+from art_fast.train import trainer as trainer_mod
+from art_fast.train.distributed import DistContext
 
 # ----------------------------------------------------------------------- brute-force references
 
@@ -437,3 +447,158 @@ def test_box_count_must_match_the_frames_and_no_file_means_no_boxes(tmp_path):
     assert not ds.has_boxes and not ds.can_map_boxes
     with pytest.raises(ValueError, match="no target boxes"):
         ds.get_with_boxes(0)
+
+
+# ----------------------------------------------------------------------- evaluation and viz
+
+@pytest.fixture(scope="module")
+def binding_run(tmp_path_factory, binding_root):
+    """One training step of the tiny model on the binding set (frames 64 -> 32 model input);
+    the end-of-run evaluation runs through _predict with the boxes."""
+    out = str(tmp_path_factory.mktemp("rh_run"))
+    cfg = tiny_config(out, f"data.root={binding_root}", "train.max_steps=1",
+                      "train.eval_every=1")
+    train(cfg)
+    return out, cfg
+
+
+def _check_region_keys(m):
+    for key in ("region_hit", "region_hit_chance"):
+        assert 0.0 <= m[key] <= 1.0, (key, m[key])
+    assert m["region_hit_query"] in (0, 1) and len(m["region_hit_per_query"]) == 2
+    assert m["region_hit"] == max(m["region_hit_per_query"])
+
+
+def test_evaluate_writes_region_hit(binding_run):
+    out, cfg = binding_run
+    cfg = copy.deepcopy(cfg)
+    rec = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))][-1]
+    _check_region_keys(rec["eval"])
+    assert "region_hit" in open(os.path.join(out, "train.log")).read()
+    rep = evaluate(cfg, "last")
+    saved = json.load(open(os.path.join(out, "eval", "eval_metrics.json")))
+    _check_region_keys(saved)
+    assert saved["region_hit"] == rep["region_hit"] == rec["eval"]["region_hit"]
+    assert saved["region_hit_frames"] == 2 * 4  # 2 test clips x 4 frames, all with a box
+    log = open(os.path.join(out, "eval", "eval.log")).read()
+    assert "region_hit" in log and "chance" in log
+    # independently: the model on every item, brute-force overlaps
+    model, _, _ = load_trained(os.path.join(out, "last.pt"))
+    ds = Diving48(cfg.data.root, "test", num_frames=4, image_size=32)
+    grid = tuple(model.backbone.visual.grid_size)
+    per_q, chance, n = np.zeros(2), 0.0, 0
+    with torch.no_grad():
+        for i in range(len(ds)):
+            video, _, boxes = ds.get_with_boxes(i)
+            o = model(art_fast.data.to_model_input(video[None]))
+            for t in range(4):
+                ov = _brute_overlap_float(boxes[t].tolist(), grid, (32, 32))
+                chance += ov.mean()
+                n += 1
+                for q in range(2):
+                    per_q[q] += _brute_hit(o.region_indices[0, q, t].numpy(),
+                                           o.region_weights[0, q, t].double().numpy(), ov)
+    assert saved["region_hit_per_query"] == pytest.approx(list(per_q / n), abs=1e-5)
+    assert saved["region_hit_chance"] == pytest.approx(chance / n, abs=1e-5)
+    # multi-view: every view's frames count, each with its own mapping
+    cfg.eval.views = [2, 3]
+    multi = evaluate(cfg, "last", os.path.join(out, "eval_mv"))
+    _check_region_keys(multi)
+    assert multi["region_hit_frames"] == 2 * 6 * 4
+
+
+def _brute_overlap_float(box, grid, hw, sub=64):
+    """Overlap by fine sub-pixel sampling for boxes with arbitrary float coordinates."""
+    (gh, gw), (H, W) = grid, hw
+    ys = (np.arange(H * sub) + 0.5) / sub
+    xs = (np.arange(W * sub) + 0.5) / sub
+    x0, y0, x1, y1 = box
+    inside = ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
+    return inside.reshape(gh, H * sub // gh, gw, W * sub // gw).mean((1, 3)).reshape(-1)
+
+
+def test_predict_without_boxes_or_tracklets_has_no_region_keys(binding_run, tmp_path):
+    out, cfg = binding_run
+    ctx = DistContext()
+    model, _, _ = load_trained(os.path.join(out, "last.pt"))
+    plain = tiny_config(str(tmp_path), f"data.root={synthetic_root()}")
+    from art_fast.train import build_dataset
+
+    ds = build_dataset(plain, None, train=False)
+    assert not ds.has_boxes
+    torch.manual_seed(0)
+    with_tracklets = art_fast.ART(ds.classes, backbone="tiny", num_frames=4, image_size=32,
+                                  latent_dim=16, heads=2, se_layers=1, rssa_layers=1,
+                                  text_cache_dir=str(tmp_path))
+    pred = trainer_mod._predict(with_tracklets, ds, plain, ctx)
+    assert "region_hit_sum" not in pred
+    m = trainer_mod._eval_report(pred, ds, str(tmp_path), plain, write=False)
+    assert not any(k.startswith("region_hit") for k in m)
+    no_tracklets = art_fast.ART(model.class_names, backbone="tiny", num_frames=4, image_size=32,
+                                latent_dim=16, heads=2, se_layers=1, rssa_layers=1,
+                                tracklet_branch=False, text_cache_dir=str(tmp_path))
+    bds = build_dataset(cfg, None, train=False)
+    assert bds.can_map_boxes
+    pred = trainer_mod._predict(no_tracklets, bds, cfg, ctx)
+    assert "region_hit_sum" not in pred
+    assert trainer_mod._region_hit_text({"top1": 0.5}) == ""
+
+
+def test_predict_gathers_every_ranks_region_sums(binding_run, monkeypatch):
+    """Two simulated ranks (each scores its shard; the gather hands rank 0 both parts) give
+    the same per-clip sums and metrics as one process."""
+    out, cfg = binding_run
+    cfg = copy.deepcopy(cfg)
+    model, _, _ = load_trained(os.path.join(out, "last.pt"))
+    ds = Diving48(cfg.data.root, "test", num_frames=4, image_size=32)
+    cfg.eval.batch_size = 1
+    single = trainer_mod._predict(model, ds, cfg, DistContext())
+    parts = {}
+
+    def fake_gather(ctx, obj):
+        parts[ctx.rank] = obj
+        return [parts[r] for r in sorted(parts)]
+
+    monkeypatch.setattr(trainer_mod, "gather_objects", fake_gather)
+    assert trainer_mod._predict(model, ds, cfg, DistContext(rank=1, world_size=2)) is None
+    assert parts[1]["region_frames"].numel() == 1  # rank 1 scored one of the 2 clips
+    both = trainer_mod._predict(model, ds, cfg, DistContext(rank=0, world_size=2))
+    for k in ("region_hit_sum", "region_chance_sum", "region_frames", "indices"):
+        torch.testing.assert_close(both[k], single[k], msg=k)
+    assert int(both["region_frames"].sum()) == 8
+
+
+def test_viz_draws_the_box_and_returns_per_frame_hits(binding_run, tmp_path, capsys):
+    out, cfg = binding_run
+    from art_fast.cli import viz
+    from art_fast.viz import draw_tracklets
+
+    model, _, _ = load_trained(os.path.join(out, "last.pt"))
+    ds = Diving48(cfg.data.root, "test", num_frames=4, image_size=32)
+    video, _, boxes = ds.get_with_boxes(0)
+    info = draw_tracklets(model, video.numpy(), tmp_path / "t.png", cell=64,
+                          boxes=boxes.numpy())
+    assert len(info["region_hit"]) == 2 and all(len(h) == 4 for h in info["region_hit"])
+    with torch.no_grad():
+        o = model(art_fast.data.to_model_input(video[None]))
+    grid = tuple(model.backbone.visual.grid_size)
+    ovs = [_brute_overlap_float(boxes[t].tolist(), grid, (32, 32)) for t in range(4)]
+    want = [[_brute_hit(o.region_indices[0, q, t].numpy(),
+                        o.region_weights[0, q, t].double().numpy(), ovs[t]) for t in range(4)]
+            for q in range(2)]
+    np.testing.assert_allclose(info["region_hit"], want, atol=1e-6)
+    np.testing.assert_allclose(info["region_hit_chance"], [ov.mean() for ov in ovs], atol=1e-9)
+    img = np.asarray(Image.open(info["path"]).convert("RGB"))
+    # frame 0 of tracklet 0: the cell at (pad 4, title 16); the box's left edge is yellow
+    x0, y0, x1, y1 = (boxes[0] * 64 / 32).tolist()
+    edge = img[4 + 16 + int(math.ceil(y0)) + 1: 4 + 16 + int(y1) - 1, 4 + int(x0)]
+    assert (edge == (255, 255, 0)).all(-1).mean() > 0.8
+    # the command: one line per tracklet, the chance line, the JSON with the hits
+    assert viz(os.path.join(out, "last.pt"), str(tmp_path / "cli.png"), index=1) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("viz: tracklet 0 region_hit per frame:")
+    assert len(lines[0].split(":")[-1].split()) == 4
+    assert lines[2].startswith("viz: region_hit chance per frame:")
+    last = json.loads(lines[-1][len("viz: "):])
+    assert len(last["region_hit"]) == 2 and len(last["region_hit_chance"]) == 4
+    assert os.path.isfile(tmp_path / "cli.png")

@@ -9,7 +9,11 @@ end, ``metrics.jsonl``, ``last.pt`` / ``best.pt`` and ``--resume auto``.
 
 :func:`evaluate` scores a checkpoint on the evaluation split (multi-view: softmax scores
 averaged over ``eval.views``) and writes ``predictions.csv``, ``confusion.csv``/``.png`` and
-``eval_metrics.json``.
+``eval_metrics.json``. When the evaluation set has target boxes (``dataset.can_map_boxes``,
+e.g. the binding set) and the model has a tracklet branch, the metrics also carry the region
+hit of the best-matching query (:mod:`art_fast.train.region_hit`: ``region_hit``,
+``region_hit_chance``, ``region_hit_query``, ``region_hit_per_query``,
+``region_hit_frames``); otherwise these keys are absent.
 
 Exact resume: a checkpoint is taken right after an optimiser step and holds everything the rest
 of the run depends on (weights and banks, optimiser, scaler, schedule step, the epoch and the
@@ -39,6 +43,7 @@ from torch.utils.data import DataLoader
 
 from .. import _backend
 from ..data import to_model_input
+from ..data.base import WithTargetBoxes
 from ..model import ART
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -76,6 +81,7 @@ from .metrics import (
     write_confusion_png,
     write_predictions_csv,
 )
+from .region_hit import region_hit, region_hit_sums, summarize_region_hit
 from .schedule import LRSchedule
 
 __all__ = ["train", "evaluate", "main_train", "main_eval", "build_model", "load_trained",
@@ -218,15 +224,31 @@ def _fmt_time(seconds: float) -> str:
 
 # --------------------------------------------------------------------------- evaluation
 
+def _wants_region_hit(model: nn.Module, dataset: Any) -> bool:
+    """Region hit is measured when the set can give target boxes and the model selects
+    regions (a tracklet branch)."""
+    opts = getattr(model, "options", None)
+    return bool(getattr(dataset, "can_map_boxes", False)
+                and getattr(opts, "tracklet_branch", False))
+
+
 @torch.no_grad()
 def _predict(model: nn.Module, dataset: Any, cfg: Config, ctx: DistContext,
              desc: str = "eval") -> dict[str, Any] | None:
     """Scores of every evaluation clip, gathered on rank 0: ``{indices, labels, probs}``
-    (probs = softmax averaged over the views), sorted by dataset index; None on other ranks."""
+    (probs = softmax averaged over the views), sorted by dataset index; None on other ranks.
+
+    When :func:`_wants_region_hit`, the items carry their target boxes and the result also
+    holds each clip's region-hit sums over its valid frames of every view
+    (:func:`~art_fast.train.region_hit.region_hit_sums`): ``region_hit_sum [n, K]`` float64,
+    ``region_chance_sum [n]`` float64, ``region_frames [n]`` int64, gathered from every rank
+    like the scores."""
     bs = cfg.eval.batch_size or cfg.train.batch_size
     sampler = ShardedBatchSampler(len(dataset), bs, rank=ctx.rank, world_size=ctx.world_size,
                                   train=False)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+    boxed = _wants_region_hit(model, dataset)
+    loader = DataLoader(WithTargetBoxes(dataset) if boxed else dataset, batch_sampler=sampler,
+                        num_workers=cfg.data.num_workers,
                         pin_memory=cfg.data.pin_memory and ctx.device.type == "cuda",
                         generator=torch.Generator())
     was_training = model.training
@@ -235,9 +257,11 @@ def _predict(model: nn.Module, dataset: Any, cfg: Config, ctx: DistContext,
     idx_all: list[int] = []
     lab_all: list[torch.Tensor] = []
     prob_all: list[torch.Tensor] = []
+    hit_all: list[dict[str, torch.Tensor]] = []
     bar = _progress(len(sampler), 0, desc, _show_progress(cfg, ctx))
     batches = iter(sampler)
-    for video, labels in loader:
+    for batch in loader:
+        video, labels = batch[0], batch[1]
         idx_all.extend(i for i, _ in next(batches))
         x = to_model_input(video, ctx.device)
         multi = x.dim() == 6
@@ -246,10 +270,19 @@ def _predict(model: nn.Module, dataset: Any, cfg: Config, ctx: DistContext,
         if multi:
             x = x.flatten(0, 1)
         with amp:
-            logits = model(x).logits
-        probs = logits.float().softmax(-1).view(B, V, -1).mean(1)
+            out = model(x)
+        probs = out.logits.float().softmax(-1).view(B, V, -1).mean(1)
         prob_all.append(probs.cpu())
         lab_all.append(labels.long())
+        if boxed:
+            # boxes [B, T, 4] or [B, V, T, 4] in the views' order of the video -> [B * V, T, 4]
+            boxes = batch[2].reshape(B * V, -1, 4)
+            r = region_hit(out.region_indices.cpu(), out.region_weights.float().cpu(),
+                           boxes, tuple(model.backbone.visual.grid_size), model.image_size)
+            sums = region_hit_sums(r)  # per view; a clip's sums add over its views
+            hit_all.append({"region_hit_sum": sums["hit_sum"].view(B, V, -1).sum(1),
+                            "region_chance_sum": sums["chance_sum"].view(B, V).sum(1),
+                            "region_frames": sums["frames"].view(B, V).sum(1)})
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -261,12 +294,21 @@ def _predict(model: nn.Module, dataset: Any, cfg: Config, ctx: DistContext,
         "labels": torch.cat(lab_all) if lab_all else torch.zeros(0, dtype=torch.int64),
         "probs": torch.cat(prob_all) if prob_all else torch.zeros(0, C),
     }
+    keys = ["indices", "labels", "probs"]
+    if boxed:
+        K = int(model.num_queries)
+        empty = {"region_hit_sum": torch.zeros(0, K, dtype=torch.float64),
+                 "region_chance_sum": torch.zeros(0, dtype=torch.float64),
+                 "region_frames": torch.zeros(0, dtype=torch.int64)}
+        for k, e in empty.items():
+            mine[k] = torch.cat([h[k] for h in hit_all]) if hit_all else e
+        keys += list(empty)
     parts = gather_objects(ctx, mine)
     if not ctx.is_main:
         return None
     idx = torch.cat([p["indices"] for p in parts])
     order = idx.argsort()
-    out = {k: torch.cat([p[k] for p in parts])[order] for k in ("indices", "labels", "probs")}
+    out = {k: torch.cat([p[k] for p in parts])[order] for k in keys}
     if out["indices"].numel() != len(dataset) or not torch.equal(
             out["indices"], torch.arange(len(dataset))):
         raise RuntimeError("evaluation did not score every clip exactly once")
@@ -275,14 +317,19 @@ def _predict(model: nn.Module, dataset: Any, cfg: Config, ctx: DistContext,
 
 def _eval_report(pred: dict[str, Any], dataset: Any, out_dir: str, cfg: Config,
                  write: bool = True) -> dict[str, Any]:
-    """Metrics of gathered predictions; with ``write``, the predictions CSV and the confusion
-    matrix (CSV, PNG) in ``out_dir``."""
+    """Metrics of gathered predictions (``top1``, ``top5``, ``mean_class``, ``loss``,
+    ``num_samples``, and the region-hit keys of
+    :func:`~art_fast.train.region_hit.summarize_region_hit` when ``pred`` has region-hit sums);
+    with ``write``, the predictions CSV and the confusion matrix (CSV, PNG) in ``out_dir``."""
     C = len(dataset.classes)
     m = classification_metrics(pred["probs"], pred["labels"], C)
     p_true = pred["probs"].gather(1, pred["labels"].view(-1, 1)).clamp_min(1e-12)
     metrics = {"top1": m["top1"], "top5": m["top5"], "mean_class": m["mean_class"],
                "loss": float(-p_true.log().mean()) if p_true.numel() else float("nan"),
                "num_samples": m["num_samples"]}
+    if "region_hit_sum" in pred:
+        metrics.update(summarize_region_hit(pred["region_hit_sum"], pred["region_chance_sum"],
+                                            pred["region_frames"]))
     if write:
         os.makedirs(out_dir, exist_ok=True)
         write_confusion_csv(os.path.join(out_dir, "confusion.csv"), m["confusion"],
@@ -605,9 +652,9 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
                 if best:
                     progress["best_top1"] = last_metrics["top1"]
                 log.info("eval epoch %d step %d: top1 %.4f top5 %.4f mean_class %.4f "
-                         "(%d clips)", epoch, progress["step"], last_metrics["top1"],
+                         "(%d clips)%s", epoch, progress["step"], last_metrics["top1"],
                          last_metrics["top5"], last_metrics["mean_class"],
-                         last_metrics["num_samples"])
+                         last_metrics["num_samples"], _region_hit_text(last_metrics))
             if metrics_log is not None:
                 metrics_log.write(record)
             if epoch_done:
@@ -626,6 +673,18 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
     result.update({k: last_metrics.get(k) for k in ("top1", "top5", "mean_class", "loss")})
     log.info("done: %s", json.dumps(result))
     return result
+
+
+def _region_hit_text(metrics: dict[str, Any]) -> str:
+    """``", region_hit 0.4123 (chance 0.0871, query 1, 64 clip-frames)"`` for the eval log
+    line, ``""`` when the metrics have no region hit."""
+    if "region_hit_frames" not in metrics:
+        return ""
+    if metrics.get("region_hit") is None:
+        return ", region_hit n/a (no valid box frame)"
+    return (f", region_hit {metrics['region_hit']:.4f} (chance "
+            f"{metrics['region_hit_chance']:.4f}, query {metrics['region_hit_query']}, "
+            f"{metrics['region_hit_frames']} clip-frames)")
 
 
 def _epoch_record(ctx: DistContext, progress: dict[str, Any], stats: RunningMeans,
@@ -657,8 +716,12 @@ def evaluate(cfg: Config, checkpoint: str | None = None, out_dir: str | None = N
 
     Returns:
         ``{top1, top5, mean_class, loss, num_samples, checkpoint, step, output_dir, views,
-        seconds}``; writes ``predictions.csv``, ``confusion.csv``, ``confusion.png``,
-        ``eval_metrics.json`` and ``eval.log`` to ``out_dir`` (rank 0).
+        seconds}`` plus ``region_hit``, ``region_hit_chance``, ``region_hit_query``,
+        ``region_hit_per_query``, ``region_hit_frames`` when the set has target boxes and the
+        model a tracklet branch (absent otherwise; see :mod:`art_fast.train.region_hit`;
+        every view scored with its own box mapping); writes ``predictions.csv``,
+        ``confusion.csv``, ``confusion.png``, ``eval_metrics.json`` and ``eval.log`` to
+        ``out_dir`` (rank 0).
     """
     out_dir = out_dir or os.path.join(cfg.output_dir, "eval")
     os.makedirs(out_dir, exist_ok=True)
@@ -689,9 +752,9 @@ def evaluate(cfg: Config, checkpoint: str | None = None, out_dir: str | None = N
                           encoding="utf-8") as f:
                     json.dump(result, f, indent=1)
                     f.write("\n")
-                log.info("eval: top1 %.4f top5 %.4f mean_class %.4f (%d clips)",
+                log.info("eval: top1 %.4f top5 %.4f mean_class %.4f (%d clips)%s",
                          result["top1"], result["top5"], result["mean_class"],
-                         result["num_samples"])
+                         result["num_samples"], _region_hit_text(result))
             return broadcast_object(ctx, result)
     finally:
         cleanup_distributed(ctx)

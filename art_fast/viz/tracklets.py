@@ -1,4 +1,6 @@
-"""Tracklet overlays: each tracklet's selected regions drawn over the frames of a clip."""
+"""Tracklet overlays: each tracklet's selected regions drawn over the frames of a clip; with
+target boxes (sets that annotate them, e.g. the binding set), the box in every cell and each
+tracklet's per-frame region hit (:func:`art_fast.train.region_hit.region_hit`)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import os
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+BOX_COLOUR = (255, 255, 0)  # the target box (yellow)
 
 # one colour per tracklet (RGB), cycled when K is larger
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -36,7 +40,7 @@ def region_heatmaps(
 
 def overlay_grid(
     frames: np.ndarray, heatmaps: torch.Tensor, grid: tuple[int, int], *,
-    labels: list[str] | None = None, cell: int = 128,
+    labels: list[str] | None = None, cell: int = 128, boxes: np.ndarray | None = None,
 ) -> Image.Image:
     """A PNG-ready grid: one row per tracklet, one column per frame; each cell is the frame
     with the tracklet's patch saliency tinted in its colour and the strongest patch boxed.
@@ -47,12 +51,21 @@ def overlay_grid(
         grid: the patch grid (rows, cols).
         labels: optional row titles.
         cell: side of each cell in pixels.
+        boxes: optional float ``[T, 4]`` target boxes ``x0, y0, x1, y1`` (exclusive ends) in
+            the pixels of ``frames``, drawn as a yellow (:data:`BOX_COLOUR`) rectangle in
+            every cell of their frame; rows with a NaN are not drawn.
     """
     K, T, N = heatmaps.shape
     gh, gw = grid
     if N != gh * gw or frames.shape[0] != T:
         raise ValueError(f"overlay_grid: heatmaps [K, T, N] = {tuple(heatmaps.shape)} do not fit "
                          f"frames {frames.shape} and grid {grid}")
+    if boxes is not None:
+        boxes = np.asarray(boxes, dtype=np.float64)
+        if boxes.shape != (T, 4):
+            raise ValueError(f"overlay_grid: boxes must be [T, 4] = [{T}, 4], got "
+                             f"{boxes.shape}")
+    fh, fw = frames.shape[1], frames.shape[2]
     pad, title = 4, 16 if labels else 0
     img = Image.new("RGB", (T * (cell + pad) + pad, K * (cell + pad + title) + pad), "white")
     draw = ImageDraw.Draw(img)
@@ -74,6 +87,12 @@ def overlay_grid(
             d = ImageDraw.Draw(tile)
             d.rectangle([c * cell / gw, r * cell / gh, (c + 1) * cell / gw - 1,
                          (r + 1) * cell / gh - 1], outline=tuple(int(x) for x in colour), width=2)
+            if boxes is not None and np.isfinite(boxes[t]).all():
+                bx0, by0 = boxes[t, 0] * cell / fw, boxes[t, 1] * cell / fh
+                bx1, by1 = boxes[t, 2] * cell / fw, boxes[t, 3] * cell / fh
+                if bx1 > bx0 and by1 > by0:
+                    d.rectangle([bx0, by0, max(bx0, bx1 - 1), max(by0, by1 - 1)],
+                                outline=BOX_COLOUR, width=1)
             img.paste(tile, (pad + t * (cell + pad), y0 + title))
     return img
 
@@ -82,6 +101,7 @@ def overlay_grid(
 def draw_tracklets(
     model: torch.nn.Module, frames: np.ndarray, out_path: str | os.PathLike, *,
     device: str | torch.device = "cpu", cell: int = 128,
+    boxes: np.ndarray | torch.Tensor | None = None,
 ) -> dict:
     """Run ``model`` (an :class:`art_fast.ART`) in eval mode on one clip and write the overlay
     PNG of its tracklets' selected regions.
@@ -91,9 +111,17 @@ def draw_tracklets(
         frames: uint8 ``[T, H, W, 3]`` with T = model.num_frames and H = W = model.image_size
             (e.g. an eval-mode item of an art_fast dataset).
         out_path: the PNG to write.
+        boxes: optional float ``[T, 4]`` target boxes in the pixels of ``frames`` (``x0, y0,
+            x1, y1``, exclusive ends; NaN rows: no box), e.g. from
+            :meth:`art_fast.data.VideoClassificationDataset.get_with_boxes`: drawn in every
+            cell, and each tracklet's per-frame hit returned.
 
     Returns:
-        ``{"path", "prediction", "topk_classes", "saliency"}`` for the caption/log.
+        ``{"path", "prediction", "prediction_name", "topk_classes", "saliency"}`` for the
+        caption/log; with ``boxes`` also ``"region_hit"`` (K lists of T floats, None for a
+        frame without a valid box: each tracklet's attention-weighted share of its kept
+        patches inside the box) and ``"region_hit_chance"`` (T floats or None: the share
+        uniformly random patches would give).
     """
     from ..data import to_model_input
 
@@ -113,9 +141,28 @@ def draw_tracklets(
     names = model.class_names
     topk = out.topk_classes[0].tolist()
     labels = [f"tracklet {k}: query seeded by '{names[c][:40]}'" for k, c in enumerate(topk)]
-    img = overlay_grid(frames, maps, tuple(vis.grid_size), labels=labels, cell=cell)
+    hits = None
+    if boxes is not None:
+        from ..train.region_hit import region_hit
+
+        bx = torch.as_tensor(np.asarray(boxes, dtype=np.float64))
+        T = frames.shape[0]
+        if bx.shape != (T, 4):
+            raise ValueError(f"draw_tracklets: boxes must be [T, 4] = [{T}, 4], got "
+                             f"{tuple(bx.shape)}")
+        hits = region_hit(out.region_indices.cpu(), out.region_weights.detach().double().cpu(),
+                          bx[None], tuple(vis.grid_size), (frames.shape[1], frames.shape[2]))
+    img = overlay_grid(frames, maps, tuple(vis.grid_size), labels=labels, cell=cell,
+                       boxes=None if boxes is None else np.asarray(boxes, dtype=np.float64))
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     img.save(out_path)
     pred = int(out.logits[0].argmax())
-    return {"path": os.fspath(out_path), "prediction": pred, "prediction_name": names[pred],
+    info = {"path": os.fspath(out_path), "prediction": pred, "prediction_name": names[pred],
             "topk_classes": topk, "saliency": out.saliency[0].tolist()}
+    if hits is not None:
+        def plain(v: torch.Tensor) -> list:
+            return [None if not np.isfinite(x) else float(x) for x in v.tolist()]
+
+        info["region_hit"] = [plain(h) for h in hits["hit"][0]]
+        info["region_hit_chance"] = plain(hits["chance"][0])
+    return info
