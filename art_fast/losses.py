@@ -1,8 +1,17 @@
-"""ART's losses (DESIGN §4.9): the multi-level tracklet contrastive losses (MTC) on
-:func:`art_fast.ops.info_nce`, and the semantic-bank consistency losses (L_sema).
+"""ART's losses (DESIGN §4.9): the multi-level tracklet contrastive losses (MTC), in two forms,
+and the semantic-bank consistency losses (L_sema).
 
-The paper gives these in words only; the InfoNCE form, the pairings and the temperatures are
-our reading (marked "ours" in the README's paper-to-code table).
+The paper gives these in words only; both MTC forms are our reading:
+
+- ``"infonce"`` (:func:`mtc_losses`): three InfoNCE levels on :func:`art_fast.ops.info_nce`
+  (the pairings and the temperatures are ours);
+- ``"paper"`` (:func:`mtc_losses_paper`): squared-cosine penalties that follow the paper's
+  stated intent (responses of one frame repel, a query's responses in adjacent frames are
+  correlated with degree lambda, tracklets repel).
+
+:data:`DEFAULT_MTC_FORM` and :data:`DEFAULT_MTC_LAMBDA` are the single place the defaults are
+set (``ARTOptions``, the config's ``model`` section and :class:`TrackletContrastiveLoss` read
+them).
 """
 
 from __future__ import annotations
@@ -14,6 +23,10 @@ from .ops import info_nce
 
 MTC_LEVELS = ("spatial", "temporal", "tracklet")
 TEMPORAL_NEGATIVES = ("frame", "batch")
+MTC_FORMS = ("infonce", "paper")
+DEFAULT_MTC_FORM = "infonce"  # flip here to make "paper" the default everywhere
+DEFAULT_MTC_LAMBDA = 0.6  # the paper's correlation degree of adjacent responses
+_COS_EPS = 1e-8  # F.normalize eps of the paper form: zero responses have cosine 0
 
 
 def _identity_targets(groups: int, m: int, device: torch.device) -> torch.Tensor:
@@ -85,6 +98,75 @@ def mtc_losses(
     out["tracklet"] = info_nce(
         first, second, _identity_targets(B, K, dev), temperature=temperature
     )
+    return out
+
+
+def check_mtc_lambda(lam: object, where: str = "mtc_losses_paper: lam") -> float:
+    """``lam`` as a float if it is a number in (0, 1] (not a bool), else ValueError naming
+    ``where``."""
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 < lam <= 1:
+        raise ValueError(f"{where} must be a number in (0, 1] (the correlation degree of "
+                         f"adjacent responses), got {lam!r}")
+    return float(lam)
+
+
+def _offdiag_sq_cos_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over groups and ordered pairs i != j of cos(x_i, x_j)^2; x ``[G, M, d]``, M >= 2."""
+    n = F.normalize(x, dim=-1, eps=_COS_EPS)
+    gram = n @ n.transpose(-1, -2)  # [G, M, M]
+    M = x.shape[-2]
+    off = ~torch.eye(M, dtype=torch.bool, device=x.device)
+    return gram.square()[:, off].mean()
+
+
+def mtc_losses_paper(tracklets: torch.Tensor, *, lam: float = DEFAULT_MTC_LAMBDA
+                     ) -> dict[str, torch.Tensor]:
+    """The three MTC levels in the paper's stated forms (our reading: the equations are not
+    public), as squared-cosine penalties on tracklets.
+
+    With ``cos`` the cosine similarity (vectors normalised by ``F.normalize`` with eps 1e-8, so
+    a zero response has cosine 0 with everything and finite gradients), ``r_tk`` the response
+    of query k in frame t and ``m_k`` the mean over t of tracklet k:
+
+    - spatial: responses of different queries in one frame repel:
+      mean over b, t and ordered pairs i != j of ``cos(r_ti, r_tj)^2``; 0 when K = 1.
+      Smooth; its minimum is orthogonality, so it keeps a gradient while queries partly
+      overlap (like any function of a cosine, its gradient vanishes at exactly parallel
+      responses, an unstable maximum);
+    - temporal: a query's responses in adjacent frames attract with correlation degree
+      ``lam``: mean over b, k and t < T-1 of ``(cos(r_tk, r_(t+1)k) - lam)^2``; 0 when T = 1.
+      It pulls the cosine to ``lam`` from both sides, never forces identical responses
+      (unless ``lam`` = 1);
+    - tracklet: different tracklets repel: mean over b and ordered pairs i != j of
+      ``cos(m_i, m_j)^2``; 0 when K = 1.
+
+    Args:
+        tracklets: ``[B, K, T, d]`` float (any float dtype; half and bfloat16 are computed in
+            float32).
+        lam: the correlation degree, a number in (0, 1] (default 0.6, the paper's).
+
+    Returns:
+        ``{"spatial", "temporal", "tracklet"}``, 0-dim tensors in float32 for half/bfloat16
+        input, else in the input dtype; the zero levels stay in the graph.
+    """
+    if not isinstance(tracklets, torch.Tensor) or tracklets.dim() != 4:
+        raise ValueError(f"mtc_losses_paper: tracklets must be [B, K, T, d], got "
+                         f"{tuple(getattr(tracklets, 'shape', ()))}")
+    lam = check_mtc_lambda(lam)
+    x = tracklets.float() if tracklets.dtype in (torch.float16, torch.bfloat16) else tracklets
+    B, K, T, d = x.shape
+    out: dict[str, torch.Tensor] = {}
+    if K == 1:
+        out["spatial"] = _zero(x)
+    else:
+        out["spatial"] = _offdiag_sq_cos_mean(x.transpose(1, 2).reshape(B * T, K, d))
+    if T == 1:
+        out["temporal"] = _zero(x)
+    else:
+        n = F.normalize(x, dim=-1, eps=_COS_EPS)
+        cos = (n[:, :, :-1] * n[:, :, 1:]).sum(-1)  # [B, K, T-1]
+        out["temporal"] = (cos - lam).square().mean()
+    out["tracklet"] = _zero(x) if K == 1 else _offdiag_sq_cos_mean(x.mean(2))
     return out
 
 
