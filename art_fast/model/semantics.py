@@ -8,6 +8,9 @@ from torch import nn
 
 from ..nn.transformer import PreLNBlock
 
+QUERY_BANKS = ("agent", "ema")
+DEFAULT_QUERY_BANK = "agent"  # flip here to make "ema" (the paper's reading) the default
+
 
 def select_topk_classes(z: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
     """The k classes whose prompt-mean text embedding is closest (cosine) to z, per video.
@@ -30,19 +33,33 @@ def select_topk_classes(z: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Te
 
 class TopKSemantics(nn.Module):
     """Rank classes by the cosine between a projection of x_cls and the prompt-mean of the
-    EMA bank S; embed the K best classes' prompt-mean agent-bank embeddings (S_a) in d.
+    EMA bank S; embed the K best classes' prompt-mean bank embeddings in d.
+
+    Args:
+        embed_dim: width E of x_cls. text_dim: width Ct of the banks. dim: latent width d.
+        k: K, classes kept (1 <= K <= C).
+        query_bank: which bank's embeddings of the selected classes become S_topk (the seeds
+            of the queries and the semantics of tracklet aggregation):
+
+            - ``"agent"`` (ours): the agent bank S_a (a parameter), so the main losses (CE,
+              MTC) train S_a as well as L_sema does;
+            - ``"ema"`` (the paper's reading): the EMA bank S (a buffer, no gradient); S_a then
+              gets gradients only through L_sema.
 
     ``forward(x_cls [B, E], bank [P, C, Ct], agent_bank [P, C, Ct])`` returns
     ``(S_topk [B, K, d], classes [B, K] int64, z [B, Ct])`` where z is x_cls projected to the
-    text space (also used by the semantic loss).
+    text space (also used by the semantic loss); S_topk is in z's dtype.
 
-    (ours) The ranking uses S (the slow bank: no gradient, stable choice); the selected
-    embeddings come from S_a so the main losses train the agent bank too.
+    The ranking always uses S (the slow bank: no gradient, stable choice).
     """
 
-    def __init__(self, embed_dim: int, text_dim: int, dim: int, k: int) -> None:
+    def __init__(self, embed_dim: int, text_dim: int, dim: int, k: int,
+                 query_bank: str = DEFAULT_QUERY_BANK) -> None:
         super().__init__()
-        self.k = k
+        if not isinstance(query_bank, str) or query_bank not in QUERY_BANKS:
+            raise ValueError(f"TopKSemantics: query_bank must be one of {QUERY_BANKS}, "
+                             f"got {query_bank!r}")
+        self.k, self.query_bank = k, query_bank
         self.to_text = nn.Linear(embed_dim, text_dim)
         self.to_latent = nn.Linear(text_dim, dim)
 
@@ -51,8 +68,12 @@ class TopKSemantics(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         z = self.to_text(x_cls)
         classes = select_topk_classes(z, bank, self.k)
-        agent = F.normalize(F.normalize(agent_bank, dim=-1).mean(0), dim=-1)  # [C, Ct]
-        return self.to_latent(agent[classes].to(z.dtype)), classes, z
+        source = agent_bank if self.query_bank == "agent" else bank.detach()
+        emb = F.normalize(F.normalize(source, dim=-1).mean(0), dim=-1)  # [C, Ct]
+        return self.to_latent(emb[classes].to(z.dtype)), classes, z
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, query_bank={self.query_bank!r}"
 
 
 class SemanticEnhancement(nn.Module):
