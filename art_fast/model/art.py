@@ -17,14 +17,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..losses import TEMPORAL_NEGATIVES, sema_losses
+from ..losses import (
+    DEFAULT_MTC_FORM,
+    DEFAULT_MTC_LAMBDA,
+    MTC_FORMS,
+    TEMPORAL_NEGATIVES,
+    check_mtc_lambda,
+    sema_losses,
+)
 from ..nn.tracklet_loss import TrackletContrastiveLoss
 from .backbone import VideoBackbone, build_clip
 from .heads import ClassifierHead
 from .rssa import RSSA
-from .semantics import SemanticEnhancement, TopKSemantics
+from .semantics import DEFAULT_QUERY_BANK, QUERY_BANKS, SemanticEnhancement, TopKSemantics
 from .text_bank import DEFAULT_TEMPLATES, fill_prompts, load_or_encode
-from .tracklets import aggregate_tracklets, build_tracklets
+from .tracklets import DEFAULT_TA_SEMANTICS, TA_SEMANTICS, aggregate_tracklets, build_tracklets
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +59,19 @@ class ARTOptions:
     gamma1: float = 5.0                 # weight of L_MTC
     gamma2: float = 5.0                 # weight of L_sema
     mtc_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (ours) spatial, temporal, tracklet
-    mtc_temperature: float = 0.1        # (ours)
+    mtc_form: str = DEFAULT_MTC_FORM    # "infonce" (ours) | "paper" (our reading of the paper)
+    mtc_lambda: float = DEFAULT_MTC_LAMBDA  # "paper" form: correlation degree, in (0, 1]
+    mtc_temperature: float = 0.1        # (ours) "infonce" form
     sema_temperature: float = 0.07      # (ours) CLIP's initial logit scale
     ta_temperature: float = 0.1         # (ours) tracklet-aggregation saliency softmax
+    ta_semantics: str = DEFAULT_TA_SEMANTICS  # "own" (ours) | "all" (paper): TA saliency
+    #                                     against the own query's semantic / max over all K
+    query_bank: str = DEFAULT_QUERY_BANK  # "agent" (ours) | "ema" (paper): S_topk from S_a / S
     bank_momentum: float = 0.999        # (ours) S <- mu S + (1 - mu) S_a
     num_prompts: int = 8
     templates: tuple[str, ...] | None = None  # None: the first num_prompts DEFAULT_TEMPLATES
-    temporal_negatives: str = "frame"   # "frame" | "batch" (every video at t+1: large regime)
+    temporal_negatives: str = "frame"   # "frame" | "batch" (every video at t+1: large regime;
+    #                                     "infonce" form only)
     tracklet_branch: bool = True        # False: the global-token-only ablation
     query_time_embedding: bool = True   # (ours) RSSA queries know their frame index (see RSSA)
     freeze_backbone: bool = False
@@ -101,6 +114,12 @@ class ARTOptions:
         if self.temporal_negatives not in TEMPORAL_NEGATIVES:
             raise ValueError(f"ART: option temporal_negatives must be one of "
                              f"{TEMPORAL_NEGATIVES}, got {self.temporal_negatives!r}")
+        for name, allowed in (("mtc_form", MTC_FORMS), ("query_bank", QUERY_BANKS),
+                              ("ta_semantics", TA_SEMANTICS)):
+            v = getattr(self, name)
+            if not isinstance(v, str) or v not in allowed:
+                raise ValueError(f"ART: option {name} must be one of {allowed}, got {v!r}")
+        check_mtc_lambda(self.mtc_lambda, "ART: option mtc_lambda")
         if self.templates is not None and len(self.templates) == 0:
             raise ValueError("ART: option templates must hold at least one template")
 
@@ -238,7 +257,7 @@ class ART(nn.Module):
         self.register_buffer("bank", bank.clone())  # S  [P, C, Ct]
         self.agent_bank = nn.Parameter(bank.clone())  # S_a
         Ct = bank.shape[-1]
-        self.semantics = TopKSemantics(E, Ct, latent_dim, num_queries)
+        self.semantics = TopKSemantics(E, Ct, latent_dim, num_queries, opts.query_bank)
         self.head_v = ClassifierHead(E, C, opts.dropout)
         if opts.tracklet_branch:
             self.se = SemanticEnhancement(
@@ -249,7 +268,8 @@ class ART(nn.Module):
                              num_frames if opts.query_time_embedding else None)
             self.head = ClassifierHead(E + num_queries * latent_dim, C, opts.dropout)
             self.mtc = TrackletContrastiveLoss(
-                tuple(opts.mtc_weights), opts.mtc_temperature, opts.temporal_negatives
+                tuple(opts.mtc_weights), opts.mtc_temperature, opts.temporal_negatives,
+                form=opts.mtc_form, lam=opts.mtc_lambda,
             )
         else:
             self.head = ClassifierHead(E, C, opts.dropout)
@@ -304,7 +324,8 @@ class ART(nn.Module):
             responses, idx, w = self.rssa(x_hat, s_hat)
             tracklets = build_tracklets(responses, B)  # [B, K, T, d]
             agg, saliency = aggregate_tracklets(
-                tracklets, s_topk.to(tracklets.dtype), self.options.ta_temperature
+                tracklets, s_topk.to(tracklets.dtype), self.options.ta_temperature,
+                self.options.ta_semantics,
             )
             out.logits = self.head(torch.cat([x_cls, agg.flatten(1).to(x_cls.dtype)], dim=1))
             T, H, K, k = self.num_frames, idx.shape[1], idx.shape[2], idx.shape[3]

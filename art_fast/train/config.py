@@ -34,7 +34,10 @@ from typing import Any
 
 import yaml
 
+from ..losses import MTC_FORMS
 from ..model.art import ARTOptions
+from ..model.semantics import QUERY_BANKS
+from ..model.tracklets import TA_SEMANTICS
 
 _ART = ARTOptions()  # the model's defaults: the one source of the model section's defaults
 
@@ -129,19 +132,32 @@ class ModelConfig:
     gamma2: float = _f(_ART.gamma2, "weight of L_sema", min=0.0)
     mtc_weights: list[float] = _f(list(_ART.mtc_weights), "MTC level weights (spatial, temporal, "
                                   "tracklet)")
-    mtc_temperature: float = _f(_ART.mtc_temperature, "InfoNCE temperature of L_MTC", min=0.0,
-                                min_exclusive=True)
+    mtc_form: str = _f(_ART.mtc_form, "form of L_MTC: 'infonce' (ours: InfoNCE levels) or "
+                       "'paper' (our reading of the paper: squared-cosine penalties, "
+                       "art_fast.losses.mtc_losses_paper)", choices=MTC_FORMS)
+    mtc_lambda: float = _f(_ART.mtc_lambda, "mtc_form=paper: correlation degree, the cosine "
+                           "the temporal level pulls adjacent responses of a query to",
+                           min=0.0, max=1.0, min_exclusive=True)
+    mtc_temperature: float = _f(_ART.mtc_temperature, "InfoNCE temperature of L_MTC "
+                                "(mtc_form=infonce)", min=0.0, min_exclusive=True)
     sema_temperature: float = _f(_ART.sema_temperature, "temperature of L_sema", min=0.0,
                                  min_exclusive=True)
     ta_temperature: float = _f(_ART.ta_temperature, "tracklet-aggregation softmax temperature",
                                min=0.0, min_exclusive=True)
+    ta_semantics: str = _f(_ART.ta_semantics, "tracklet-aggregation saliency: each response "
+                           "against its own query's semantic ('own', ours) or the max over all K "
+                           "selected semantics ('all', the paper's wording)", choices=TA_SEMANTICS)
+    query_bank: str = _f(_ART.query_bank, "bank whose embeddings of the top-K classes seed the "
+                         "queries: 'agent' (S_a, ours: the main losses train it) or 'ema' "
+                         "(S, the paper's reading: S_a trained by L_sema only)",
+                         choices=QUERY_BANKS)
     bank_momentum: float = _f(_ART.bank_momentum, "EMA momentum of the semantics bank S", min=0.0,
                               max=1.0)
     num_prompts: int = _f(_ART.num_prompts, "prompt templates per class", min=1)
     templates: list[str] | None = _f(None, "prompt templates ('{}' = the class), None: the "
                                      "built-in ones")
-    temporal_negatives: str = _f(_ART.temporal_negatives, "negatives of the temporal MTC level",
-                                 choices=("frame", "batch"))
+    temporal_negatives: str = _f(_ART.temporal_negatives, "negatives of the temporal MTC level "
+                                 "(mtc_form=infonce)", choices=("frame", "batch"))
     tracklet_branch: bool = _f(_ART.tracklet_branch, "False: the global-token-only ablation")
     query_time_embedding: bool = _f(_ART.query_time_embedding,
                                     "RSSA queries get a learned frame-index embedding "
