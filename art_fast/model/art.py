@@ -35,6 +35,11 @@ from .tracklets import DEFAULT_TA_SEMANTICS, TA_SEMANTICS, aggregate_tracklets, 
 
 log = logging.getLogger(__name__)
 
+REGION_ATTENTION = ("queries", "mean")
+"""ART option ``region_attention``: the RSSA queries select regions (``"queries"``, ART) or
+every cross-attention is a mean over the patches (``"mean"``, the capacity-matched control of
+the ablation table: same layers and parameters, no region selection)."""
+
 LOSS_NAMES = (
     "ce", "ce_v", "mtc_spatial", "mtc_temporal", "mtc_tracklet", "sema_video", "sema_proto",
     "total",
@@ -74,6 +79,7 @@ class ARTOptions:
     #                                     "infonce" form only)
     tracklet_branch: bool = True        # False: the global-token-only ablation
     query_time_embedding: bool = True   # (ours) RSSA queries know their frame index (see RSSA)
+    region_attention: str = "queries"   # "queries" | "mean": the capacity-matched control (RSSA)
     freeze_backbone: bool = False
     backbone_lr_mult: float = 0.1       # (ours) see ART.param_groups
     grad_checkpointing: bool = False
@@ -115,7 +121,8 @@ class ARTOptions:
             raise ValueError(f"ART: option temporal_negatives must be one of "
                              f"{TEMPORAL_NEGATIVES}, got {self.temporal_negatives!r}")
         for name, allowed in (("mtc_form", MTC_FORMS), ("query_bank", QUERY_BANKS),
-                              ("ta_semantics", TA_SEMANTICS)):
+                              ("ta_semantics", TA_SEMANTICS),
+                              ("region_attention", REGION_ATTENTION)):
             v = getattr(self, name)
             if not isinstance(v, str) or v not in allowed:
                 raise ValueError(f"ART: option {name} must be one of {allowed}, got {v!r}")
@@ -265,7 +272,8 @@ class ART(nn.Module):
             )
             self.rssa = RSSA(latent_dim, num_queries, opts.heads, opts.rssa_layers, k_region,
                              opts.mlp_ratio,
-                             num_frames if opts.query_time_embedding else None)
+                             num_frames if opts.query_time_embedding else None,
+                             uniform=opts.region_attention == "mean")
             self.head = ClassifierHead(E + num_queries * latent_dim, C, opts.dropout)
             self.mtc = TrackletContrastiveLoss(
                 tuple(opts.mtc_weights), opts.mtc_temperature, opts.temporal_negatives,

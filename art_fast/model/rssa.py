@@ -17,12 +17,13 @@ class RSSALayer(nn.Module):
     head (see :class:`art_fast.nn.QueryPatchAttention`).
     """
 
-    def __init__(self, dim: int, heads: int, k_region: int | None, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int, heads: int, k_region: int | None, mlp_ratio: float = 4.0,
+                 uniform: bool = False):
         super().__init__()
         self.ln1 = nn.LayerNorm(dim)
         self.self_attn = SelfAttention(dim, heads)
         self.ln2 = nn.LayerNorm(dim)
-        self.cross = QueryPatchAttention(dim, heads, k_region)
+        self.cross = QueryPatchAttention(dim, heads, k_region, uniform)
         self.ln3 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio)
 
@@ -44,6 +45,10 @@ class RSSA(nn.Module):
     its reverse (left vs right); with it each response can encode where the region is *at
     time t*.
 
+    ``uniform=True`` (the capacity-matched mean-pool control, ART option
+    ``region_attention="mean"``): every cross-attention is a plain mean over the patches, so
+    the queries cannot pick regions; everything else (parameters included) is unchanged.
+
     ``forward(tokens [G, N, d], semantics [G, K, d])`` with G = B*T frames returns
     ``(R [G, K, d], indices [G, heads, K, k], weights [G, heads, K, k])``: the region
     responses (after a final LayerNorm) and the last layer's selected patches per head.
@@ -51,7 +56,7 @@ class RSSA(nn.Module):
 
     def __init__(
         self, dim: int, num_queries: int, heads: int, layers: int, k_region: int | None,
-        mlp_ratio: float = 4.0, num_frames: int | None = None,
+        mlp_ratio: float = 4.0, num_frames: int | None = None, uniform: bool = False,
     ) -> None:
         super().__init__()
         self.prompts = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
@@ -59,7 +64,7 @@ class RSSA(nn.Module):
             nn.Parameter(torch.randn(num_frames, dim) * 0.02) if num_frames else None
         )
         self.layers = nn.ModuleList(
-            RSSALayer(dim, heads, k_region if i == layers - 1 else None, mlp_ratio)
+            RSSALayer(dim, heads, k_region if i == layers - 1 else None, mlp_ratio, uniform)
             for i in range(layers)
         )
         self.ln = nn.LayerNorm(dim)

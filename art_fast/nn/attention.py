@@ -20,13 +20,20 @@ class QueryPatchAttention(nn.Module):
     the softmax runs over those (:func:`art_fast.ops.topk_regions`; the scores are a plain
     matmul). ``k_region`` larger than the number of patches N is clamped to N.
 
+    With ``uniform=True`` (the mean-pool control of the ablation table) every query gives every
+    patch the same weight ``1 / N``: the output is the per-head mean of the values, the
+    queries select nothing. The parameters are the same (the query and key projections are
+    kept, unused), so a model built with it has ART's parameter count.
+
     Args:
         dim: width of queries, tokens and output.
         heads: number of heads (``dim % heads == 0``).
         k_region: patches kept per query and head, or None for dense attention.
+        uniform: mean over all patches instead of attention (``k_region`` is then ignored).
     """
 
-    def __init__(self, dim: int, heads: int, k_region: int | None = None) -> None:
+    def __init__(self, dim: int, heads: int, k_region: int | None = None,
+                 uniform: bool = False) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(
@@ -36,7 +43,7 @@ class QueryPatchAttention(nn.Module):
                                      or k_region < 1):
             raise ValueError(f"QueryPatchAttention: k_region must be None or an int >= 1, "
                              f"got {k_region!r}")
-        self.heads, self.k_region = heads, k_region
+        self.heads, self.k_region, self.uniform = heads, k_region, bool(uniform)
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -61,7 +68,11 @@ class QueryPatchAttention(nn.Module):
         k, v = kv[0], kv[1]
         dtype = torch.promote_types(q.dtype, k.dtype)  # autocast may mix dtypes
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        if self.k_region is None:
+        if self.uniform:
+            out = v.mean(dim=2, keepdim=True).expand(G, H, M, dh)
+            indices = torch.arange(N, device=q.device).expand(G, H, M, N)
+            weights = torch.full((G, H, M, N), 1.0 / N, dtype=v.dtype, device=v.device)
+        elif self.k_region is None:
             res = cross_attention(q, k, v, return_weights=return_regions)
             if return_regions:
                 out, weights = res

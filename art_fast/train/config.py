@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from ..losses import MTC_FORMS
-from ..model.art import ARTOptions
+from ..model.art import REGION_ATTENTION, ARTOptions
 from ..model.semantics import QUERY_BANKS
 from ..model.tracklets import TA_SEMANTICS
 
@@ -162,6 +162,10 @@ class ModelConfig:
     query_time_embedding: bool = _f(_ART.query_time_embedding,
                                     "RSSA queries get a learned frame-index embedding "
                                     "(tracklets then encode the order of motion)")
+    region_attention: str = _f(_ART.region_attention, "'queries': RSSA queries select regions "
+                               "(ART); 'mean': every RSSA cross-attention is a mean over the "
+                               "patches (the capacity-matched control: same layers and "
+                               "parameters, no region selection)", choices=REGION_ATTENTION)
     freeze_backbone: bool = _f(_ART.freeze_backbone, "freeze the vision tower")
     backbone_lr_mult: float = _f(_ART.backbone_lr_mult, "backbone learning-rate multiplier",
                                  min=0.0)

@@ -1,0 +1,191 @@
+#!/usr/bin/env python
+"""The ablation table of the binding set (issue 12): ART against its ablations and a
+capacity-matched control, several seeds each, the same config and budget for every row.
+
+Variants (each is ``configs/binding_tiny.yaml`` plus these overrides):
+
+============  =====================================  ==========================================
+name          overrides                              what it removes
+============  =====================================  ==========================================
+full          (none)                                 nothing: ART as configured
+global        ``model.tracklet_branch=false``        queries, tracklets, MTC: x_cls only
+no_time       ``model.query_time_embedding=false``   the frame-index query embedding (the
+                                                     tracklet aggregation is then order-blind)
+mean_pool     ``model.region_attention=mean``        region selection: every cross-attention
+                                                     is a mean over the patches (same layers,
+                                                     same parameter count)
+no_mtc        ``model.gamma1=0``                     the multi-level tracklet contrastive loss
+============  =====================================  ==========================================
+
+Each run is ``art-fast train`` then ``art-fast eval`` in a subprocess (the real CLI, one run
+at a time: wall times are only comparable on a quiet machine), into ``<work>/<variant>_s<seed>``.
+A run whose ``eval/eval_metrics.json`` exists is reused (``--force`` reruns it), so an
+interrupted table resumes. Reported per run: top-1, mean-class accuracy, region_hit and its
+chance level, parameters, training wall time; per variant: mean +- std over the seeds and the
+minimum top-1. Output: ``<out>/binding_ablation.{json,md}`` with device, versions and date.
+
+Usage::
+
+    python benchmarks/binding_ablation.py --data data/binding [--seeds 0 1 2]
+        [--variants full global ...] [--config configs/binding_tiny.yaml]
+        [--work runs/ablation] [--out benchmarks/results/binding] [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "full": (),
+    "global": ("model.tracklet_branch=false",),
+    "no_time": ("model.query_time_embedding=false",),
+    "mean_pool": ("model.region_attention=mean",),
+    "no_mtc": ("model.gamma1=0",),
+}
+
+
+def _run(cmd: list[str], log_path: Path) -> None:
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    if proc.returncode != 0:
+        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}); last lines of "
+                           f"{log_path}:\n" + "\n".join(tail))
+
+
+def _param_count(checkpoint: Path) -> int:
+    from art_fast.train.trainer import load_trained
+
+    model, _, _ = load_trained(str(checkpoint))
+    return sum(p.numel() for p in model.parameters())
+
+
+def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train and evaluate one (variant, seed); returns its row."""
+    run_dir = Path(args.work) / f"{variant}_s{seed}"
+    metrics = run_dir / "eval" / "eval_metrics.json"
+    timing = run_dir / "ablation_timing.json"
+    common = [f"data.root={args.data}", *args.set]
+    if args.force or not metrics.is_file() or not timing.is_file():
+        overrides = [*common, f"output_dir={run_dir}", f"train.seed={seed}",
+                     *VARIANTS[variant]]
+        sets = [x for o in overrides for x in ("--set", o)]
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        _run([sys.executable, "-m", "art_fast.cli", "train", args.config, *sets],
+             Path(args.work) / f"{variant}_s{seed}.train.log")
+        train_s = time.perf_counter() - t0
+        _run([sys.executable, "-m", "art_fast.cli", "eval", str(run_dir / "best.pt"),
+              *[x for o in common for x in ("--set", o)]],
+             Path(args.work) / f"{variant}_s{seed}.eval.log")
+        timing.write_text(json.dumps({"train_seconds": round(train_s, 1)}) + "\n")
+    m = json.loads(metrics.read_text())
+    return {"variant": variant, "seed": seed, "top1": m["top1"], "mean_class": m["mean_class"],
+            "region_hit": m.get("region_hit"), "region_hit_chance": m.get("region_hit_chance"),
+            "params": _param_count(run_dir / "best.pt"),
+            "train_seconds": json.loads(timing.read_text())["train_seconds"]}
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per variant (in the order of the rows): mean/std of each metric over seeds, min top-1."""
+    out = []
+    for v in dict.fromkeys(r["variant"] for r in rows):
+        rs = [r for r in rows if r["variant"] == v]
+        s: dict[str, Any] = {"variant": v, "seeds": [r["seed"] for r in rs],
+                             "params": rs[0]["params"], "min_top1": min(r["top1"] for r in rs)}
+        for k in ("top1", "mean_class", "region_hit", "region_hit_chance", "train_seconds"):
+            vals = [r[k] for r in rs if r[k] is not None]
+            s[k] = _mean_std(vals) if vals else None
+        out.append(s)
+    return out
+
+
+def _fmt(ms: tuple[float, float] | None, pct: bool = True) -> str:
+    if ms is None:
+        return "n/a"
+    return f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}" if pct else f"{ms[0]:.0f} ± {ms[1]:.0f}"
+
+
+def markdown(summary: list[dict[str, Any]], rows: list[dict[str, Any]], env: dict[str, Any]
+             ) -> str:
+    lines = [f"# Binding-set ablation ({env['date']})", "",
+             f"Device: {env['device']}; torch {env['torch']}, python {env['python']}, "
+             f"art_fast commit {env['commit']}.", f"Command: `{env['command']}`", "",
+             "| variant | top-1 % | min top-1 % | mean-class % | region_hit % | chance % | "
+             "params | train s |", "|---|---|---|---|---|---|---|---|"]
+    for s in summary:
+        lines.append(f"| {s['variant']} | {_fmt(s['top1'])} | {100 * s['min_top1']:.1f} | "
+                     f"{_fmt(s['mean_class'])} | {_fmt(s['region_hit'])} | "
+                     f"{_fmt(s['region_hit_chance'])} | {s['params']:,} | "
+                     f"{_fmt(s['train_seconds'], pct=False)} |")
+    lines += ["", "Per run:", "", "| variant | seed | top-1 | mean-class | region_hit | chance | "
+              "train s |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rh = "n/a" if r["region_hit"] is None else f"{r['region_hit']:.4f}"
+        ch = "n/a" if r["region_hit_chance"] is None else f"{r['region_hit_chance']:.4f}"
+        lines.append(f"| {r['variant']} | {r['seed']} | {r['top1']:.4f} | {r['mean_class']:.4f}"
+                     f" | {rh} | {ch} | {r['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="the binding set (art-fast synth --kind binding)")
+    p.add_argument("--config", default="configs/binding_tiny.yaml")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--work", default="runs/ablation", help="run folders")
+    p.add_argument("--out", default="benchmarks/results/binding")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override for every run (e.g. train.epochs=4 for a quick look)")
+    p.add_argument("--force", action="store_true", help="rerun runs that already have results")
+    args = p.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.data, "Diving48_vocab.json")):
+        p.error(f"--data {args.data!r} holds no Diving48-layout set (make one with "
+                f"`art-fast synth --kind binding --out {args.data}`)")
+    rows = []
+    for v in args.variants:
+        for seed in args.seeds:
+            rows.append(run_one(v, seed, args))
+            r = rows[-1]
+            print(f"{v} seed {seed}: top1 {r['top1']:.4f} mean_class {r['mean_class']:.4f} "
+                  f"region_hit {r['region_hit']} (chance {r['region_hit_chance']}) "
+                  f"{r['train_seconds']:.0f} s", flush=True)
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_ops import _git_commit, device_name
+
+    env = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "device": device_name("cpu"), "torch": torch.__version__,
+           "python": platform.python_version(), "commit": _git_commit(),
+           "command": "python benchmarks/binding_ablation.py " + " ".join(
+               sys.argv[1:] if argv is None else argv)}
+    summary = summarize(rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "binding_ablation.json").write_text(json.dumps(
+        {"env": env, "rows": rows, "summary": summary}, indent=1) + "\n")
+    (out / "binding_ablation.md").write_text(markdown(summary, rows, env))
+    print(markdown(summary, rows, env))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The capacity-matched control (ART option ``region_attention="mean"``) and the ablation-table
+runner (benchmarks/binding_ablation.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from art_fast.model import ART
+from art_fast.nn.attention import QueryPatchAttention
+from art_fast.train.config import ConfigError, apply_overrides, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["raise arm", "lower arm", "turn left"]
+
+
+def _tiny(**opts):
+    return ART(CLASSES, backbone="tiny", num_frames=3, image_size=64, num_queries=2,
+               latent_dim=32, k_region=5, heads=4, se_layers=1, rssa_layers=2, **opts)
+
+
+def test_uniform_attention_is_the_mean_of_the_values():
+    torch.manual_seed(0)
+    att = QueryPatchAttention(24, 3, k_region=4, uniform=True)
+    q, t = torch.randn(5, 2, 24), torch.randn(5, 11, 24)
+    out, idx, w = att(q, t, return_regions=True)
+    v = att.kv(t)[..., 24:]  # [G, N, dim]: the value half, heads side by side
+    want = att.proj(v.mean(1, keepdim=True).expand(5, 2, 24))
+    torch.testing.assert_close(out, want)
+    assert idx.shape == w.shape == (5, 3, 2, 11)
+    assert torch.equal(idx[0, 0, 0], torch.arange(11))
+    torch.testing.assert_close(w, torch.full_like(w, 1 / 11))
+    # the queries change nothing: another query gives the same output
+    torch.testing.assert_close(att(torch.randn(5, 2, 24), t), out)
+
+
+def test_mean_control_matches_parameters_and_trains():
+    torch.manual_seed(1)
+    art, ctrl = _tiny(), _tiny(region_attention="mean")
+    n = [sum(p.numel() for p in m.parameters()) for m in (art, ctrl)]
+    assert n[0] == n[1]
+    x, y = torch.randn(2, 3, 3, 64, 64), torch.tensor([0, 2])
+    out = ctrl(x, y)
+    out.losses["total"].backward()
+    assert torch.isfinite(out.losses["total"])
+    assert out.region_weights.shape[-1] == ctrl.backbone.num_patches
+    assert ctrl.se.proj.weight.grad is not None and ctrl.se.proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("bad", ["uniform", "", 1, None])
+def test_region_attention_bad_values(bad):
+    with pytest.raises(ValueError, match="region_attention"):
+        _tiny(region_attention=bad)
+
+
+def test_region_attention_config_key():
+    cfg = apply_overrides(load_config(ROOT / "configs/binding_tiny.yaml"),
+                          ["model.region_attention=mean"])
+    assert cfg.model.region_attention == "mean"
+    with pytest.raises(ConfigError, match="model.region_attention"):
+        apply_overrides(load_config(ROOT / "configs/binding_tiny.yaml"),
+                        ["model.region_attention=uniform"])
+
+
+def _ablation():
+    spec = importlib.util.spec_from_file_location("binding_ablation",
+                                                  ROOT / "benchmarks/binding_ablation.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["binding_ablation"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ablation_variants_are_valid_overrides():
+    mod = _ablation()
+    for name, overrides in mod.VARIANTS.items():
+        cfg = apply_overrides(load_config(ROOT / "configs/binding_tiny.yaml"), list(overrides))
+        assert cfg is not None, name
+
+
+def test_ablation_summary():
+    mod = _ablation()
+    rows = [{"variant": v, "seed": s, "top1": t, "mean_class": t, "region_hit": rh,
+             "region_hit_chance": 0.1 if rh is not None else None, "params": 10,
+             "train_seconds": 5.0}
+            for v, s, t, rh in [("full", 0, 0.9, 0.5), ("full", 1, 0.8, 0.3),
+                                ("global", 0, 0.5, None), ("global", 1, 0.4, None)]]
+    summary = mod.summarize(rows)
+    assert [s["variant"] for s in summary] == ["full", "global"]
+    full, glob = summary
+    assert full["top1"][0] == pytest.approx(0.85)
+    assert full["top1"][1] == pytest.approx(0.0707107, rel=1e-5)  # sample std of 0.9, 0.8
+    assert full["min_top1"] == pytest.approx(0.8)
+    assert full["region_hit"][0] == pytest.approx(0.4)
+    assert glob["region_hit"] is None
+    md = mod.markdown(summary, rows, {"date": "d", "device": "cpu", "torch": "t", "python": "p",
+                                      "commit": "c", "command": "x"})
+    assert "| full | 85.0 ± 7.1 | 80.0 |" in md and "| global |" in md and "n/a" in md
+
+
+def test_ablation_refuses_a_missing_set(tmp_path, capsys):
+    mod = _ablation()
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--data", str(tmp_path)])
+    assert e.value.code == 2
+    assert "holds no Diving48-layout set" in capsys.readouterr().err
