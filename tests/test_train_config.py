@@ -143,8 +143,8 @@ def test_shipped_configs_load(path):
 
 def test_shipped_configs_exist():
     names = {os.path.basename(p) for p in glob.glob(os.path.join(REPO, "configs", "*.yaml"))}
-    assert {"synthetic_tiny.yaml", "binding_tiny.yaml", "diving48.yaml", "gym99.yaml", "gym288.yaml", "ssv2.yaml",
-            "k400.yaml"} <= names
+    assert {"synthetic_tiny.yaml", "binding_tiny.yaml", "diving48.yaml", "gym99.yaml",
+            "gym288.yaml", "ssv2.yaml", "k400.yaml"} <= names
 
 
 def test_build_dataset(tmp_path):

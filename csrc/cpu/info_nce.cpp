@@ -177,8 +177,11 @@ using cpu::reduce_lanes;
 // cpu::gemm).
 using cpu::round_up;
 constexpr bool kDotBlock = cpu::nr<float>() == 16;
-using V16 = typename cpu::Vec<float>::type;
-using I16 = int32_t __attribute__((vector_size(cpu::kVecBytes)));
+// V16 / I16 are 16 lanes (64 bytes) on every target, so this file compiles for AVX2 and SSE as
+// well as AVX-512; they are only used on the kDotBlock path (one native vector of 16 floats),
+// elsewhere the generic cpu:: helpers run.
+using V16 = float __attribute__((vector_size(64)));
+using I16 = int32_t __attribute__((vector_size(64)));
 
 // reduce_lanes / the lane maximum of cpu::max with the same pairwise tree (lane l += lane
 // l + w for w = L/2, ..., 1), done on one vector by shuffles when the 16 float lanes are one
@@ -740,7 +743,9 @@ inline void dot_block_4x4(const float* __restrict__ a, int64_t lda, const float*
         std::memcpy(&cv[i], c + i * ldc + d, sizeof(V16));
         // Keep the 8 loaded vectors in registers (GCC otherwise re-reads them as memory
         // operands of the 16 FMAs: 20 loads per step instead of 8, and the loop is load-bound).
+#if defined(__AVX512F__)
         asm("" : "+v"(av[i]), "+v"(cv[i]));
+#endif
       }
 #pragma GCC unroll 4
       for (int i = 0; i < 4; ++i)
