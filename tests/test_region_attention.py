@@ -4,6 +4,7 @@ runner (benchmarks/binding_ablation.py)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -108,3 +109,23 @@ def test_ablation_refuses_a_missing_set(tmp_path, capsys):
         mod.main(["--data", str(tmp_path)])
     assert e.value.code == 2
     assert "holds no Diving48-layout set" in capsys.readouterr().err
+
+
+def test_ablation_training_curve(tmp_path):
+    mod = _ablation()
+    lines = [{"epoch": 0, "train": {"ce": 1.0, "mtc_spatial": 0.5, "mtc_temporal": 0.25,
+                                    "mtc_tracklet": 0.125}},
+             {"epoch": 1, "train": {"ce": 0.9, "mtc_spatial": 0.1, "mtc_temporal": 0.2,
+                                    "mtc_tracklet": 0.3},
+              "eval": {"top1": 0.5, "region_hit": 0.2}},
+             {"epoch": 2, "train": {"ce": 0.8}, "eval": {"top1": 0.6, "region_hit": None}}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    curve, mtc = mod._training_curve(path)
+    assert curve == [{"epoch": 2, "top1": 0.5, "region_hit": 0.2},
+                     {"epoch": 3, "top1": 0.6, "region_hit": None}]
+    assert mtc == pytest.approx(0.6)  # the last epoch that logged MTC terms
+    assert mod._training_curve(tmp_path / "missing.jsonl") == ([], None)
+    # a variant without MTC (the global ablation) has no MTC terms at all
+    path.write_text(json.dumps({"epoch": 0, "train": {"ce": 1.0}}) + "\n")
+    assert mod._training_curve(path) == ([], None)

@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""Probes of the binding set: is it localisation, binding or motion that a model cannot learn?
+
+One small 3D CNN (three 3x3x3 conv + BatchNorm + ReLU layers, 2x2 spatial max-pools after the
+first two, a spatial max over what is left, a temporal conv, then the means over the first and
+the second half of the frames -> linear) is trained from scratch on three views of the same
+clips, same budget and optimiser, and scored on the test split:
+
+* ``oracle``: a ``crop x crop`` window centred on the *target* actor (the centre of its boxes
+  over the clip, from ``binding_meta.json``): the motion order of a known actor, no binding;
+* ``both``: the target's and the distractor's windows side by side in a random order per clip
+  (drawn once, seeded): binding needed (the mark says which window's order is the label), no
+  search over the frame;
+* ``full``: the whole frame (the model ART sees, without any box): localisation + binding.
+
+All views are decoded with :func:`art_fast.data.read_frames` (every frame of the clip) and
+kept in memory as uint8. The ground truth is only used to cut the windows; ``full`` reads no
+metadata. This is a diagnostic of the set, not a baseline of the package.
+
+Results: one line per epoch (train loss, test top-1) and ``<out>/binding_probe_<view>.json``
+(the per-epoch curve, device, versions, date, the command).
+
+Usage::
+
+    python benchmarks/binding_probe.py --data data/binding --view oracle [--epochs 8]
+        [--crop 32] [--batch 16] [--lr 2e-3] [--seed 0] [--out benchmarks/results/binding]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+VIEWS = ("oracle", "both", "full")
+
+
+def _window(frames: np.ndarray, boxes: list[list[float]], crop: int) -> np.ndarray:
+    """``frames [T, H, W, 3]`` -> ``[T, crop, crop, 3]`` centred on the mean box centre."""
+    b = np.asarray(boxes, dtype=np.float64)
+    cx, cy = float((b[:, 0] + b[:, 2]).mean() / 2), float((b[:, 1] + b[:, 3]).mean() / 2)
+    H, W = frames.shape[1:3]
+    x0 = int(round(min(max(cx - crop / 2, 0), W - crop)))
+    y0 = int(round(min(max(cy - crop / 2, 0), H - crop)))
+    return frames[:, y0:y0 + crop, x0:x0 + crop]
+
+
+def load_split(root: Path, split: str, view: str, crop: int, seed: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split as ``(x uint8 [N, 3, T, h, w], y int64 [N])`` in the given view."""
+    from art_fast.data.video import num_frames, read_frames
+
+    items = json.loads((root / f"Diving48_V2_{split}.json").read_text())
+    meta = json.loads((root / "binding_meta.json").read_text())["videos"] if view != "full" \
+        else None
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for it in items:
+        path = root / "rgb" / f"{it['vid_name']}.mp4"
+        fr = read_frames(str(path), list(range(num_frames(str(path)))))
+        if view != "full":
+            v = meta[it["vid_name"]]
+            tgt = v["actors"][v["target"]]
+            dis = v["actors"][1 - v["target"]]
+            wt = _window(fr, tgt["actor_boxes"], crop)
+            if view == "oracle":
+                fr = wt
+            else:
+                wd = _window(fr, dis["actor_boxes"], crop)
+                fr = np.concatenate([wt, wd] if rng.random() < 0.5 else [wd, wt], axis=2)
+        xs.append(torch.from_numpy(np.ascontiguousarray(fr)).permute(3, 0, 1, 2))
+        ys.append(int(it["label"]))
+    return torch.stack(xs), torch.tensor(ys)
+
+
+class Probe3D(nn.Module):
+    """``x float [N, 3, T, h, w]`` in [0, 1] -> logits ``[N, classes]``."""
+
+    def __init__(self, classes: int, width: int = 32) -> None:
+        super().__init__()
+        c = width
+
+        def block(i: int, o: int) -> list[nn.Module]:
+            return [nn.Conv3d(i, o, 3, padding=1, bias=False), nn.BatchNorm3d(o), nn.ReLU()]
+
+        self.body = nn.Sequential(*block(3, c), nn.MaxPool3d((1, 2, 2)), *block(c, 2 * c),
+                                  nn.MaxPool3d((1, 2, 2)), *block(2 * c, 2 * c))
+        self.temporal = nn.Sequential(nn.Conv1d(2 * c, 2 * c, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(4 * c, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.body(x).amax(dim=(3, 4))           # [N, C, T]
+        g = self.temporal(f)
+        h = g.shape[-1] // 2
+        return self.head(torch.cat([g[..., :h].mean(-1), g[..., h:].mean(-1)], 1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="a binding set (art-fast synth --kind binding)")
+    p.add_argument("--view", required=True, choices=VIEWS)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--crop", type=int, default=32)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="benchmarks/results/binding")
+    a = p.parse_args(argv)
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(a.threads)
+    root = Path(a.data)
+    t0 = time.perf_counter()
+    xtr, ytr = load_split(root, "train", a.view, a.crop, a.seed)
+    xte, yte = load_split(root, "test", a.view, a.crop, a.seed + 1)
+    classes = int(max(ytr.max(), yte.max())) + 1
+    print(f"probe {a.view}: train {tuple(xtr.shape)} test {tuple(xte.shape)} "
+          f"({time.perf_counter() - t0:.0f} s to decode)", flush=True)
+    model = Probe3D(classes)
+    opt = torch.optim.AdamW(model.parameters(), a.lr, weight_decay=0.01)
+    curve: list[dict[str, Any]] = []
+    g = torch.Generator().manual_seed(a.seed)
+    for ep in range(a.epochs):
+        t1 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(len(ytr), generator=g)
+        total = 0.0
+        for i in range(0, len(perm), a.batch):
+            idx = perm[i:i + a.batch]
+            loss = F.cross_entropy(model(xtr[idx].float() / 255), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        model.eval()
+        with torch.no_grad():
+            pred = torch.cat([model(xte[i:i + 50].float() / 255).argmax(1)
+                              for i in range(0, len(yte), 50)])
+        acc = (pred == yte).float().mean().item()
+        row = {"epoch": ep + 1, "train_loss": round(total / len(ytr), 4),
+               "test_top1": round(acc, 4), "seconds": round(time.perf_counter() - t1, 1)}
+        curve.append(row)
+        print(f"probe {a.view}: epoch {row['epoch']} loss {row['train_loss']:.3f} "
+              f"test top-1 {acc:.3f} ({row['seconds']:.0f} s)", flush=True)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = {"view": a.view, "data": str(a.data), "epochs": a.epochs, "crop": a.crop,
+           "batch": a.batch, "lr": a.lr, "seed": a.seed, "classes": classes,
+           "train_clips": len(ytr), "test_clips": len(yte),
+           "params": sum(q.numel() for q in model.parameters()),
+           "final_top1": curve[-1]["test_top1"] if curve else None,
+           "best_top1": max((r["test_top1"] for r in curve), default=None), "curve": curve,
+           "device": f"{platform.processor() or platform.machine()}, "
+                     f"{torch.get_num_threads()} threads",
+           "torch": torch.__version__, "python": platform.python_version(),
+           "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "command": "python benchmarks/binding_probe.py " + " ".join(sys.argv[1:])}
+    (out / f"binding_probe_{a.view}.json").write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
