@@ -17,6 +17,11 @@ All views are decoded with :func:`art_fast.data.read_frames` (every frame of the
 kept in memory as uint8. The ground truth is only used to cut the windows; ``full`` reads no
 metadata. This is a diagnostic of the set, not a baseline of the package.
 
+Status (2026-12-03): a starting point, not yet a result. On the default set the ``oracle``
+view learns slowly (test top-1 0.197, 0.200, 0.217, 0.227 after epochs 1-4, ``--epochs 4``,
+2 cores, ~40 s per epoch), far from the ~95% in 8 epochs of an earlier exploratory probe whose
+script was not kept; the ``both`` and ``full`` views have not been run with this script.
+
 Results: one line per epoch (train loss, test top-1) and ``<out>/binding_probe_<view>.json``
 (the per-epoch curve, device, versions, date, the command).
 
@@ -96,7 +101,10 @@ class Probe3D(nn.Module):
 
         self.body = nn.Sequential(*block(3, c), nn.MaxPool3d((1, 2, 2)), *block(c, 2 * c),
                                   nn.MaxPool3d((1, 2, 2)), *block(2 * c, 2 * c))
-        self.temporal = nn.Sequential(nn.Conv1d(2 * c, 2 * c, 3, padding=1), nn.ReLU())
+        # BatchNorm before the ReLU: without it the temporal conv's units died within the
+        # first epoch (every view then sat at ln(classes))
+        self.temporal = nn.Sequential(nn.Conv1d(2 * c, 2 * c, 3, padding=1, bias=False),
+                                      nn.BatchNorm1d(2 * c), nn.ReLU())
         self.head = nn.Linear(4 * c, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
