@@ -57,21 +57,25 @@ bench-train: install
 # (config.yaml, metrics.jsonl, train.log, last.pt, best.pt, eval/ with confusion matrix and
 # predictions, tracklets.png). DEMO_SET overrides where the set is written.
 # `make demo-displacement` is the earlier, easier demo (the displacement set, which a fixed
-# rule solves: README "Synthetic sets").
+# rule solves: README "Data").
 DEMO_SET ?= data/binding
 DEMO_RUN := runs/demo
-DEMO_PRINT = @$(PY) -c "import json; m = json.load(open('$(DEMO_RUN)/eval/eval_metrics.json')); rh = m.get('region_hit'); print(f\"demo: top1={m['top1']:.4f} mean_class={m['mean_class']:.4f} region_hit={'n/a' if rh is None else format(rh, '.4f')}\" + ('' if rh is None else f\" (chance {m['region_hit_chance']:.4f})\"))"
+# The steps of a demo: $(1) the config, $(2) the set; into $(DEMO_RUN) (train, eval, viz, then
+# the `demo:` line with region_hit where the set has boxes).
+define demo_steps
+rm -rf $(DEMO_RUN)
+$(PY) -m art_fast.cli train $(1) --set data.root=$(2) --set output_dir=$(DEMO_RUN)
+$(PY) -m art_fast.cli eval $(DEMO_RUN)/best.pt --set data.root=$(2)
+$(PY) -m art_fast.cli viz $(DEMO_RUN)/best.pt --index 0 --out $(DEMO_RUN)/tracklets.png --set data.root=$(2)
+@$(PY) -c "import json; m = json.load(open('$(DEMO_RUN)/eval/eval_metrics.json')); rh = m.get('region_hit'); print(f\"demo: top1={m['top1']:.4f} mean_class={m['mean_class']:.4f} region_hit={'n/a' if rh is None else format(rh, '.4f')}\" + ('' if rh is None else f\" (chance {m['region_hit_chance']:.4f})\"))"
+endef
 
 $(DEMO_SET)/Diving48_vocab.json: | $(STAMP)
 	$(PY) -m art_fast.cli synth --kind binding --out $(DEMO_SET)
 
 .PHONY: demo-displacement
 demo: install $(DEMO_SET)/Diving48_vocab.json
-	rm -rf $(DEMO_RUN)
-	$(PY) -m art_fast.cli train configs/binding_tiny.yaml --set data.root=$(DEMO_SET) --set output_dir=$(DEMO_RUN)
-	$(PY) -m art_fast.cli eval $(DEMO_RUN)/best.pt --set data.root=$(DEMO_SET)
-	$(PY) -m art_fast.cli viz $(DEMO_RUN)/best.pt --index 0 --out $(DEMO_RUN)/tracklets.png --set data.root=$(DEMO_SET)
-	$(DEMO_PRINT)
+	$(call demo_steps,configs/binding_tiny.yaml,$(DEMO_SET))
 
 DISP_SET ?= data/synthetic
 
@@ -80,11 +84,7 @@ $(DISP_SET)/Diving48_vocab.json: | $(STAMP)
 
 demo-displacement: DEMO_RUN := runs/demo_displacement
 demo-displacement: install $(DISP_SET)/Diving48_vocab.json
-	rm -rf $(DEMO_RUN)
-	$(PY) -m art_fast.cli train configs/synthetic_tiny.yaml --set data.root=$(DISP_SET) --set output_dir=$(DEMO_RUN)
-	$(PY) -m art_fast.cli eval $(DEMO_RUN)/best.pt --set data.root=$(DISP_SET)
-	$(PY) -m art_fast.cli viz $(DEMO_RUN)/best.pt --index 0 --out $(DEMO_RUN)/tracklets.png --set data.root=$(DISP_SET)
-	$(DEMO_PRINT)
+	$(call demo_steps,configs/synthetic_tiny.yaml,$(DISP_SET))
 
 # Every Triton kernel compiled ahead of time for sm_80 and sm_90 (no GPU needed): the full
 # sweep (all dtypes, regime limits, other D)

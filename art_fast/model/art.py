@@ -117,10 +117,8 @@ class ARTOptions:
         if len(w) != 3 or any(not isinstance(x, (int, float)) or x < 0 for x in w):
             raise ValueError(f"ART: option mtc_weights must be 3 numbers >= 0 (spatial, "
                              f"temporal, tracklet), got {self.mtc_weights!r}")
-        if self.temporal_negatives not in TEMPORAL_NEGATIVES:
-            raise ValueError(f"ART: option temporal_negatives must be one of "
-                             f"{TEMPORAL_NEGATIVES}, got {self.temporal_negatives!r}")
-        for name, allowed in (("mtc_form", MTC_FORMS), ("query_bank", QUERY_BANKS),
+        for name, allowed in (("temporal_negatives", TEMPORAL_NEGATIVES),
+                              ("mtc_form", MTC_FORMS), ("query_bank", QUERY_BANKS),
                               ("ta_semantics", TA_SEMANTICS),
                               ("region_attention", REGION_ATTENTION)):
             v = getattr(self, name)

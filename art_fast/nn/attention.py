@@ -70,8 +70,9 @@ class QueryPatchAttention(nn.Module):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         if self.uniform:
             out = v.mean(dim=2, keepdim=True).expand(G, H, M, dh)
-            indices = torch.arange(N, device=q.device).expand(G, H, M, N)
-            weights = torch.full((G, H, M, N), 1.0 / N, dtype=v.dtype, device=v.device)
+            if return_regions:
+                indices = torch.arange(N, device=q.device).expand(G, H, M, N)
+                weights = torch.full((G, H, M, N), 1.0 / N, dtype=v.dtype, device=v.device)
         elif self.k_region is None:
             res = cross_attention(q, k, v, return_weights=return_regions)
             if return_regions:
