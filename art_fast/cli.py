@@ -271,6 +271,9 @@ def viz(checkpoint: str, out: str, *, index: int = 0, video: str | None = None,
             print(f"viz: tracklet {k} region_hit per frame: {row(hits)}", flush=True)
         print(f"viz: region_hit chance per frame:  {row(info['region_hit_chance'])}",
               flush=True)
+        if info["step_frames"] != list(range(T)):  # UniFormerV2: one step every other frame
+            print(f"viz: (the tracklet steps are frames {' '.join(map(str, info['step_frames']))})",
+                  flush=True)
     print(f"viz: {json.dumps(info)}", flush=True)
     return 0
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -32,6 +34,16 @@ from .rssa import RSSA
 from .semantics import DEFAULT_QUERY_BANK, QUERY_BANKS, SemanticEnhancement, TopKSemantics
 from .text_bank import DEFAULT_TEMPLATES, fill_prompts, load_or_encode
 from .tracklets import DEFAULT_TA_SEMANTICS, TA_SEMANTICS, aggregate_tracklets, build_tracklets
+from .uniformerv2 import (
+    DEFAULT_EXTRACTOR_DROPOUT,
+    UNIFORMERV2_MODELS,
+    UniFormerV2Backbone,
+    clip_name,
+    is_uniformerv2,
+    load_official,
+    looks_official,
+    read_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +98,13 @@ class ARTOptions:
     text_cache: bool = True
     text_cache_dir: str | None = None   # None: $ART_FAST_CACHE/text_bank or ~/.cache/art_fast
     init_seed: int = 0                  # seed of a random-init open_clip model (offline runs)
+    extractor_dropout: float = DEFAULT_EXTRACTOR_DROPOUT  # UniFormerV2 extractor MLP dropout
+    lmhra: bool = True                  # UniFormerV2: local temporal MHRA in every block
+    temporal_downsample: bool = True    # UniFormerV2: (3,p,p)/stride-2 patch embedding (T/2
+    #                                     steps); False: frame-wise (the Kinetics checkpoints)
+    text_pretrained: str | None = None  # UniFormerV2 with an official video checkpoint as
+    #                                     `pretrained`: the CLIP weights of the text tower
+    #                                     (tag, file or local-dir:); None: random init
 
     def validate(self) -> None:
         for name in ("se_layers", "rssa_layers", "heads", "num_prompts"):
@@ -108,8 +127,14 @@ class ARTOptions:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"ART: option {name} must be a number >= 0, got {v!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"ART: option dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("dropout", "extractor_dropout"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise ValueError(f"ART: option {name} must be a number in [0, 1), got {v!r}")
+        if self.text_pretrained is not None and (not isinstance(self.text_pretrained, str)
+                                                 or not self.text_pretrained):
+            raise ValueError(f"ART: option text_pretrained must be None or a CLIP tag, file or "
+                             f"'local-dir:<folder>', got {self.text_pretrained!r}")
         if not 0 <= self.bank_momentum <= 1:
             raise ValueError(f"ART: option bank_momentum must be in [0, 1], "
                              f"got {self.bank_momentum!r}")
@@ -125,6 +150,10 @@ class ARTOptions:
             if not isinstance(v, str) or v not in allowed:
                 raise ValueError(f"ART: option {name} must be one of {allowed}, got {v!r}")
         check_mtc_lambda(self.mtc_lambda, "ART: option mtc_lambda")
+        for name in ("lmhra", "temporal_downsample"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ART: option {name} must be true or false, "
+                                 f"got {getattr(self, name)!r}")
         if self.templates is not None and len(self.templates) == 0:
             raise ValueError("ART: option templates must hold at least one template")
 
@@ -136,14 +165,15 @@ class ARTOutput:
     Attributes:
         logits: ``[B, C]``, the prediction (final head on ``[x_cls ; Tr_agg]``).
         logits_v: ``[B, C]``, the global branch (head on x_cls).
-        tracklets: ``[B, K, T, d]`` region responses stacked by query (None in the
-            global-token-only ablation).
-        region_indices: ``[B, K, T, heads, k]`` int64, the patches (row-major index into the
+        tracklets: ``[B, K, T', d]`` region responses stacked by query (None in the
+            global-token-only ablation). T' = ``ART.num_steps``: T for a per-frame tower,
+            ceil(T / 2) for UniFormerV2; step j looks at input frame ``ART.step_frames[j]``.
+        region_indices: ``[B, K, T', heads, k]`` int64, the patches (row-major index into the
             patch grid) each query kept per head in the last RSSA layer (k = k_region, or N when
             dense).
-        region_weights: ``[B, K, T, heads, k]``, their attention weights.
+        region_weights: ``[B, K, T', heads, k]``, their attention weights.
         topk_classes: ``[B, K]`` int64, the classes whose semantics seeded the K queries.
-        saliency: ``[B, K, T]`` tracklet-aggregation weights over time.
+        saliency: ``[B, K, T']`` tracklet-aggregation weights over time.
         losses: with labels, ``{ce, ce_v, mtc_spatial, mtc_temporal, mtc_tracklet,
             sema_video, sema_proto, total}`` (0-dim tensors); None without labels.
     """
@@ -170,10 +200,18 @@ class ART(nn.Module):
     Args:
         class_names: the class descriptions (non-empty, distinct strings); the text bank
             encodes them in every prompt template.
-        backbone: an open_clip ViT model name (default ``"ViT-B-16"``) or ``"tiny"`` (a small
-            config registered by art_fast, for tests and the demo).
+        backbone: an open_clip ViT model name (default ``"ViT-B-16"``; a per-frame tower,
+            :class:`~art_fast.model.backbone.VideoBackbone`), ``"tiny"`` (a small config
+            registered by art_fast, for tests and the demo), or a UniFormerV2 video tower
+            ``"uniformerv2-b16"``, ``"uniformerv2-l14"``, ``"uniformerv2-tiny"``
+            (:mod:`art_fast.model.uniformerv2`; its patch embedding halves time, so the
+            tracklets have ``T' = ceil(T / 2)`` steps).
         pretrained: None (random init, offline), an open_clip tag (needs the network), a local
-            checkpoint file or ``"local-dir:<folder>"``.
+            checkpoint file or ``"local-dir:<folder>"``: CLIP weights (a UniFormerV2 tower
+            inflates the image ones). With a UniFormerV2 backbone it may also be an official
+            UniFormerV2 video checkpoint file (K400 / K710 ...), loaded through
+            :func:`~art_fast.model.uniformerv2.remap_official_state_dict`; the text tower then
+            comes from the option ``text_pretrained``.
         num_frames: T, frames per clip (fixed: the temporal position embeddings are sized
             for it).
         image_size: frame side H = W.
@@ -235,7 +273,34 @@ class ART(nn.Module):
                              f"heads ({opts.heads})")
         self.options, self.class_names = opts, class_names
 
-        clip, tokenizer, spec = build_clip(backbone, pretrained, image_size, opts.init_seed)
+        uniformer = is_uniformerv2(backbone)
+        video_state = None  # an official UniFormerV2 checkpoint, read once
+        clip_pretrained = pretrained
+        if uniformer:
+            name = clip_name(backbone)
+            if opts.temporal_shift:
+                raise ValueError(f"ART: option temporal_shift must be 0 with backbone "
+                                 f"{backbone!r} (its local MHRA is the temporal modelling), got "
+                                 f"{opts.temporal_shift!r}")
+            if isinstance(pretrained, str) and Path(os.path.expanduser(pretrained)).is_file():
+                try:
+                    state = read_checkpoint(os.path.expanduser(pretrained))
+                except ValueError:  # e.g. an OpenAI TorchScript file: open_clip reads those
+                    state = {}
+                if isinstance(state, dict) and looks_official(state):
+                    video_state, clip_pretrained = state, opts.text_pretrained
+                del state
+        else:
+            name = backbone
+            for opt in ("lmhra", "temporal_downsample"):
+                if not getattr(opts, opt):
+                    raise ValueError(f"ART: option {opt}=false is for UniFormerV2 backbones "
+                                     f"(uniformerv2-*), got backbone {backbone!r}")
+        if opts.text_pretrained is not None and video_state is None:
+            raise ValueError("ART: option text_pretrained is only used with a UniFormerV2 "
+                             "backbone whose pretrained is an official UniFormerV2 checkpoint "
+                             f"(got backbone={backbone!r}, pretrained={pretrained!r})")
+        clip, tokenizer, spec = build_clip(name, clip_pretrained, image_size, opts.init_seed)
         self.spec = spec
         templates = opts.templates or DEFAULT_TEMPLATES[: opts.num_prompts]
         prompts = fill_prompts(class_names, tuple(templates))
@@ -246,10 +311,24 @@ class ART(nn.Module):
         visual = clip.visual
         del clip, tokenizer  # the text tower is not kept (DESIGN §4.2)
 
-        self.backbone = VideoBackbone(
-            visual, num_frames, opts.temporal_layers, opts.grad_checkpointing,
-            opts.temporal_shift,
-        )
+        self.backbone: VideoBackbone | UniFormerV2Backbone
+        self.video_checkpoint_report: dict | None = None
+        if uniformer:
+            self.backbone = UniFormerV2Backbone(
+                visual, num_frames, UNIFORMERV2_MODELS[backbone][1],
+                dropout=opts.extractor_dropout, grad_checkpointing=opts.grad_checkpointing,
+                lmhra=opts.lmhra, temporal_downsample=opts.temporal_downsample,
+            )
+            if video_state is not None:
+                self.video_checkpoint_report = load_official(self.backbone, video_state)
+                self.video_checkpoint_report["path"] = pretrained
+            del video_state
+        else:
+            self.backbone = VideoBackbone(
+                visual, num_frames, opts.temporal_layers, opts.grad_checkpointing,
+                opts.temporal_shift,
+            )
+        self.num_steps = self.backbone.num_steps  # T': tracklet length
         if opts.freeze_backbone:
             self.backbone.visual.requires_grad_(False)
         N, E = self.backbone.num_patches, self.backbone.embed_dim
@@ -270,7 +349,7 @@ class ART(nn.Module):
             )
             self.rssa = RSSA(latent_dim, num_queries, opts.heads, opts.rssa_layers, k_region,
                              opts.mlp_ratio,
-                             num_frames if opts.query_time_embedding else None,
+                             self.num_steps if opts.query_time_embedding else None,
                              uniform=opts.region_attention == "mean")
             self.head = ClassifierHead(E + num_queries * latent_dim, C, opts.dropout)
             self.mtc = TrackletContrastiveLoss(
@@ -283,6 +362,13 @@ class ART(nn.Module):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def step_frames(self) -> list[int]:
+        """The input frame (0..T-1) each of the T' tracklet steps is centred on: every frame
+        for a per-frame tower, ``0, 2, 4, ...`` for UniFormerV2 (its stride-2 patch
+        embedding)."""
+        return [int(i) for i in self.backbone.token_frames]
 
     # ------------------------------------------------------------------ checks
     def _check_input(self, video: object, labels: object) -> None:
@@ -334,7 +420,7 @@ class ART(nn.Module):
                 self.options.ta_semantics,
             )
             out.logits = self.head(torch.cat([x_cls, agg.flatten(1).to(x_cls.dtype)], dim=1))
-            T, H, K, k = self.num_frames, idx.shape[1], idx.shape[2], idx.shape[3]
+            T, H, K, k = self.num_steps, idx.shape[1], idx.shape[2], idx.shape[3]
             out.tracklets, out.saliency = tracklets, saliency
             out.region_indices = idx.view(B, T, H, K, k).permute(0, 3, 1, 2, 4)
             out.region_weights = w.view(B, T, H, K, k).permute(0, 3, 1, 2, 4)
@@ -383,9 +469,11 @@ class ART(nn.Module):
         for n, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            part = "backbone" if n.startswith("backbone.visual.") else "head"
+            # CLIP-initialised tower weights; UniFormerV2's LMHRAs (inside the blocks) are new
+            pretrained = n.startswith("backbone.visual.") and ".lmhra" not in n
+            part = "backbone" if pretrained else "head"
             no_decay = (p.dim() < 2 or "embedding" in n or n.endswith(("prompts", "agent_bank",
-                                                                      "video_token")))
+                                                                      "video_token", "cls_token")))
             groups[part + ("_no_decay" if no_decay else "")].append(p)
         mult = self.options.backbone_lr_mult
         spec = {"backbone": (lr * mult, weight_decay), "backbone_no_decay": (lr * mult, 0.0),

@@ -203,7 +203,8 @@ class VideoBackbone(nn.Module):
             state_dict are the same either way.
 
     Attributes: ``width`` (patch token width), ``embed_dim`` (pooled feature width),
-    ``num_patches`` (N).
+    ``num_patches`` (N), ``num_steps`` (= T: one token set per frame), ``token_frames``
+    (``[T]``, the frame of each step: 0..T-1).
     """
 
     def __init__(
@@ -224,6 +225,8 @@ class VideoBackbone(nn.Module):
         self.embed_dim = visual.output_dim
         gh, gw = visual.grid_size
         self.num_patches = gh * gw
+        self.num_steps = num_frames
+        self.register_buffer("token_frames", torch.arange(num_frames), persistent=False)
         self.temporal = TemporalModule(self.embed_dim, num_frames, temporal_layers)
         if not 0.0 <= temporal_shift <= 1.0:
             raise ValueError(f"ART: temporal_shift must be in [0, 1], got {temporal_shift!r}")

@@ -112,8 +112,11 @@ class DataConfig:
 class ModelConfig:
     """The ART model (:class:`art_fast.ART` arguments and :class:`art_fast.ARTOptions`)."""
 
-    backbone: str = _f("ViT-B-16", "open_clip ViT name, or 'tiny'")
+    backbone: str = _f("ViT-B-16", "open_clip ViT name (per-frame tower), 'tiny', or a "
+                       "UniFormerV2 video tower: 'uniformerv2-b16', 'uniformerv2-l14', "
+                       "'uniformerv2-tiny'")
     pretrained: str | None = _f(None, "open_clip tag, local checkpoint, 'local-dir:<folder>', "
+                                "an official UniFormerV2 checkpoint (uniformerv2-* backbones), "
                                 "or None (random init)")
     num_queries: int = _f(2, "K: queries = tracklets = top-K classes", min=1)
     latent_dim: int = _f(256, "d: width of SE, RSSA and the tracklets", min=1)
@@ -175,6 +178,16 @@ class ModelConfig:
     text_cache_dir: str | None = _f(_ART.text_cache_dir,
                                     "text-bank cache folder (None: ~/.cache/art_fast)")
     init_seed: int = _f(_ART.init_seed, "seed of a randomly initialised open_clip tower", min=0)
+    extractor_dropout: float = _f(_ART.extractor_dropout, "UniFormerV2: dropout in the "
+                                  "global extractor's MLPs", min=0.0, max=0.999)
+    lmhra: bool = _f(_ART.lmhra, "UniFormerV2: local temporal MHRA in every block (false: the "
+                     "official Kinetics checkpoints' layout)")
+    temporal_downsample: bool = _f(_ART.temporal_downsample, "UniFormerV2: (3,p,p) stride-2 "
+                                   "patch embedding, T/2 steps (false: frame-wise, T steps: the "
+                                   "official Kinetics checkpoints' layout)")
+    text_pretrained: str | None = _f(_ART.text_pretrained, "UniFormerV2 with an official video "
+                                     "checkpoint as pretrained: CLIP weights of the text tower "
+                                     "(tag, file, 'local-dir:'); None: random init")
 
     def art_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`art_fast.ART` (besides class names, T and size)."""

@@ -275,8 +275,9 @@ def _predict(model: nn.Module, dataset: Any, cfg: Config, ctx: DistContext,
         prob_all.append(probs.cpu())
         lab_all.append(labels.long())
         if boxed:
-            # boxes [B, T, 4] or [B, V, T, 4] in the views' order of the video -> [B * V, T, 4]
-            boxes = batch[2].reshape(B * V, -1, 4)
+            # boxes [B, T, 4] or [B, V, T, 4] in the views' order of the video -> [B * V, T, 4],
+            # then the frames the T' tracklet steps look at -> [B * V, T', 4]
+            boxes = batch[2].reshape(B * V, -1, 4)[:, model.step_frames]
             r = region_hit(out.region_indices.cpu(), out.region_weights.float().cpu(),
                            boxes, tuple(model.backbone.visual.grid_size), model.image_size)
             sums = region_hit_sums(r)  # per view; a clip's sums add over its views

@@ -116,12 +116,17 @@ def draw_tracklets(
             :meth:`art_fast.data.VideoClassificationDataset.get_with_boxes`: drawn in every
             cell, and each tracklet's per-frame hit returned.
 
+    The PNG has one column per tracklet step: every frame for a per-frame tower, the frames
+    ``model.step_frames`` (0, 2, 4, ...) for a UniFormerV2 tower, whose T' = ceil(T / 2)
+    temporal tokens are centred on them.
+
     Returns:
-        ``{"path", "prediction", "prediction_name", "topk_classes", "saliency"}`` for the
-        caption/log; with ``boxes`` also ``"region_hit"`` (K lists of T floats, None for a
-        frame without a valid box: each tracklet's attention-weighted share of its kept
-        patches inside the box) and ``"region_hit_chance"`` (T floats or None: the share
-        uniformly random patches would give).
+        ``{"path", "prediction", "prediction_name", "topk_classes", "saliency",
+        "step_frames"}`` for the caption/log; with ``boxes`` also ``"region_hit"`` (K lists of
+        T' floats, None for a step without a valid box: each tracklet's attention-weighted
+        share of its kept patches inside the box of the step's frame) and
+        ``"region_hit_chance"`` (T' floats or None: the share uniformly random patches would
+        give).
     """
     from ..data import to_model_input
 
@@ -142,6 +147,8 @@ def draw_tracklets(
     topk = out.topk_classes[0].tolist()
     labels = [f"tracklet {k}: query seeded by '{names[c][:40]}'" for k, c in enumerate(topk)]
     hits = None
+    # a tracklet has one step per frame the tower keeps (UniFormerV2: every other frame)
+    steps = list(getattr(model, "step_frames", range(frames.shape[0])))
     if boxes is not None:
         from ..train.region_hit import region_hit
 
@@ -150,15 +157,17 @@ def draw_tracklets(
         if bx.shape != (T, 4):
             raise ValueError(f"draw_tracklets: boxes must be [T, 4] = [{T}, 4], got "
                              f"{tuple(bx.shape)}")
+        boxes, bx = np.asarray(boxes, dtype=np.float64)[steps], bx[steps]
         hits = region_hit(out.region_indices.cpu(), out.region_weights.detach().double().cpu(),
                           bx[None], tuple(vis.grid_size), (frames.shape[1], frames.shape[2]))
+    frames = frames[steps]
     img = overlay_grid(frames, maps, tuple(vis.grid_size), labels=labels, cell=cell,
                        boxes=None if boxes is None else np.asarray(boxes, dtype=np.float64))
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     img.save(out_path)
     pred = int(out.logits[0].argmax())
     info = {"path": os.fspath(out_path), "prediction": pred, "prediction_name": names[pred],
-            "topk_classes": topk, "saliency": out.saliency[0].tolist()}
+            "topk_classes": topk, "saliency": out.saliency[0].tolist(), "step_frames": steps}
     if hits is not None:
         def plain(v: torch.Tensor) -> list:
             return [None if not np.isfinite(x) else float(x) for x in v.tolist()]
