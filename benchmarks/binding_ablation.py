@@ -18,6 +18,11 @@ no_mtc        ``model.gamma1=0``                     the multi-level tracklet co
 paper_        ``model.mtc_form=paper``,              (not run by default) today's choices of
 options       ``model.query_bank=ema``,              the MTC form, the query bank and the TA
               ``model.ta_semantics=all``             semantics, replaced by the paper's
+no_shift      ``model.temporal_shift=0``             (not run by default) the tower's temporal
+                                                     shift: a purely per-frame tower
+uniformerv2   ``model.backbone=uniformerv2-tiny``,   (not run by default) the per-frame tower,
+              ``model.temporal_shift=0``             replaced by the UniFormerV2 tiny tower
+                                                     (local temporal MHRA, T/2 steps)
 ============  =====================================  ==========================================
 
 Each run is ``art-fast train`` then ``art-fast eval`` in a subprocess (the real CLI, one run
@@ -57,6 +62,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "no_mtc": ("model.gamma1=0",),
     # not in the issue's table: the paper's options together (DESIGN §4 items 2, 3, 7, 9)
     "paper_options": ("model.mtc_form=paper", "model.query_bank=ema", "model.ta_semantics=all"),
+    # the tower (issue 13): the per-frame tiny ViT without its temporal shift, and the
+    # UniFormerV2 tiny tower (local temporal MHRA, 3D patch embedding: T' = T/2 steps)
+    "no_shift": ("model.temporal_shift=0",),
+    "uniformerv2": ("model.backbone=uniformerv2-tiny", "model.temporal_shift=0"),
 }
 DEFAULT_VARIANTS = ("full", "global", "no_time", "mean_pool", "no_mtc")
 
