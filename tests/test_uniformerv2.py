@@ -786,6 +786,36 @@ def test_art_official_checkpoint_with_clip_text_weights(tmp_path, cache_dir):
                                rtol=0, atol=0)
 
 
+def test_art_inflates_a_clip_file_into_the_video_tower(tmp_path, cache_dir):
+    """pretrained = a CLIP checkpoint file (what `openai` resolves to): every CLIP image weight
+    lands in the tower (the patch conv at the centre temporal tap, zeros at the others), the
+    UniFormerV2 parts keep their init, and the text bank is encoded by that file's text tower."""
+    import open_clip
+
+    from art_fast.model.backbone import TINY_NAME
+
+    build_clip("tiny", None, 64)  # registers the tiny config
+    torch.manual_seed(321)
+    src = open_clip.create_model(TINY_NAME, pretrained=None, force_image_size=64)
+    path = tmp_path / "clip_tiny.pt"
+    torch.save(src.state_dict(), path)
+    model = ART(CLASSES, pretrained=str(path), num_frames=4, image_size=64,
+                text_cache_dir=cache_dir, **SMALL_ART)
+    assert model.video_checkpoint_report is None and model.spec.weights_id.startswith("file:")
+    own = model.backbone.state_dict()
+    conv = own["visual.conv1.weight"]
+    torch.testing.assert_close(conv[:, :, 1], src.visual.conv1.weight, rtol=0, atol=0)
+    assert not conv[:, :, 0].any() and not conv[:, :, 2].any()
+    n = 0
+    for k, v in src.visual.state_dict().items():
+        if k in ("conv1.weight", "proj"):  # inflated above; the projection is removed
+            continue
+        torch.testing.assert_close(own[f"visual.{k}"], v, rtol=0, atol=0, msg=k)
+        n += 1
+    assert n > 20 and "visual.proj" not in own
+    assert not own["visual.transformer.resblocks.0.lmhra1.pos_embed.3.weight"].any()
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(text_pretrained="x"), "text_pretrained"),                       # pretrained None
     (dict(text_pretrained="x", backbone="tiny"), "text_pretrained"),      # per-frame tower
