@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from art_fast._autograd import once_differentiable
+
 from ._common import (
     NAMESPACE,
     acc_dtype,
@@ -388,10 +390,20 @@ def _backward(ctx, grad_out, _grad_stats, grad_weights):
     if grad_out is None:
         grad_out = torch.zeros_like(out)
     gw = grad_weights if ctx.return_weights else None  # None when the weights were unused
-    dq, dk, dv = cross_attention_bwd(grad_out, gw, q, k, v, out, stats, ctx.scale)
+    # Not differentiated itself (no_grad: under create_graph=True or torch.func.grad the
+    # custom op would otherwise build an autograd.Function without setup_context, which
+    # torch.func refuses); create_graph=True: a second derivative raises instead of being a
+    # silent 0 (issue 14).
+    with torch.no_grad():
+        dq, dk, dv = cross_attention_bwd(grad_out, gw, q, k, v, out, stats, ctx.scale)
+    dq, dk, dv = once_differentiable("cross_attention", "triton", (dq, dk, dv),
+                                     (grad_out, gw, q, k, v))
     return dq, dk, dv, None, None
 
 
 cross_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 forward = cross_attention_fwd
+# The op, its setup_context and backward: art_fast.ops wraps them in an autograd.Function that
+# torch.func accepts (art_fast/_autograd.py: the one register_autograd makes has none).
+AUTOGRAD = (cross_attention_fwd, _setup_context, _backward)

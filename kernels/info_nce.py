@@ -59,6 +59,8 @@ import torch
 import triton
 import triton.language as tl
 
+from art_fast._autograd import once_differentiable
+
 from ._common import (
     NAMESPACE,
     acc_dtype,
@@ -648,12 +650,21 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_loss, _grad_lse):
     anchors, candidates, targets, lse = ctx.saved_tensors
-    ga, gc = info_nce_bwd(grad_loss.to(lse.dtype), anchors, candidates, targets, lse,
-                          ctx.temperature, ctx.normalize, ctx.regime)
+    # Not differentiated itself (no_grad: under create_graph=True or torch.func.grad the
+    # custom op would otherwise build an autograd.Function without setup_context, which
+    # torch.func refuses); create_graph=True: a second derivative raises instead of being a
+    # silent 0 (issue 14).
+    with torch.no_grad():
+        ga, gc = info_nce_bwd(grad_loss.to(lse.dtype), anchors, candidates, targets, lse,
+                              ctx.temperature, ctx.normalize, ctx.regime)
+    ga, gc = once_differentiable("info_nce", "triton", (ga, gc), (grad_loss, anchors, candidates))
     return ga, gc, None, None, None, None
 
 
 info_nce_fwd.register_autograd(_backward, setup_context=_setup_context)
+# The op, its setup_context and backward: art_fast.ops wraps them in an autograd.Function that
+# torch.func accepts (art_fast/_autograd.py: the one register_autograd makes has none).
+AUTOGRAD = (info_nce_fwd, _setup_context, _backward)
 
 
 def forward(

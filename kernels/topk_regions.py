@@ -40,6 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
+from art_fast._autograd import once_differentiable
+
 from ._common import NAMESPACE, acc_dtype, check_device, configs, device_ctx, pow2, tl_acc
 
 MAX_N = 1 << 15  # _fwd holds a row of scores in registers (spills past N = 16384)
@@ -349,10 +351,20 @@ def _backward(ctx, grad_pooled, _grad_indices, grad_weights):
     if grad_pooled is None:
         B, M, _ = scores.shape
         grad_pooled = values.new_zeros((B, M, values.shape[2]))
-    gs, gv = topk_regions_bwd(grad_pooled, grad_weights, scores, values, indices)
+    # Not differentiated itself (no_grad: under create_graph=True or torch.func.grad the
+    # custom op would otherwise build an autograd.Function without setup_context, which
+    # torch.func refuses); create_graph=True: a second derivative raises instead of being a
+    # silent 0 (issue 14).
+    with torch.no_grad():
+        gs, gv = topk_regions_bwd(grad_pooled, grad_weights, scores, values, indices)
+    gs, gv = once_differentiable("topk_regions", "triton", (gs, gv),
+                                 (grad_pooled, grad_weights, scores, values))
     return gs, gv, None
 
 
 topk_regions_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 forward = topk_regions_fwd
+# The op, its setup_context and backward: art_fast.ops wraps them in an autograd.Function that
+# torch.func accepts (art_fast/_autograd.py: the one register_autograd makes has none).
+AUTOGRAD = (topk_regions_fwd, _setup_context, _backward)

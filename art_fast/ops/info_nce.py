@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import _backend, _ext, reference
-from ..reference.info_nce import IGNORE_INDEX
+from .. import _autograd, _backend, _ext, reference
+from ..reference.info_nce import IGNORE_INDEX, mask_ignored
 from ._validate import acc_dtype, check_dim, check_float, check_same, check_tensor
 
 _OP = "info_nce"
@@ -89,18 +89,37 @@ def info_nce(
         raise ValueError(
             f"art_fast.{_OP}: reduction must be one of {REDUCTIONS}, got {reduction!r}"
         )
-    if not torch.compiler.is_compiling():
-        # A data-dependent check: skipped while tracing (the kernels check it again).
-        bad = (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= N))
-        if bool(bad.any()):
-            raise ValueError(
-                f"art_fast.{_OP}: targets must be in [0, N = {N}) or {IGNORE_INDEX}, got "
-                f"{targets[bad][:5].tolist()}"
-            )
+    if not torch.compiler.is_compiling() and not _autograd.is_batched(targets):
+        # A data-dependent check: skipped while tracing (the kernels check it again) and for
+        # targets batched by vmap (the vmap rule checks them).
+        _check_targets(targets, N)
 
     name = _backend.resolve(_OP, backend, anchors.device, anchors.dtype)
     if name == "torch":
         return reference.info_nce(anchors, candidates, targets, temperature, normalize, reduction)
+    # 1. Ignored rows get exactly zero gradient whatever their anchors (issue 14): their
+    # anchors are replaced by a constant before the kernels (whose gradients of the candidates
+    # sum 0 * a over the rows: NaN for a NaN or inf anchor), so the masked_fill's backward
+    # zeroes theirs (see reference.info_nce.mask_ignored). Costs one pass over the anchors
+    # forward and backward when a row is ignored (or always while tracing, under torch.func,
+    # where the test is not data-dependent, and on GPUs, where the test would be a sync).
+    ignored = targets == IGNORE_INDEX
+    if (anchors.device.type != "cpu" or torch.compiler.is_compiling()
+            or _autograd.transforms_active() or bool(ignored.any())):
+        anchors = mask_ignored(anchors, ignored, normalize)
+    if _autograd.transforms_active():
+        # 2. torch.func (issue 14): the per-row op through an autograd.Function torch.func
+        # accepts (the fused entry's reduced loss cannot be vmapped), reduced here.
+        extra = (0,) if name == "triton" else ()  # the Triton op's regime: auto
+        loss, _lse = _transformable(name).apply(
+            anchors.contiguous(), candidates.contiguous(), targets.contiguous(), temperature,
+            normalize, *extra,
+        )
+        if reduction == "sum":
+            loss = loss.sum()
+        elif reduction == "mean":
+            loss = loss.sum() / ignored.logical_not().sum().clamp(min=1).to(loss.dtype)
+        return loss.to(anchors.dtype)
     if name == "triton":
         return _backend.triton_kernels(_OP).forward(
             anchors, candidates, targets, temperature, normalize, reduction
@@ -125,6 +144,72 @@ def info_nce(
         compute_grad,
     )
     return total.to(anchors.dtype)
+
+
+def _check_targets(targets: torch.Tensor, N: int) -> None:
+    bad = (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= N))
+    if bool(bad.any()):
+        raise ValueError(
+            f"art_fast.{_OP}: targets must be in [0, N = {N}) or {IGNORE_INDEX}, got "
+            f"{targets[bad][:5].tolist()}"
+        )
+
+
+def _vmap_rule(stats_dim: int):
+    """The vmap rule of the per-row op (see ``_autograd.transformable``): the vmapped dim
+    folded into G; ``stats_dim``: the batch dim of the log-sum-exp statistics (cpu/cuda:
+    ``[G, M]``, 0; triton: ``[2, G, M]``, 1)."""
+
+    def rule(apply, info, in_dims, anchors, candidates, targets, temperature, normalize,
+             *extra):
+        V = info.batch_size
+        a, c, t = (_autograd.batch_first(x, d, V)
+                   for x, d in zip((anchors, candidates, targets), in_dims))
+        t = _autograd.fold(t)
+        if not _autograd.is_batched(t):
+            _check_targets(t, c.shape[2])
+        loss, stats = apply(_autograd.fold(a), _autograd.fold(c), t, temperature, normalize,
+                            *extra)
+        (loss, dl), (stats, ds) = _autograd.unfold(loss, V), _autograd.unfold(stats, V, stats_dim)
+        return (loss, stats), (dl, ds)
+
+    return rule
+
+
+def _bwd_vmap_rule(bwd, stats_dim: int):
+    """A vmap rule for the per-row backward op ``bwd`` (vmap over torch.func.grad), folding the
+    vmapped dim into G."""
+
+    def rule(info, in_dims, grad_loss, anchors, candidates, targets, stats, *scalars):
+        V = info.batch_size
+        gl, a, c, t = (_autograd.fold(_autograd.batch_first(x, d, V))
+                       for x, d in zip((grad_loss, anchors, candidates, targets), in_dims))
+        st = _autograd.fold(_autograd.batch_first(stats, in_dims[4], V, stats_dim), stats_dim)
+        ga, gc = bwd(gl, a, c, t, st, *scalars)
+        return (_autograd.unfold(ga, V)[0], _autograd.unfold(gc, V)[0]), (0, 0)
+
+    return rule
+
+
+_TRANSFORMABLE: dict[str, type[torch.autograd.Function]] = {}
+
+
+def _transformable(name: str) -> type[torch.autograd.Function]:
+    """The autograd.Function of the per-row op of backend ``name`` for torch.func (built once
+    per backend; the first call also gives the backward op its vmap rule)."""
+    if name not in _TRANSFORMABLE:
+        if name == "triton":
+            fwd, setup_context, backward = _backend.triton_kernels(_OP).AUTOGRAD
+            stats_dim, bwd = 1, "art_fast_triton::info_nce_bwd"
+        else:  # cpu, cuda: the art_fast:: op and its registration below
+            fwd, setup_context, backward = torch.ops.art_fast.info_nce_fwd, _setup_context, \
+                _backward
+            stats_dim, bwd = 0, "art_fast::info_nce_bwd"
+        _autograd.register_vmap_once(bwd, lambda op: _bwd_vmap_rule(op, stats_dim))
+        _TRANSFORMABLE[name] = _autograd.transformable(
+            f"InfoNCE_{name}", fwd, setup_context, backward, _vmap_rule(stats_dim)
+        )
+    return _TRANSFORMABLE[name]
 
 
 if _ext.EXT_LOADED:
@@ -158,6 +243,10 @@ if _ext.EXT_LOADED:
             ctx.temperature,
             ctx.normalize,
         )
+        # 3. create_graph=True: a second derivative raises instead of being a silent 0/None.
+        ga, gc = _autograd.once_differentiable(
+            _OP, anchors.device.type, (ga, gc), (grad_loss, anchors, candidates)
+        )
         return ga, gc, None, None, None
 
     torch.library.register_autograd(
@@ -178,6 +267,7 @@ if _ext.EXT_LOADED:
         # gradients for the non-differentiable outputs (allocated and written every backward).
         ctx.set_materialize_grads(False)
         ctx.compute_grad = inputs[6]
+        ctx.device_type = inputs[0].device.type  # the backend's name: cpu or cuda
         ctx.save_for_backward(grad_anchors, grad_candidates)
 
     def _fused_backward(ctx, grad_loss, _grad_ga, _grad_gc):
@@ -186,6 +276,9 @@ if _ext.EXT_LOADED:
                 "art_fast.info_nce: backward through info_nce_fused(compute_grad=False); the "
                 "gradients were not computed in the forward"
             )
+        # 4. create_graph=True raises at once: the gradients were computed in the forward
+        # (constants here), and the inputs they depend on are not saved.
+        _autograd.no_double_backward(_OP, ctx.device_type)
         grad_anchors, grad_candidates = ctx.saved_tensors
         if grad_loss is None:
             return None, None, None, None, None, None, None

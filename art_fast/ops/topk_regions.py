@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _backend, _ext, reference
+from .. import _autograd, _backend, _ext, reference
 from ._validate import check_dim, check_same, check_tensor
 
 _OP = "topk_regions"
@@ -53,12 +53,55 @@ def topk_regions(
     name = _backend.resolve(_OP, backend, scores.device, scores.dtype)
     if name == "torch":
         return reference.topk_regions(scores, values, k)
+    if _autograd.transforms_active():
+        # 1. torch.func (issue 14): the op through an autograd.Function torch.func accepts.
+        return _transformable(name).apply(scores.contiguous(), values.contiguous(), k)
     fwd = (
         _backend.triton_kernels(_OP).forward
         if name == "triton"
         else torch.ops.art_fast.topk_regions_fwd
     )
     return fwd(scores.contiguous(), values.contiguous(), k)
+
+
+def _vmap_rule(apply, info, in_dims, scores, values, k):
+    """The vmap rule of the op (see ``_autograd.transformable``): the vmapped dim folded into B;
+    every output has it first."""
+    V = info.batch_size
+    scores, values = (_autograd.batch_first(x, d, V) for x, d in zip((scores, values), in_dims))
+    outs = apply(_autograd.fold(scores), _autograd.fold(values), k)
+    return tuple(_autograd.unfold(o, V)[0] for o in outs), (0, 0, 0)
+
+
+def _bwd_vmap_rule(bwd):
+    """A vmap rule for the backward op ``bwd`` (vmap over torch.func.grad), folding the
+    vmapped dim into B."""
+
+    def rule(info, in_dims, grad_pooled, grad_weights, scores, values, indices):
+        V = info.batch_size
+        args = [None if x is None else _autograd.fold(_autograd.batch_first(x, d, V))
+                for x, d in zip((grad_pooled, grad_weights, scores, values, indices), in_dims)]
+        gs, gv = bwd(*args)
+        return (_autograd.unfold(gs, V)[0], _autograd.unfold(gv, V)[0]), (0, 0)
+
+    return rule
+
+
+_TRANSFORMABLE: dict[str, type[torch.autograd.Function]] = {}
+
+
+def _transformable(name: str) -> type[torch.autograd.Function]:
+    """The autograd.Function of backend ``name`` for torch.func (built once per backend; the
+    first call also gives the backward op its vmap rule)."""
+    if name not in _TRANSFORMABLE:
+        if name == "triton":
+            parts, bwd = _backend.triton_kernels(_OP).AUTOGRAD, "art_fast_triton::topk_regions_bwd"
+        else:  # cpu, cuda: the art_fast:: op and its registration below
+            parts = (torch.ops.art_fast.topk_regions_fwd, _setup_context, _backward)
+            bwd = "art_fast::topk_regions_bwd"
+        _autograd.register_vmap_once(bwd, _bwd_vmap_rule)
+        _TRANSFORMABLE[name] = _autograd.transformable(f"TopkRegions_{name}", *parts, _vmap_rule)
+    return _TRANSFORMABLE[name]
 
 
 if _ext.EXT_LOADED:
@@ -90,6 +133,10 @@ if _ext.EXT_LOADED:
         gw = grad_weights.contiguous() if grad_weights is not None else None
         gs, gv = torch.ops.art_fast.topk_regions_bwd(
             grad_pooled.contiguous(), gw, scores, values, indices
+        )
+        # 2. create_graph=True: a second derivative raises instead of being a silent 0.
+        gs, gv = _autograd.once_differentiable(
+            _OP, scores.device.type, (gs, gv), (grad_pooled, grad_weights, scores, values)
         )
         return gs, gv, None
 

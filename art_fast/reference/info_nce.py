@@ -8,6 +8,16 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
+def mask_ignored(anchors: torch.Tensor, ignored: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """``anchors`` with the rows of ``ignored`` ``[G, M]`` replaced by a constant, so that they
+    get exactly zero gradient whatever their values (issue 14): a NaN / inf anchor there would
+    make its logits row NaN, and the backward's 0 * NaN would poison that row's gradient and,
+    through the logits, every candidate's. The constant keeps the row's logits finite: ones when
+    ``normalize`` (logits within 1 / temperature; a zero row would be 0 / 0 in float16, whose
+    eps 1e-12 rounds to 0), zeros otherwise (logits exactly 0)."""
+    return anchors.masked_fill(ignored.unsqueeze(-1), 1.0 if normalize else 0.0)
+
+
 def info_nce(
     anchors: torch.Tensor,
     candidates: torch.Tensor,
@@ -26,9 +36,11 @@ def info_nce(
         reduction: ``"mean"`` over non-ignored rows (0 when none), ``"sum"``, or ``"none"``.
 
     Returns:
-        a scalar, or ``[G, M]`` for ``"none"`` (0 on ignored rows).
+        a scalar, or ``[G, M]`` for ``"none"`` (0 on ignored rows, whose anchors get exactly
+        zero gradient whatever their values).
     """
-    a, c = anchors, candidates
+    a = mask_ignored(anchors, targets == IGNORE_INDEX, normalize)
+    c = candidates
     if normalize:
         a = F.normalize(a, dim=-1)
         c = F.normalize(c, dim=-1)
