@@ -1,5 +1,6 @@
 """Helpers for the tests: forward + backward of a function with fixed cotangents (op tests);
-the bytes of every file under a folder (determinism tests of the synthetic sets)."""
+the bytes of every file under a folder (determinism tests of the synthetic sets); a recorder
+of the operators a block dispatches (backend dispatch tests)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from collections.abc import Callable, Sequence
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def fwd_bwd(
@@ -46,3 +48,15 @@ def files_bytes(root: str | os.PathLike[str]) -> dict[str, bytes]:
             with open(p, "rb") as f:
                 out[os.path.relpath(p, root)] = f.read()
     return out
+
+
+class OpRecorder(TorchDispatchMode):
+    """Records the name (``namespace::op``) of every operator dispatched inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(f"{func.namespace}::{func._opname}")
+        return func(*args, **(kwargs or {}))

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import art_fast
 from art_fast import ART
 from art_fast.model import LOSS_NAMES
+from tests._util import OpRecorder
 
 CLASSES = [f"attribute combination number {i}" for i in range(6)]
 # tiny open_clip tower at 32 x 32 with 8 x 8 patches: N = 16 patches per frame
@@ -20,18 +20,6 @@ SMALL = dict(backbone="tiny", image_size=32, latent_dim=32, heads=4, se_layers=1
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("text_bank"))
-
-
-class OpRecorder(TorchDispatchMode):
-    """Records the name of every operator dispatched inside the block."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops: set[str] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.add(f"{func.namespace}::{func._opname}")
-        return func(*args, **(kwargs or {}))
 
 
 def make(cache_dir, **kw):

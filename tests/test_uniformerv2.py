@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import art_fast
 from art_fast import ART, _ext
@@ -37,6 +36,7 @@ from art_fast.model.uniformerv2 import (
     looks_official,
     remap_official_state_dict,
 )
+from tests._util import OpRecorder
 from tests.conftest import require_backend
 
 TINY = "uniformerv2-tiny"
@@ -52,18 +52,6 @@ SMALL_ART = dict(backbone=TINY, latent_dim=32, heads=4, se_layers=1, rssa_layers
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("text_bank_uniformerv2"))
-
-
-class OpRecorder(TorchDispatchMode):
-    """Records the name of every operator dispatched inside the block."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops: set[str] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.add(f"{func.namespace}::{func._opname}")
-        return func(*args, **(kwargs or {}))
 
 
 def tiny_visual(image_size: int = 64, seed: int = 0) -> nn.Module:
