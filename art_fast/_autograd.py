@@ -110,6 +110,38 @@ def transformable(name: str, forward: Callable, setup_context: Callable, backwar
     return cls
 
 
+_FUNCTIONS: dict[tuple[str, str], type[torch.autograd.Function]] = {}
+
+
+def backend_function(
+    op: str, backend: str, ext_parts: Callable[[], tuple[Callable, Callable, Callable]],
+    rules: Callable[[int], tuple[VmapRule, Callable[[Callable], Callable]]],
+) -> type[torch.autograd.Function]:
+    """The :func:`transformable` autograd.Function of ``op`` on ``backend`` (built once per
+    pair; the first call also gives the backward op its vmap rule).
+
+    Args:
+        op: the op's name (``cross_attention``, ...): its backward op is
+            ``art_fast::<op>_bwd`` (cpu, cuda) or ``art_fast_triton::<op>_bwd`` (triton).
+        ext_parts: returns ``(forward op, setup_context, backward)`` of the ``art_fast::`` op
+            (called for cpu / cuda only: it exists only with the extension); the Triton
+            backend's come from ``kernels.<op>.AUTOGRAD``.
+        rules: ``rules(stats_dim) -> (vmap rule of the op, make_rule(backward op) -> its vmap
+            rule)``; ``stats_dim`` is the batch dim of the softmax statistics (the
+            ``art_fast::`` ops: ``[B, ...]``, 0; the Triton ones: ``[2, B, ...]``, 1).
+    """
+    key = (op, backend)
+    if key not in _FUNCTIONS:
+        from . import _backend  # here, not at import: the Triton wrappers import this module
+
+        triton = backend == "triton"
+        parts = _backend.triton_kernels(op).AUTOGRAD if triton else ext_parts()
+        vmap_rule, bwd_rule = rules(1 if triton else 0)
+        register_vmap_once(f"{'art_fast_triton' if triton else 'art_fast'}::{op}_bwd", bwd_rule)
+        _FUNCTIONS[key] = transformable(f"{op}_{backend}", *parts, vmap_rule)
+    return _FUNCTIONS[key]
+
+
 _VMAP_REGISTERED: set[str] = set()
 
 

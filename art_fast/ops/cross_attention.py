@@ -137,25 +137,14 @@ def _bwd_vmap_rule(bwd, stats_dim: int):
     return rule
 
 
-_TRANSFORMABLE: dict[str, type[torch.autograd.Function]] = {}
-
-
 def _transformable(name: str) -> type[torch.autograd.Function]:
-    """The autograd.Function of backend ``name`` for torch.func (built once per backend; the
-    first call also gives the backward op its vmap rule)."""
-    if name not in _TRANSFORMABLE:
-        if name == "triton":
-            fwd, setup_context, backward = _backend.triton_kernels(_OP).AUTOGRAD
-            stats_dim, bwd = 1, "art_fast_triton::cross_attention_bwd"
-        else:  # cpu, cuda: the art_fast:: op and its registration below
-            fwd, setup_context, backward = (torch.ops.art_fast.cross_attention_fwd,
-                                            _setup_context, _backward)
-            stats_dim, bwd = 0, "art_fast::cross_attention_bwd"
-        _autograd.register_vmap_once(bwd, lambda op: _bwd_vmap_rule(op, stats_dim))
-        _TRANSFORMABLE[name] = _autograd.transformable(
-            f"CrossAttention_{name}", fwd, setup_context, backward, _vmap_rule(stats_dim)
-        )
-    return _TRANSFORMABLE[name]
+    """The autograd.Function of backend ``name`` for torch.func (see
+    ``_autograd.backend_function``)."""
+    return _autograd.backend_function(
+        _OP, name, lambda: (torch.ops.art_fast.cross_attention_fwd, _setup_context, _backward),
+        lambda stats_dim: (_vmap_rule(stats_dim),
+                           lambda op: _bwd_vmap_rule(op, stats_dim)),
+    )
 
 
 if _ext.EXT_LOADED:

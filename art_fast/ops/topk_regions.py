@@ -87,21 +87,13 @@ def _bwd_vmap_rule(bwd):
     return rule
 
 
-_TRANSFORMABLE: dict[str, type[torch.autograd.Function]] = {}
-
-
 def _transformable(name: str) -> type[torch.autograd.Function]:
-    """The autograd.Function of backend ``name`` for torch.func (built once per backend; the
-    first call also gives the backward op its vmap rule)."""
-    if name not in _TRANSFORMABLE:
-        if name == "triton":
-            parts, bwd = _backend.triton_kernels(_OP).AUTOGRAD, "art_fast_triton::topk_regions_bwd"
-        else:  # cpu, cuda: the art_fast:: op and its registration below
-            parts = (torch.ops.art_fast.topk_regions_fwd, _setup_context, _backward)
-            bwd = "art_fast::topk_regions_bwd"
-        _autograd.register_vmap_once(bwd, _bwd_vmap_rule)
-        _TRANSFORMABLE[name] = _autograd.transformable(f"TopkRegions_{name}", *parts, _vmap_rule)
-    return _TRANSFORMABLE[name]
+    """The autograd.Function of backend ``name`` for torch.func (see
+    ``_autograd.backend_function``; topk_regions has no softmax statistics)."""
+    return _autograd.backend_function(
+        _OP, name, lambda: (torch.ops.art_fast.topk_regions_fwd, _setup_context, _backward),
+        lambda _stats_dim: (_vmap_rule, _bwd_vmap_rule),
+    )
 
 
 if _ext.EXT_LOADED:
