@@ -444,7 +444,13 @@ def train(cfg: Config, callbacks: Sequence[Callable[[StepInfo], None]] = ()) -> 
     ctx = init_distributed(cfg.train.device)
     try:
         with _logging_to(cfg.output_dir, ctx.is_main), _runtime(cfg, ctx):
-            return _train(cfg, ctx, callbacks)
+            result = _train(cfg, ctx, callbacks)
+        # Every rank leaves together: a rank tearing the group down while another still
+        # finishes its last collective aborted at exit ("terminate called without an active
+        # exception") once in six 2-process gloo test runs. Only on success: after a
+        # failure the other ranks may never arrive.
+        barrier(ctx)
+        return result
     finally:
         cleanup_distributed(ctx)
 
