@@ -53,13 +53,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import gc
-import json
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,15 +67,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the repository root: art_fast without an install
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ops import _version, core_count, cpu_busy, cpu_model  # noqa: E402
+import _harness as h  # noqa: E402  (also puts the repository root on sys.path)
 
 import art_fast  # noqa: E402
 from art_fast import ART  # noqa: E402
 from art_fast.train.config import load_config  # noqa: E402
 
+ROOT = h.ROOT
 NUM_CLASSES = 48  # Diving48
 CLASSES = [f"class {i}" for i in range(NUM_CLASSES)]
 
@@ -188,18 +183,6 @@ def build(backbone: str, shift: float, T: int, size: int, kw: dict[str, Any],
                temporal_shift=shift, text_cache_dir=cache, **kw)
 
 
-def time_calls(fn: Callable[[], Any], warmup: int, steps: int) -> list[float]:
-    """``warmup`` untimed calls, then the wall seconds of ``steps`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def measure(name: str, family: str, backbone: str, shift: float, T: int, size: int,
             kw: dict[str, Any], args: argparse.Namespace, cache: str) -> dict[str, Any]:
     t_build = time.perf_counter()
@@ -223,7 +206,7 @@ def measure(name: str, family: str, backbone: str, shift: float, T: int, size: i
         opt.step()
         model.update_bank()
 
-    train = time_calls(train_step, args.warmup, args.steps)
+    train = h.time_wall(train_step, args.warmup, args.steps)
     opt.zero_grad(set_to_none=True)
     opt.state.clear()  # the AdamW moments: two more copies of the weights
     model.eval()
@@ -236,8 +219,8 @@ def measure(name: str, family: str, backbone: str, shift: float, T: int, size: i
         with torch.no_grad():
             model.backbone(video)
 
-    ev = time_calls(eval_art, args.warmup, args.steps)
-    ev_bb = time_calls(eval_backbone, args.warmup, args.steps)
+    ev = h.time_wall(eval_art, args.warmup, args.steps)
+    ev_bb = h.time_wall(eval_backbone, args.warmup, args.steps)
     row = {
         "row": name, "family": family, "backbone": backbone, "temporal_shift": shift,
         "frames": T, "steps": int(model.num_steps), "image_size": size,
@@ -267,64 +250,55 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def git_commit() -> tuple[str, bool | None]:
-    """(``git rev-parse --short HEAD`` or "unknown", whether tracked files are modified)."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                             capture_output=True, text=True, check=True, timeout=10).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, capture_output=True, text=True, check=True,
-                               timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "unknown", None
-    return sha.strip() or "unknown", bool(dirty.strip())
-
-
 def header(args: argparse.Namespace, argv: list[str], busy: float | None) -> dict[str, Any]:
-    commit, dirty = git_commit()
-    return {
-        "device": cpu_model(), "cores": core_count(), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "open_clip": _version("open_clip_torch"),
-        "python": platform.python_version(), "art_fast": art_fast.__version__,
-        "art_fast_commit": commit, "worktree_dirty": dirty,
+    """The environment (:func:`_harness.environment`) with the short commit, the command and
+    the run's settings."""
+    head = h.environment("cpu", busy, packages={"open_clip": "open_clip_torch"})
+    commit = h.git_commit(short=True)
+    head.update({
+        "art_fast_commit": commit.removesuffix("-dirty") if commit else "unknown",
+        "worktree_dirty": commit.endswith("-dirty") if commit else None,
         "art_fast_backend": art_fast.get_backend(),
-        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": "python benchmarks/backbone_cost.py" + (" " + shlex.join(argv) if argv else ""),
         "quick": args.quick, "frames": args.frames, "steps": args.steps, "warmup": args.warmup,
         "batch": 1, "classes": NUM_CLASSES, "weights": "random init (pretrained=None)",
         "model_configs": {f: FAMILIES[f]["config"] for f in _families(args)},
-        "other_cpu_busy": busy, "flops": FLOP_CONVENTION,
-    }
+        "flops": FLOP_CONVENTION,
+    })
+    return head
 
 
 def _mf(x: float) -> str:
     return f"{x / 1e6:.2f}"
 
 
+COLUMNS = [
+    h.Column("tower", lambda r: f"{r['row']} ({r['image_size']} px)"),
+    h.Column("T", "frames"),
+    h.Column("T'", "steps"),
+    h.Column("params M backbone / ART",
+             lambda r: f"{_mf(r['params_backbone'])} / {_mf(r['params_art'])}"),
+    h.Column("GFLOPs backbone", "gflops_backbone", ".2f"),
+    h.Column("GFLOPs ART", "gflops_art", ".2f"),
+    h.Column("train step s", "train_step_s", ".3f"),
+    h.Column("eval fwd s ART", "eval_art_s", ".3f"),
+    h.Column("eval fwd s backbone", "eval_backbone_s", ".3f"),
+    h.Column("x GFLOPs ART", "x_gflops_art", ".2f"),
+    h.Column("x train", "x_train_step", ".2f"),
+    h.Column("x eval", "x_eval_art", ".2f"),
+]
+
+
 def markdown(head: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The table, ready for the README: settings, command, table, conventions."""
     dirty = " (modified work tree)" if head["worktree_dirty"] else ""
-    lines = [
-        f"# Backbone cost: per-frame ViT vs UniFormerV2 ({head['device']})", "",
+    settings = (
         f"{head['date_utc']}; {head['cores']} cores, {head['threads']} threads; torch "
         f"{head['torch']}, open_clip {head['open_clip']}, python {head['python']}; art_fast "
         f"{head['art_fast']} @ {head['art_fast_commit']}{dirty}; backend "
-        f"{head['art_fast_backend']}; other CPU use before the run {head['other_cpu_busy']}.",
-        "", f"Command: `{head['command']}`", "",
-        "| tower | T | T' | params M backbone / ART | GFLOPs backbone | GFLOPs ART | "
-        "train step s | eval fwd s ART | eval fwd s backbone | x GFLOPs ART | x train | "
-        "x eval |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['row']} ({r['image_size']} px) | {r['frames']} | {r['steps']} | "
-            f"{_mf(r['params_backbone'])} / {_mf(r['params_art'])} | "
-            f"{r['gflops_backbone']:.2f} | {r['gflops_art']:.2f} | {r['train_step_s']:.3f} | "
-            f"{r['eval_art_s']:.3f} | {r['eval_backbone_s']:.3f} | {r['x_gflops_art']:.2f} | "
-            f"{r['x_train_step']:.2f} | {r['x_eval_art']:.2f} |")
+        f"{head['art_fast_backend']}; other CPU use before the run {head['other_cpu_busy']}.")
     cfgs = ", ".join(f"`{c}`" for c in head["model_configs"].values())
-    lines += [
-        "",
+    notes = [
         f"- GFLOPs: {head['flops']}. art_fast's ops are counted on their torch references.",
         f"- Times: CPU, batch 1, median of {head['steps']} timed calls after {head['warmup']} "
         "warm-up(s). Train step = ART forward with labels + backward of the total loss + AdamW "
@@ -333,7 +307,9 @@ def markdown(head: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"the model section of {cfgs}. T' = tracklet steps (UniFormerV2 halves time).",
         "- x columns: ratio to the per-frame row of the same tower at the same T.",
     ]
-    return "\n".join(lines) + "\n"
+    return h.markdown(
+        f"Backbone cost: per-frame ViT vs UniFormerV2 ({head['device_name']})",
+        [settings, f"Command: `{head['command']}`"], COLUMNS, rows, [notes])
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,8 +345,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    torch.set_num_threads(args.threads or core_count())
-    busy = cpu_busy()
+    torch.set_num_threads(args.threads or h.core_count())
+    busy = h.cpu_busy()
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="backbone_cost_text_") as cache:
@@ -391,12 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     add_ratios(rows)
     head = header(args, argv, busy)
     head["wall_s"] = round(time.perf_counter() - t0, 1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "backbone_cost.json").write_text(
-        json.dumps({"header": head, "rows": rows}, indent=1) + "\n")
     md = markdown(head, rows)
-    (out / "backbone_cost.md").write_text(md)
+    h.write_results(args.out, "backbone_cost", {"header": head, "rows": rows}, md)
     print(md)
     return 0
 

@@ -14,7 +14,7 @@ sample indices, decode, crop/resize, return the uint8 clip; that is the work of 
 worker per item (``torch.set_num_threads(1)``, as in a worker). ``decode`` rows time
 ``read_frames`` alone on the same indices. Rows are in the decoder backend named (``auto`` is
 decord when it works). The machine may be shared: the header records how busy the other cores
-were (``cpu_busy_before``), so read small differences with care.
+were before the run (``other_cpu_busy``), so read small differences with care.
 
 Results: ``<out>/bench_data.json`` (header + rows) and ``<out>/bench_data.md`` (the table, also
 printed); ``<out>`` defaults to ``benchmarks/results/<device-slug>/``.
@@ -28,9 +28,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -41,17 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as h  # noqa: E402  (also puts the repository root on sys.path)
 
 import art_fast  # noqa: E402
 from art_fast.data import Diving48, VideoList, make_synthetic, read_frames  # noqa: E402
 from art_fast.data import synthetic as syn  # noqa: E402
 from art_fast.data.video import decord_available  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ops import _version, core_count, cpu_busy, cpu_model, device_slug  # noqa: E402
 
 
 def make_224_videos(folder: Path, count: int = 4, frames: int = 64, seed: int = 0) -> Path:
@@ -116,7 +109,7 @@ def time_decode(ds: Any, backend: str, seconds: float) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     torch.set_num_threads(1)
-    busy = cpu_busy()
+    busy = h.cpu_busy()
     rows: list[dict[str, Any]] = []
     backends = [b for b in args.backends if b != "decord" or decord_available()]
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_data_"))
@@ -165,47 +158,37 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
-    head = {
-        "benchmark": "bench_data",
-        "device": "cpu",
-        "device_name": cpu_model(),
-        "cores": core_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "decord": _version("decord2") or _version("decord"),
-        "av": _version("av"),
-        "numpy": np.__version__,
-        "art_fast": art_fast.__version__,
-        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "seconds_per_row": args.seconds,
-        "cpu_busy_before": busy,
-        "what": "dataset[i] in-process (one worker): open, sample, decode, transform; uint8 out",
-    }
+    head = {"benchmark": "bench_data", **h.environment("cpu", busy, packages={
+        "decord": ("decord2", "decord"), "av": "av", "numpy": "numpy"})}
+    head.update(seconds_per_row=args.seconds, what="dataset[i] in-process (one worker): open, "
+                "sample, decode, transform; uint8 out")
     return head, rows
 
 
+COLUMNS = [
+    h.Column("workload", "workload"),
+    h.Column("mode", "mode"),
+    h.Column("backend", "backend"),
+    h.Column("T", "T", right=True),
+    h.Column("size", "size", right=True),
+    h.Column("clips/s (wall)", "clips_per_s", ".1f", right=True),
+    h.Column("median wall ms/clip", "median_ms", ".1f", right=True),
+    h.Column("median CPU ms/clip", "median_cpu_ms", ".1f", right=True),
+    h.Column("clips/s per busy core (1000 / CPU ms)",
+             lambda r: 1e3 / max(r["median_cpu_ms"], 1e-3), ".0f", right=True),
+]
+
+
 def markdown(head: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    lines = [
+    """The results as a Markdown document: settings line, the table, how to read it."""
+    settings = (
         f"Data loading, one worker in-process ({head['device_name']}, {head['cores']} cores, "
-        f"torch threads {head['torch_threads']}; torch {head['torch']}, decord "
+        f"torch threads {head['threads']}; torch {head['torch']}, decord "
         f"{head['decord']}, av {head['av']}; {head['date_utc']}; other load before the run: "
-        f"{head['cpu_busy_before']} of the cores)",
-        "",
-        "| workload | mode | backend | T | size | clips/s (wall) | median wall ms/clip | "
-        "median CPU ms/clip | clips/s per busy core (1000 / CPU ms) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(f"| {r['workload']} | {r['mode']} | {r['backend']} | {r['T']} | "
-                     f"{r['size']} | {r['clips_per_s']:.1f} | {r['median_ms']:.1f} | "
-                     f"{r['median_cpu_ms']:.1f} | {1e3 / max(r['median_cpu_ms'], 1e-3):.0f} |")
-    lines += [
-        "",
+        f"{head['other_cpu_busy']} of the cores)")
+    return h.markdown(None, [settings], COLUMNS, rows, [
         "clips/s (wall) counts every call of the timed run; the CPU columns use this process's "
-        "CPU time, which other load on a shared machine inflates less.",
-    ]
-    return "\n".join(lines) + "\n"
+        "CPU time, which other load on a shared machine inflates less."])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,14 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", default=None, help="generate the videos here and keep them")
     args = p.parse_args(argv)
     head, rows = run(args)
-    out = args.out or ROOT / "benchmarks" / "results" / device_slug("cpu")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_data.json").write_text(json.dumps({"header": head, "rows": rows}, indent=1)
-                                         + "\n")
     md = markdown(head, rows)
-    (out / "bench_data.md").write_text(md)
+    paths = h.write_results(args.out or h.results_dir("cpu"), "bench_data",
+                            {"header": head, "rows": rows}, md)
     print(md)
-    print(f"wrote {out / 'bench_data.json'} and {out / 'bench_data.md'}", file=sys.stderr)
+    print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
     return 0
 
 

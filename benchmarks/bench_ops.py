@@ -36,17 +36,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
-import importlib.metadata
-import itertools
-import json
-import math
-import os
-import platform
-import re
-import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -59,12 +48,11 @@ import torch
 import torch._functorch.config as functorch_config
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as h  # noqa: E402  (also puts the repository root on sys.path)
 
-import art_fast
-from art_fast import reference
-
-ROOT = Path(__file__).resolve().parents[1]
+import art_fast  # noqa: E402
+from art_fast import reference  # noqa: E402
 
 MODES = ("fwd", "bwd", "fwd+bwd")
 KERNEL_PROVIDERS = ("cpu", "triton", "cuda")
@@ -322,82 +310,8 @@ def check(run: Runner, eager: Runner, case: Case, gen_seed: int) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Measurement: time, peak memory, counted bytes.
+# Measurement: counted bytes (time and peak memory: _harness.time_* / peak_bytes).
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Timing:
-    """Median, spread (20th / 80th percentile on CUDA, 25th / 75th on CPU) and minimum, in ms.
-
-    The minimum is the robust figure on a busy machine; the median is the one reported.
-    """
-
-    median_ms: float
-    lo_ms: float
-    hi_ms: float
-    min_ms: float
-    runs: int
-
-
-def time_cpu(fn: Runner, threads: int, min_run_time: float) -> Timing:
-    """``torch.utils.benchmark.Timer.blocked_autorange``: median over blocks of runs."""
-    from torch.utils.benchmark import Timer
-
-    m = Timer("fn()", globals={"fn": fn}, num_threads=threads).blocked_autorange(
-        min_run_time=min_run_time
-    )
-    times = sorted(m.times)
-    q = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else times * 3
-    runs = len(times) * m.number_per_run
-    return Timing(m.median * 1e3, q[0] * 1e3, q[2] * 1e3, times[0] * 1e3, runs)
-
-
-def time_cuda(fn: Runner, rep_ms: float) -> Timing:
-    """``triton.testing.do_bench`` median (CUDA events, L2 flushed); events when no triton."""
-    try:
-        from triton.testing import do_bench
-    except ImportError:
-        do_bench = None
-    if do_bench is not None:
-        med, lo, hi, low = do_bench(
-            fn, warmup=max(rep_ms / 4, 5), rep=rep_ms, quantiles=[0.5, 0.2, 0.8, 0.0]
-        )
-        return Timing(med, lo, hi, low, -1)
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    t_end = time.perf_counter() + rep_ms / 1e3
-    while time.perf_counter() < t_end or len(times) < 5:
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    q = statistics.quantiles(times, n=5, method="inclusive")
-    return Timing(statistics.median(times), q[0], q[3], min(times), len(times))
-
-
-def peak_bytes(fn: Runner, device: str) -> int | None:
-    """Peak bytes allocated by one call above what was live before it (None if unknown)."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    try:
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            fn()
-        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-        events.sort(key=lambda e: e.start_ns())
-        return max(itertools.accumulate((e.nbytes() for e in events), initial=0))
-    except Exception:  # noqa: BLE001  (private profiler API: n/a rather than fail)
-        return None
 
 
 def _nbytes(tensors: Sequence[torch.Tensor]) -> int:
@@ -489,10 +403,10 @@ def bench_row(
         fn()
     if cfg.device == "cuda":
         torch.cuda.synchronize()
-        timing = time_cuda(fn, cfg.rep_ms)
+        timing = h.time_cuda(fn, cfg.rep_ms)
     else:
-        timing = time_cpu(fn, cfg.threads, cfg.min_run_time)
-    peak = peak_bytes(fn, cfg.device)
+        timing = h.time_cpu(fn, cfg.threads, cfg.min_run_time)
+    peak = h.peak_bytes(fn, cfg.device)
     row = asdict(timing)
     row["peak_mib"] = None if peak is None else peak / 2**20
     return row
@@ -517,126 +431,54 @@ def _short(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (or platform's answer)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def core_count() -> int:
-    """CPU cores this process may run on."""
-    with contextlib.suppress(AttributeError):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def device_name(device: str) -> str:
-    """Human-readable device name: the GPU's, or the CPU model."""
-    return torch.cuda.get_device_name() if device == "cuda" else cpu_model()
-
-
-def device_slug(device: str) -> str:
-    """Folder name for the results, e.g. ``cpu-amd-epyc-2c`` or ``nvidia-h200``."""
-    name = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
-    return name if device == "cuda" else f"cpu-{name}-{core_count()}c"
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _git_commit() -> str | None:
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            check=False,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return sha + ("-dirty" if dirty.strip() else "")
-
-
-def _cpu_times() -> tuple[int, int] | None:
-    """(busy, total) jiffies over all CPUs from /proc/stat, or None off Linux."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
-def cpu_busy(seconds: float = 0.5) -> float | None:
-    """Fraction of all cores busy over the next ``seconds`` while this process sleeps: the
-    load other work puts on the machine (None when unknown)."""
-    before = _cpu_times()
-    time.sleep(seconds)
-    after = _cpu_times()
-    if before is None or after is None or after[1] <= before[1]:
-        return None
-    return round((after[0] - before[0]) / (after[1] - before[1]), 2)
-
-
-def header(cfg: Config, notes: list[str]) -> dict[str, Any]:
-    """Device, versions, settings and date of the run."""
-    return {
-        "device": cfg.device,
-        "device_name": device_name(cfg.device),
-        "cores": core_count(),
-        "threads": cfg.threads if cfg.device == "cpu" else None,
-        "dtype": str(cfg.dtype).removeprefix("torch."),
-        "quick": cfg.quick,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "triton": _version("triton"),
-        "cuda": torch.version.cuda,
-        "art_fast": art_fast.__version__,
-        "backends": art_fast.available_backends(),
-        "git_commit": _git_commit(),
-        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "timer": (
-            "triton.testing.do_bench"
-            if cfg.device == "cuda"
-            else f"torch.utils.benchmark blocked_autorange({cfg.min_run_time}s)"
+def header(cfg: Config, notes: list[str], busy: dict[str, float | None]) -> dict[str, Any]:
+    """The environment (:func:`_harness.environment`) with the run's settings and notes;
+    ``busy``: the other CPU use before and after the run."""
+    cpu = cfg.device == "cpu"
+    head = h.environment(cfg.device, busy)
+    head.update(
+        threads=cfg.threads if cpu else None,
+        dtype=str(cfg.dtype).removeprefix("torch."),
+        quick=cfg.quick,
+        backends=art_fast.available_backends(),
+        timer=(
+            f"torch.utils.benchmark blocked_autorange({cfg.min_run_time}s)"
+            if cpu
+            else "triton.testing.do_bench"
         ),
-        "peak_memory": (
-            "torch.cuda.max_memory_allocated delta"
-            if cfg.device == "cuda"
-            else "torch CPU allocator peak during one call (profiler)"
+        peak_memory=(
+            "torch CPU allocator peak during one call (profiler)"
+            if cpu
+            else "torch.cuda.max_memory_allocated delta"
         ),
-        "peak_gbps": cfg.peak_gbps if cfg.device == "cuda" else None,
-        "notes": notes,
-    }
+        peak_gbps=None if cpu else cfg.peak_gbps,
+        notes=notes,
+    )
+    return head
 
 
-def _fmt(x: float | None, spec: str) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+COLUMNS = [
+    h.Column("op", "op"),
+    h.Column("shape", "shape"),
+    h.Column("mode", "mode"),
+    h.Column("provider", "provider"),
+    h.Column("check", "check"),
+    h.Column("median ms", "median_ms", ".3f"),
+    h.Column("spread ms", lambda r: f"{r['lo_ms']:.3f}-{r['hi_ms']:.3f}"),
+    h.Column("peak MiB", "peak_mib", ".2f"),
+    h.Column("x eager", "x_eager", ".2f"),
+    h.Column("x compile", "x_compile", ".2f"),
+]
+GPU_COLUMNS = [
+    h.Column("GB/s", lambda r: r["bytes"] / r["median_ms"] / 1e6, ".0f"),
+    h.Column("% roofline", lambda r: 100 * r["roofline"], ".1f"),
+]
 
 
 def markdown(head: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """The results as a Markdown document: settings line, one table, notes."""
     gpu = head["device"] == "cuda"
-    lines = [
-        f"# art_fast op benchmarks: {head['device_name']}",
-        "",
+    settings = (
         f"{head['date_utc']}; {head['cores']} cores"
         + (f", {head['threads']} threads" if head["threads"] else "")
         + f"; {head['dtype']}; torch {head['torch']}, triton {head['triton']}, "
@@ -644,44 +486,16 @@ def markdown(head: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"timer: {head['timer']}; memory: {head['peak_memory']}"
         + (f"; roofline at {head['peak_gbps']:.0f} GB/s" if gpu else "")
         + f"; other CPU use {head['other_cpu_busy']['start']} / {head['other_cpu_busy']['end']}"
-        + f"; {head['wall_s']} s",
-        "",
-    ]
-    cols = [
-        "op",
-        "shape",
-        "mode",
-        "provider",
-        "check",
-        "median ms",
-        "spread ms",
-        "peak MiB",
-        "x eager",
-        "x compile",
-    ] + (["GB/s", "% roofline"] if gpu else [])
-    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        cells = [
-            r["op"],
-            r["shape"],
-            r["mode"],
-            r["provider"],
-            r["check"],
-            _fmt(r["median_ms"], ".3f"),
-            f"{r['lo_ms']:.3f}-{r['hi_ms']:.3f}",
-            _fmt(r["peak_mib"], ".2f"),
-            _fmt(r["x_eager"], ".2f"),
-            _fmt(r["x_compile"], ".2f"),
-        ]
-        if gpu:
-            cells += [
-                _fmt(r["bytes"] / r["median_ms"] / 1e6, ".0f"),
-                _fmt(100 * r["roofline"], ".1f"),
-            ]
-        lines.append("| " + " | ".join(cells) + " |")
-    if head["notes"]:
-        lines += ["", "Notes:", ""] + [f"- {n}" for n in head["notes"]]
-    return "\n".join(lines) + "\n"
+        + f"; {head['wall_s']} s"
+    )
+    notes = ["Notes:", [f"- {n}" for n in head["notes"]]] if head["notes"] else []
+    return h.markdown(
+        f"art_fast op benchmarks: {head['device_name']}",
+        [settings],
+        COLUMNS + (GPU_COLUMNS if gpu else []),
+        rows,
+        notes,
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -757,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 for every provider
     torch.backends.cudnn.allow_tf32 = False
     notes: list[str] = []
-    busy0 = cpu_busy()
+    busy0 = h.cpu_busy()
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for op in args.ops:
@@ -765,9 +579,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for params in spec.shapes(cfg.device, cfg.quick):
             rows += bench_case(spec, params, cfg, notes)
     add_speedups(rows)
-    head = header(cfg, notes)
-    head["wall_s"] = round(time.perf_counter() - t0, 1)
-    head["other_cpu_busy"] = {"start": busy0, "end": cpu_busy()}
+    wall_s = round(time.perf_counter() - t0, 1)
+    head = header(cfg, notes, {"start": busy0, "end": h.cpu_busy()})
+    head["wall_s"] = wall_s
     if cfg.device == "cpu" and max(v or 0.0 for v in head["other_cpu_busy"].values()) > 0.2:
         # Other work on the cores stalls OpenMP barriers for a scheduler tick each: small ops
         # then read 10-100x slow, in multiples of the tick.
@@ -777,18 +591,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "after the run): CPU timings are unreliable, rerun on an idle machine",
         )
         print(f"bench_ops: warning: {head['notes'][0]}", file=sys.stderr)
-    out_dir = args.out or ROOT / "benchmarks" / "results" / device_slug(cfg.device)
-    out_dir.mkdir(parents=True, exist_ok=True)
     stem = "bench_ops_quick" if cfg.quick else "bench_ops"
     md = markdown(head, rows)
-    (out_dir / f"{stem}.json").write_text(
-        json.dumps({"header": head, "rows": rows}, indent=1) + "\n"
-    )
-    (out_dir / f"{stem}.md").write_text(md)
+    out_dir = args.out or h.results_dir(cfg.device)
+    h.write_results(out_dir, stem, {"header": head, "rows": rows}, md)
     print(md)
     print(f"wrote {out_dir / stem}.json and .md in {head['wall_s']} s", file=sys.stderr)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,12 +21,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ops import _git_commit, _version, core_count, cpu_busy, device_name, device_slug  # noqa: E402
+import _harness as h  # noqa: E402  (also puts the repository root on sys.path)
 
 import art_fast  # noqa: E402
 from art_fast import ART  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS: dict[str, dict[str, Any]] = {
     # the demo model (configs/synthetic_tiny.yaml): tiny tower at 64 x 64, 8 frames
     "tiny": dict(backbone="tiny", image_size=64, num_frames=8, latent_dim=64, num_queries=2,
@@ -63,25 +58,15 @@ class BareBackbone(nn.Module):
         return F.cross_entropy(self.head(self.backbone(video)[2]), labels)
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_steps(step, device: str, reps: int) -> tuple[list[float], int | None]:
     """Run one warm-up step, then ``reps`` timed steps; returns (seconds, CUDA peak bytes)."""
-    step()
-    _sync(device)
-    if device == "cuda":
+    cuda = device == "cuda"
+    sync = torch.cuda.synchronize if cuda else None
+    h.time_wall(step, 1, 0, sync)
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
-    return times, peak
+    times = h.time_wall(step, 0, reps, sync)
+    return times, torch.cuda.max_memory_allocated() if cuda else None
 
 
 def bench_config(name: str, cfg: dict[str, Any], args: argparse.Namespace) -> list[dict]:
@@ -155,30 +140,34 @@ def _row(config, model, backend, B, T, S, times, peak, loss, share) -> dict[str,
     }
 
 
+COLUMNS = [
+    h.Column("config", "config"),
+    h.Column("B x T x S", lambda r: f"{r['batch']}x{r['frames']}x{r['image_size']}"),
+    h.Column("model", "model"),
+    h.Column("backend", "backend"),
+    h.Column("step s (min-max)",
+             lambda r: f"{r['median_s']:.3f} ({r['min_s']:.3f}-{r['max_s']:.3f})"),
+    h.Column("ms/clip", "ms_per_clip", ".1f"),
+    h.Column("clips/s", "clips_per_s", ".2f"),
+    h.Column("peak MiB", "peak_mib", ".0f"),
+    h.Column("first loss", "first_loss", ".5f", missing=""),
+    h.Column("head share", lambda r: None if r["head_share"] is None
+             else f"{100 * r['head_share']:+.1f}%", missing=""),
+]
+
+
 def markdown(head: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    lines = [
-        f"# art_fast training-step benchmark: {head['device_name']}", "",
+    """The results as a Markdown document: settings line, the table, what a step is."""
+    settings = (
         f"{head['date_utc']}; {head['cores']} cores, {head['threads']} threads; torch "
         f"{head['torch']}, open_clip {head['open_clip']}, python {head['python']}; art_fast "
         f"{head['art_fast']} @ {head['git_commit']}; {head['reps']} timed steps after one "
         f"warm-up (median); other CPU use before the run {head['other_cpu_busy']}; "
-        f"autocast {head['autocast']}", "",
-        "| config | B x T x S | model | backend | step s (min-max) | ms/clip | clips/s | "
-        "peak MiB | first loss | head share |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['config']} | {r['batch']}x{r['frames']}x{r['image_size']} | {r['model']} | "
-            f"{r['backend']} | {r['median_s']:.3f} ({r['min_s']:.3f}-{r['max_s']:.3f}) | "
-            f"{r['ms_per_clip']:.1f} | {r['clips_per_s']:.2f} | "
-            f"{'n/a' if r['peak_mib'] is None else format(r['peak_mib'], '.0f')} | "
-            f"{'' if r['first_loss'] is None else format(r['first_loss'], '.5f')} | "
-            f"{'' if r['head_share'] is None else format(100 * r['head_share'], '+.1f') + '%'} |"
-        )
-    lines += ["", "head share = (ART step - bare backbone step) / bare backbone step; a step = "
-              "forward + backward + AdamW (+ bank EMA for ART)."]
-    return "\n".join(lines) + "\n"
+        f"autocast {head['autocast']}")
+    return h.markdown(
+        f"art_fast training-step benchmark: {head['device_name']}", [settings], COLUMNS, rows,
+        ["head share = (ART step - bare backbone step) / bare backbone step; a step = "
+         "forward + backward + AdamW (+ bank EMA for ART)."])
 
 
 def main(argv=None) -> int:
@@ -196,31 +185,19 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    busy = cpu_busy()
+    busy = h.cpu_busy()
     rows = []
     for name in args.configs:
         rows += bench_config(name, CONFIGS[name], args)
-        print(markdown(_header(args, busy), rows).splitlines()[-3], flush=True)
-    head = _header(args, busy)
+        print(h.table(COLUMNS, rows)[-1], flush=True)
+    head = h.environment(args.device, busy, packages={"open_clip": "open_clip_torch"})
+    head.update(reps=args.reps,
+                autocast="bf16" if args.device == "cuda" else "off (float32)")
     md = markdown(head, rows)
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / device_slug(args.device)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_train.json").write_text(json.dumps({"header": head, "rows": rows}, indent=1))
-    (out / "bench_train.md").write_text(md)
+    h.write_results(args.out or h.results_dir(args.device), "bench_train",
+                    {"header": head, "rows": rows}, md)
     print(md)
     return 0
-
-
-def _header(args: argparse.Namespace, busy: float | None) -> dict[str, Any]:
-    return {
-        "device": args.device, "device_name": device_name(args.device), "cores": core_count(),
-        "threads": torch.get_num_threads(), "python": platform.python_version(),
-        "torch": torch.__version__, "open_clip": _version("open_clip_torch"),
-        "triton": _version("triton"), "art_fast": art_fast.__version__,
-        "git_commit": _git_commit(), "reps": args.reps, "other_cpu_busy": busy,
-        "autocast": "bf16" if args.device == "cuda" else "off (float32)",
-        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
 
 
 if __name__ == "__main__":

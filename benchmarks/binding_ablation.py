@@ -42,10 +42,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -53,7 +51,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as h  # noqa: E402  (also puts the repository root on sys.path)
+
+ROOT = h.ROOT
 VARIANTS: dict[str, tuple[str, ...]] = {
     "full": (),
     "global": ("model.tracklet_branch=false",),
@@ -158,33 +159,45 @@ def _fmt(ms: tuple[float, float] | None, pct: bool = True) -> str:
     return f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}" if pct else f"{ms[0]:.0f} ± {ms[1]:.0f}"
 
 
+def _curve(r: dict[str, Any]) -> str | None:
+    return ", ".join(f"{c['epoch']}: {c['region_hit']:.3f}" for c in
+                     r.get("region_hit_curve") or [] if c["region_hit"] is not None) or None
+
+
+SUMMARY_COLUMNS = [
+    h.Column("variant", "variant"),
+    h.Column("top-1 %", lambda s: _fmt(s["top1"])),
+    h.Column("min top-1 %", lambda s: 100 * s["min_top1"], ".1f"),
+    h.Column("mean-class %", lambda s: _fmt(s["mean_class"])),
+    h.Column("region_hit %", lambda s: _fmt(s["region_hit"])),
+    h.Column("chance %", lambda s: _fmt(s["region_hit_chance"])),
+    h.Column("params", "params", ","),
+    h.Column("train s", lambda s: _fmt(s["train_seconds"], pct=False)),
+]
+RUN_COLUMNS = [
+    h.Column("variant", "variant"),
+    h.Column("seed", "seed"),
+    h.Column("top-1", "top1", ".4f"),
+    h.Column("mean-class", "mean_class", ".4f"),
+    h.Column("region_hit", "region_hit", ".4f"),
+    h.Column("chance", "region_hit_chance", ".4f"),
+    h.Column("MTC", lambda r: r.get("mtc_last_epoch"), ".2g"),
+    h.Column("curve", _curve),
+    h.Column("train s", "train_seconds", ".0f"),
+]
+
+
 def markdown(summary: list[dict[str, Any]], rows: list[dict[str, Any]], env: dict[str, Any]
              ) -> str:
-    lines = [f"# Binding-set ablation ({env['date']})", "",
-             f"Device: {env['device']}; torch {env['torch']}, python {env['python']}, "
-             f"art_fast commit {env['commit']}.", f"Command: `{env['command']}`", "",
-             "| variant | top-1 % | min top-1 % | mean-class % | region_hit % | chance % | "
-             "params | train s |", "|---|---|---|---|---|---|---|---|"]
-    for s in summary:
-        lines.append(f"| {s['variant']} | {_fmt(s['top1'])} | {100 * s['min_top1']:.1f} | "
-                     f"{_fmt(s['mean_class'])} | {_fmt(s['region_hit'])} | "
-                     f"{_fmt(s['region_hit_chance'])} | {s['params']:,} | "
-                     f"{_fmt(s['train_seconds'], pct=False)} |")
-    lines += ["", "Per run (MTC: the sum of the three MTC terms' means over the last epoch; "
-              "curve: region_hit at each in-training evaluation, by epoch):", "",
-              "| variant | seed | top-1 | mean-class | region_hit | chance | MTC | curve | "
-              "train s |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        rh = "n/a" if r["region_hit"] is None else f"{r['region_hit']:.4f}"
-        ch = "n/a" if r["region_hit_chance"] is None else f"{r['region_hit_chance']:.4f}"
-        mtc = r.get("mtc_last_epoch")
-        mtc_s = "n/a" if mtc is None else f"{mtc:.2g}"
-        curve = ", ".join(f"{c['epoch']}: {c['region_hit']:.3f}" for c in
-                          r.get("region_hit_curve") or [] if c["region_hit"] is not None)
-        lines.append(f"| {r['variant']} | {r['seed']} | {r['top1']:.4f} | {r['mean_class']:.4f}"
-                     f" | {rh} | {ch} | {mtc_s} | {curve or 'n/a'} | "
-                     f"{r['train_seconds']:.0f} |")
-    return "\n".join(lines) + "\n"
+    """The summary table (per variant) and the per-run table, under the environment lines."""
+    return h.document(
+        f"# Binding-set ablation ({env['date']})",
+        [f"Device: {env['device']}; torch {env['torch']}, python {env['python']}, "
+         f"art_fast commit {env['commit']}.", f"Command: `{env['command']}`"],
+        h.table(SUMMARY_COLUMNS, summary),
+        "Per run (MTC: the sum of the three MTC terms' means over the last epoch; "
+        "curve: region_hit at each in-training evaluation, by epoch):",
+        h.table(RUN_COLUMNS, rows))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,23 +225,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{v} seed {seed}: top1 {r['top1']:.4f} mean_class {r['mean_class']:.4f} "
                   f"region_hit {r['region_hit']} (chance {r['region_hit_chance']}) "
                   f"{r['train_seconds']:.0f} s", flush=True)
-    import torch
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_ops import _git_commit, device_name
-
-    env = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "device": device_name("cpu"), "torch": torch.__version__,
-           "python": platform.python_version(), "commit": _git_commit(),
+    e = h.environment("cpu")  # this file's env keys predate the harness: kept as they were
+    env = {"date": h.utc_now("%Y-%m-%d %H:%M UTC"), "device": e["device_name"],
+           "torch": e["torch"], "python": e["python"], "commit": e["git_commit"],
            "command": "python benchmarks/binding_ablation.py " + " ".join(
                sys.argv[1:] if argv is None else argv)}
     summary = summarize(rows)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "binding_ablation.json").write_text(json.dumps(
-        {"env": env, "rows": rows, "summary": summary}, indent=1) + "\n")
-    (out / "binding_ablation.md").write_text(markdown(summary, rows, env))
-    print(markdown(summary, rows, env))
+    md = markdown(summary, rows, env)
+    h.write_results(args.out, "binding_ablation", {"env": env, "rows": rows, "summary": summary},
+                    md)
+    print(md)
     return 0
 
 
