@@ -175,8 +175,13 @@ def _extensions():
     cxx = ["-O3", "-fopenmp", "-Wall", "-Wno-unknown-pragmas", "-fno-tree-loop-distribute-patterns"]
     if march:
         cxx.append(f"-march={march}")
-    sources = [os.path.join("csrc", "ops.cpp")] + sorted(
-        os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))
+    # Every op registers itself (csrc/<op>.cpp: schemas and input checks; csrc/cpu/<op>.cpp:
+    # CPU kernels; csrc/cuda/<op>.cu + <op>_host.cpp: CUDA kernels), so the sources are globbed:
+    # a new op is new files, no list to edit here.
+    sources = sorted(
+        os.path.relpath(p, ROOT)
+        for sub in ("", "cpu")
+        for p in glob.glob(os.path.join(ROOT, "csrc", sub, "*.cpp"))
     )
     define_macros = []
     use_cuda, why, cuda_home = _cuda_config(torch)

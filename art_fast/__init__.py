@@ -3,7 +3,8 @@
 from . import _ext  # noqa: F401  (loads art_fast._C, warns when it cannot)
 from ._backend import available_backends, backend_status, get_backend, set_backend, use_backend
 from .model import ART, ARTOptions, ARTOutput
-from .ops import cross_attention, info_nce, topk_regions
+from .ops import *  # noqa: F403  (every op's public function: art_fast.ops.__all__)
+from .ops import SPECS as _SPECS
 
 __version__ = "0.1.0"
 
@@ -11,9 +12,7 @@ __all__ = [
     "ART",
     "ARTOptions",
     "ARTOutput",
-    "cross_attention",
-    "topk_regions",
-    "info_nce",
+    *_SPECS,
     "available_backends",
     "backend_status",
     "get_backend",

@@ -1,6 +1,6 @@
-"""Autograd helpers of the hot-path ops (issue 14, item 5), shared by ``art_fast.ops`` (the C++
-ops' registrations) and ``art_fast.kernels`` (the Triton wrappers). Imports torch only, so
-either side may import it at any time.
+"""Autograd helpers of the hot-path ops (issue 14, item 5), used by the op contracts
+(``art_fast._contract``) and the ops' backwards (``art_fast/ops/<op>.py``). Imports torch
+only.
 
 - :func:`once_differentiable`: the kernels' backwards are not differentiable. Under
   ``create_graph=True`` their gradients are tied to the tensors they depend on through a node
@@ -13,8 +13,9 @@ either side may import it at any time.
   ``torch.func.grad`` / ``vmap`` refuse it ("it must override the setup_context staticmethod").
   Under a torch.func transform the public functions therefore call the op through an
   autograd.Function of their own, built by :func:`transformable` from the same forward,
-  setup_context and backward, with an explicit vmap rule (the vmapped dim folded into the op's
-  batch dim: one kernel call, no per-sample loop). Outside transforms nothing changes.
+  setup_context and backward (``art_fast._contract.OpContract.function``), with an explicit
+  vmap rule (the vmapped dim folded into the op's batch dim: one kernel call, no per-sample
+  loop). Outside transforms nothing changes.
 """
 
 from __future__ import annotations
@@ -108,38 +109,6 @@ def transformable(name: str, forward: Callable, setup_context: Callable, backwar
     cls.vmap = staticmethod(lambda info, in_dims, *args: vmap_rule(cls.apply, info, in_dims,
                                                                    *args))
     return cls
-
-
-_FUNCTIONS: dict[tuple[str, str], type[torch.autograd.Function]] = {}
-
-
-def backend_function(
-    op: str, backend: str, ext_parts: Callable[[], tuple[Callable, Callable, Callable]],
-    rules: Callable[[int], tuple[VmapRule, Callable[[Callable], Callable]]],
-) -> type[torch.autograd.Function]:
-    """The :func:`transformable` autograd.Function of ``op`` on ``backend`` (built once per
-    pair; the first call also gives the backward op its vmap rule).
-
-    Args:
-        op: the op's name (``cross_attention``, ...): its backward op is
-            ``art_fast::<op>_bwd`` (cpu, cuda) or ``art_fast_triton::<op>_bwd`` (triton).
-        ext_parts: returns ``(forward op, setup_context, backward)`` of the ``art_fast::`` op
-            (called for cpu / cuda only: it exists only with the extension); the Triton
-            backend's come from ``kernels.<op>.AUTOGRAD``.
-        rules: ``rules(stats_dim) -> (vmap rule of the op, make_rule(backward op) -> its vmap
-            rule)``; ``stats_dim`` is the batch dim of the softmax statistics (the
-            ``art_fast::`` ops: ``[B, ...]``, 0; the Triton ones: ``[2, B, ...]``, 1).
-    """
-    key = (op, backend)
-    if key not in _FUNCTIONS:
-        from . import _backend  # here, not at import: the Triton wrappers import this module
-
-        triton = backend == "triton"
-        parts = _backend.triton_kernels(op).AUTOGRAD if triton else ext_parts()
-        vmap_rule, bwd_rule = rules(1 if triton else 0)
-        register_vmap_once(f"{'art_fast_triton' if triton else 'art_fast'}::{op}_bwd", bwd_rule)
-        _FUNCTIONS[key] = transformable(f"{op}_{backend}", *parts, vmap_rule)
-    return _FUNCTIONS[key]
 
 
 _VMAP_REGISTERED: set[str] = set()

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pkgutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -39,7 +41,11 @@ from . import _ext, _selftest
 
 BACKENDS = ("torch", "cpu", "triton", "cuda")
 CHOICES = BACKENDS + ("auto",)
-OPS = ("cross_attention", "topk_regions", "info_nce")
+OPS: tuple[str, ...] = tuple(sorted(
+    m.name for m in pkgutil.iter_modules([str(Path(__file__).parent / "ops")])
+    if not m.name.startswith("_")))
+"""The ops: one per module of ``art_fast/ops`` (the same list as ``art_fast.ops.SPECS``, read
+without importing them)."""
 
 # On CUDA tensors `auto` tries these in order (first usable wins). It is meant to be the
 # measured ranking per op (issue 6), but neither GPU backend has run on a GPU yet: until
@@ -66,39 +72,36 @@ def _triton_status(op: str) -> tuple[bool, str]:
         return False, f"art_fast.kernels.{op} failed to import: {type(exc).__name__}: {exc}"
     except Exception as exc:  # triton missing or broken
         return False, f"art_fast.kernels.{op} failed to import: {type(exc).__name__}: {exc}"
-    if not hasattr(mod, "forward"):
-        return False, f"art_fast.kernels.{op} defines no forward"
+    if not hasattr(torch.ops.art_fast_triton, f"{op}_fwd"):
+        return False, f"art_fast.kernels.{op} defines no art_fast_triton::{op}_fwd"
     _TRITON_MODULES[op] = mod
     return True, ""
-
-
-def triton_kernels(op: str):
-    """The ``art_fast.kernels.<op>`` module (only after ``resolve`` returned ``triton``)."""
-    return _TRITON_MODULES[op]
 
 
 def _compute_status() -> dict[tuple[str, str], tuple[bool, str]]:
     status: dict[tuple[str, str], tuple[bool, str]] = {}
     for op in OPS:
         status[("torch", op)] = (True, "")
-        if not _ext.EXT_LOADED:
-            reason = f"art_fast._C is not usable: {_ext.EXT_ERROR}"
-            status[("cpu", op)] = (False, reason)
-            status[("cuda", op)] = (False, reason)
+        # Per op and device: a stale or partial build disables only what it lacks.
+        ext = _ext.op_status(op)
+        status[("cpu", op)] = ext["cpu"]
+        if ext["cuda"][0] and not torch.cuda.is_available():
+            status[("cuda", op)] = (False, "no CUDA device is visible")
         else:
-            ok = _ext.has_kernel(f"{op}_fwd", "CPU")
-            status[("cpu", op)] = (ok, "" if ok else "art_fast._C has no CPU kernel")
-            if not _ext.has_kernel(f"{op}_fwd", "CUDA"):
-                status[("cuda", op)] = (False, "art_fast._C was built without CUDA kernels")
-            elif not torch.cuda.is_available():
-                status[("cuda", op)] = (False, "no CUDA device is visible")
-            else:
-                status[("cuda", op)] = (True, "")
+            status[("cuda", op)] = ext["cuda"]
         status[("triton", op)] = _triton_status(op)
     return status
 
 
-_STATUS = _compute_status()
+_STATUS: dict[tuple[str, str], tuple[bool, str]] = {}
+
+
+def compute_status() -> None:
+    """Compute every (backend, op) status, once, when every op has declared its contract (called
+    at the end of ``art_fast.ops``; the Triton modules are imported here, which registers their
+    ops' contracts), and warn once about an incomplete extension build."""
+    _STATUS.update(_compute_status())
+    _ext.warn_incomplete()
 
 
 def _check_name(name: str, what: str) -> str:

@@ -124,8 +124,21 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _extension_summary() -> str:
+    """art_fast._C: loaded or why not, and what the build holds (which ops are usable on which
+    device, and why not, is in the per-op backend status)."""
+    from . import _ext
+
+    if not _ext.EXT_LOADED:
+        return f"art_fast._C not usable: {_ext.EXT_ERROR}"
+    C = _ext._C
+    cuda = "yes" if _ext.compiled_with_cuda() else "no"
+    openmp = "yes" if hasattr(C, "compiled_with_openmp") and C.compiled_with_openmp() else "no"
+    return f"art_fast._C loaded (CUDA kernels built: {cuda}, OpenMP: {openmp})"
+
+
 def info(as_json: bool = False, selftest: bool = False) -> int:
-    """Print the backends (built, usable, why not), versions and devices.
+    """Print the backends (built, usable, why not: per op and backend), versions and devices.
 
     With ``selftest``, also the self-check table of every op x backend x dtype on the current
     device (``art_fast._selftest.report``: built, agrees with the float64 reference, median
@@ -154,6 +167,7 @@ def info(as_json: bool = False, selftest: bool = False) -> int:
         "cuda_available": torch.cuda.is_available(),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else _cpu_name(),
         "cpu_threads": torch.get_num_threads(),
+        "extension": _extension_summary(),
         "backend_in_force": art_fast.get_backend(),
         "available_backends": art_fast.available_backends(),
         "backend_status": art_fast.backend_status(),

@@ -39,7 +39,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -52,75 +52,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as h  # noqa: E402  (also puts the repository root on sys.path)
 
 import art_fast  # noqa: E402
-from art_fast import reference  # noqa: E402
+from art_fast._spec import Case, OpSpec  # noqa: E402
+from art_fast.ops import SPECS  # noqa: E402
 
 MODES = ("fwd", "bwd", "fwd+bwd")
 KERNEL_PROVIDERS = ("cpu", "triton", "cuda")
 H200_PEAK_GBPS = 4800.0
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Loose check tolerances per dtype: max |x - ref| <= TOL * (1 + max |ref|) elementwise-scaled.
-CHECK_TOL = {torch.float32: 2e-3, torch.bfloat16: 5e-2, torch.float16: 2e-2}
 
 Outputs = torch.Tensor | tuple[torch.Tensor, ...]
 Runner = Callable[[], Outputs]
 
 
 # --------------------------------------------------------------------------------------------
-# Op specs: shapes, inputs, the public op and its reference.
+# The ops: shapes, inputs, public function and reference come from each op's spec
+# (art_fast.ops.SPECS, art_fast/_spec.py); only the extra providers are this script's.
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Case:
-    """One op's inputs at one shape: tensors passed positionally, the rest by keyword."""
-
-    label: str
-    args: tuple[torch.Tensor, ...]
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def grad_inputs(self) -> tuple[torch.Tensor, ...]:
-        """The inputs gradients are taken with respect to (every float input)."""
-        return tuple(t for t in self.args if t.requires_grad)
-
-
-def _randn(
-    gen: torch.Generator, shape: Sequence[int], dtype: torch.dtype, device: str, grad: bool = True
-) -> torch.Tensor:
-    """A seeded standard-normal leaf tensor (drawn in fp32 on CPU, then moved and cast)."""
-    t = torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
-    return t.requires_grad_(grad)
-
-
-def _cross_attention_case(
-    p: dict[str, int], dtype: torch.dtype, device: str, gen: torch.Generator
-) -> Case:
-    B, H, M, N, D = p["B"], p["H"], p["M"], p["N"], p["D"]
-    q = _randn(gen, (B, H, M, D), dtype, device)
-    k = _randn(gen, (B, H, N, D), dtype, device)
-    v = _randn(gen, (B, H, N, D), dtype, device)
-    return Case(f"q[{B},{H},{M},{D}] kv[{B},{H},{N},{D}]", (q, k, v))
-
-
-def _topk_regions_case(
-    p: dict[str, int], dtype: torch.dtype, device: str, gen: torch.Generator
-) -> Case:
-    B, M, N, C, k = p["B"], p["M"], p["N"], p["C"], p["k"]
-    scores = _randn(gen, (B, M, N), dtype, device)
-    values = _randn(gen, (B, N, C), dtype, device)
-    return Case(f"s[{B},{M},{N}] v[{B},{N},{C}] k={k}", (scores, values), {"k": k})
-
-
-def _info_nce_case(
-    p: dict[str, int], dtype: torch.dtype, device: str, gen: torch.Generator
-) -> Case:
-    G, M, N, D = p["G"], p["M"], p["N"], p["D"]
-    anchors = _randn(gen, (G, M, D), dtype, device)
-    candidates = _randn(gen, (G, N, D), dtype, device)
-    # Identity targets, as the ART losses use them (row i's positive is candidate i).
-    targets = (torch.arange(M, device=device) % N).expand(G, M).contiguous()
-    kwargs = {"temperature": 0.1, "normalize": True, "reduction": "mean"}
-    return Case(f"a[{G},{M},{D}] c[{G},{N},{D}]", (anchors, candidates, targets), kwargs)
 
 
 def _sdpa_providers(case: Case) -> dict[str, Runner]:
@@ -144,73 +91,8 @@ def _sdpa_providers(case: Case) -> dict[str, Runner]:
     return out
 
 
-@dataclass(frozen=True)
-class OpSpec:
-    """How to benchmark one op: its shapes, inputs, public function and reference."""
-
-    name: str
-    op: Callable[..., Outputs]
-    reference: Callable[..., Outputs]
-    make_case: Callable[[dict[str, int], torch.dtype, str, torch.Generator], Case]
-    shapes_cpu: tuple[dict[str, int], ...]
-    shapes_cuda: tuple[dict[str, int], ...]
-    shapes_quick: tuple[dict[str, int], ...]
-    extra_providers: Callable[[Case], dict[str, Runner]] | None = None
-
-    def shapes(self, device: str, quick: bool) -> tuple[dict[str, int], ...]:
-        """The shapes to run on ``device`` (the tiny ones under ``--quick``)."""
-        if quick:
-            return self.shapes_quick
-        return self.shapes_cuda if device == "cuda" else self.shapes_cpu
-
-
-def _ca(B: int, M: int, N: int = 196, H: int = 8, D: int = 32) -> dict[str, int]:
-    return {"B": B, "H": H, "M": M, "N": N, "D": D}
-
-
-def _tk(B: int, M: int = 16, N: int = 196, C: int = 32, k: int = 16) -> dict[str, int]:
-    return {"B": B, "M": M, "N": N, "C": C, "k": k}
-
-
-def _nce(G: int, MN: int, D: int = 256) -> dict[str, int]:
-    return {"G": G, "M": MN, "N": MN, "D": D}
-
-
-# DESIGN §7 paper shapes: B x T = 8 x 16 frames on CPU (32 x 16 on GPU), N = 196, heads 8,
-# head dim 32, K = 16 and 2 queries, k_region = 16; InfoNCE tiny G = B*T, M = N = K and large
-# M = N = B*K*T.
-OPS: dict[str, OpSpec] = {
-    spec.name: spec
-    for spec in (
-        OpSpec(
-            "cross_attention",
-            art_fast.cross_attention,
-            reference.cross_attention,
-            _cross_attention_case,
-            shapes_cpu=(_ca(128, 16), _ca(128, 2)),
-            shapes_cuda=(_ca(512, 16), _ca(512, 2)),
-            shapes_quick=(_ca(4, 4, N=49, H=2), _ca(4, 2, N=49, H=2)),
-            extra_providers=_sdpa_providers,
-        ),
-        OpSpec(
-            "topk_regions",
-            art_fast.topk_regions,
-            reference.topk_regions,
-            _topk_regions_case,
-            shapes_cpu=(_tk(1024),),
-            shapes_cuda=(_tk(4096),),
-            shapes_quick=(_tk(16, M=4, N=49, C=16, k=8),),
-        ),
-        OpSpec(
-            "info_nce",
-            art_fast.info_nce,
-            reference.info_nce,
-            _info_nce_case,
-            shapes_cpu=(_nce(128, 16), _nce(1, 2048)),
-            shapes_cuda=(_nce(512, 16), _nce(1, 2048), _nce(1, 8192)),
-            shapes_quick=(_nce(8, 8, D=32), _nce(1, 128, D=32)),
-        ),
-    )
+EXTRA_PROVIDERS: dict[str, Callable[[Case], dict[str, Runner]]] = {
+    "cross_attention": _sdpa_providers,
 }
 
 
@@ -228,7 +110,7 @@ def build_providers(spec: OpSpec, case: Case, device: str, notes: list[str]) -> 
     """Every provider usable for ``case``, name -> zero-argument forward; others go to notes."""
     args, kwargs = case.args, case.kwargs
     providers: dict[str, Runner] = {
-        "eager": lambda: spec.op(*args, **kwargs, backend="torch"),
+        "eager": lambda: spec.fn(*args, **kwargs, backend="torch"),
     }
     # A fresh, static-shape compile per case: no recompile limits, no dynamic-shape kernels.
     # Donated buffers forbid retain_graph=True, which the `bwd` mode needs.
@@ -245,9 +127,9 @@ def build_providers(spec: OpSpec, case: Case, device: str, notes: list[str]) -> 
         elif device != wanted:
             _note(notes, f"{spec.name}/{name}: skipped, needs {wanted.upper()} tensors")
         else:
-            providers[name] = lambda name=name: spec.op(*args, **kwargs, backend=name)
-    if spec.extra_providers is not None:
-        providers.update(spec.extra_providers(case))
+            providers[name] = lambda name=name: spec.fn(*args, **kwargs, backend=name)
+    if spec.name in EXTRA_PROVIDERS:
+        providers.update(EXTRA_PROVIDERS[spec.name](case))
     return providers
 
 
@@ -292,9 +174,10 @@ def _close(x: torch.Tensor, ref: torch.Tensor, tol: float) -> bool:
     return bool(torch.allclose(x, ref, rtol=tol, atol=tol * max(scale, 1e-6), equal_nan=True))
 
 
-def check(run: Runner, eager: Runner, case: Case, gen_seed: int) -> str:
-    """``ok`` when the forward outputs and input gradients match eager's, else ``MISMATCH``."""
-    tol = CHECK_TOL.get(case.args[0].dtype, 2e-3)
+def check(run: Runner, eager: Runner, case: Case, gen_seed: int, spec: OpSpec) -> str:
+    """``ok`` when the forward outputs and input gradients match eager's within the spec's
+    ``check_tol`` (``max |x - ref| <= tol * (1 + max |ref|)``), else ``MISMATCH``."""
+    tol = spec.check_tol.get(case.args[0].dtype, 2e-3)
     with torch.no_grad():
         got, want = _flat(run()), _flat(eager())
     if len(got) != len(want) or not all(_close(g, w, tol) for g, w in zip(got, want)):
@@ -362,7 +245,8 @@ def bench_case(
         if cfg.providers is not None and name not in cfg.providers:
             continue  # eager was kept only as the check's truth
         try:
-            status = "ref" if name == "eager" else check(run, providers["eager"], case, seed + 1)
+            status = ("ref" if name == "eager"
+                      else check(run, providers["eager"], case, seed + 1, spec))
         except Exception as exc:  # noqa: BLE001  (an unusable provider is a note)
             _note(notes, f"{spec.name}/{name} at {case.label}: skipped, {_short(exc)}")
             continue
@@ -506,7 +390,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
     )
-    p.add_argument("--ops", nargs="+", choices=tuple(OPS), default=tuple(OPS))
+    p.add_argument("--ops", nargs="+", choices=tuple(SPECS), default=tuple(SPECS))
     p.add_argument(
         "--providers",
         nargs="+",
@@ -575,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for op in args.ops:
-        spec = OPS[op]
+        spec = SPECS[op]
         for params in spec.shapes(cfg.device, cfg.quick):
             rows += bench_case(spec, params, cfg, notes)
     add_speedups(rows)

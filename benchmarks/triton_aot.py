@@ -114,8 +114,8 @@ def _ca(B, Bq, H, M, N, D, weights=False, backward=True):
             go = _meta(torch, (B, H, M, D), dtype)
             gw = _meta(torch, (B, H, M, N), dtype) if weights else None
             out = _meta(torch, (B, H, M, D), dtype)
-            stats = _meta(torch, (2, B, H, M), acc)
-            K._bwd_host(go, gw, q, k, v, out, stats, D**-0.5)
+            lse = _meta(torch, (B, H, M), acc)
+            K._bwd_host(go, gw, q, k, v, out, lse, D**-0.5)
 
     return run
 
@@ -149,7 +149,7 @@ def _nce(G, M, N, D, normalize=True, regime=0):
         K._fwd_host(a, c, t, 0.1, normalize, regime)
         PHASE[0] = "bwd"
         gl = _meta(torch, (G, M), acc)
-        lse = _meta(torch, (2, G, M), acc)
+        lse = _meta(torch, (G, M), acc)
         K._bwd_host(gl, a, c, t, lse, 0.1, normalize, regime)
 
     return run

@@ -7,10 +7,12 @@ Kernels:
 
 - ``_fwd``: grid ``(B * H, cdiv(M, BLOCK_M))``. One program owns a block of query rows of one
   (b, h) and streams k/v in tiles of BLOCK_N patches with an online softmax (FlashAttention);
-  it writes out and the per-row max and sum (the LSE in two parts), and, when asked, the
-  weights exp(s - max) / sum in a second pass over the tiles.
+  it writes out and the per-row log-sum-exp, and, when asked, the weights exp(s - max) / sum
+  in a second pass over the tiles.
 - ``_bwd``: grid ``(B * H,)``. One program owns every query row of one (b, h), so dk and dv of
-  a patch tile are produced by exactly one program: no atomics. For M > BLOCK_M the program
+  a patch tile are produced by exactly one program: no atomics. Per row block, three passes
+  over the patch tiles: the softmax's max and sum (recomputed: exp(s - lse) would carry the
+  rounding of a large lse), delta = sum P dP, then the gradients. For M > BLOCK_M the program
   loops over the row blocks in order and adds into dk/dv (float32 buffers) it wrote itself.
   dq of a shared query set is written per b into a float32 buffer ``[B, L = H M D]``.
 - ``_sum_over_b``: dq of a shared query set = sum over b of that buffer, as a tree of levels
@@ -19,11 +21,12 @@ Kernels:
   Parallel over B (the old kernel had cdiv(L, 1024) programs looping over B), fixed tiles and
   warps (not autotuned), no atomics: bitwise reproducible; int64 offsets.
 
-The ops (``torch.library.custom_op`` with fake kernels and autograd) are
-``art_fast_triton::cross_attention_fwd`` / ``_bwd``; :func:`forward` is the fwd op. Saved for
-the backward: q, k, v (as the op received them: any strides, the ops are public), out, stats.
-The kernels index q, k, v as contiguous, so the bwd host makes q, k, v, dO and dW contiguous
-exactly as the fwd host does (its outputs are contiguous; so are the fake kernels').
+The ops are ``art_fast_triton::cross_attention_fwd`` / ``_bwd`` (``torch.library.custom_op``),
+the same contract as the C++ ``art_fast::`` ops: their fake kernels and autograd are registered
+once for every backend in ``art_fast/ops/cross_attention.py``. Saved for the backward: q, k, v
+(as the op received them: any strides, the ops are public), out, lse. The kernels index q, k,
+v as contiguous, so the bwd host makes q, k, v, dO and dW contiguous exactly as the fwd host
+does (its outputs are contiguous; so are the fake kernels').
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from art_fast._autograd import once_differentiable
+from art_fast import _contract
 
 from ._common import (
     NAMESPACE,
@@ -69,8 +72,8 @@ _BWD_CONFIGS_F64 = configs({"BLOCK_N": 16}, [({"BLOCK_N": 16}, 4, 1)])
 @triton.autotune(configs=_FWD_CONFIGS, key=["M", "N", "D", "WRITE_W"])
 @triton.jit
 def _fwd(
-    Q, K, V, Out, STATS, W,
-    stat_stride, q_bstride, H, M, N, D, scale_hi, scale_lo,
+    Q, K, V, Out, LSE, W,
+    q_bstride, H, M, N, D, scale_hi, scale_lo,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     WRITE_W: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
@@ -118,11 +121,10 @@ def _fwd(
     out = acc / l_i[:, None]
     o_ptrs = Out + pid_bh * M * D + offs_m[:, None] * D + offs_d[None, :]
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
-    # 5. The row statistics: max and sum, kept apart (the LSE, max + log(sum), rounds at the
-    #    scale of the scores: large logits would lose the weights' precision); P is then
-    #    exp(s - max) / sum, as torch.softmax computes it.
-    tl.store(STATS + pid_bh * M + offs_m, m_i, mask=mask_m)
-    tl.store(STATS + stat_stride + pid_bh * M + offs_m, l_i, mask=mask_m)
+    # 5. The row statistic of the contract: lse = max + log(sum), in ACC (every backend's
+    #    layout, issue 14). The backwards do not read it for P (they recompute max and sum:
+    #    exp(s - lse) would carry the rounding of a large lse); an all -inf row gives -inf.
+    tl.store(LSE + pid_bh * M + offs_m, m_i + tl.log(l_i), mask=mask_m)
     # 6. Weights (only when asked): a second pass recomputes the scores;
     #    w = exp(s - max) / sum.
     if WRITE_W:
@@ -139,8 +141,8 @@ def _fwd(
 
 @triton.jit
 def _bwd(
-    Q, K, V, DO, DW, STATS, DQ, DK, DV,
-    stat_stride, q_bstride, H, M, N, D, scale_hi, scale_lo,
+    Q, K, V, DO, DW, LSE, DQ, DK, DV,  # LSE: the contract's, not read (step 2)
+    q_bstride, H, M, N, D, scale_hi, scale_lo,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_DW: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
@@ -156,18 +158,38 @@ def _bwd(
     kv_base = pid_bh * N * D
     row_base = pid_bh * M
     for start_m in range(0, M, BLOCK_M):
-        # 2. The row block: q, dO, and delta_i = sum_n P_in dP_in with dP = dO v^T (+ dW),
-        #    in a first pass over the tiles. (Not <dO_i, O_i>: O is rounded to the output
-        #    dtype, and a first pass with the very dP of step 3 makes dP - delta exactly 0
-        #    where the softmax is constant, e.g. N = 1, as in float64.)
+        # 2. The row block: q, dO; the row max m and the row sum l of exp(s - m) in a first
+        #    pass over the tiles (the forward's online softmax: P = exp(s - m) / l as
+        #    torch.softmax computes it; not exp(s - lse) from the saved lse, whose rounding
+        #    at large scores, ulp(lse) ~1e-3 relative at |s| ~ 1e4, P would carry; the C++
+        #    backwards recompute them too); then delta_i = sum_n P_in dP_in with dP = dO v^T
+        #    (+ dW) in a second pass. (Not <dO_i, O_i>: O is rounded to the output dtype, and
+        #    a pass with the very dP of step 3 makes dP - delta exactly 0 where the softmax is
+        #    constant, e.g. N = 1, as in float64.) Three passes over k: one QK^T more than with
+        #    a saved (max, sum) pair; folding m and l into the delta pass spilled on sm_80.
         offs_m = start_m + tl.arange(0, BLOCK_M)
         mask_m = offs_m < M
         md = mask_m[:, None] & mask_d[None, :]
         q = tl.load(q_base + offs_m[:, None] * D + offs_d[None, :], mask=md, other=0.0).to(DOT)
+        m_i = tl.full([BLOCK_M], float("-inf"), ACC)
+        l_i = tl.zeros([BLOCK_M], ACC)
+        for start in range(0, N, BLOCK_N):
+            n = start + offs_n
+            mask_n = n < N
+            k = tl.load(K + kv_base + n[:, None] * D + offs_d[None, :],
+                        mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(DOT)
+            s = tl.dot(q, tl.trans(k), input_precision="ieee").to(ACC) * scale
+            s = tl.where(mask_n[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # no inf - inf (as forward)
+            l_i = l_i * tl.exp(m_i - m_ref) + tl.sum(tl.exp(s - m_ref[:, None]), 1)
+            m_i = m_new
+        # Rows past M: l = 1, so their P is 0 (not 0 / 0) and adds nothing to dk, dv. A real
+        # row of -inf scores keeps l = 0: NaN, as torch.softmax.
+        m_i = tl.where(m_i == float("-inf"), 0.0, m_i)
+        l_i = tl.where(mask_m, l_i, 1.0)
         do = tl.load(DO + (row_base + offs_m[:, None]) * D + offs_d[None, :], mask=md,
                      other=0.0).to(DOT)
-        m_i = tl.load(STATS + row_base + offs_m, mask=mask_m, other=0.0).to(ACC)
-        l_i = tl.load(STATS + stat_stride + row_base + offs_m, mask=mask_m, other=1.0).to(ACC)
         delta = tl.zeros([BLOCK_M], ACC)
         for start in range(0, N, BLOCK_N):
             n = start + offs_n
@@ -183,7 +205,7 @@ def _bwd(
                 dp += tl.load(DW + (row_base + offs_m[:, None]) * N + n[None, :], mask=mn,
                               other=0.0).to(ACC)
             delta += tl.sum(p * dp, 1)
-        # 3. Patch tiles: P = exp(s - max) / sum, dP = dO v^T (+ dW), dS = P (dP - delta);
+        # 3. Patch tiles: P = exp(s - m) / l, dP = dO v^T (+ dW), dS = P (dP - delta);
         #    dv = P^T dO, dk = scale dS^T q, dq += scale dS k.
         dq = tl.zeros([BLOCK_M, BLOCK_D], ACC)
         for start in range(0, N, BLOCK_N):
@@ -282,29 +304,29 @@ def _fwd_host(q, k, v, scale, return_weights):
     B, H, N, D = k.shape
     M = q.shape[2]
     out = torch.empty((B, H, M, D), dtype=q.dtype, device=q.device)
-    stats = torch.empty((2, B, H, M), dtype=acc_dtype(q.dtype), device=q.device)
+    lse = torch.empty((B, H, M), dtype=acc_dtype(q.dtype), device=q.device)
     weights = torch.empty((B, H, M, N) if return_weights else (0,), dtype=q.dtype,
                           device=q.device)
     block_m = _block_m(M)
     q_bstride = 0 if q.shape[0] == 1 else H * M * D
     with device_ctx(q):
         _fwd[lambda meta: (B * H, triton.cdiv(M, block_m))](
-            q, k, v, out, stats, weights if return_weights else out,
-            B * H * M, q_bstride, H, M, N, D, *split_float(scale),
+            q, k, v, out, lse, weights if return_weights else out,
+            q_bstride, H, M, N, D, *split_float(scale),
             BLOCK_M=block_m, BLOCK_D=pow2(D), WRITE_W=bool(return_weights),
             ACC=tl_acc(q.dtype), DOT=tl_dot(q.dtype),
         )
-    return out, stats, weights
+    return out, lse, weights
 
 
-def _bwd_host(grad_out, grad_weights, q, k, v, out, stats, scale):
+def _bwd_host(grad_out, grad_weights, q, k, v, out, lse, scale):
     check_device("cross_attention", q, k, v)
     # The same contiguous tensors as the forward: autograd saves the op's inputs, which may
     # have any strides (the kernels index them as contiguous).
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     grad_out = grad_out.contiguous()
     grad_weights = None if grad_weights is None else grad_weights.contiguous()
-    stats = stats.contiguous()
+    lse = lse.contiguous()
     B, H, N, D = k.shape
     M = q.shape[2]
     shared = q.shape[0] == 1 and B > 1
@@ -319,8 +341,8 @@ def _bwd_host(grad_out, grad_weights, q, k, v, out, stats, scale):
     q_bstride = 0 if q.shape[0] == 1 else H * M * D
     with device_ctx(q):
         _BWD_TUNED["f64" if q.dtype == torch.float64 else "other"][(B * H,)](
-            q, k, v, grad_out, grad_weights if has_dw else grad_out, stats, dq_b, dk, dv,
-            B * H * M, q_bstride, H, M, N, D, *split_float(scale),
+            q, k, v, grad_out, grad_weights if has_dw else grad_out, lse, dq_b, dk, dv,
+            q_bstride, H, M, N, D, *split_float(scale),
             BLOCK_M=block_m, BLOCK_D=pow2(D), HAS_DW=has_dw,
             ACC=tl_acc(q.dtype), DOT=tl_dot(q.dtype),
         )
@@ -334,24 +356,15 @@ def _bwd_host(grad_out, grad_weights, q, k, v, out, stats, scale):
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 
+# The ops of the contract (art_fast/ops/cross_attention.py: the schema, the fake kernels and
+# the autograd, registered there for every backend; the C++ schema in csrc/ is the same).
 @torch.library.custom_op(f"{NAMESPACE}::cross_attention_fwd", mutates_args=())
 def cross_attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, return_weights: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(out ``[B, H, M, D]``, stats ``[2, B, H, M]`` float32/float64 (row max, row sum of
-    exp(s - max): LSE = max + log(sum)), weights ``[B, H, M, N]`` or ``[0]``);
-    q ``[B or 1, H, M, D]``, k, v ``[B, H, N, D]``."""
+    """(out ``[B, H, M, D]``, lse ``[B, H, M]`` float32/float64, weights ``[B, H, M, N]`` or
+    ``[0]``); q ``[B or 1, H, M, D]``, k, v ``[B, H, N, D]``."""
     return _fwd_host(q, k, v, scale, return_weights)
-
-
-@cross_attention_fwd.register_fake
-def _(q, k, v, scale, return_weights):
-    B, H, N, D = k.shape
-    M = q.shape[2]
-    out = q.new_empty((B, H, M, D))
-    stats = q.new_empty((2, B, H, M), dtype=acc_dtype(q.dtype))
-    weights = q.new_empty((B, H, M, N) if return_weights else (0,))
-    return out, stats, weights
 
 
 @torch.library.custom_op(f"{NAMESPACE}::cross_attention_bwd", mutates_args=())
@@ -362,48 +375,11 @@ def cross_attention_bwd(
     k: torch.Tensor,
     v: torch.Tensor,
     out: torch.Tensor,
-    stats: torch.Tensor,
+    lse: torch.Tensor,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq like q, summed over B when q is shared; dk; dv)."""
-    return _bwd_host(grad_out, grad_weights, q, k, v, out, stats, scale)
+    return _bwd_host(grad_out, grad_weights, q, k, v, out, lse, scale)
 
 
-@cross_attention_bwd.register_fake
-def _(grad_out, grad_weights, q, k, v, out, stats, scale):
-    # contiguous, whatever the inputs' strides (as the real kernel returns them)
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, scale, return_weights = inputs
-    out, stats, _weights = output
-    ctx.save_for_backward(q, k, v, out, stats)
-    # unused outputs get None, not zero-filled gradients (no dW pass when weights are unused)
-    ctx.set_materialize_grads(False)
-    ctx.scale = scale
-    ctx.return_weights = return_weights
-
-
-def _backward(ctx, grad_out, _grad_stats, grad_weights):
-    q, k, v, out, stats = ctx.saved_tensors
-    if grad_out is None:
-        grad_out = torch.zeros_like(out)
-    gw = grad_weights if ctx.return_weights else None  # None when the weights were unused
-    # Not differentiated itself (no_grad: under create_graph=True or torch.func.grad the
-    # custom op would otherwise build an autograd.Function without setup_context, which
-    # torch.func refuses); create_graph=True: a second derivative raises instead of being a
-    # silent 0 (issue 14).
-    with torch.no_grad():
-        dq, dk, dv = cross_attention_bwd(grad_out, gw, q, k, v, out, stats, ctx.scale)
-    dq, dk, dv = once_differentiable("cross_attention", "triton", (dq, dk, dv),
-                                     (grad_out, gw, q, k, v))
-    return dq, dk, dv, None, None
-
-
-cross_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-forward = cross_attention_fwd
-# The op, its setup_context and backward: art_fast.ops wraps them in an autograd.Function that
-# torch.func accepts (art_fast/_autograd.py: the one register_autograd makes has none).
-AUTOGRAD = (cross_attention_fwd, _setup_context, _backward)
+_contract.provided("cross_attention")  # the fake kernels and autograd of the contract

@@ -48,9 +48,10 @@ sm_80 and sm_90 at any D without spills (measured ahead of time, docs/kernels/in
 known residue: with M or N not a multiple of 16, fp32 large kernels (FMA dots, 8 warps) spill
 4-16 bytes, where ptxas settles on 128 registers (two blocks an SM).
 
-The ops are ``art_fast_triton::info_nce_fwd`` (per-row loss, row max and sum) and
-``_bwd`` (custom ops with fake kernels and autograd); :func:`forward` applies the reduction on
-top (a sum over [G, M] rows in torch, deterministic).
+The ops are ``art_fast_triton::info_nce_fwd`` (per-row loss and log-sum-exp), ``_bwd`` and
+``_fused`` (``torch.library.custom_op``), the contract of the C++ ``art_fast::`` ops: their fake
+kernels and autograd are registered once for every backend in ``art_fast/ops/info_nce.py``.
+The fused entry reduces in torch (a sum over the [G, M] rows, deterministic).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ import torch
 import triton
 import triton.language as tl
 
-from art_fast._autograd import once_differentiable
+from art_fast import _contract
 
 from ._common import (
     NAMESPACE,
@@ -107,7 +108,7 @@ _FWD_CONFIGS = {16: _tiles((64, 64, 8, 3), (128, 64, 8, 3), (64, 128, 8, 3)),
 _ROW_CONFIGS = {16: _tiles((64, 64, 8, 3), (64, 128, 8, 3)),  # _rows_bwd: loops over N
                 32: _tiles((32, 64, 8, 3), (64, 32, 8, 3))}
 _COL_CONFIGS = {16: _tiles((64, 64, 8, 3), (128, 64, 8, 3)),  # _cols_bwd: loops over M
-                32: _tiles((32, 64, 8, 3), (32, 32, 8, 3))}
+                32: _tiles((32, 64, 8, 3), (32, 32, 8, 2))}
 
 
 @triton.jit
@@ -173,21 +174,21 @@ def _raw_logits(A, Cd, g, M, N, D, offs_m, mask_m, offs_n, mask_n,
 
 
 @triton.jit
-def _dlogits(L, mx, l_i, gl, tgt, offs_n, mn):
-    # dL = g_i (P - onehot(t_i)), P = exp(L - max) / sum; 0 on padding (gl is 0 on ignored rows).
+def _dlogits(L, lse, gl, tgt, offs_n, mn):
+    # dL = g_i (P - onehot(t_i)), P = exp(L - lse); 0 on padding (gl is 0 on ignored rows).
     onehot = tl.where(offs_n[None, :] == tgt[:, None], 1.0, 0.0)
-    p = tl.exp(tl.where(mn, L - mx[:, None], float("-inf"))) / l_i[:, None]
+    p = tl.exp(tl.where(mn, L - lse[:, None], float("-inf")))
     return tl.where(mn, gl[:, None] * (p - onehot), 0.0)
 
 
 @triton.jit
 def _tiny_fwd(
-    A, Cd, T, NA, NC, LOSS, LSE, ss, G, M, N, D, it_hi, it_lo, eps_hi, eps_lo,
+    A, Cd, T, NA, NC, LOSS, LSE, G, M, N, D, it_hi, it_lo, eps_hi, eps_lo,
     GROUPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     NORMALIZE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
-    # Grid (cdiv(G, GROUPS),). Writes the per-row loss and the stats (row max, row sum of
-    # exp(L - max)) that autograd saves with a, c, t: never the [M, N] logits.
+    # Grid (cdiv(G, GROUPS),). Writes the per-row loss and its log-sum-exp, which autograd
+    # saves with a, c, t: never the [M, N] logits.
     inv_temp = tl.cast(it_hi, ACC) + tl.cast(it_lo, ACC)  # 1 / T and eps in ACC (see split_float)
     eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
     offs_m = tl.arange(0, BLOCK_M)
@@ -213,22 +214,21 @@ def _tiny_fwd(
         l_i = tl.sum(tl.exp(L - mx[:, None]), 1)
         tgt = tl.load(T + g * M + offs_m, mask=mask_m, other=_IGNORE)
         lt = tl.sum(tl.where(offs_n[None, :] == tgt[:, None], L, 0.0), 1)
-        # 4. loss = (max - target logit) + log(sum). The LSE is kept in two parts (max, sum of
-        #    exp(L - max)) everywhere: its rounding at the scale of large logits would cost
-        #    the softmax its precision; P = exp(L - max) / sum, as torch.softmax computes it.
+        # 4. loss = (max - target logit) + log(sum); the saved statistic is lse = max +
+        #    log(sum) in ACC, the layout of every backend (issue 14): the backward's P =
+        #    exp(L - lse) carries its rounding, half an ulp of |lse| (float32: 6e-8 |lse|).
         loss = tl.where(tgt != _IGNORE, (mx - lt) + tl.log(l_i), 0.0)
         tl.store(LOSS + g * M + offs_m, loss, mask=mask_m)
-        tl.store(LSE + g * M + offs_m, mx, mask=mask_m)
-        tl.store(LSE + ss + g * M + offs_m, l_i, mask=mask_m)
+        tl.store(LSE + g * M + offs_m, mx + tl.log(l_i), mask=mask_m)
 
 
 @triton.jit
 def _tiny_bwd(
-    A, Cd, T, NA, NC, LSE, ss, GL, GA, GC, G, M, N, D, DO, it_hi, it_lo, eps_hi, eps_lo,
+    A, Cd, T, NA, NC, LSE, GL, GA, GC, G, M, N, D, DO, it_hi, it_lo, eps_hi, eps_lo,
     GROUPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
-    # Grid (cdiv(G, GROUPS),). Reads the saved a, c, t, stats and the upstream gradient; the
+    # Grid (cdiv(G, GROUPS),). Reads the saved a, c, t, lse and the upstream gradient; the
     # logits are recomputed (same K-loop as the forward), both gradients written per D chunk.
     inv_temp = tl.cast(it_hi, ACC) + tl.cast(it_lo, ACC)  # 1 / T and eps in ACC (see split_float)
     eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
@@ -251,12 +251,11 @@ def _tiny_bwd(
         mn = mask_m[:, None] & mask_n[None, :]
         # 2. dL = g_i (softmax - onehot(t_i)), 0 on ignored rows and padding; the projection
         #    terms sum_j dL L (rows) and sum_i dL L (columns).
-        mx = tl.load(LSE + g * M + offs_m, mask=mask_m, other=0.0).to(ACC)
-        l_i = tl.load(LSE + ss + g * M + offs_m, mask=mask_m, other=1.0).to(ACC)
+        lse = tl.load(LSE + g * M + offs_m, mask=mask_m, other=0.0).to(ACC)
         tgt = tl.load(T + g * M + offs_m, mask=mask_m, other=_IGNORE)
         gl = tl.load(GL + g * M + offs_m, mask=mask_m, other=0.0).to(ACC)
         gl = tl.where(tgt != _IGNORE, gl, 0.0)
-        dL = _dlogits(L, mx, l_i, gl, tgt, offs_n, mn)
+        dL = _dlogits(L, lse, gl, tgt, offs_n, mn)
         dLL = tl.where(mn, dL * L, 0.0)
         r = tl.sum(dLL, 1)
         s = tl.sum(dLL, 0)
@@ -283,11 +282,11 @@ def _tiny_bwd(
 
 @triton.jit
 def _rows_fwd(
-    A, Cd, T, NA, NC, LOSS, LSE, ss, M, N, D, it_hi, it_lo, eps_hi, eps_lo,
+    A, Cd, T, NA, NC, LOSS, LSE, M, N, D, it_hi, it_lo, eps_hi, eps_lo,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     NORMALIZE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
-    # Grid (G, cdiv(M, BLOCK_M)). Writes the per-row loss and the stats (saved, with a, c, t).
+    # Grid (G, cdiv(M, BLOCK_M)). Writes the per-row loss and its log-sum-exp (saved, with a, c, t).
     inv_temp = tl.cast(it_hi, ACC) + tl.cast(it_lo, ACC)  # 1 / T and eps in ACC (see split_float)
     eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
     # 1. An anchor tile of group g (its rows' norms, targets); D is read in BLOCK_K chunks.
@@ -317,20 +316,19 @@ def _rows_fwd(
         l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(L - m_new[:, None]), 1)
         m_i = m_new
         lt += tl.sum(tl.where(n[None, :] == tgt[:, None], L, 0.0), 1)
-    # 3. loss = (max - target logit) + log(sum) (0 when ignored); max and sum stored apart.
+    # 3. loss = (max - target logit) + log(sum) (0 when ignored); lse = max + log(sum).
     loss = tl.where(tgt != _IGNORE, (m_i - lt) + tl.log(l_i), 0.0)
     tl.store(LOSS + g * M + offs_m, loss, mask=mask_m)
-    tl.store(LSE + g * M + offs_m, m_i, mask=mask_m)
-    tl.store(LSE + ss + g * M + offs_m, l_i, mask=mask_m)
+    tl.store(LSE + g * M + offs_m, m_i + tl.log(l_i), mask=mask_m)
 
 
 @triton.jit
 def _rows_bwd(
-    A, Cd, T, NA, NC, LSE, ss, GL, GA, M, N, D, DO, it_hi, it_lo, eps_hi, eps_lo,
+    A, Cd, T, NA, NC, LSE, GL, GA, M, N, D, DO, it_hi, it_lo, eps_hi, eps_lo,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
-    # Grid (G * cdiv(D, BLOCK_D), cdiv(M, BLOCK_M)). Reads the saved a, c, t, stats.
+    # Grid (G * cdiv(D, BLOCK_D), cdiv(M, BLOCK_M)). Reads the saved a, c, t, lse.
     inv_temp = tl.cast(it_hi, ACC) + tl.cast(it_lo, ACC)  # 1 / T and eps in ACC (see split_float)
     eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
     # 1. Row pass of the backward. Program (g * cdiv(D, BLOCK_D) + dj, i) owns
@@ -345,8 +343,7 @@ def _rows_bwd(
     inv_a, proj_a = _inv(tl.load(NA + g * M + offs_m, mask=mask_m, other=1.0).to(ACC), eps,
                          NORMALIZE)
     row_scale = inv_a * inv_temp
-    mx = tl.load(LSE + g * M + offs_m, mask=mask_m, other=0.0).to(ACC)
-    l_i = tl.load(LSE + ss + g * M + offs_m, mask=mask_m, other=1.0).to(ACC)
+    lse = tl.load(LSE + g * M + offs_m, mask=mask_m, other=0.0).to(ACC)
     tgt = tl.load(T + g * M + offs_m, mask=mask_m, other=_IGNORE)
     gl = tl.load(GL + g * M + offs_m, mask=mask_m, other=0.0).to(ACC)
     gl = tl.where(tgt != _IGNORE, gl, 0.0)
@@ -364,7 +361,7 @@ def _rows_bwd(
                         BLOCK_M, BLOCK_N, BLOCK_K, ACC, DOT)
         L = L * row_scale[:, None] * inv_c[None, :]
         mn = mask_m[:, None] & mask_n[None, :]
-        dL = _dlogits(L, mx, l_i, gl, tgt, n, mn)
+        dL = _dlogits(L, lse, gl, tgt, n, mn)
         r += tl.sum(tl.where(mn, dL * L, 0.0), 1)
         c = tl.load(Cd + (g * N + n[:, None]) * D + offs_d[None, :],
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(DOT)
@@ -380,11 +377,11 @@ def _rows_bwd(
 
 @triton.jit
 def _cols_bwd(
-    A, Cd, T, NA, NC, LSE, ss, GL, GC, M, N, D, DO, it_hi, it_lo, eps_hi, eps_lo,
+    A, Cd, T, NA, NC, LSE, GL, GC, M, N, D, DO, it_hi, it_lo, eps_hi, eps_lo,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
-    # Grid (G * cdiv(D, BLOCK_D), cdiv(N, BLOCK_N)). Reads the saved a, c, t, stats.
+    # Grid (G * cdiv(D, BLOCK_D), cdiv(N, BLOCK_N)). Reads the saved a, c, t, lse.
     inv_temp = tl.cast(it_hi, ACC) + tl.cast(it_lo, ACC)  # 1 / T and eps in ACC (see split_float)
     eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
     # 1. Column pass of the backward. Program (g * cdiv(D, BLOCK_D) + dj, j) owns
@@ -407,8 +404,7 @@ def _cols_bwd(
         mask_m = m < M
         inv_a, _pa = _inv(tl.load(NA + g * M + m, mask=mask_m, other=1.0).to(ACC), eps,
                           NORMALIZE)
-        mx = tl.load(LSE + g * M + m, mask=mask_m, other=0.0).to(ACC)
-        l_i = tl.load(LSE + ss + g * M + m, mask=mask_m, other=1.0).to(ACC)
+        lse = tl.load(LSE + g * M + m, mask=mask_m, other=0.0).to(ACC)
         tgt = tl.load(T + g * M + m, mask=mask_m, other=_IGNORE)
         gl = tl.load(GL + g * M + m, mask=mask_m, other=0.0).to(ACC)
         gl = tl.where(tgt != _IGNORE, gl, 0.0)
@@ -416,7 +412,7 @@ def _cols_bwd(
                         BLOCK_M, BLOCK_N, BLOCK_K, ACC, DOT)
         L = L * (inv_a * inv_temp)[:, None] * inv_c[None, :]
         mn = mask_m[:, None] & mask_n[None, :]
-        dL = _dlogits(L, mx, l_i, gl, tgt, offs_n, mn)
+        dL = _dlogits(L, lse, gl, tgt, offs_n, mn)
         s += tl.sum(tl.where(mn, dL * L, 0.0), 0)
         a = tl.load(A + (g * M + m[:, None]) * D + offs_d[None, :],
                     mask=mask_m[:, None] & mask_d[None, :], other=0.0).to(DOT)
@@ -539,7 +535,7 @@ def _fwd_host(anchors, candidates, targets, temperature, normalize, regime):
     D = a.shape[-1]  # the row length the kernels read (a multiple of ALIGN)
     acc = acc_dtype(a.dtype)
     loss = torch.empty((G, M), dtype=acc, device=a.device)
-    lse = torch.empty((2, G, M), dtype=acc, device=a.device)  # (max, sum of exp(L - max))
+    lse = torch.empty((G, M), dtype=acc, device=a.device)
     with device_ctx(a):
         na, nc = _norm_rows(a, normalize), _norm_rows(c, normalize)
         scal = (*split_float(1.0 / temperature), *split_float(EPS))
@@ -547,11 +543,11 @@ def _fwd_host(anchors, candidates, targets, temperature, normalize, regime):
         if _regime(M, N, D, a.dtype, regime) == TINY:
             meta = _tiny_meta(M, N, D, a.dtype, backward=False)
             _tiny_fwd[(triton.cdiv(G, meta["GROUPS"]),)](
-                a, c, t, na, nc, loss, lse, G * M, G, M, N, D, *scal, **meta, **common,
+                a, c, t, na, nc, loss, lse, G, M, N, D, *scal, **meta, **common,
             )
         else:
             _ROWS_FWD[_tile_class(a.dtype)][lambda meta: (G, triton.cdiv(M, meta["BLOCK_M"]))](
-                a, c, t, na, nc, loss, lse, G * M, M, N, D, *scal,
+                a, c, t, na, nc, loss, lse, M, N, D, *scal,
                 BLOCK_K=_block_k(D, a.dtype), **common,
             )
     return loss, lse
@@ -571,7 +567,7 @@ def _bwd_host(grad_loss, anchors, candidates, targets, lse, temperature, normali
         na, nc = _norm_rows(a, normalize), _norm_rows(c, normalize)
         scal = (*split_float(1.0 / temperature), *split_float(EPS))
         common = dict(NORMALIZE=normalize, ACC=tl_acc(a.dtype), DOT=tl_dot(a.dtype))
-        args = (a, c, t, na, nc, lse, G * M, gl)
+        args = (a, c, t, na, nc, lse, gl)
         if _regime(M, N, D, a.dtype, regime) == TINY:
             meta = _tiny_meta(M, N, D, a.dtype, backward=True)
             _tiny_bwd[(triton.cdiv(G, meta["GROUPS"]),)](
@@ -598,6 +594,13 @@ def _bwd_host(grad_loss, anchors, candidates, targets, lse, temperature, normali
     return ga, gc
 
 
+REGIME = AUTO
+"""The regime every call of the ops below uses: AUTO (chosen from M, N and the dtype), TINY or
+LARGE (tests set it to reach both kernels at small shapes; not part of the op contract)."""
+
+
+# The ops of the contract (art_fast/ops/info_nce.py: the schemas, the fake kernels and the
+# autograd, registered there for every backend; the C++ schemas in csrc/ are the same).
 @torch.library.custom_op(f"{NAMESPACE}::info_nce_fwd", mutates_args=())
 def info_nce_fwd(
     anchors: torch.Tensor,
@@ -605,18 +608,9 @@ def info_nce_fwd(
     targets: torch.Tensor,
     temperature: float,
     normalize: bool,
-    regime: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss ``[G, M]``, stats ``[2, G, M]``: row max and row sum of exp(L - max); LSE =
-    max + log(sum)), float32 (float64 for float64 inputs); ``regime``: 0 auto, 1 tiny, 2 large."""
-    return _fwd_host(anchors, candidates, targets, temperature, normalize, regime)
-
-
-@info_nce_fwd.register_fake
-def _(anchors, candidates, targets, temperature, normalize, regime):
-    G, M, _ = anchors.shape
-    acc = acc_dtype(anchors.dtype)
-    return anchors.new_empty((G, M), dtype=acc), anchors.new_empty((2, G, M), dtype=acc)
+    """(loss ``[G, M]``, lse ``[G, M]``), float32 (float64 for float64 inputs)."""
+    return _fwd_host(anchors, candidates, targets, temperature, normalize, REGIME)
 
 
 @torch.library.custom_op(f"{NAMESPACE}::info_nce_bwd", mutates_args=())
@@ -628,59 +622,37 @@ def info_nce_bwd(
     lse: torch.Tensor,
     temperature: float,
     normalize: bool,
-    regime: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad anchors, grad candidates) from the per-row upstream gradient ``[G, M]``."""
     return _bwd_host(grad_loss, anchors, candidates, targets, lse, temperature, normalize,
-                     regime)
+                     REGIME)
 
 
-@info_nce_bwd.register_fake
-def _(grad_loss, anchors, candidates, targets, lse, temperature, normalize, regime):
-    return torch.empty_like(anchors), torch.empty_like(candidates)
-
-
-def _setup_context(ctx, inputs, output):
-    anchors, candidates, targets, temperature, normalize, regime = inputs
-    _loss, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(anchors, candidates, targets, lse)
-    ctx.temperature, ctx.normalize, ctx.regime = temperature, normalize, regime
-
-
-def _backward(ctx, grad_loss, _grad_lse):
-    anchors, candidates, targets, lse = ctx.saved_tensors
-    # Not differentiated itself (no_grad: under create_graph=True or torch.func.grad the
-    # custom op would otherwise build an autograd.Function without setup_context, which
-    # torch.func refuses); create_graph=True: a second derivative raises instead of being a
-    # silent 0 (issue 14).
-    with torch.no_grad():
-        ga, gc = info_nce_bwd(grad_loss.to(lse.dtype), anchors, candidates, targets, lse,
-                              ctx.temperature, ctx.normalize, ctx.regime)
-    ga, gc = once_differentiable("info_nce", "triton", (ga, gc), (grad_loss, anchors, candidates))
-    return ga, gc, None, None, None, None
-
-
-info_nce_fwd.register_autograd(_backward, setup_context=_setup_context)
-# The op, its setup_context and backward: art_fast.ops wraps them in an autograd.Function that
-# torch.func accepts (art_fast/_autograd.py: the one register_autograd makes has none).
-AUTOGRAD = (info_nce_fwd, _setup_context, _backward)
-
-
-def forward(
+@torch.library.custom_op(f"{NAMESPACE}::info_nce_fused", mutates_args=())
+def info_nce_fused(
     anchors: torch.Tensor,
     candidates: torch.Tensor,
     targets: torch.Tensor,
     temperature: float,
     normalize: bool,
-    reduction: str,
-    regime: int = AUTO,
-) -> torch.Tensor:
-    """The loss of ``art_fast.info_nce`` in the dtype of the inputs (reduction in torch)."""
-    loss, _lse = info_nce_fwd(anchors, candidates, targets, temperature, normalize, regime)
-    if reduction == "sum":
-        loss = loss.sum()
-    elif reduction == "mean":
-        count = (targets != IGNORE_INDEX).sum().clamp(min=1)
-        loss = loss.sum() / count.to(loss.dtype)
-    return loss.to(anchors.dtype)
+    mean: bool,
+    compute_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss ``[]`` reduced (mean over kept rows when ``mean``, else sum), d loss / d anchors,
+    d loss / d candidates, or two ``[0]`` tensors without ``compute_grad``): the fused entry of
+    the contract. Here it runs the forward kernels, then, when asked, the backward kernels with
+    the upstream gradient of every kept row (1 / count or 1): not one pass as the C++ kernels,
+    the same outputs."""
+    loss, lse = _fwd_host(anchors, candidates, targets, temperature, normalize, REGIME)
+    kept = targets != IGNORE_INDEX
+    scale = 1.0 / kept.sum().clamp(min=1).to(loss.dtype) if mean else loss.new_ones(())
+    total = loss.sum() * scale
+    if not compute_grad:
+        return total, anchors.new_empty((0,)), candidates.new_empty((0,))
+    grad_loss = kept.to(loss.dtype) * scale
+    ga, gc = _bwd_host(grad_loss, anchors, candidates, targets, lse, temperature, normalize,
+                       REGIME)
+    return total, ga, gc
+
+
+_contract.provided("info_nce")  # the fake kernels and autograd of the contract

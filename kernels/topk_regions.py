@@ -25,10 +25,11 @@ Kernels:
   W[b]^T g_pooled[b] as a tiled matmul over m in increasing order: each output tile has one
   owner, no atomics, bitwise reproducible.
 
-The ops are ``art_fast_triton::topk_regions_fwd`` / ``_bwd`` (custom ops with fake kernels and
-autograd); :func:`forward` is the fwd op. Saved for the backward: scores, values and indices
-as the op received them (any strides: the ops are public); the kernels index them as
-contiguous, so the bwd host makes scores, values, indices, g_pooled and g_weights contiguous
+The ops are ``art_fast_triton::topk_regions_fwd`` / ``_bwd`` (``torch.library.custom_op``),
+the contract of the C++ ``art_fast::`` ops: their fake kernels and autograd are registered once
+for every backend in ``art_fast/ops/topk_regions.py``. Saved for the backward: scores, values
+and indices as the op received them (any strides: the ops are public); the kernels index them
+as contiguous, so the bwd host makes scores, values, indices, g_pooled and g_weights contiguous
 exactly as the fwd host does (its outputs are contiguous; so are the fake kernels').
 """
 
@@ -40,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from art_fast._autograd import once_differentiable
+from art_fast import _contract
 
 from ._common import NAMESPACE, acc_dtype, check_device, configs, device_ctx, pow2, tl_acc
 
@@ -303,21 +304,14 @@ def _bwd_host(grad_pooled, grad_weights, scores, values, indices):
     return grad_scores, grad_values
 
 
+# The ops of the contract (art_fast/ops/topk_regions.py: the schema, the fake kernels and the
+# autograd, registered there for every backend; the C++ schema in csrc/ is the same).
 @torch.library.custom_op(f"{NAMESPACE}::topk_regions_fwd", mutates_args=())
 def topk_regions_fwd(
     scores: torch.Tensor, values: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(pooled ``[B, M, C]``, indices ``[B, M, k]`` int64, weights ``[B, M, k]``)."""
     return _fwd_host(scores, values, k)
-
-
-@topk_regions_fwd.register_fake
-def _(scores, values, k):
-    B, M, _N = scores.shape
-    pooled = values.new_empty((B, M, values.shape[2]))
-    indices = scores.new_empty((B, M, k), dtype=torch.int64)
-    weights = scores.new_empty((B, M, k))
-    return pooled, indices, weights
 
 
 @torch.library.custom_op(f"{NAMESPACE}::topk_regions_bwd", mutates_args=())
@@ -332,39 +326,4 @@ def topk_regions_bwd(
     return _bwd_host(grad_pooled, grad_weights, scores, values, indices)
 
 
-@topk_regions_bwd.register_fake
-def _(grad_pooled, grad_weights, scores, values, indices):
-    # contiguous, whatever the inputs' strides (as the real kernels return them)
-    return scores.new_empty(scores.shape), values.new_empty(values.shape)
-
-
-def _setup_context(ctx, inputs, output):
-    scores, values, _k = inputs
-    _pooled, indices, _weights = output
-    ctx.mark_non_differentiable(indices)
-    ctx.save_for_backward(scores, values, indices)
-    ctx.set_materialize_grads(False)  # unused weights: None, no zero-filled gradient to read
-
-
-def _backward(ctx, grad_pooled, _grad_indices, grad_weights):
-    scores, values, indices = ctx.saved_tensors
-    if grad_pooled is None:
-        B, M, _ = scores.shape
-        grad_pooled = values.new_zeros((B, M, values.shape[2]))
-    # Not differentiated itself (no_grad: under create_graph=True or torch.func.grad the
-    # custom op would otherwise build an autograd.Function without setup_context, which
-    # torch.func refuses); create_graph=True: a second derivative raises instead of being a
-    # silent 0 (issue 14).
-    with torch.no_grad():
-        gs, gv = topk_regions_bwd(grad_pooled, grad_weights, scores, values, indices)
-    gs, gv = once_differentiable("topk_regions", "triton", (gs, gv),
-                                 (grad_pooled, grad_weights, scores, values))
-    return gs, gv, None
-
-
-topk_regions_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-forward = topk_regions_fwd
-# The op, its setup_context and backward: art_fast.ops wraps them in an autograd.Function that
-# torch.func accepts (art_fast/_autograd.py: the one register_autograd makes has none).
-AUTOGRAD = (topk_regions_fwd, _setup_context, _backward)
+_contract.provided("topk_regions")  # the fake kernels and autograd of the contract

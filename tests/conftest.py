@@ -8,10 +8,27 @@ demand zero error)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
+
+# torch.compile's on-disk cache (inductor's FX graph cache) does not key its entries on the
+# fake kernels of custom ops: a graph compiled against another version of an op's contract
+# (e.g. another checkout, or this one before an edit to art_fast/ops or kernels/) is reused
+# with the old output shapes ("mismatch in length of strides and shape", seen when two
+# checkouts ran the suite at once). The tests use a cache of their own per version of those
+# sources. A cache dir set by the caller is kept.
+_ROOT = Path(__file__).resolve().parents[1]
+_digest = hashlib.sha256()
+for _src in sorted([*_ROOT.glob("art_fast/ops/*.py"), *_ROOT.glob("kernels/*.py"),
+                    _ROOT / "art_fast" / "_contract.py"]):
+    _digest.update(_src.read_bytes())
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"art_fast_inductor_{_digest.hexdigest()[:16]}"))
 
 # Triton runs CPU tensors only under its interpreter, which must be on before the kernels are
 # defined (they are, at `import art_fast`). Without CUDA the test process turns it on here, so

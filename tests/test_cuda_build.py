@@ -15,7 +15,7 @@ import torch
 from art_fast import _ext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OPS = _ext._OPS
+OPS = [entry for entries in _ext.ENTRIES.values() for entry in entries]
 
 
 def _compiled_with_cuda() -> bool:

@@ -8,46 +8,51 @@ import torch
 
 import art_fast
 from art_fast import reference
+from art_fast._contract import _CONTRACTS as CONTRACTS
+from art_fast.ops import SPECS
 from tests.conftest import require_backend
 
-
-def _samples(op: str):
-    if op == "cross_attention_fwd":
-        q = torch.randn(2, 3, 4, 8, requires_grad=True)
-        k = torch.randn(2, 3, 9, 8, requires_grad=True)
-        v = torch.randn(2, 3, 9, 8, requires_grad=True)
-        qs = torch.randn(1, 3, 4, 8, requires_grad=True)
-        return [(q, k, v, 0.35, False), (q, k, v, 0.35, True), (qs, k, v, 0.2, True),
-                (q.double(), k.double(), v.double(), 0.35, True)]
-    if op == "topk_regions_fwd":
-        s = torch.randn(2, 3, 11, requires_grad=True)
-        v = torch.randn(2, 11, 5, requires_grad=True)
-        return [(s, v, 4), (s, v, 11), (s.detach().bfloat16().requires_grad_(),
-                                        v.detach().bfloat16().requires_grad_(), 1)]
-    a = torch.randn(3, 4, 8, requires_grad=True)
-    c = torch.randn(3, 6, 8, requires_grad=True)
-    t = torch.tensor([[0, 5, -100, 2]] * 3)
-    big_a = torch.randn(1, 80, 8, requires_grad=True)
-    big_t = torch.randint(0, 80, (1, 80))
-    if op == "info_nce_fused":
-        a16 = torch.randn(2, 4, 16, requires_grad=True)
-        c16 = torch.randn(2, 8, 16, requires_grad=True)
-        t16 = torch.tensor([[0, 7, -100, 2]] * 2)
-        return [(a, c, t, 0.1, True, True, True), (a, c, t, 2.0, False, False, True),
-                (a16, c16, t16, 0.3, True, True, True),  # the tiny direct path
-                (big_a, big_a, big_t, 0.1, True, True, True),
-                (a.detach(), c.detach(), t, 0.1, True, True, False),
-                (big_a.detach(), big_a.detach(), big_t, 0.5, True, False, False)]
-    return [(a, c, t, 0.1, True), (a, c, t, 2.0, False), (big_a, big_a, big_t, 0.1, True)]
+# The compiled backends whose entries opcheck exercises: the C++ ops on the CPU, the Triton ops
+# on CPU tensors under the interpreter, and both on a GPU.
+_GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                            reason="needs a CUDA device")]
+ENTRY_BACKENDS = [
+    pytest.param("cpu", "cpu", id="cpu"),
+    pytest.param("cpu", "triton", id="triton-interpret"),
+    pytest.param("cuda", "cuda", id="cuda", marks=_GPU),
+    pytest.param("cuda", "triton", id="cuda-triton", marks=_GPU),
+]
 
 
-@pytest.mark.parametrize(
-    "op", ["cross_attention_fwd", "topk_regions_fwd", "info_nce_fwd", "info_nce_fused"]
-)
-def test_opcheck(op):
-    require_backend(op.rsplit("_", 1)[0], "cpu")
-    for args in _samples(op):
-        torch.library.opcheck(getattr(torch.ops.art_fast, op), args)
+@pytest.mark.parametrize("device,backend", ENTRY_BACKENDS)
+@pytest.mark.parametrize("op", tuple(SPECS))
+def test_opcheck(op, device, backend):
+    """Every differentiable entry of every op (the spec's entry samples) on every compiled
+    backend: schema, fake kernel, autograd registration, AOT dispatch."""
+    spec = SPECS[op]
+    require_backend(op, backend)
+    impl = CONTRACTS[op].impl(backend)
+    samples = spec.entry_samples(device)
+    assert set(samples) <= set(spec.entries), f"{op}: samples for unknown entries"
+    assert "fwd" in samples, f"{op}: the spec has no sample of the fwd entry"
+    for entry, calls in samples.items():
+        for args in calls:
+            torch.library.opcheck(getattr(impl, entry), args)
+
+
+def test_every_backend_has_the_same_schemas():
+    """One contract: the Triton ops declare exactly the C++ ops' schemas (names, argument
+    names and types, returns), entry by entry."""
+    for op, spec in SPECS.items():
+        for backend in ("cpu", "triton"):
+            require_backend(op, backend)
+        for entry in spec.entries:
+            cpp = getattr(torch.ops.art_fast, f"{op}_{entry}").default._schema
+            tri = getattr(torch.ops.art_fast_triton, f"{op}_{entry}").default._schema
+            assert [(a.name, str(a.type)) for a in cpp.arguments] == \
+                [(a.name, str(a.type)) for a in tri.arguments], f"{op}_{entry}: arguments"
+            assert [str(r.type) for r in cpp.returns] == [str(r.type) for r in tri.returns], \
+                f"{op}_{entry}: returns"
 
 
 def _check_compiled(fn, args, grads_of):
@@ -106,6 +111,20 @@ def test_compile_fullgraph_info_nce(backend):
             a, a, torch.arange(5).expand(3, 5), reduction="sum", backend=backend)
 
     _check_compiled(fn, (a, c), (a, c))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton", "torch"])
+@pytest.mark.parametrize("op", tuple(SPECS))
+def test_compile_fullgraph_spec_cases(op, backend):
+    """torch.compile(fullgraph=True) of every op at every sample shape of its spec: the same
+    outputs and input gradients as eager, no graph break."""
+    spec = SPECS[op]
+    require_backend(op, backend)
+    for case in spec.cases("cpu", seed=3):
+        def fn(*args, case=case):
+            return spec.fn(*args, **case.kwargs, backend=backend)
+
+        _check_compiled(fn, case.args, case.grad_inputs)
 
 
 def test_compile_traces_the_scoped_backend():

@@ -19,6 +19,7 @@ import torch
 
 import art_fast
 from art_fast import _backend, _selftest, reference
+from art_fast._contract import _CONTRACTS
 from tests.conftest import require_backend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,14 +40,16 @@ def _fresh_verdicts(monkeypatch):
 
 @pytest.fixture
 def ext_op(monkeypatch):
-    """``ext_op(name, wrapper)``: replace ``torch.ops.art_fast.<name>`` (the cpu backend's entry
-    point) by ``wrapper(original, *args)`` for the test."""
+    """``ext_op(name, wrapper)``: replace the cpu backend's entry ``art_fast::<name>`` (as the
+    op's contract hands it out: ``CONTRACT.impl("cpu").<entry>``) by ``wrapper(original,
+    *args)`` for the test."""
     require_backend("cross_attention", "cpu")
 
     def install(name: str, wrapper) -> None:
-        original = getattr(torch.ops.art_fast, name)
-        monkeypatch.setattr(torch.ops.art_fast, name,
-                            lambda *args: wrapper(original, *args))
+        op, entry = name.rsplit("_", 1)
+        impl = _CONTRACTS[op].impl("cpu")
+        original = getattr(impl, entry)
+        monkeypatch.setattr(impl, entry, lambda *args: wrapper(original, *args))
 
     return install
 

@@ -7,8 +7,6 @@ spans three tiles."""
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
@@ -27,7 +25,7 @@ def regime(request, monkeypatch):
     """Route art_fast.info_nce(backend="triton") to the kernels of one regime."""
     from art_fast.kernels import info_nce as kmod
 
-    monkeypatch.setattr(kmod, "forward", functools.partial(kmod.forward, regime=request.param))
+    monkeypatch.setattr(kmod, "REGIME", request.param)
     return request.param
 
 
@@ -184,13 +182,14 @@ def test_forced_tiny_beyond_the_limit_raises(device):
     a = torch.randn(1, 64, 4, device=device, dtype=torch.float64)
     t = torch.zeros(1, 64, dtype=torch.long, device=device)
     with pytest.raises(RuntimeError, match=str(kmod.TINY_MAX_BYTES)):
-        kmod.forward(a, a, t, 0.1, True, "mean", regime=kmod.TINY)
-    loss = kmod.forward(a, a, t, 0.1, True, "mean")  # auto: the large kernels
-    assert torch.isfinite(loss)
+        kmod._fwd_host(a, a, t, 0.1, True, kmod.TINY)
+    loss, _lse = kmod._fwd_host(a, a, t, 0.1, True, kmod.AUTO)  # auto: the large kernels
+    assert torch.isfinite(loss).all()
 
 
 @pytest.mark.parametrize("device", TRITON_CASES)
-def test_opcheck(device):
+def test_opcheck(device, monkeypatch):
+    """The per-row and the fused entries, in both regimes (schema, fake kernel, autograd)."""
     require_triton(OP, device)
     from art_fast.kernels import info_nce as kmod
 
@@ -198,9 +197,12 @@ def test_opcheck(device):
     c = torch.randn(3, 6, 8, device=device, requires_grad=True)
     t = torch.tensor([[0, 5, -100, 2]] * 3, device=device)
     for regime in (kmod.TINY, kmod.LARGE):
-        for args in [(a, c, t, 0.1, True, regime), (a, c, t, 2.0, False, regime),
-                     (a, a, t.clamp(max=3), 0.5, True, regime)]:
+        monkeypatch.setattr(kmod, "REGIME", regime)
+        for args in [(a, c, t, 0.1, True), (a, c, t, 2.0, False),
+                     (a, a, t.clamp(max=3), 0.5, True)]:
             torch.library.opcheck(kmod.info_nce_fwd, args)
+            for mean in (True, False):
+                torch.library.opcheck(kmod.info_nce_fused, (*args, mean, True))
 
 
 @pytest.mark.parametrize("device", TRITON_CASES)

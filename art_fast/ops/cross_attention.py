@@ -1,11 +1,25 @@
-"""Query-to-patch cross-attention (DESIGN §3.1): public function, backend dispatch, and the
-torch.library registration (fake kernel + autograd) of ``art_fast::cross_attention_fwd``."""
+"""Query-to-patch cross-attention (DESIGN §3.1): the public function and the op's contract
+(``art_fast._contract``): one fake kernel per entry, one setup_context and one backward,
+registered for every backend (``art_fast::`` C++ on cpu/cuda, ``art_fast_triton::``).
+
+Entries (the schema of ``csrc/cross_attention.cpp``; the Triton ops match it):
+
+- ``cross_attention_fwd(q, k, v, scale, return_weights) -> (out, lse, weights)``: q
+  ``[Bq, H, M, D]`` with Bq in {1, B} (1: one query set shared by the B groups), k, v
+  ``[B, H, N, D]``, contiguous, one floating dtype; out ``[B, H, M, D]``, lse ``[B, H, M]`` (the
+  per-row log-sum-exp of the scaled scores, float32, float64 for float64 inputs), weights
+  ``[B, H, M, N]`` when return_weights, else ``[0]``.
+- ``cross_attention_bwd(grad_out, grad_weights?, q, k, v, out, lse, scale) -> (dq, dk, dv)``:
+  dq like q (summed over B in a fixed order when Bq = 1).
+"""
 
 from __future__ import annotations
 
 import torch
 
-from .. import _autograd, _backend, _ext, reference
+from .. import _autograd, _backend, reference
+from .._contract import OpContract
+from .._spec import Case, OpSpec, randn
 from ._validate import acc_dtype as _acc_dtype
 from ._validate import check_dim, check_float, check_same, check_tensor
 
@@ -71,7 +85,7 @@ def cross_attention(
         return reference.cross_attention(q, k, v, scale, return_weights)
     if _autograd.transforms_active():
         # 1. torch.func (issue 14): the op through an autograd.Function torch.func accepts.
-        out, _lse, weights = _transformable(name).apply(
+        out, _lse, weights = CONTRACT.function(name).apply(
             q.contiguous(), k.contiguous(), v.contiguous(), scale, return_weights
         )
         return (out, weights) if return_weights else out
@@ -83,52 +97,91 @@ def cross_attention(
     if (q.shape[0] == B and B > 1 and q.stride(0) == 0
             and not (torch.is_grad_enabled() and q.requires_grad)):
         q = q[:1]
-    fwd = (
-        _backend.triton_kernels(_OP).forward
-        if name == "triton"
-        else torch.ops.art_fast.cross_attention_fwd
+    out, _lse, weights = CONTRACT.impl(name).fwd(
+        q.contiguous(), k.contiguous(), v.contiguous(), scale, return_weights
     )
-    out, _lse, weights = fwd(q.contiguous(), k.contiguous(), v.contiguous(), scale, return_weights)
     return (out, weights) if return_weights else out
 
 
-def _vmap_rule(stats_dim: int):
-    """The vmap rule of the op (see ``_autograd.transformable``); ``stats_dim``: the batch dim
-    of the softmax statistics (cpu/cuda: lse ``[B, H, M]``, 0; triton: ``[2, B, H, M]``, 1)."""
-
-    def rule(apply, info, in_dims, q, k, v, scale, return_weights):
-        V = info.batch_size
-        q, k, v = (_autograd.batch_first(x, d, V) for x, d in zip((q, k, v), in_dims))
-        B = k.shape[1]
-        if q.shape[1] != B:  # [V, 1, H, M, D]: one query set per vmapped sample
-            q = q.expand(V, B, *q.shape[2:])
-        out, stats, weights = apply(_autograd.fold(q), _autograd.fold(k), _autograd.fold(v),
-                                    scale, return_weights)
-        outs = [_autograd.unfold(out, V), _autograd.unfold(stats, V, stats_dim),
-                _autograd.unfold(weights, V) if return_weights else (weights, None)]
-        return tuple(o for o, _ in outs), tuple(d for _, d in outs)
-
-    return rule
+CONTRACT = OpContract(_OP, ("fwd", "bwd"))
 
 
-def _bwd_vmap_rule(bwd, stats_dim: int):
-    """A vmap rule for the backward op ``bwd`` (vmap over torch.func.grad: the backward runs on
+@CONTRACT.fake("fwd")
+def _fake_fwd(q, k, v, scale, return_weights):
+    B, H, N, D = k.shape
+    M = q.shape[2]
+    out = q.new_empty((B, H, M, D))
+    lse = q.new_empty((B, H, M), dtype=_acc_dtype(q.dtype))
+    weights = q.new_empty((B, H, M, N)) if return_weights else q.new_empty((0,))
+    return out, lse, weights
+
+
+@CONTRACT.fake("bwd")
+def _fake_bwd(grad_out, grad_weights, q, k, v, out, lse, scale):
+    # contiguous, whatever the inputs' strides (as the kernels return them)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, scale, return_weights = inputs
+    out, lse, _weights = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, out, lse)
+    # Unused outputs get None, not zero-filled gradients (no dW pass when weights are unused).
+    ctx.set_materialize_grads(False)
+    ctx.scale = scale
+    ctx.return_weights = return_weights
+
+
+def _backward(impl, ctx, grad_out, _grad_lse, grad_weights):
+    q, k, v, out, lse = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    gw = grad_weights if ctx.return_weights else None  # None when the weights were unused
+    # 3. The bwd entry is not differentiated itself (no_grad: under create_graph=True the
+    #    Triton custom op would otherwise build a node torch.func refuses); a second derivative
+    #    raises instead of being a silent 0.
+    with torch.no_grad():
+        dq, dk, dv = impl.bwd(grad_out.contiguous(), None if gw is None else gw.contiguous(),
+                              q, k, v, out, lse, ctx.scale)
+    dq, dk, dv = _autograd.once_differentiable(
+        _OP, impl.backend(q.device), (dq, dk, dv), (grad_out, grad_weights, q, k, v)
+    )
+    return dq, dk, dv, None, None
+
+
+def _vmap_rule(apply, info, in_dims, q, k, v, scale, return_weights):
+    """The vmap rule of the fwd entry (see ``_autograd.transformable``): the vmapped dim folded
+    into B."""
+    V = info.batch_size
+    q, k, v = (_autograd.batch_first(x, d, V) for x, d in zip((q, k, v), in_dims))
+    B = k.shape[1]
+    if q.shape[1] != B:  # [V, 1, H, M, D]: one query set per vmapped sample
+        q = q.expand(V, B, *q.shape[2:])
+    out, lse, weights = apply(_autograd.fold(q), _autograd.fold(k), _autograd.fold(v),
+                              scale, return_weights)
+    outs = [_autograd.unfold(out, V), _autograd.unfold(lse, V),
+            _autograd.unfold(weights, V) if return_weights else (weights, None)]
+    return tuple(o for o, _ in outs), tuple(d for _, d in outs)
+
+
+def _bwd_vmap_rule(bwd):
+    """The vmap rule of the bwd entry ``bwd`` (vmap over torch.func.grad: the backward runs on
     batched tensors), folding the vmapped dim into B; a query set shared over B
     (``[1, H, M, D]`` per sample) is expanded, and its gradient summed back over B."""
 
-    def rule(info, in_dims, grad_out, grad_weights, q, k, v, out, stats, scale):
+    def rule(info, in_dims, grad_out, grad_weights, q, k, v, out, lse, scale):
         V = info.batch_size
-        go, q, k, v, out = (_autograd.batch_first(x, in_dims[i], V)
-                            for i, x in ((0, grad_out), (2, q), (3, k), (4, v), (5, out)))
+        go, q, k, v, out, lse = (_autograd.batch_first(x, in_dims[i], V) for i, x in
+                                 ((0, grad_out), (2, q), (3, k), (4, v), (5, out), (6, lse)))
         B = k.shape[1]
         shared = q.shape[1] != B
         if shared:
             q = q.expand(V, B, *q.shape[2:])
         gw = (None if grad_weights is None
               else _autograd.fold(_autograd.batch_first(grad_weights, in_dims[1], V)))
-        st = _autograd.fold(_autograd.batch_first(stats, in_dims[6], V, stats_dim), stats_dim)
         dq, dk, dv = bwd(_autograd.fold(go), gw, _autograd.fold(q), _autograd.fold(k),
-                         _autograd.fold(v), _autograd.fold(out), st, scale)
+                         _autograd.fold(v), _autograd.fold(out), _autograd.fold(lse), scale)
         dq = dq.unflatten(0, (V, B))
         if shared:
             dq = dq.sum(1, keepdim=True, dtype=_acc_dtype(dq.dtype)).to(dq.dtype)
@@ -137,52 +190,54 @@ def _bwd_vmap_rule(bwd, stats_dim: int):
     return rule
 
 
-def _transformable(name: str) -> type[torch.autograd.Function]:
-    """The autograd.Function of backend ``name`` for torch.func (see
-    ``_autograd.backend_function``)."""
-    return _autograd.backend_function(
-        _OP, name, lambda: (torch.ops.art_fast.cross_attention_fwd, _setup_context, _backward),
-        lambda stats_dim: (_vmap_rule(stats_dim),
-                           lambda op: _bwd_vmap_rule(op, stats_dim)),
-    )
+CONTRACT.differentiable("fwd", _setup_context, _backward)
+CONTRACT.vmap(_vmap_rule, _bwd_vmap_rule)
+CONTRACT.seal()
 
 
-if _ext.EXT_LOADED:
+def _case(p: dict[str, int], dtype: torch.dtype, device, gen: torch.Generator) -> Case:
+    """q ``[Bq, H, M, D]`` (Bq = p.get("Bq", B): 1 shares the queries), k, v ``[B, H, N, D]``;
+    the weights returned when p["weights"]."""
+    B, H, M, N, D = p["B"], p["H"], p["M"], p["N"], p["D"]
+    Bq = p.get("Bq", B)
+    q = randn(gen, (Bq, H, M, D), dtype, device)
+    k = randn(gen, (B, H, N, D), dtype, device)
+    v = randn(gen, (B, H, N, D), dtype, device)
+    kwargs = {"return_weights": True} if p.get("weights") else {}
+    return Case(f"q[{Bq},{H},{M},{D}] kv[{B},{H},{N},{D}]", (q, k, v), kwargs)
 
-    @torch.library.register_fake("art_fast::cross_attention_fwd")
-    def _fake_fwd(q, k, v, scale, return_weights):
-        B, H, N, D = k.shape
-        M = q.shape[2]
-        out = q.new_empty((B, H, M, D))
-        lse = q.new_empty((B, H, M), dtype=_acc_dtype(q.dtype))
-        weights = q.new_empty((B, H, M, N)) if return_weights else q.new_empty((0,))
-        return out, lse, weights
 
-    @torch.library.register_fake("art_fast::cross_attention_bwd")
-    def _fake_bwd(grad_out, grad_weights, q, k, v, out, lse, scale):
-        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+def _entry_samples(device) -> dict[str, list[tuple]]:
+    def t(*shape, dtype=torch.float32):
+        return torch.randn(*shape, device=device, dtype=dtype, requires_grad=True)
 
-    def _setup_context(ctx, inputs, output):
-        q, k, v, scale, return_weights = inputs
-        out, lse, _weights = output
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.scale = scale
-        ctx.return_weights = return_weights
+    q, k, v, qs = t(2, 3, 4, 8), t(2, 3, 9, 8), t(2, 3, 9, 8), t(1, 3, 4, 8)
+    qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
+    return {"fwd": [(q, k, v, 0.35, False), (q, k, v, 0.35, True), (qs, k, v, 0.2, True),
+                    (qd, kd, vd, 0.35, True)]}
 
-    def _backward(ctx, grad_out, _grad_lse, grad_weights):
-        q, k, v, out, lse = ctx.saved_tensors
-        if grad_out is None:
-            grad_out = torch.zeros_like(out)
-        gw = grad_weights.contiguous() if ctx.return_weights and grad_weights is not None else None
-        dq, dk, dv = torch.ops.art_fast.cross_attention_bwd(
-            grad_out.contiguous(), gw, q, k, v, out, lse, ctx.scale
-        )
-        # 3. create_graph=True: a second derivative raises instead of being a silent 0.
-        dq, dk, dv = _autograd.once_differentiable(
-            _OP, q.device.type, (dq, dk, dv), (grad_out, grad_weights, q, k, v)
-        )
-        return dq, dk, dv, None, None
 
-    torch.library.register_autograd(
-        "art_fast::cross_attention_fwd", _backward, setup_context=_setup_context
-    )
+def _ca(B: int, M: int, N: int = 196, H: int = 8, D: int = 32) -> dict[str, int]:
+    return {"B": B, "H": H, "M": M, "N": N, "D": D}
+
+
+# DESIGN §7 paper shapes: B x T = 8 x 16 frames on CPU (32 x 16 on GPU), N = 196 patches,
+# 8 heads of 32, K = 16 and 2 queries.
+SPEC = OpSpec(
+    name=_OP,
+    fn=cross_attention,
+    reference=reference.cross_attention,
+    entries=CONTRACT.entries,
+    make_case=_case,
+    sample_shapes=(
+        {"B": 2, "H": 3, "M": 4, "N": 9, "D": 8, "weights": 1},
+        {"B": 3, "H": 2, "M": 5, "N": 33, "D": 16, "Bq": 1},
+        {"B": 1, "H": 1, "M": 1, "N": 1, "D": 5},
+        {"B": 2, "H": 2, "M": 17, "N": 70, "D": 24, "weights": 1},
+    ),
+    bench_shapes={"cpu": (_ca(128, 16), _ca(128, 2)), "cuda": (_ca(512, 16), _ca(512, 2)),
+                  "quick": (_ca(4, 4, N=49, H=2), _ca(4, 2, N=49, H=2)),
+                  "small": (_ca(16, 16),)},
+    entry_samples=_entry_samples,
+    doc="docs/kernels/cross_attention.md",
+)

@@ -1,11 +1,25 @@
-"""Top-k region selection and softmax pooling (DESIGN §3.2): public function, backend
-dispatch, and the torch.library registration of ``art_fast::topk_regions_fwd``."""
+"""Top-k region selection and softmax pooling (DESIGN §3.2): the public function and the op's
+contract (``art_fast._contract``): one fake kernel per entry, one setup_context and one
+backward, registered for every backend (``art_fast::`` C++ on cpu/cuda, ``art_fast_triton::``).
+
+Entries (the schema of ``csrc/topk_regions.cpp``; the Triton ops match it):
+
+- ``topk_regions_fwd(scores, values, k) -> (pooled, indices, weights)``: scores ``[B, M, N]``,
+  values ``[B, N, C]``, contiguous, one floating dtype, 1 <= k <= N; pooled ``[B, M, C]``,
+  indices ``[B, M, k]`` int64 (descending score, ties to the lower index, NaN ranks lowest),
+  weights ``[B, M, k]``.
+- ``topk_regions_bwd(grad_pooled, grad_weights?, scores, values, indices) -> (grad_scores,
+  grad_values)``: grad_scores ``[B, M, N]`` (zero outside the selection), grad_values
+  ``[B, N, C]``.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from .. import _autograd, _backend, _ext, reference
+from .. import _autograd, _backend, reference
+from .._contract import OpContract
+from .._spec import Case, OpSpec, randn
 from ._validate import check_dim, check_same, check_tensor
 
 _OP = "topk_regions"
@@ -55,18 +69,56 @@ def topk_regions(
         return reference.topk_regions(scores, values, k)
     if _autograd.transforms_active():
         # 1. torch.func (issue 14): the op through an autograd.Function torch.func accepts.
-        return _transformable(name).apply(scores.contiguous(), values.contiguous(), k)
-    fwd = (
-        _backend.triton_kernels(_OP).forward
-        if name == "triton"
-        else torch.ops.art_fast.topk_regions_fwd
+        return CONTRACT.function(name).apply(scores.contiguous(), values.contiguous(), k)
+    return CONTRACT.impl(name).fwd(scores.contiguous(), values.contiguous(), k)
+
+
+CONTRACT = OpContract(_OP, ("fwd", "bwd"))
+
+
+@CONTRACT.fake("fwd")
+def _fake_fwd(scores, values, k):
+    B, M, _N = scores.shape
+    pooled = values.new_empty((B, M, values.shape[2]))
+    indices = scores.new_empty((B, M, k), dtype=torch.int64)
+    weights = scores.new_empty((B, M, k))
+    return pooled, indices, weights
+
+
+@CONTRACT.fake("bwd")
+def _fake_bwd(grad_pooled, grad_weights, scores, values, indices):
+    # contiguous, whatever the inputs' strides (as the kernels return them)
+    return scores.new_empty(scores.shape), values.new_empty(values.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    scores, values, _k = inputs
+    _pooled, indices, _weights = output
+    ctx.mark_non_differentiable(indices)
+    ctx.save_for_backward(scores, values, indices)
+    ctx.set_materialize_grads(False)  # unused weights: None, no zero-filled gradient to read
+
+
+def _backward(impl, ctx, grad_pooled, _grad_indices, grad_weights):
+    scores, values, indices = ctx.saved_tensors
+    if grad_pooled is None:
+        B, M, _ = scores.shape
+        grad_pooled = values.new_zeros((B, M, values.shape[2]))
+    # 2. The bwd entry is not differentiated itself (no_grad); a second derivative raises
+    #    instead of being a silent 0.
+    with torch.no_grad():
+        gs, gv = impl.bwd(grad_pooled.contiguous(),
+                          None if grad_weights is None else grad_weights.contiguous(),
+                          scores, values, indices)
+    gs, gv = _autograd.once_differentiable(
+        _OP, impl.backend(scores.device), (gs, gv), (grad_pooled, grad_weights, scores, values)
     )
-    return fwd(scores.contiguous(), values.contiguous(), k)
+    return gs, gv, None
 
 
 def _vmap_rule(apply, info, in_dims, scores, values, k):
-    """The vmap rule of the op (see ``_autograd.transformable``): the vmapped dim folded into B;
-    every output has it first."""
+    """The vmap rule of the fwd entry (see ``_autograd.transformable``): the vmapped dim folded
+    into B; every output has it first."""
     V = info.batch_size
     scores, values = (_autograd.batch_first(x, d, V) for x, d in zip((scores, values), in_dims))
     outs = apply(_autograd.fold(scores), _autograd.fold(values), k)
@@ -74,8 +126,8 @@ def _vmap_rule(apply, info, in_dims, scores, values, k):
 
 
 def _bwd_vmap_rule(bwd):
-    """A vmap rule for the backward op ``bwd`` (vmap over torch.func.grad), folding the
-    vmapped dim into B."""
+    """The vmap rule of the bwd entry ``bwd`` (vmap over torch.func.grad), folding the vmapped
+    dim into B."""
 
     def rule(info, in_dims, grad_pooled, grad_weights, scores, values, indices):
         V = info.batch_size
@@ -87,51 +139,46 @@ def _bwd_vmap_rule(bwd):
     return rule
 
 
-def _transformable(name: str) -> type[torch.autograd.Function]:
-    """The autograd.Function of backend ``name`` for torch.func (see
-    ``_autograd.backend_function``; topk_regions has no softmax statistics)."""
-    return _autograd.backend_function(
-        _OP, name, lambda: (torch.ops.art_fast.topk_regions_fwd, _setup_context, _backward),
-        lambda _stats_dim: (_vmap_rule, _bwd_vmap_rule),
-    )
+CONTRACT.differentiable("fwd", _setup_context, _backward)
+CONTRACT.vmap(_vmap_rule, _bwd_vmap_rule)
+CONTRACT.seal()
 
 
-if _ext.EXT_LOADED:
+def _case(p: dict[str, int], dtype: torch.dtype, device, gen: torch.Generator) -> Case:
+    """scores ``[B, M, N]``, values ``[B, N, C]``, k = p["k"]."""
+    B, M, N, C, k = p["B"], p["M"], p["N"], p["C"], p["k"]
+    scores = randn(gen, (B, M, N), dtype, device)
+    values = randn(gen, (B, N, C), dtype, device)
+    return Case(f"s[{B},{M},{N}] v[{B},{N},{C}] k={k}", (scores, values), {"k": k})
 
-    @torch.library.register_fake("art_fast::topk_regions_fwd")
-    def _fake_fwd(scores, values, k):
-        B, M, _N = scores.shape
-        C = values.shape[2]
-        pooled = values.new_empty((B, M, C))
-        indices = scores.new_empty((B, M, k), dtype=torch.int64)
-        weights = scores.new_empty((B, M, k))
-        return pooled, indices, weights
 
-    @torch.library.register_fake("art_fast::topk_regions_bwd")
-    def _fake_bwd(grad_pooled, grad_weights, scores, values, indices):
-        return torch.empty_like(scores), torch.empty_like(values)
+def _entry_samples(device) -> dict[str, list[tuple]]:
+    s = torch.randn(2, 3, 11, device=device, requires_grad=True)
+    v = torch.randn(2, 11, 5, device=device, requires_grad=True)
+    s16, v16 = (x.detach().bfloat16().requires_grad_() for x in (s, v))
+    return {"fwd": [(s, v, 4), (s, v, 11), (s16, v16, 1)]}
 
-    def _setup_context(ctx, inputs, output):
-        scores, values, _k = inputs
-        _pooled, indices, _weights = output
-        ctx.mark_non_differentiable(indices)
-        ctx.save_for_backward(scores, values, indices)
 
-    def _backward(ctx, grad_pooled, _grad_indices, grad_weights):
-        scores, values, indices = ctx.saved_tensors
-        if grad_pooled is None:
-            B, M, _ = scores.shape
-            grad_pooled = values.new_zeros((B, M, values.shape[2]))
-        gw = grad_weights.contiguous() if grad_weights is not None else None
-        gs, gv = torch.ops.art_fast.topk_regions_bwd(
-            grad_pooled.contiguous(), gw, scores, values, indices
-        )
-        # 2. create_graph=True: a second derivative raises instead of being a silent 0.
-        gs, gv = _autograd.once_differentiable(
-            _OP, scores.device.type, (gs, gv), (grad_pooled, grad_weights, scores, values)
-        )
-        return gs, gv, None
+def _tk(B: int, M: int = 16, N: int = 196, C: int = 32, k: int = 16) -> dict[str, int]:
+    return {"B": B, "M": M, "N": N, "C": C, "k": k}
 
-    torch.library.register_autograd(
-        "art_fast::topk_regions_fwd", _backward, setup_context=_setup_context
-    )
+
+# DESIGN §7 paper shapes: B groups of K = 16 query rows over N = 196 patches, k_region = 16.
+SPEC = OpSpec(
+    name=_OP,
+    fn=topk_regions,
+    reference=reference.topk_regions,
+    entries=CONTRACT.entries,
+    make_case=_case,
+    sample_shapes=(
+        {"B": 2, "M": 3, "N": 11, "C": 5, "k": 4},
+        {"B": 3, "M": 1, "N": 1, "C": 7, "k": 1},
+        {"B": 2, "M": 5, "N": 70, "C": 9, "k": 70},
+        {"B": 1, "M": 17, "N": 33, "C": 16, "k": 16},
+    ),
+    bench_shapes={"cpu": (_tk(1024),), "cuda": (_tk(4096),),
+                  "quick": (_tk(16, M=4, N=49, C=16, k=8),),
+                  "small": (_tk(128),)},
+    entry_samples=_entry_samples,
+    doc="docs/kernels/topk_regions.md",
+)

@@ -1,5 +1,5 @@
 // Helpers shared by the C++ CPU kernels: dtype conversion into float32 (or float64) work
-// buffers, the input checks every kernel repeats, and small vector loops written so that GCC
+// buffers, outputs advised for huge pages, and small vector loops written so that GCC
 // vectorises them at -O3 without reassociating any sum (every reduction order is fixed, which
 // keeps the results bitwise reproducible for any thread count).
 #pragma once
@@ -21,23 +21,15 @@
 #include <immintrin.h>
 #endif
 
+#include "../checks.h"
+
 namespace art_fast {
 namespace cpu {
 
-#define ART_CHECK_CPU_CONTIG(x, name)                                                      \
-  TORCH_CHECK((x).device().is_cpu(), "art_fast: ", name, " must be a CPU tensor, got ",    \
-              (x).device());                                                               \
-  TORCH_CHECK((x).is_contiguous(), "art_fast: ", name, " must be contiguous")
-
-#define ART_CHECK_DIM(x, name, n, shape)                                                   \
-  TORCH_CHECK((x).dim() == (n), "art_fast: ", name, " must have shape ", shape, ", got ",  \
-              (x).sizes())
-
-// The accumulation dtype: float64 for float64 inputs, float32 for float32/bf16/fp16. Saved
-// row statistics (log-sum-exp) are kept in it, so float64 runs stay float64 throughout.
-inline at::ScalarType acc_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
+// The accumulation dtype (checks.h): float64 for float64 inputs, float32 for
+// float32/bf16/fp16. Saved row statistics (log-sum-exp) are kept in it, so float64 runs stay
+// float64 throughout.
+using art_fast::acc_dtype;
 
 // at::empty_like(t), its memory advised for transparent huge pages when large. The torch CPU
 // allocator does not cache: a large output is fresh memory from glibc (an mmap, or heap pages

@@ -1,4 +1,5 @@
-// C++ CPU kernel for art_fast::cross_attention_{fwd,bwd}.
+// C++ CPU kernel for art_fast::cross_attention_{fwd,bwd}, and its registration for the CPU
+// dispatch key (the schemas and the input checks are in ../cross_attention.cpp).
 //
 // out = softmax(q k^T * scale) v, per (b, h), with M (queries) small and N (patches) ~ 200.
 //
@@ -26,13 +27,13 @@
 //            thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <cmath>
 #include <limits>
 #include <type_traits>
 #include <vector>
 
-#include "../ops.h"
 #include "common.h"
 
 
@@ -48,28 +49,8 @@ using cpu::load_pad;
 using cpu::load_t;
 using cpu::store;
 
-struct Dims {
-  int64_t B, Bq, H, M, N, D;
-};
-
-Dims check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  ART_CHECK_CPU_CONTIG(q, "q");
-  ART_CHECK_CPU_CONTIG(k, "k");
-  ART_CHECK_CPU_CONTIG(v, "v");
-  ART_CHECK_DIM(q, "q", 4, "[B, H, M, D]");
-  ART_CHECK_DIM(k, "k", 4, "[B, H, N, D]");
-  TORCH_CHECK(v.sizes() == k.sizes(), "art_fast: v must have the shape of k ", k.sizes(),
-              ", got ", v.sizes());
-  TORCH_CHECK(q.scalar_type() == k.scalar_type() && k.scalar_type() == v.scalar_type(),
-              "art_fast: q, k, v must share one dtype");
-  Dims d{k.size(0), q.size(0), k.size(1), q.size(2), k.size(2), k.size(3)};
-  TORCH_CHECK(d.Bq == d.B || d.Bq == 1, "art_fast: q must have shape [B or 1, H, M, D]");
-  TORCH_CHECK(q.size(1) == d.H && q.size(3) == d.D,
-              "art_fast: q must have shape [B, H, M, D] with H, D of k");
-  TORCH_CHECK(d.B > 0 && d.H > 0 && d.M > 0 && d.N > 0 && d.D > 0,
-              "art_fast: cross_attention got an empty tensor");
-  return d;
-}
+// s.B, s.Bq, s.H, s.M, s.N, s.D of the checked inputs (checks.h).
+using Dims = CrossAttentionDims;
 
 // Layout. Every per-pair buffer is kept "patch-major": scores, probabilities and their
 // gradients live as S^T [Np, Mp] (row n holds the M queries' scores of patch n). Then every
@@ -466,12 +447,11 @@ void bwd_kernel(const at::Tensor& go, const at::Tensor* gw, const at::Tensor& q,
 
 }  // namespace
 
-using cpu::acc_dtype;
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_fwd_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
     bool return_weights) {
-  const Dims s = check_inputs(q, k, v);
+  ART_CHECK_DEVICE_TYPE(q, "q", c10::kCPU);
+  const Dims s = check_cross_attention_fwd(q, k, v);
   auto out = at::empty({s.B, s.H, s.M, s.D}, q.options());
   auto lse = at::empty({s.B, s.H, s.M}, q.options().dtype(acc_dtype(q.scalar_type())));
   auto weights = return_weights ? at::empty({s.B, s.H, s.M, s.N}, q.options())
@@ -492,23 +472,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_bwd_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& lse, double scale) {
   (void)out;  // see the profile at the top of the file
-  const Dims s = check_inputs(q, k, v);
-  ART_CHECK_CPU_CONTIG(grad_out, "grad_out");
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({s.B, s.H, s.M, s.D}) &&
-                  grad_out.scalar_type() == q.scalar_type(),
-              "art_fast: grad_out must be [B, H, M, D] in the dtype of q");
-  ART_CHECK_CPU_CONTIG(lse, "lse");
-  TORCH_CHECK(lse.sizes() == at::IntArrayRef({s.B, s.H, s.M}) &&
-                  lse.scalar_type() == acc_dtype(q.scalar_type()),
-              "art_fast: lse must be [B, H, M] in the accumulation dtype");
-  const at::Tensor* gw = nullptr;
-  if (grad_weights.has_value() && grad_weights->defined() && grad_weights->numel() > 0) {
-    ART_CHECK_CPU_CONTIG(*grad_weights, "grad_weights");
-    TORCH_CHECK(grad_weights->sizes() == at::IntArrayRef({s.B, s.H, s.M, s.N}) &&
-                    grad_weights->scalar_type() == q.scalar_type(),
-                "art_fast: grad_weights must be [B, H, M, N] in the dtype of q");
-    gw = &*grad_weights;
-  }
+  ART_CHECK_DEVICE_TYPE(q, "q", c10::kCPU);
+  const Dims s = check_cross_attention_bwd(grad_out, grad_weights, q, k, v, lse);
+  const at::Tensor* gw = has_values(grad_weights) ? &*grad_weights : nullptr;
   auto dq = at::empty_like(q);
   // dk and dv are as large as k and v (25.7 MB each at the paper shape) and written once.
   auto dk = cpu::empty_like_huge(k);
@@ -546,3 +512,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_bwd_cpu(
 }
 
 }  // namespace art_fast
+
+TORCH_LIBRARY_IMPL(art_fast, CPU, m) {
+  m.impl("cross_attention_fwd", &art_fast::cross_attention_fwd_cpu);
+  m.impl("cross_attention_bwd", &art_fast::cross_attention_bwd_cpu);
+}

@@ -1,6 +1,7 @@
 // C++ CPU kernels for art_fast::info_nce_{fwd,bwd} (per-row losses, reduction "none") and
 // art_fast::info_nce_fused (reduction "mean" / "sum": the reduced loss and its gradients in one
-// pass; see "fused" below).
+// pass; see "fused" below), and their registration for the CPU dispatch key (the schemas and
+// the input checks are in ../info_nce.cpp; the values of targets are checked here).
 //
 // loss[g, i] = logsumexp_j S[g, i, j] - S[g, i, t_gi],  S = <a_hat_gi, c_hat_gj> / temperature,
 // with a_hat, c_hat the rows L2-normalised as F.normalize does (x / max(||x||, 1e-12)) when
@@ -77,6 +78,7 @@
 //                two gradients, which autograd holds from the forward to the backward.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <bit>
@@ -87,7 +89,6 @@
 #include <type_traits>
 #include <vector>
 
-#include "../ops.h"
 #include "common.h"
 
 // Fortran BLAS of the library torch links (MKL / OpenBLAS export these). Weak: when absent,
@@ -120,33 +121,12 @@ constexpr int64_t kBN = 128;        // candidates per tile (large regime)
 constexpr int64_t kMinBM = 32;
 constexpr int64_t kPartialBudget = int64_t(1) << 30;  // bytes of extra partial d c_hat
 
-struct Dims {
-  int64_t G, M, N, D;
-};
+// s.G, s.M, s.N, s.D of the checked inputs (checks.h).
+using Dims = InfoNceDims;
 
-Dims check_inputs(const at::Tensor& a, const at::Tensor& c) {
-  ART_CHECK_CPU_CONTIG(a, "anchors");
-  ART_CHECK_CPU_CONTIG(c, "candidates");
-  ART_CHECK_DIM(a, "anchors", 3, "[G, M, D]");
-  ART_CHECK_DIM(c, "candidates", 3, "[G, N, D]");
-  TORCH_CHECK(a.scalar_type() == c.scalar_type(),
-              "art_fast: anchors and candidates must share one dtype, got ", a.scalar_type(),
-              " and ", c.scalar_type());
-  TORCH_CHECK(a.size(0) == c.size(0) && a.size(2) == c.size(2),
-              "art_fast: anchors [G, M, D] and candidates [G, N, D] must agree on G and D, got ",
-              a.sizes(), " and ", c.sizes());
-  Dims d{a.size(0), a.size(1), c.size(1), a.size(2)};
-  TORCH_CHECK(d.N > 0 && d.D > 0, "art_fast: info_nce needs N > 0 candidates and D > 0");
-  return d;
-}
-
-at::Tensor check_targets(const at::Tensor& targets, const Dims& s) {
-  TORCH_CHECK(targets.device().is_cpu(), "art_fast: targets must be a CPU tensor");
-  TORCH_CHECK(targets.scalar_type() == at::kLong, "art_fast: targets must be int64, got ",
-              targets.scalar_type());
-  TORCH_CHECK(targets.sizes() == at::IntArrayRef({s.G, s.M}),
-              "art_fast: targets must have shape [G, M] = [", s.G, ", ", s.M, "], got ",
-              targets.sizes());
+// targets (shape and dtype checked by check_info_nce_fwd), contiguous, every value in [0, N)
+// or the ignore index.
+at::Tensor check_target_values(const at::Tensor& targets, const Dims& s) {
   at::Tensor t = targets.contiguous();
   const int64_t* tp = t.data_ptr<int64_t>();
   for (int64_t i = 0; i < s.G * s.M; ++i) {
@@ -155,15 +135,6 @@ at::Tensor check_targets(const at::Tensor& targets, const Dims& s) {
                 " is out of range [0, ", s.N, ") and is not the ignore index -100");
   }
   return t;
-}
-
-at::Tensor check_row_tensor(const at::Tensor& x, const char* name, const Dims& s,
-                            at::ScalarType acc) {
-  TORCH_CHECK(x.device().is_cpu(), "art_fast: ", name, " must be a CPU tensor");
-  TORCH_CHECK(x.scalar_type() == acc && x.sizes() == at::IntArrayRef({s.G, s.M}),
-              "art_fast: ", name, " must be [G, M] = [", s.G, ", ", s.M, "] ", acc, ", got ",
-              x.sizes(), " ", x.scalar_type());
-  return x.contiguous();
 }
 
 // ---- small vector helpers: cpu::dot, cpu::max, cpu::exp_acc, cpu::reduce_lanes (common.h) ---
@@ -1070,10 +1041,9 @@ std::tuple<at::Tensor, at::Tensor> info_nce_fwd_cpu(const at::Tensor& anchors,
                                                      const at::Tensor& candidates,
                                                      const at::Tensor& targets,
                                                      double temperature, bool normalize) {
-  const Dims s = check_inputs(anchors, candidates);
-  TORCH_CHECK(temperature > 0 && std::isfinite(temperature),
-              "art_fast: info_nce temperature must be finite and > 0, got ", temperature);
-  const at::Tensor t = check_targets(targets, s);
+  ART_CHECK_DEVICE_TYPE(anchors, "anchors", c10::kCPU);
+  const Dims s = check_info_nce_fwd(anchors, candidates, targets, temperature);
+  const at::Tensor t = check_target_values(targets, s);
   const at::ScalarType acc = cpu::acc_dtype(anchors.scalar_type());
   auto loss = at::empty({s.G, s.M}, anchors.options().dtype(acc));
   auto lse = at::empty({s.G, s.M}, anchors.options().dtype(acc));
@@ -1101,13 +1071,11 @@ std::tuple<at::Tensor, at::Tensor> info_nce_bwd_cpu(const at::Tensor& grad_loss,
                                                      const at::Tensor& targets,
                                                      const at::Tensor& lse, double temperature,
                                                      bool normalize) {
-  const Dims s = check_inputs(anchors, candidates);
-  TORCH_CHECK(temperature > 0 && std::isfinite(temperature),
-              "art_fast: info_nce temperature must be finite and > 0, got ", temperature);
-  const at::Tensor t = check_targets(targets, s);
-  const at::ScalarType acc = cpu::acc_dtype(anchors.scalar_type());
-  const at::Tensor gl = check_row_tensor(grad_loss, "grad_loss", s, acc);
-  const at::Tensor l = check_row_tensor(lse, "lse", s, acc);
+  ART_CHECK_DEVICE_TYPE(anchors, "anchors", c10::kCPU);
+  const Dims s = check_info_nce_bwd(grad_loss, anchors, candidates, targets, lse, temperature);
+  const at::Tensor t = check_target_values(targets, s);
+  const at::Tensor gl = grad_loss.contiguous();
+  const at::Tensor l = lse.contiguous();
   auto da = at::empty_like(anchors);
   auto dc = at::empty_like(candidates);
   if (s.G * s.M == 0) {
@@ -1136,10 +1104,9 @@ std::tuple<at::Tensor, at::Tensor> info_nce_bwd_cpu(const at::Tensor& grad_loss,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_fused_cpu(
     const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& targets,
     double temperature, bool normalize, bool mean, bool compute_grad) {
-  const Dims s = check_inputs(anchors, candidates);
-  TORCH_CHECK(temperature > 0 && std::isfinite(temperature),
-              "art_fast: info_nce temperature must be finite and > 0, got ", temperature);
-  const at::Tensor t = check_targets(targets, s);
+  ART_CHECK_DEVICE_TYPE(anchors, "anchors", c10::kCPU);
+  const Dims s = check_info_nce_fwd(anchors, candidates, targets, temperature);
+  const at::Tensor t = check_target_values(targets, s);
   const at::ScalarType acc = cpu::acc_dtype(anchors.scalar_type());
   const int64_t* tp = t.data_ptr<int64_t>();
   int64_t count = 0;
@@ -1190,3 +1157,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_fused_cpu(
 }
 
 }  // namespace art_fast
+
+TORCH_LIBRARY_IMPL(art_fast, CPU, m) {
+  m.impl("info_nce_fwd", &art_fast::info_nce_fwd_cpu);
+  m.impl("info_nce_bwd", &art_fast::info_nce_bwd_cpu);
+  m.impl("info_nce_fused", &art_fast::info_nce_fused_cpu);
+}

@@ -1,4 +1,5 @@
-// C++ CPU kernel for art_fast::topk_regions_{fwd,bwd}.
+// C++ CPU kernel for art_fast::topk_regions_{fwd,bwd}, and its registration for the CPU
+// dispatch key (the schemas and the input checks are in ../topk_regions.cpp).
 //
 // For each row (b, m): I = the k highest scores[b, m, :], w = softmax(scores[b, m, I]),
 // pooled[b, m] = sum_j w_j values[b, I_j]. N (patches) ~ 200, k small (~16), C ~ 32.
@@ -27,6 +28,7 @@
 //            order inside one task, so results do not depend on the thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -36,7 +38,6 @@
 #include <type_traits>
 #include <vector>
 
-#include "../ops.h"
 #include "common.h"
 
 namespace art_fast {
@@ -52,26 +53,8 @@ using cpu::store;
 // (O(cnt^2) vectorised compares, no branch misses) instead of sorting.
 constexpr int64_t kRankCountMax = 64;
 
-struct Dims {
-  int64_t B, M, N, C;
-};
-
-Dims check_inputs(const at::Tensor& scores, const at::Tensor& values) {
-  ART_CHECK_CPU_CONTIG(scores, "scores");
-  ART_CHECK_CPU_CONTIG(values, "values");
-  ART_CHECK_DIM(scores, "scores", 3, "[B, M, N]");
-  ART_CHECK_DIM(values, "values", 3, "[B, N, C]");
-  TORCH_CHECK(scores.scalar_type() == values.scalar_type(),
-              "art_fast: scores and values must share one dtype, got ", scores.scalar_type(),
-              " and ", values.scalar_type());
-  TORCH_CHECK(at::isFloatingType(scores.scalar_type()),
-              "art_fast: scores and values must be floating point, got ", scores.scalar_type());
-  Dims d{scores.size(0), scores.size(1), scores.size(2), values.size(2)};
-  TORCH_CHECK(values.size(0) == d.B && values.size(1) == d.N,
-              "art_fast: values must have shape [B, N, C] with B, N of scores ", scores.sizes(),
-              ", got ", values.sizes());
-  return d;
-}
+// s.B, s.M, s.N, s.C of the checked inputs (checks.h; k is passed on its own).
+using Dims = TopkRegionsDims;
 
 // The selection order as one integer per entry: rank key(v, n) > key(v', n') iff (v, n) ranks
 // above (v', n'). The high half is the value mapped to a signed integer of the same order
@@ -320,9 +303,9 @@ void bwd_kernel(const at::Tensor& gp, const at::Tensor* gw, const at::Tensor& sc
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_regions_fwd_cpu(
     const at::Tensor& scores, const at::Tensor& values, int64_t k) {
-  const Dims s = check_inputs(scores, values);
-  TORCH_CHECK(k >= 1 && k <= s.N, "art_fast: topk_regions needs 1 <= k <= N = ", s.N,
-              ", got k = ", k);
+  ART_CHECK_DEVICE_TYPE(scores, "scores", c10::kCPU);
+  const Dims s = check_topk_regions_fwd(scores, values, k);
+  // A limit of this kernel: the rank keys of float inputs hold the index in 32 bits (RankKey).
   TORCH_CHECK(s.N <= int64_t(0xFFFFFFFF), "art_fast: topk_regions needs N < 2^32, got ", s.N);
   auto pooled = at::empty({s.B, s.M, s.C}, values.options());
   auto indices = at::empty({s.B, s.M, k}, scores.options().dtype(at::kLong));
@@ -338,31 +321,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_regions_fwd_cpu(
 std::tuple<at::Tensor, at::Tensor> topk_regions_bwd_cpu(
     const at::Tensor& grad_pooled, const std::optional<at::Tensor>& grad_weights,
     const at::Tensor& scores, const at::Tensor& values, const at::Tensor& indices) {
-  const Dims s = check_inputs(scores, values);
-  ART_CHECK_CPU_CONTIG(indices, "indices");
-  ART_CHECK_DIM(indices, "indices", 3, "[B, M, k]");
-  TORCH_CHECK(indices.scalar_type() == at::kLong, "art_fast: indices must be int64, got ",
-              indices.scalar_type());
-  const int64_t k = indices.size(2);
-  TORCH_CHECK(indices.size(0) == s.B && indices.size(1) == s.M && k >= 1 && k <= s.N,
-              "art_fast: indices must have shape [B, M, k] with 1 <= k <= N for scores ",
-              scores.sizes(), ", got ", indices.sizes());
-  ART_CHECK_CPU_CONTIG(grad_pooled, "grad_pooled");
-  TORCH_CHECK(grad_pooled.sizes() == at::IntArrayRef({s.B, s.M, s.C}) &&
-                  grad_pooled.scalar_type() == values.scalar_type(),
-              "art_fast: grad_pooled must be [B, M, C] = ", at::IntArrayRef({s.B, s.M, s.C}),
-              " in the dtype of values, got ", grad_pooled.sizes(), " ",
-              grad_pooled.scalar_type());
-  const at::Tensor* gw = nullptr;
-  if (grad_weights.has_value() && grad_weights->defined() && grad_weights->numel() > 0) {
-    ART_CHECK_CPU_CONTIG(*grad_weights, "grad_weights");
-    TORCH_CHECK(grad_weights->sizes() == indices.sizes() &&
-                    grad_weights->scalar_type() == scores.scalar_type(),
-                "art_fast: grad_weights must be [B, M, k] = ", indices.sizes(),
-                " in the dtype of scores, got ", grad_weights->sizes(), " ",
-                grad_weights->scalar_type());
-    gw = &*grad_weights;
-  }
+  ART_CHECK_DEVICE_TYPE(scores, "scores", c10::kCPU);
+  const Dims s = check_topk_regions_bwd(grad_pooled, grad_weights, scores, values, indices);
+  const int64_t k = s.k;
+  const at::Tensor* gw = has_values(grad_weights) ? &*grad_weights : nullptr;
   auto grad_scores = at::empty_like(scores);
   auto grad_values = at::empty_like(values);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(),
@@ -375,3 +337,8 @@ std::tuple<at::Tensor, at::Tensor> topk_regions_bwd_cpu(
 }
 
 }  // namespace art_fast
+
+TORCH_LIBRARY_IMPL(art_fast, CPU, m) {
+  m.impl("topk_regions_fwd", &art_fast::topk_regions_fwd_cpu);
+  m.impl("topk_regions_bwd", &art_fast::topk_regions_bwd_cpu);
+}

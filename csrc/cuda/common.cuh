@@ -2,7 +2,7 @@
 //
 // The .cu files include only CUDA headers (no ATen): they hold the kernels and plain launchers
 // declared in launch.h; the host side (checks, allocation, stream, registration) is
-// ops_cuda.cpp. This keeps each nvcc compile to a few seconds per architecture.
+// <op>_host.cpp. This keeps each nvcc compile to a few seconds per architecture.
 //
 // Precision: every kernel accumulates in acc_t = float for float/half/bfloat16 inputs and
 // double for double inputs (the accumulation dtype of the schemas).

@@ -24,8 +24,9 @@
 //            with fma, tile sums over n in increasing order, warp reductions by a fixed xor
 //            butterfly). The gradient of a shared query (Bq = 1) goes to per-b partials in
 //            acc_t, then a second kernel sums them over b = 0, 1, ... in order.
-//   index    32-bit inside a (b, h) pair (M*N, M*D, N*D < 2^31, checked by ops_cuda.cpp),
-//            64-bit pair offsets: no 64-bit integer division in the per-element loops.
+//   index    32-bit inside a (b, h) pair (M*N, M*D, N*D < 2^31, checked by
+//            cross_attention_host.cpp), 64-bit pair offsets: no 64-bit integer division in
+//            the per-element loops.
 #include <algorithm>
 
 #include "common.cuh"
@@ -77,8 +78,8 @@ __global__ void fwd_kernel(const T* __restrict__ q, const T* __restrict__ k,
   using A = acc_t<T>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   A* smem = reinterpret_cast<A*>(smem_raw);
-  // 32-bit index math inside the (b, h) pair (M*N, M*D, N*D < 2^31: ops_cuda.cpp), 64-bit
-  // pair offsets.
+  // 32-bit index math inside the (b, h) pair (M*N, M*D, N*D < 2^31: checked by
+  // cross_attention_host.cpp), 64-bit pair offsets.
   const int M = static_cast<int>(s.M), N = static_cast<int>(s.N), D = static_cast<int>(s.D);
   const int H = static_cast<int>(s.H);
   A* qs = smem;                   // [M, D]   q * scale
@@ -91,7 +92,7 @@ __global__ void fwd_kernel(const T* __restrict__ q, const T* __restrict__ k,
   A* fac = lrun + M;              // [M]      the tile's rescale factor
   const int tid = threadIdx.x, nt = blockDim.x;
   const int lane = tid & 31, warp = tid >> 5, nwarps = nt >> 5;
-  const int bh = blockIdx.x;  // < 2^31 (ops_cuda.cpp)
+  const int bh = blockIdx.x;  // < 2^31 (cross_attention_host.cpp)
   const int qbh = s.Bq == 1 ? bh % H : bh;
   const T* qp = q + int64_t(qbh) * M * D;
   const T* kp = k + int64_t(bh) * N * D;

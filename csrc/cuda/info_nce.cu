@@ -27,7 +27,7 @@
 //                      device below sm_80): D in chunks of 32 through shared memory in acc_t,
 //                      each thread 8 logits of the tile by scalar fma, d in increasing order.
 //                  (b) tensor-core path (sm_80+; bfloat16 and float16 always, float32 as TF32
-//                      only when torch allows TF32 for CUDA matmuls, read by ops_cuda.cpp):
+//                      only when torch allows TF32 for CUDA matmuls, read by info_nce_host.cpp):
 //                      WMMA 16x16x16 (16-bit) or 16x16x8 (TF32) fragments with float
 //                      accumulators, one 16x16 fragment of the 32x64 tile per warp. D in chunks
 //                      of 64: the raw inputs go to shared memory (16-byte loads when D is a
@@ -68,7 +68,7 @@
 //            order, fixed butterflies / trees; the MMA instructions are deterministic); no
 //            atomics anywhere: bitwise reproducible run to run on one device and setting
 //            (paths (a) and (b) give different bits; TF32 on / off changes float32's path).
-//   index    32-bit inside a group (M * D, N * D < 2^31, checked by ops_cuda.cpp), 64-bit for
+//   index    32-bit inside a group (M * D, N * D < 2^31, checked by info_nce_host.cpp), 64-bit for
 //            the group offsets; the only integer division of a large-regime kernel is the
 //            block's (group, row block) split, once per block, in 32 bits.
 //   bad input a target outside [0, N) that is not -100 is never dereferenced: its row's loss
@@ -351,7 +351,7 @@ struct TileArgs {
   const T* Y;  // the tiles walked: candidates, or anchors
   const acc_t<T>* rx;
   const acc_t<T>* ry;
-  int64_t R, Cn, D, G;  // rows and columns per group (R * D, Cn * D < 2^31: ops_cuda.cpp)
+  int64_t R, Cn, D, G;  // rows and columns per group (R * D, Cn * D < 2^31: info_nce_host.cpp)
   const int64_t* targets;
   const acc_t<T>* lse_in;  // anchors' lse (gradients)
   const acc_t<T>* gl;
@@ -366,7 +366,7 @@ struct TileArgs {
 };
 
 // The block's group g and first row: blockIdx.x = g * nrb + row block (32-bit: the grid has
-// < 2^31 blocks, ops_cuda.cpp).
+// < 2^31 blocks, info_nce_host.cpp).
 __device__ __forceinline__ void block_rows(int64_t R, int64_t* g, int* row0) {
   const unsigned nrb = static_cast<unsigned>((R + kBR - 1) / kBR);
   const unsigned gb = blockIdx.x / nrb;

@@ -1,4 +1,5 @@
-// Launchers of the CUDA kernels (csrc/cuda/*.cu), called by the host wrappers in ops_cuda.cpp.
+// Launchers of the CUDA kernels (csrc/cuda/<op>.cu), called by the host wrappers
+// (csrc/cuda/<op>_host.cpp).
 //
 // Plain C++ (no ATen, no CUDA device code): pointers are untyped and the element type is a
 // DType, so the host wrappers compile with the C++ compiler and the .cu files include only
@@ -20,7 +21,7 @@ enum class DType { f32, f64, f16, bf16 };
 
 // ---- cross_attention --------------------------------------------------------------------------
 // The kernels index inside one (b, h) pair with 32-bit integers: M * N, M * D and N * D must
-// be < 2^31 (checked by ops_cuda.cpp); the offsets of the pairs are 64-bit.
+// be < 2^31 (checked by cross_attention_host.cpp); the offsets of the pairs are 64-bit.
 struct CrossAttnDims {
   int64_t B, Bq, H, M, N, D;
 };

@@ -104,7 +104,7 @@ __global__ void fwd_kernel(const T* __restrict__ scores, const T* __restrict__ v
   const int64_t N = s.N, C = s.C, k = s.k;
   const int64_t n2 = next_pow2(N);
   const int64_t row = blockIdx.x;
-  const int64_t b = blockIdx.x / static_cast<unsigned>(s.M);  // B*M < 2^31 (ops_cuda.cpp)
+  const int64_t b = blockIdx.x / static_cast<unsigned>(s.M);  // B*M < 2^31 (topk_regions_host.cpp)
   const int tid = threadIdx.x, nt = blockDim.x;
   A* red = reinterpret_cast<A*>(smem_raw);  // [33] reduction scratch
   unsigned char* base = scratch ? scratch + row * n2 * (sizeof(u64) + sizeof(unsigned))
