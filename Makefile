@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.art_fast_installed
-SRCS   := setup.py requirements.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.cpp csrc/cuda/*.h)
+SRCS   := setup.py requirements.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h)
 
 .PHONY: install build test lint bench bench-ops bench-train demo gpu-check gpu-aot clean
 
@@ -37,6 +37,14 @@ lint: install
 # without its CUDA kernels is a failure (tests/test_cuda_build.py), not a silent CPU-only build.
 test: install lint
 	ART_FAST_REQUIRE_CUDA_BUILD=1 $(PY) -m pytest -q
+
+# Is an op complete (docs/adding_an_op.md)? Its files, spec, backends, contract and doc page
+# (tests/test_op_specs.py), its own tests and the registration / compile tests.
+.PHONY: op-check
+op-check: install
+	@test -n "$(OP)" || { echo "usage: make op-check OP=<op name>"; exit 2; }
+	$(PY) -m pytest -q tests/test_op_specs.py tests/test_library.py -k "$(OP)"
+	$(PY) -m pytest -q tests/test_$(OP).py
 
 # pytest-benchmark suite at small sizes (not part of `make test`).
 bench: install

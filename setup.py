@@ -175,13 +175,12 @@ def _extensions():
     cxx = ["-O3", "-fopenmp", "-Wall", "-Wno-unknown-pragmas", "-fno-tree-loop-distribute-patterns"]
     if march:
         cxx.append(f"-march={march}")
-    # Every op registers itself (csrc/<op>.cpp: schemas and input checks; csrc/cpu/<op>.cpp:
-    # CPU kernels; csrc/cuda/<op>.cu + <op>_host.cpp: CUDA kernels), so the sources are globbed:
-    # a new op is new files, no list to edit here.
-    sources = sorted(
-        os.path.relpath(p, ROOT)
-        for sub in ("", "cpu")
-        for p in glob.glob(os.path.join(ROOT, "csrc", sub, "*.cpp"))
+    # Every op registers itself (csrc/<op>.h: its contract and input checks, included by the
+    # two others; csrc/cpu/<op>.cpp: schemas and CPU kernels; csrc/cuda/<op>.cu: CUDA kernels
+    # and host code), so the sources are globbed: a new op is new files, no list to edit here.
+    # csrc/ops.cpp is the module's entry point.
+    sources = [os.path.join("csrc", "ops.cpp")] + sorted(
+        os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))
     )
     define_macros = []
     use_cuda, why, cuda_home = _cuda_config(torch)
@@ -200,10 +199,9 @@ def _extensions():
         print(f"art_fast: building the CUDA kernels: {why}; TORCH_CUDA_ARCH_LIST={arch}"
               + (f"; library headers from {extra_inc}" if extra_inc else ""))
         sources += sorted(
-            os.path.relpath(p, ROOT)
-            for pat in ("*.cu", "*.cpp")
-            for p in glob.glob(os.path.join(ROOT, "csrc", "cuda", pat))
+            os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))
         )
+        # In every source of a CUDA build: csrc/<op>.h then declares the op's CUDA launchers.
         define_macros.append(("ART_FAST_WITH_CUDA", None))
         ext = cpp_ext.CUDAExtension(
             "art_fast._C",

@@ -1,8 +1,9 @@
 """Loading of the compiled extension ``art_fast._C``, and which of its ops are usable.
 
-The extension registers the ``art_fast::*`` operators itself: each op's schemas come from
-``csrc/<op>.cpp``, its CPU kernels from ``csrc/cpu/<op>.cpp`` and its CUDA kernels from
-``csrc/cuda/<op>_host.cpp`` (one ``TORCH_LIBRARY_FRAGMENT`` / ``TORCH_LIBRARY_IMPL`` each). When
+The extension registers the ``art_fast::*`` operators itself: each op's schemas and CPU kernels
+come from ``csrc/cpu/<op>.cpp`` (its ``TORCH_LIBRARY_FRAGMENT`` and CPU ``TORCH_LIBRARY_IMPL``),
+its CUDA kernels from ``csrc/cuda/<op>.cu`` (its CUDA ``TORCH_LIBRARY_IMPL``); both include the
+op's contract ``csrc/<op>.h`` (dims, input checks, CUDA launchers). When
 the module is missing or fails to load, ``import art_fast`` still works: the reference backend
 is used and a warning names the cause. When it loads (``EXT_LOADED``) but lacks an entry point
 (a stale or partial build), only the ops missing it are unusable, and only on the devices

@@ -2,19 +2,23 @@
 
 Each kernel file is compiled to a cubin per architecture with ``nvcc -cubin -Xptxas -v`` and
 the nvcc flags of the real build (setup.py's ``"nvcc"`` list and define_macros, torch's
-COMMON_NVCC_FLAGS and default -std, read from the sources without importing torch); the ptxas
-report is parsed per kernel instantiation: registers, spill stores / loads (bytes), static
-shared memory, stack frame, barriers. A spill or a compile error is a failure.
+COMMON_NVCC_FLAGS, default -std and include directories, read from the sources and found on
+disk without importing torch); the ptxas report is parsed per kernel instantiation: registers,
+spill stores / loads (bytes), static shared memory, stack frame, barriers. A spill or a compile
+error is a failure.
 
     python benchmarks/cuda_ptxas.py --out benchmarks/results/aot --arch 80,90
 
 writes cuda_ptxas.md and cuda_ptxas.json to --out (`make cuda-ptxas`); exit status 1 on a
-spill or a compile error, 2 when nvcc is not found. tests/test_cuda_ptxas.py runs the same
-(part of `make test`).
+spill or a compile error, 2 when nvcc (or torch's headers) is not found.
+tests/test_cuda_ptxas.py runs the same (part of `make test`).
 
-The .cu files include only CUDA headers (csrc/cuda/common.cuh), so the compile needs no torch
-include directory; dynamic shared memory (extern __shared__) is sized at launch and is not in
-the table.
+Each .cu file holds its op's kernels and, after them, its host code (checks, allocation,
+registration), so it includes torch's headers (ATen, c10, torch/library.h): the compile gets
+torch's include directories as the build does (torch.utils.cpp_extension.include_paths(),
+computed from where torch is installed; Python's headers are not needed, no torch/extension.h
+there). The host code adds no kernel: the table holds the kernels only. Dynamic shared memory
+(extern __shared__) is sized at launch and is not in the table.
 """
 
 from __future__ import annotations
@@ -102,8 +106,9 @@ def find_demangler(root: str | None) -> str | None:
 # ---- the build's flags ---------------------------------------------------------------------------
 def setup_flags(setup_py: str = os.path.join(ROOT, "setup.py")) -> tuple[list[str], list[str]]:
     """(setup.py's literal nvcc flags, its -D defines), read with ast (setup.py runs setup()
-    on import). The isystem flags it adds at build time (pip library headers) are not needed:
-    the .cu files include CUDA headers only."""
+    on import). The isystem flags it adds at build time (pip library headers such as cublas,
+    when the toolkit lacks them) are not needed: the torch headers the .cu files include pull
+    in the CUDA runtime only."""
     with open(setup_py, encoding="utf-8") as f:
         tree = ast.parse(f.read())
     nvcc: list[str] = []
@@ -151,6 +156,19 @@ def torch_nvcc_defaults() -> tuple[list[str], str]:
     return common, std
 
 
+def torch_include_dirs() -> list[str]:
+    """torch's C++ include directories, as torch.utils.cpp_extension.include_paths() gives
+    them (<torch>/include and <torch>/include/torch/csrc/api/include), found without importing
+    torch. Raises FileNotFoundError when torch or its headers are not installed."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("torch is not installed: the .cu files include its headers")
+    inc = os.path.join(list(spec.submodule_search_locations)[0], "include")
+    if not os.path.isfile(os.path.join(inc, "torch", "library.h")):
+        raise FileNotFoundError(f"torch's C++ headers are not in {inc}")
+    return [inc, os.path.join(inc, "torch", "csrc", "api", "include")]
+
+
 def build_flags() -> list[str]:
     """The nvcc flags of setup.py's build of csrc/cuda/*.cu (architecture flags aside)."""
     nvcc, defines = setup_flags()
@@ -159,7 +177,7 @@ def build_flags() -> list[str]:
     if not any(f.startswith("-std=") for f in flags):
         flags.append(std)
     flags += defines + ["-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C"]
-    flags += ["-I" + os.path.join(ROOT, "csrc")]
+    flags += ["-I" + d for d in [os.path.join(ROOT, "csrc"), *torch_include_dirs()]]
     return flags
 
 
@@ -301,7 +319,7 @@ def _compile(nvcc: str, flags: list[str], src: str, arch: int, workdir: str) -> 
 def run(archs=DEFAULT_ARCHS, sources: list[str] | None = None, jobs: int | None = None,
         workdir: str | None = None) -> dict:
     """Compile every (source, arch) in parallel; returns {"rows", "errors", "spills", ...}.
-    Raises FileNotFoundError when nvcc is absent."""
+    Raises FileNotFoundError when nvcc or torch's headers are absent."""
     nvcc = find_nvcc()
     if nvcc is None:
         raise FileNotFoundError("nvcc not found (CUDA_HOME, PATH, /usr/local/cuda*)")

@@ -4,9 +4,10 @@
 The interpreter (``TRITON_INTERPRET=1``, what the CPU tests run) accepts code that the
 compiler rejects, and says nothing about shared memory or registers. This script runs the
 kernels' own host functions (``_fwd_host``/``_bwd_host`` of ``art_fast.kernels.*``) on "meta"
-tensors (shapes and dtypes, no data) at the shapes of each scenario, records every launch they
-make (kernel, arguments, constexprs, grid; for an autotuned kernel every config the autotuner
-can pick), and compiles each one with ``triton.compile(ASTSource(...),
+tensors (shapes and dtypes, no data) at the shapes of each scenario (declared by each Triton
+module as ``AOT_SCENARIOS``: a new op's kernels are compiled with no edit here), records
+every launch they make (kernel, arguments, constexprs, grid; for an autotuned kernel every
+config the autotuner can pick), and compiles each one with ``triton.compile(ASTSource(...),
 target=GPUTarget("cuda", arch, 32))`` and the wheel's own ptxas: the same specialisation
 (argument types, 16-divisibility, constexprs, num_warps/num_stages) that a launch on a GPU
 would compile.
@@ -74,7 +75,9 @@ from cuda_ptxas import parse_ptxas  # noqa: E402  (one parser of ptxas -v logs f
 # H100/H200 227 KiB.
 SMEM_LIMIT = {80: 166912, 90: 232448}
 DTYPES = ("float32", "bfloat16", "float16", "float64")
-OPS = ("cross_attention", "topk_regions", "info_nce")
+# The ops with Triton kernels: one module each in kernels/ (each declares its scenarios).
+OPS = tuple(sorted(p.stem for p in (ROOT / "kernels").glob("*.py")
+                   if not p.stem.startswith("_")))
 
 
 # ---- scenarios ---------------------------------------------------------------------------------
@@ -99,108 +102,35 @@ def _meta(torch, shape, dtype):
     return torch.empty(shape, dtype=dtype, device="meta")
 
 
-def _ca(B, Bq, H, M, N, D, weights=False, backward=True):
-    def run(dtype):
-        import torch
-        from art_fast.kernels import cross_attention as K
-
-        acc = torch.float64 if dtype == torch.float64 else torch.float32
-        q = _meta(torch, (Bq, H, M, D), dtype)
-        k = _meta(torch, (B, H, N, D), dtype)
-        v = _meta(torch, (B, H, N, D), dtype)
-        K._fwd_host(q, k, v, D**-0.5, weights)
-        if backward:
-            PHASE[0] = "bwd"
-            go = _meta(torch, (B, H, M, D), dtype)
-            gw = _meta(torch, (B, H, M, N), dtype) if weights else None
-            out = _meta(torch, (B, H, M, D), dtype)
-            lse = _meta(torch, (B, H, M), acc)
-            K._bwd_host(go, gw, q, k, v, out, lse, D**-0.5)
-
-    return run
-
-
-def _topk(B, M, N, C, k, grad_weights=True):
-    def run(dtype):
-        import torch
-        from art_fast.kernels import topk_regions as K
-
-        s = _meta(torch, (B, M, N), dtype)
-        v = _meta(torch, (B, N, C), dtype)
-        _host(K.topk_regions_fwd)(s, v, k)
-        PHASE[0] = "bwd"
-        gp = _meta(torch, (B, M, C), dtype)
-        gw = _meta(torch, (B, M, k), dtype) if grad_weights else None
-        idx = _meta(torch, (B, M, k), torch.int64)
-        _host(K.topk_regions_bwd)(gp, gw, s, v, idx)
-
-    return run
-
-
-def _nce(G, M, N, D, normalize=True, regime=0):
-    def run(dtype):
-        import torch
-        from art_fast.kernels import info_nce as K
-
-        acc = torch.float64 if dtype == torch.float64 else torch.float32
-        a = _meta(torch, (G, M, D), dtype)
-        c = _meta(torch, (G, N, D), dtype)
-        t = _meta(torch, (G, M), torch.int64)
-        K._fwd_host(a, c, t, 0.1, normalize, regime)
-        PHASE[0] = "bwd"
-        gl = _meta(torch, (G, M), acc)
-        lse = _meta(torch, (G, M), acc)
-        K._bwd_host(gl, a, c, t, lse, 0.1, normalize, regime)
-
-    return run
-
-
-def _host(op):
-    """The Python function behind a ``torch.library.custom_op`` (a call of the op itself with
-    meta tensors would dispatch to its fake kernel and launch nothing)."""
-    return getattr(op, "_init_fn", op)
-
-
 PAPER = ("float32", "bfloat16")
-ALL = DTYPES
-CI_FULL = ("ci", "full")
-FULL = ("full",)
+DTYPE_SETS = {"paper": PAPER, "all": DTYPES}
+SET_NAMES = {"ci": ("ci", "full"), "full": ("full",)}
 
-SCENARIOS: list[Scenario] = [
-    # cross_attention: B*T = 512 (B = 64 clips x T = 8), H = 8 heads, M = 2 / 16 queries,
-    # N = 196 patches, D = 32 head dim; a query set shared by every b (Bq = 1) in RSSA.
-    Scenario("cross_attention", "paper M=2 shared q", _ca(512, 1, 8, 2, 196, 32), PAPER,
-             CI_FULL, True),
-    Scenario("cross_attention", "paper M=16", _ca(512, 512, 8, 16, 196, 32), PAPER, CI_FULL,
-             True),
-    Scenario("cross_attention", "paper M=2 shared q", _ca(512, 1, 8, 2, 196, 32), ALL, FULL,
-             True),
-    Scenario("cross_attention", "paper M=16", _ca(512, 512, 8, 16, 196, 32), ALL, FULL, True),
-    Scenario("cross_attention", "M=16 weights", _ca(512, 512, 8, 16, 196, 32, weights=True),
-             ALL, FULL, True),
-    Scenario("cross_attention", "M=100 D=64", _ca(64, 64, 8, 100, 196, 64), ALL, FULL, False),
-    Scenario("cross_attention", "M=16 D=128", _ca(64, 64, 8, 16, 196, 128), ALL, FULL, False),
-    # topk_regions: [B*T*... = 4096, M = 16, N = 196] scores, values [4096, 196, 32], k = 16.
-    Scenario("topk_regions", "paper", _topk(4096, 16, 196, 32, 16), PAPER, CI_FULL, True),
-    Scenario("topk_regions", "paper", _topk(4096, 16, 196, 32, 16), ALL, FULL, True),
-    Scenario("topk_regions", "paper, no grad weights",
-             _topk(4096, 16, 196, 32, 16, grad_weights=False), ALL, FULL, True),
-    Scenario("topk_regions", "N=1024 k=32", _topk(64, 16, 1024, 64, 32), ALL, FULL, False),
-    Scenario("topk_regions", "N=16384", _topk(8, 4, 16384, 32, 16), ALL, FULL, False),
-    Scenario("topk_regions", "N=32768 (limit)", _topk(2, 4, 32768, 32, 16), ALL, FULL, False),
-    # info_nce: tiny regime G = 1e5 groups of M = N = 16, D = 256; large regime one group of
-    # M = N = 2048 and 32768 (the regime limit), D = 256.
-    Scenario("info_nce", "paper tiny", _nce(100000, 16, 16, 256), PAPER, CI_FULL, True),
-    Scenario("info_nce", "paper large 2048", _nce(1, 2048, 2048, 256), PAPER, CI_FULL, True),
-    Scenario("info_nce", "paper tiny", _nce(100000, 16, 16, 256), ALL, FULL, True),
-    Scenario("info_nce", "paper tiny, no normalize", _nce(100000, 16, 16, 256, False), ALL,
-             FULL, True),
-    Scenario("info_nce", "paper large 2048", _nce(1, 2048, 2048, 256), ALL, FULL, True),
-    Scenario("info_nce", "large 32768 (limit)", _nce(1, 32768, 32768, 256), ALL, FULL, True),
-    Scenario("info_nce", "tiny M=N=64", _nce(4096, 64, 64, 128), ALL, FULL, False),
-    Scenario("info_nce", "large D=1024", _nce(2, 4096, 4096, 1024), ALL, FULL, False),
-    Scenario("info_nce", "large D=40 M=300", _nce(8, 300, 200, 40), ALL, FULL, False),
-]
+
+def _backward() -> None:
+    PHASE[0] = "bwd"
+
+
+def scenarios(ops: tuple[str, ...] = OPS) -> list[Scenario]:
+    """Every op's scenarios, declared by its Triton module as ``AOT_SCENARIOS``: tuples
+    ``(name, run, dtypes, sets, spills)``, ``run(dtype, meta, backward)`` calling the host
+    functions on ``meta(shape, dtype)`` tensors (``backward()`` marks the start of the
+    backward's launches), ``dtypes`` "paper"
+    (float32, bfloat16) or "all", ``sets`` "ci" (ci and full) or "full", ``spills`` whether
+    spills fail it. Imported here, not at import of this script (TRITON_INTERPRET must be
+    off)."""
+    import torch
+
+    out = []
+    for op in ops:
+        mod = importlib.import_module(f"art_fast.kernels.{op}")
+        for name, run, dtypes, sets, spills in mod.AOT_SCENARIOS:
+            out.append(Scenario(
+                op, name,
+                lambda dtype, run=run: run(dtype, lambda shape, dt: _meta(torch, shape, dt),
+                                           _backward),
+                DTYPE_SETS[dtypes], SET_NAMES[sets], spills))
+    return out
 
 
 # ---- recording launches -----------------------------------------------------------------------
@@ -474,8 +404,8 @@ def plan(set_name: str, archs: list[int],
 
     rows: dict[tuple, Row] = {}
     jobs: dict[tuple, tuple[Launch, int]] = {}
-    for sc in SCENARIOS:
-        if set_name not in sc.sets or sc.op not in ops:
+    for sc in scenarios(tuple(ops)):
+        if set_name not in sc.sets:
             continue
         for dname in sc.dtypes:
             with record_launches() as launches:

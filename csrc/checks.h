@@ -1,25 +1,23 @@
-// art_fast._C: the input contract of every operator, shared by the CPU kernels (cpu/<op>.cpp)
-// and the CUDA host wrappers (cuda/<op>_host.cpp).
+// art_fast._C: what the input contracts of every operator share: the check macros, the
+// accumulation dtype and has_values. Included by each op's contract header csrc/<op>.h, which
+// holds the op's dims and its device-neutral check_<op>_fwd / check_<op>_bwd (inline, run by
+// both its CPU kernels cpu/<op>.cpp and its CUDA host wrappers in cuda/<op>.cu): shapes,
+// dtypes, contiguity and "every tensor on the device of the first input". What only one device
+// needs stays with that device's code: the device type of the first input ("must be a CPU
+// tensor" / "must be a CUDA tensor", one ART_CHECK_DEVICE_TYPE before the check_<op>_* call;
+// the others then follow from the same-device checks), checks that read tensor values (CPU),
+// and the limits of one kernel's implementation (the CUDA kernels' 32-bit index math and grid
+// sizes, shared memory; the rank keys of the topk selection). The Python wrappers in
+// art_fast/ops/ validate user input before these are reached; the kernels re-check what they
+// rely on here, so a direct torch.ops call with a bad shape is an error, never an
+// out-of-bounds access.
 //
-// The check macros are defined here, once. Each op's file csrc/<op>.cpp defines its schemas
-// (TORCH_LIBRARY_FRAGMENT, with the tensor contracts next to them) and the device-neutral
-// check_<op>_* functions declared below: shapes, dtypes, contiguity and "every tensor on the
-// device of the first input". What only one device needs stays with that device's code: the
-// device type of the first input ("must be a CPU tensor" / "must be a CUDA tensor", one
-// ART_CHECK_DEVICE_TYPE before the check_<op>_* call; the others then follow from the
-// same-device checks), checks that read tensor values (CPU), and the limits of one kernel's
-// implementation (the CUDA kernels' 32-bit index math and grid sizes, shared memory; the rank
-// keys of the topk selection). The Python wrappers in art_fast/ops/ validate user input
-// before these are reached; the kernels re-check what they rely on here, so a direct
-// torch.ops call with a bad shape is an error, never an out-of-bounds access.
+// Adding an op edits nothing here (docs/adding_an_op.md): its contract csrc/<op>.h, its CPU
+// kernels and schemas cpu/<op>.cpp and its CUDA kernels and host code cuda/<op>.cu, each
+// registering itself (setup.py globs them).
 //
-// Adding an op: its schema + check file csrc/<op>.cpp, its kernels cpu/<op>.cpp (and
-// cuda/<op>.cu + cuda/<op>_host.cpp), each registering itself (setup.py globs them); shared
-// files only gain declarations: its check_<op>_* here, its launchers in cuda/launch.h, its
-// entry points in art_fast/_ext.py (ENTRIES).
-//
-// Per-operator ATen headers only (not ATen/ATen.h), so that the CUDA host files that include
-// this keep compiling fast.
+// Per-operator ATen headers only (not ATen/ATen.h), so that the files that include this (the
+// .cu files too) keep compiling fast.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -67,51 +65,5 @@ inline at::ScalarType acc_dtype(at::ScalarType t) {
 inline bool has_values(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() && t->numel() > 0;
 }
-
-// ---- cross_attention (csrc/cross_attention.cpp) -----------------------------------------------
-struct CrossAttentionDims {
-  int64_t B, Bq, H, M, N, D;
-};
-// q [Bq,H,M,D] (Bq in {1, B}), k, v [B,H,N,D]: contiguous, on the device of q, one supported
-// dtype, no empty dimension.
-CrossAttentionDims check_cross_attention_fwd(const at::Tensor& q, const at::Tensor& k,
-                                             const at::Tensor& v);
-// The forward's inputs, and grad_out [B,H,M,D] (dtype of q), grad_weights [B,H,M,N] (dtype of
-// q; only when has_values), lse [B,H,M] (accumulation dtype): contiguous, on the device of q.
-CrossAttentionDims check_cross_attention_bwd(const at::Tensor& grad_out,
-                                             const std::optional<at::Tensor>& grad_weights,
-                                             const at::Tensor& q, const at::Tensor& k,
-                                             const at::Tensor& v, const at::Tensor& lse);
-
-// ---- topk_regions (csrc/topk_regions.cpp) -----------------------------------------------------
-struct TopkRegionsDims {
-  int64_t B, M, N, C, k;
-};
-// scores [B,M,N], values [B,N,C] (one supported dtype), 1 <= k <= N: contiguous, on the
-// device of scores.
-TopkRegionsDims check_topk_regions_fwd(const at::Tensor& scores, const at::Tensor& values,
-                                       int64_t k);
-// scores and values as in the forward, indices [B,M,k] int64 (1 <= k <= N; the values are the
-// kernel's to check), grad_pooled [B,M,C] (dtype of values), grad_weights [B,M,k] (dtype of
-// scores; only when has_values): contiguous, on the device of scores. Returns k of indices.
-TopkRegionsDims check_topk_regions_bwd(const at::Tensor& grad_pooled,
-                                       const std::optional<at::Tensor>& grad_weights,
-                                       const at::Tensor& scores, const at::Tensor& values,
-                                       const at::Tensor& indices);
-
-// ---- info_nce (csrc/info_nce.cpp) -------------------------------------------------------------
-struct InfoNceDims {
-  int64_t G, M, N, D;
-};
-// anchors [G,M,D], candidates [G,N,D] (contiguous, one supported dtype, N > 0, D > 0),
-// targets [G,M] int64 (any layout; its values are the kernel's to check), temperature finite
-// and > 0; every tensor on the device of anchors. Also the check of info_nce_fused.
-InfoNceDims check_info_nce_fwd(const at::Tensor& anchors, const at::Tensor& candidates,
-                               const at::Tensor& targets, double temperature);
-// The forward's inputs, and grad_loss, lse [G,M] in the accumulation dtype (any layout), on
-// the device of anchors.
-InfoNceDims check_info_nce_bwd(const at::Tensor& grad_loss, const at::Tensor& anchors,
-                               const at::Tensor& candidates, const at::Tensor& targets,
-                               const at::Tensor& lse, double temperature);
 
 }  // namespace art_fast

@@ -1,11 +1,11 @@
 // art_fast._C: the Python module entry point (what the build holds).
 //
 // The operators register themselves under torch.ops.art_fast when the module is loaded: each
-// op's schemas and device-neutral input checks in csrc/<op>.cpp (TORCH_LIBRARY_FRAGMENT), its
-// CPU kernels in cpu/<op>.cpp and its CUDA host wrappers in cuda/<op>_host.cpp (each ending
-// with its own TORCH_LIBRARY_IMPL). Fake kernels and the autograd formulas are registered from
-// Python (art_fast/ops/<op>.py), as in pytorch/extension-cpp; art_fast/_ext.py checks which
-// op has a kernel for which device.
+// op's contract (dims, device-neutral input checks, CUDA launchers) is the header <op>.h, its
+// schemas (TORCH_LIBRARY_FRAGMENT) and CPU kernels are cpu/<op>.cpp, its CUDA kernels and host
+// wrappers cuda/<op>.cu (each of the two ending with its own TORCH_LIBRARY_IMPL). Fake kernels
+// and the autograd formulas are registered from Python (art_fast/ops/<op>.py), as in
+// pytorch/extension-cpp; art_fast/_ext.py checks which op has a kernel for which device.
 #include <torch/extension.h>
 
 namespace {

@@ -382,4 +382,33 @@ def cross_attention_bwd(
     return _bwd_host(grad_out, grad_weights, q, k, v, out, lse, scale)
 
 
+# ---- ahead-of-time compile scenarios (benchmarks/triton_aot.py: compiled for sm_80 / sm_90 in
+# CI, every launch of the host functions at these shapes on meta tensors) ----------------------
+def _aot(B, Bq, H, M, N, D, weights=False):
+    def run(dtype, meta, backward):
+        acc = acc_dtype(dtype)
+        q, k, v = meta((Bq, H, M, D), dtype), meta((B, H, N, D), dtype), meta((B, H, N, D), dtype)
+        _fwd_host(q, k, v, D**-0.5, weights)
+        backward()
+        gw = meta((B, H, M, N), dtype) if weights else None
+        _bwd_host(meta((B, H, M, D), dtype), gw, q, k, v, meta((B, H, M, D), dtype),
+                  meta((B, H, M), acc), D**-0.5)
+
+    return run
+
+
+# (name, run, dtypes "paper" | "all", sets "ci" (ci + full) | "full", spills fail it).
+# B*T = 512 (B = 64 clips x T = 8), H = 8 heads, M = 2 / 16 queries, N = 196 patches, D = 32;
+# a query set shared by every b (Bq = 1) in RSSA.
+AOT_SCENARIOS = (
+    ("paper M=2 shared q", _aot(512, 1, 8, 2, 196, 32), "paper", "ci", True),
+    ("paper M=16", _aot(512, 512, 8, 16, 196, 32), "paper", "ci", True),
+    ("paper M=2 shared q", _aot(512, 1, 8, 2, 196, 32), "all", "full", True),
+    ("paper M=16", _aot(512, 512, 8, 16, 196, 32), "all", "full", True),
+    ("M=16 weights", _aot(512, 512, 8, 16, 196, 32, weights=True), "all", "full", True),
+    ("M=100 D=64", _aot(64, 64, 8, 100, 196, 64), "all", "full", False),
+    ("M=16 D=128", _aot(64, 64, 8, 16, 196, 128), "all", "full", False),
+)
+
+
 _contract.provided("cross_attention")  # the fake kernels and autograd of the contract

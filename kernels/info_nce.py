@@ -655,4 +655,33 @@ def info_nce_fused(
     return total, ga, gc
 
 
+# ---- ahead-of-time compile scenarios (benchmarks/triton_aot.py: compiled for sm_80 / sm_90 in
+# CI, every launch of the host functions at these shapes on meta tensors) ----------------------
+def _aot(G, M, N, D, normalize=True):
+    def run(dtype, meta, backward):
+        acc = acc_dtype(dtype)
+        a, c, t = meta((G, M, D), dtype), meta((G, N, D), dtype), meta((G, M), torch.int64)
+        _fwd_host(a, c, t, 0.1, normalize, AUTO)
+        backward()
+        _bwd_host(meta((G, M), acc), a, c, t, meta((G, M), acc), 0.1, normalize, AUTO)
+
+    return run
+
+
+# (name, run, dtypes "paper" | "all", sets "ci" (ci + full) | "full", spills fail it).
+# Tiny regime G = 1e5 groups of M = N = 16, D = 256; large regime one group of M = N = 2048
+# and 32768 (the regime limit), D = 256.
+AOT_SCENARIOS = (
+    ("paper tiny", _aot(100000, 16, 16, 256), "paper", "ci", True),
+    ("paper large 2048", _aot(1, 2048, 2048, 256), "paper", "ci", True),
+    ("paper tiny", _aot(100000, 16, 16, 256), "all", "full", True),
+    ("paper tiny, no normalize", _aot(100000, 16, 16, 256, False), "all", "full", True),
+    ("paper large 2048", _aot(1, 2048, 2048, 256), "all", "full", True),
+    ("large 32768 (limit)", _aot(1, 32768, 32768, 256), "all", "full", True),
+    ("tiny M=N=64", _aot(4096, 64, 64, 128), "all", "full", False),
+    ("large D=1024", _aot(2, 4096, 4096, 1024), "all", "full", False),
+    ("large D=40 M=300", _aot(8, 300, 200, 40), "all", "full", False),
+)
+
+
 _contract.provided("info_nce")  # the fake kernels and autograd of the contract

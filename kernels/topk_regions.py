@@ -326,4 +326,30 @@ def topk_regions_bwd(
     return _bwd_host(grad_pooled, grad_weights, scores, values, indices)
 
 
+# ---- ahead-of-time compile scenarios (benchmarks/triton_aot.py: compiled for sm_80 / sm_90 in
+# CI, every launch of the host functions at these shapes on meta tensors) ----------------------
+def _aot(B, M, N, C, k, grad_weights=True):
+    def run(dtype, meta, backward):
+        s, v = meta((B, M, N), dtype), meta((B, N, C), dtype)
+        _fwd_host(s, v, k)
+        backward()
+        gw = meta((B, M, k), dtype) if grad_weights else None
+        _bwd_host(meta((B, M, C), dtype), gw, s, v, meta((B, M, k), torch.int64))
+
+    return run
+
+
+# (name, run, dtypes "paper" | "all", sets "ci" (ci + full) | "full", spills fail it).
+# scores [4096, M = 16, N = 196], values [4096, 196, 32], k = 16; the N limit 32768.
+AOT_SCENARIOS = (
+    ("paper", _aot(4096, 16, 196, 32, 16), "paper", "ci", True),
+    ("paper", _aot(4096, 16, 196, 32, 16), "all", "full", True),
+    ("paper, no grad weights", _aot(4096, 16, 196, 32, 16, grad_weights=False), "all", "full",
+     True),
+    ("N=1024 k=32", _aot(64, 16, 1024, 64, 32), "all", "full", False),
+    ("N=16384", _aot(8, 4, 16384, 32, 16), "all", "full", False),
+    ("N=32768 (limit)", _aot(2, 4, 32768, 32, 16), "all", "full", False),
+)
+
+
 _contract.provided("topk_regions")  # the fake kernels and autograd of the contract

@@ -55,10 +55,13 @@ def test_no_register_spills(result):
 
 
 def test_the_flags_are_the_builds(result):
-    """The compile uses setup.py's nvcc flags (read from it) and torch's defaults."""
+    """The compile uses setup.py's nvcc flags (read from it), torch's defaults and torch's
+    include directories (the .cu files hold their host code too, which includes torch's
+    headers)."""
     flags = result["flags"]
     nvcc, defines = cuda_ptxas.setup_flags()
     assert all(f in flags for f in nvcc + defines), (nvcc, defines, flags)
+    assert all("-I" + d in flags for d in cuda_ptxas.torch_include_dirs()), flags
     assert "-O3" in flags and "-DART_FAST_WITH_CUDA" in defines
     assert any(f.startswith("-std=") for f in flags)
     assert "--expt-relaxed-constexpr" in flags

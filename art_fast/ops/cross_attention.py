@@ -2,7 +2,8 @@
 (``art_fast._contract``): one fake kernel per entry, one setup_context and one backward,
 registered for every backend (``art_fast::`` C++ on cpu/cuda, ``art_fast_triton::``).
 
-Entries (the schema of ``csrc/cross_attention.cpp``; the Triton ops match it):
+Entries (the schema of ``csrc/cpu/cross_attention.cpp``, its contract in
+``csrc/cross_attention.h``; the Triton ops match it):
 
 - ``cross_attention_fwd(q, k, v, scale, return_weights) -> (out, lse, weights)``: q
   ``[Bq, H, M, D]`` with Bq in {1, B} (1: one query set shared by the B groups), k, v

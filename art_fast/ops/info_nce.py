@@ -3,9 +3,9 @@ op's contract (``art_fast._contract``): one fake kernel per entry, one setup_con
 backward per differentiable entry, registered for every backend (``art_fast::`` C++ on
 cpu/cuda, ``art_fast_triton::``).
 
-Entries (the schemas of ``csrc/info_nce.cpp``; the Triton ops match them): anchors
-``[G, M, D]``, candidates ``[G, N, D]`` (contiguous, one floating dtype), targets ``[G, M]``
-int64 in ``[0, N)`` or -100 (ignored):
+Entries (the schemas of ``csrc/cpu/info_nce.cpp``, their contract in ``csrc/info_nce.h``;
+the Triton ops match them): anchors ``[G, M, D]``, candidates ``[G, N, D]`` (contiguous, one
+floating dtype), targets ``[G, M]`` int64 in ``[0, N)`` or -100 (ignored):
 
 - ``info_nce_fwd(anchors, candidates, targets, temperature, normalize) -> (loss, lse)``: both
   ``[G, M]`` in the accumulation dtype (float64 for float64 inputs, else float32); loss is 0 on

@@ -2,7 +2,8 @@
 contract (``art_fast._contract``): one fake kernel per entry, one setup_context and one
 backward, registered for every backend (``art_fast::`` C++ on cpu/cuda, ``art_fast_triton::``).
 
-Entries (the schema of ``csrc/topk_regions.cpp``; the Triton ops match it):
+Entries (the schema of ``csrc/cpu/topk_regions.cpp``, its contract in
+``csrc/topk_regions.h``; the Triton ops match it):
 
 - ``topk_regions_fwd(scores, values, k) -> (pooled, indices, weights)``: scores ``[B, M, N]``,
   values ``[B, N, C]``, contiguous, one floating dtype, 1 <= k <= N; pooled ``[B, M, C]``,

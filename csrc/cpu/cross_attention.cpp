@@ -1,5 +1,6 @@
-// C++ CPU kernel for art_fast::cross_attention_{fwd,bwd}, and its registration for the CPU
-// dispatch key (the schemas and the input checks are in ../cross_attention.cpp).
+// C++ CPU kernel for art_fast::cross_attention_{fwd,bwd}; at the end the op's schemas
+// (TORCH_LIBRARY_FRAGMENT) and the kernel's registration for the CPU dispatch key. The tensor
+// contracts and the input checks are in ../cross_attention.h.
 //
 // out = softmax(q k^T * scale) v, per (b, h), with M (queries) small and N (patches) ~ 200.
 //
@@ -34,11 +35,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "../cross_attention.h"
 #include "common.h"
-
-
-
-
 
 namespace art_fast {
 
@@ -49,7 +47,7 @@ using cpu::load_pad;
 using cpu::load_t;
 using cpu::store;
 
-// s.B, s.Bq, s.H, s.M, s.N, s.D of the checked inputs (checks.h).
+// s.B, s.Bq, s.H, s.M, s.N, s.D of the checked inputs (../cross_attention.h).
 using Dims = CrossAttentionDims;
 
 // Layout. Every per-pair buffer is kept "patch-major": scores, probabilities and their
@@ -512,6 +510,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_bwd_cpu(
 }
 
 }  // namespace art_fast
+
+// The schemas; their tensor contracts are in ../cross_attention.h. This file is compiled in
+// every build (CUDA or not), so the op is defined wherever the extension is.
+TORCH_LIBRARY_FRAGMENT(art_fast, m) {
+  m.def("cross_attention_fwd(Tensor q, Tensor k, Tensor v, float scale, bool return_weights)"
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("cross_attention_bwd(Tensor grad_out, Tensor? grad_weights, Tensor q, Tensor k,"
+        " Tensor v, Tensor out, Tensor lse, float scale) -> (Tensor, Tensor, Tensor)");
+}
 
 TORCH_LIBRARY_IMPL(art_fast, CPU, m) {
   m.impl("cross_attention_fwd", &art_fast::cross_attention_fwd_cpu);

@@ -1,7 +1,8 @@
 // C++ CPU kernels for art_fast::info_nce_{fwd,bwd} (per-row losses, reduction "none") and
 // art_fast::info_nce_fused (reduction "mean" / "sum": the reduced loss and its gradients in one
-// pass; see "fused" below), and their registration for the CPU dispatch key (the schemas and
-// the input checks are in ../info_nce.cpp; the values of targets are checked here).
+// pass; see "fused" below); at the end the op's schemas (TORCH_LIBRARY_FRAGMENT) and the
+// kernels' registration for the CPU dispatch key. The tensor contracts and the input checks are
+// in ../info_nce.h; the values of targets are checked here.
 //
 // loss[g, i] = logsumexp_j S[g, i, j] - S[g, i, t_gi],  S = <a_hat_gi, c_hat_gj> / temperature,
 // with a_hat, c_hat the rows L2-normalised as F.normalize does (x / max(||x||, 1e-12)) when
@@ -89,6 +90,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../info_nce.h"
 #include "common.h"
 
 // Fortran BLAS of the library torch links (MKL / OpenBLAS export these). Weak: when absent,
@@ -121,7 +123,7 @@ constexpr int64_t kBN = 128;        // candidates per tile (large regime)
 constexpr int64_t kMinBM = 32;
 constexpr int64_t kPartialBudget = int64_t(1) << 30;  // bytes of extra partial d c_hat
 
-// s.G, s.M, s.N, s.D of the checked inputs (checks.h).
+// s.G, s.M, s.N, s.D of the checked inputs (../info_nce.h).
 using Dims = InfoNceDims;
 
 // targets (shape and dtype checked by check_info_nce_fwd), contiguous, every value in [0, N)
@@ -1157,6 +1159,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_fused_cpu(
 }
 
 }  // namespace art_fast
+
+// The schemas; their tensor contracts are in ../info_nce.h. This file is compiled in every
+// build (CUDA or not), so the op is defined wherever the extension is.
+TORCH_LIBRARY_FRAGMENT(art_fast, m) {
+  m.def("info_nce_fwd(Tensor anchors, Tensor candidates, Tensor targets, float temperature,"
+        " bool normalize) -> (Tensor, Tensor)");
+  m.def("info_nce_bwd(Tensor grad_loss, Tensor anchors, Tensor candidates, Tensor targets,"
+        " Tensor lse, float temperature, bool normalize) -> (Tensor, Tensor)");
+  m.def("info_nce_fused(Tensor anchors, Tensor candidates, Tensor targets, float temperature,"
+        " bool normalize, bool mean, bool compute_grad) -> (Tensor, Tensor, Tensor)");
+}
 
 TORCH_LIBRARY_IMPL(art_fast, CPU, m) {
   m.impl("info_nce_fwd", &art_fast::info_nce_fwd_cpu);

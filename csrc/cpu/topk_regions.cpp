@@ -1,5 +1,6 @@
-// C++ CPU kernel for art_fast::topk_regions_{fwd,bwd}, and its registration for the CPU
-// dispatch key (the schemas and the input checks are in ../topk_regions.cpp).
+// C++ CPU kernel for art_fast::topk_regions_{fwd,bwd}; at the end the op's schemas
+// (TORCH_LIBRARY_FRAGMENT) and the kernel's registration for the CPU dispatch key. The tensor
+// contracts and the input checks are in ../topk_regions.h.
 //
 // For each row (b, m): I = the k highest scores[b, m, :], w = softmax(scores[b, m, I]),
 // pooled[b, m] = sum_j w_j values[b, I_j]. N (patches) ~ 200, k small (~16), C ~ 32.
@@ -38,6 +39,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../topk_regions.h"
 #include "common.h"
 
 namespace art_fast {
@@ -53,7 +55,7 @@ using cpu::store;
 // (O(cnt^2) vectorised compares, no branch misses) instead of sorting.
 constexpr int64_t kRankCountMax = 64;
 
-// s.B, s.M, s.N, s.C of the checked inputs (checks.h; k is passed on its own).
+// s.B, s.M, s.N, s.C of the checked inputs (../topk_regions.h; k is passed on its own).
 using Dims = TopkRegionsDims;
 
 // The selection order as one integer per entry: rank key(v, n) > key(v', n') iff (v, n) ranks
@@ -337,6 +339,14 @@ std::tuple<at::Tensor, at::Tensor> topk_regions_bwd_cpu(
 }
 
 }  // namespace art_fast
+
+// The schemas; their tensor contracts are in ../topk_regions.h. This file is compiled in
+// every build (CUDA or not), so the op is defined wherever the extension is.
+TORCH_LIBRARY_FRAGMENT(art_fast, m) {
+  m.def("topk_regions_fwd(Tensor scores, Tensor values, int k) -> (Tensor, Tensor, Tensor)");
+  m.def("topk_regions_bwd(Tensor grad_pooled, Tensor? grad_weights, Tensor scores,"
+        " Tensor values, Tensor indices) -> (Tensor, Tensor)");
+}
 
 TORCH_LIBRARY_IMPL(art_fast, CPU, m) {
   m.impl("topk_regions_fwd", &art_fast::topk_regions_fwd_cpu);

@@ -1,8 +1,8 @@
 // Device helpers shared by the CUDA kernels of art_fast (csrc/cuda/*.cu).
 //
-// The .cu files include only CUDA headers (no ATen): they hold the kernels and plain launchers
-// declared in launch.h; the host side (checks, allocation, stream, registration) is
-// <op>_host.cpp. This keeps each nvcc compile to a few seconds per architecture.
+// CUDA headers only (no ATen): each cuda/<op>.cu holds the kernels, the plain launchers
+// declared in csrc/<op>.h, and after them the host side (checks, allocation, stream,
+// registration; ATen and the shared host helpers of host.h).
 //
 // Precision: every kernel accumulates in acc_t = float for float/half/bfloat16 inputs and
 // double for double inputs (the accumulation dtype of the schemas).

@@ -25,12 +25,29 @@
 //            butterfly). The gradient of a shared query (Bq = 1) goes to per-b partials in
 //            acc_t, then a second kernel sums them over b = 0, 1, ... in order.
 //   index    32-bit inside a (b, h) pair (M*N, M*D, N*D < 2^31, checked by
-//            cross_attention_host.cpp), 64-bit pair offsets: no 64-bit integer division in
+//            ca_limits below), 64-bit pair offsets: no 64-bit integer division in
 //            the per-element loops.
-#include <algorithm>
+//
+// Host side (after the launchers): the input checks (the device-neutral
+// check_cross_attention_* of ../cross_attention.h, then the limits of these kernels), output
+// allocation, device guard and stream, and the registration for the CUDA dispatch key. Outputs
+// follow the schema: lse in the accumulation dtype (float64 for float64 inputs, else float32),
+// everything else in the inputs' dtype. Per-operator ATen headers (not ATen/ATen.h) keep the
+// nvcc compile short: the host code is parsed once per CUDA architecture too.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
 
+#include <algorithm>
+#include <optional>
+#include <tuple>
+
+#include "../cross_attention.h"
 #include "common.cuh"
-#include "launch.h"
+#include "host.h"
 
 namespace art_fast {
 namespace cuda {
@@ -79,7 +96,7 @@ __global__ void fwd_kernel(const T* __restrict__ q, const T* __restrict__ k,
   extern __shared__ __align__(16) unsigned char smem_raw[];
   A* smem = reinterpret_cast<A*>(smem_raw);
   // 32-bit index math inside the (b, h) pair (M*N, M*D, N*D < 2^31: checked by
-  // cross_attention_host.cpp), 64-bit pair offsets.
+  // ca_limits below), 64-bit pair offsets.
   const int M = static_cast<int>(s.M), N = static_cast<int>(s.N), D = static_cast<int>(s.D);
   const int H = static_cast<int>(s.H);
   A* qs = smem;                   // [M, D]   q * scale
@@ -92,7 +109,7 @@ __global__ void fwd_kernel(const T* __restrict__ q, const T* __restrict__ k,
   A* fac = lrun + M;              // [M]      the tile's rescale factor
   const int tid = threadIdx.x, nt = blockDim.x;
   const int lane = tid & 31, warp = tid >> 5, nwarps = nt >> 5;
-  const int bh = blockIdx.x;  // < 2^31 (cross_attention_host.cpp)
+  const int bh = blockIdx.x;  // < 2^31 (ca_limits below)
   const int qbh = s.Bq == 1 ? bh % H : bh;
   const T* qp = q + int64_t(qbh) * M * D;
   const T* kp = k + int64_t(bh) * N * D;
@@ -468,3 +485,90 @@ cudaError_t cross_attention_bwd_launch(DType dt, const void* grad_out, const voi
 
 }  // namespace cuda
 }  // namespace art_fast
+
+// ---- host side: checks, allocation, stream, registration ----------------------------------------
+namespace art_fast {
+
+namespace {
+
+using cuda::check_launch;
+using cuda::DType;
+using cuda::dtype_of;
+using cuda::kMaxGrid;
+using cuda::kMaxInt32;
+using cuda::opt_ptr;
+
+// The checked dims, within the limits of these kernels: one block per (b, h) pair, 32-bit
+// index math inside a pair.
+cuda::CrossAttnDims ca_limits(const CrossAttentionDims& c) {
+  const cuda::CrossAttnDims d{c.B, c.Bq, c.H, c.M, c.N, c.D};
+  TORCH_CHECK(d.B * d.H <= kMaxGrid, "art_fast: cross_attention (CUDA) needs B*H < 2^31");
+  TORCH_CHECK(d.M * d.N <= kMaxInt32 && d.M * d.D <= kMaxInt32 && d.N * d.D <= kMaxInt32,
+              "art_fast: cross_attention (CUDA) indexes one (b, h) pair with 32-bit integers: "
+              "M*N, M*D and N*D must be < 2^31, got M = ", d.M, ", N = ", d.N, ", D = ", d.D);
+  return d;
+}
+
+void ca_check_smem(const cuda::CrossAttnDims& d, DType dt, bool backward) {
+  const size_t need = cuda::cross_attention_smem(d, dt, backward, 1);
+  const size_t have = cuda::cuda_max_smem();
+  TORCH_CHECK(need <= have, "art_fast: cross_attention (CUDA) keeps the queries of one (b, h) ",
+              "pair in shared memory: M = ", d.M, ", D = ", d.D, " need ", need,
+              " bytes, the device allows ", have, "; use backend='torch' (or 'triton') for ",
+              "such shapes");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_fwd_cuda(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+    bool return_weights) {
+  ART_CHECK_DEVICE_TYPE(q, "q", c10::kCUDA);
+  const auto d = ca_limits(check_cross_attention_fwd(q, k, v));
+  const c10::cuda::CUDAGuard guard(q.device());
+  const DType dt = dtype_of(q, "q");
+  ca_check_smem(d, dt, false);
+  auto out = at::empty({d.B, d.H, d.M, d.D}, q.options());
+  auto lse = at::empty({d.B, d.H, d.M}, q.options().dtype(acc_dtype(q.scalar_type())));
+  auto weights = return_weights ? at::empty({d.B, d.H, d.M, d.N}, q.options())
+                                : at::empty({0}, q.options());
+  check_launch(cuda::cross_attention_fwd_launch(
+                   dt, q.data_ptr(), k.data_ptr(), v.data_ptr(), scale, d, out.data_ptr(),
+                   lse.data_ptr(), return_weights ? weights.data_ptr() : nullptr,
+                   c10::cuda::getCurrentCUDAStream(q.device().index()).stream()),
+               "cross_attention_fwd");
+  return {out, lse, weights};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_bwd_cuda(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_weights,
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, double scale) {
+  (void)out;  // the backward recomputes the softmax statistics (see bwd_kernel)
+  ART_CHECK_DEVICE_TYPE(q, "q", c10::kCUDA);
+  const auto d = ca_limits(check_cross_attention_bwd(grad_out, grad_weights, q, k, v, lse));
+  const void* gw = opt_ptr(grad_weights);
+  const c10::cuda::CUDAGuard guard(q.device());
+  const DType dt = dtype_of(q, "q");
+  ca_check_smem(d, dt, true);
+  auto dq = at::empty_like(q);
+  auto dk = at::empty_like(k);
+  auto dv = at::empty_like(v);
+  at::Tensor part;
+  if (d.Bq != d.B) {
+    part = at::empty({d.B, d.H, d.M, d.D}, q.options().dtype(acc_dtype(q.scalar_type())));
+  }
+  check_launch(cuda::cross_attention_bwd_launch(
+                   dt, grad_out.data_ptr(), gw, q.data_ptr(), k.data_ptr(), v.data_ptr(), scale,
+                   d, dq.data_ptr(), part.defined() ? part.data_ptr() : nullptr, dk.data_ptr(),
+                   dv.data_ptr(), c10::cuda::getCurrentCUDAStream(q.device().index()).stream()),
+               "cross_attention_bwd");
+  return {dq, dk, dv};
+}
+
+}  // namespace
+
+}  // namespace art_fast
+
+TORCH_LIBRARY_IMPL(art_fast, CUDA, m) {
+  m.impl("cross_attention_fwd", &art_fast::cross_attention_fwd_cuda);
+  m.impl("cross_attention_bwd", &art_fast::cross_attention_bwd_cuda);
+}

@@ -1,24 +1,35 @@
-// Helpers shared by the CUDA host wrappers (cuda/<op>_host.cpp): the DType of a tensor for the
-// launchers (launch.h), the launch error check, the grid and 32-bit index limits.
+// What the CUDA side of every op shares on the host: the element type of the launchers (DType)
+// and of a tensor (dtype_of), the launch error check, the grid and 32-bit index limits, and the
+// data of an optional gradient. Included by each op's contract header csrc/<op>.h (for its
+// launchers' declarations, in a CUDA build) and by its cuda/<op>.cu.
 //
-// Host code only, compiled by the C++ compiler. Every host wrapper checks the device type of
-// its first input, runs the op's device-neutral check (checks.h), then the limits of its CUDA
-// kernels, allocates the outputs as the schemas say and launches on the current CUDA stream
-// of the inputs' device.
+// The launchers (declared in csrc/<op>.h, defined in cuda/<op>.cu next to the kernels) are
+// plain C++: pointers are untyped and the element type is a DType. Every launcher runs on
+// `stream`, returns the first CUDA error it met (launch or attribute), and expects contiguous
+// tensors of the shapes given (checked by the caller). Element types: the inputs' dtype `dt`;
+// "acc" = float (double for DType::f64) for lse, losses, partial sums and scratch.
+//
+// The host wrappers (in cuda/<op>.cu, after the launchers) each check the device type of their
+// first input, run the op's device-neutral check (csrc/<op>.h), then the limits of its CUDA
+// kernels, allocate the outputs as the schemas say and launch on the current CUDA stream of
+// the inputs' device. Host code only, no device code: per-operator ATen headers.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <optional>
 
 #include "../checks.h"
-#include "launch.h"
 
 namespace art_fast {
 namespace cuda {
+
+enum class DType { f32, f64, f16, bf16 };
 
 inline DType dtype_of(const at::Tensor& t, const char* name) {
   switch (t.scalar_type()) {
