@@ -10,7 +10,7 @@ disabled for that (op, dtype, device) for the rest of the process, with one ``Ru
 naming op, backend, dtype, device and the error; ``auto`` then moves to the next candidate
 (CUDA: triton -> cuda -> torch; CPU: cpu -> torch).
 
-Criterion (the one of ``tests/conftest.py``, DESIGN §8, not loosened), per tensor, against the
+Criterion (the one of ``tests/_util.py``, DESIGN §8, not loosened), per tensor, against the
 float64 reference run on the same dtype-rounded inputs and upstream gradients:
 
 - float64: ``|x - ref| <= 1e-10 + 1e-10 * |ref|`` elementwise (atol scaled by ``max |ref|``);

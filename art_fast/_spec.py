@@ -56,7 +56,7 @@ class OpSpec:
             compiled entries (``torch.library.opcheck``: schema, fake kernel, autograd).
         check_tol: the benchmarks' loose agreement check per dtype, ``max |x - ref| <= tol *
             (1 + max |ref|)`` (the tests hold the ops to the tighter rules of
-            tests/conftest.py).
+            tests/_util.py).
         doc: the op's design page, relative to the repository root.
     """
 

@@ -23,25 +23,31 @@
 #                            ART_FAST_CUDA=0, so that the Triton steps still run
 #   selftest             35  $PYTHON -m art_fast.cli info --selftest (every op x backend x
 #                            dtype against the float64 reference; compiles the Triton kernels)
-#   tests_cuda           40  pytest -m gpu: tests/test_cuda_ops.py and the cuda-cuda cases of
-#                            tests/test_{cross_attention,topk_regions,info_nce}.py
-#   tests_triton_xattn   45  pytest -m gpu -k triton: test_cross_attention.py (cuda-triton) and
-#                            test_triton_cross_attention.py
-#   tests_triton_topk    25  the same for topk_regions
+#   tests_cuda           40  pytest -m gpu -k "not triton": tests/test_cuda_ops.py and the
+#                            cuda-cuda cases of tests/test_<op>.py for every op
+#   tests_triton_xattn   45  pytest -m gpu -k triton: the cuda-triton cases of
+#                            tests/test_cross_attention.py
 #   tests_triton_nce     50  the same for info_nce
+#   tests_triton_topk    25  the same for topk_regions
 #   tests_misc           20  tests/test_{backends,cuda_build}.py with the GPU visible
 #                            (ART_FAST_REQUIRE_CUDA_BUILD=1 when the CUDA kernels were built)
-#   tests_gpu_other      10  pytest -m gpu over the other test files (none today: PASS)
+#   tests_gpu_other      10  pytest -m gpu over the other test files (autograd contracts,
+#                            registration, opcheck)
 #   memcheck             35  compute-sanitizer --tool memcheck over benchmarks/sanitize_ops.py
 #                            (every op, forward + backward, on the cuda and triton backends)
 #   racecheck            30  compute-sanitizer --tool racecheck over the same driver
 #   bench_ops_xattn      40  benchmarks/bench_ops.py --device cuda --ops cross_attention
-#   bench_ops_topk       15  ... --ops topk_regions
 #   bench_ops_nce        35  ... --ops info_nce
+#   bench_ops_topk       15  ... --ops topk_regions
 #   bench_train_tiny     15  benchmarks/bench_train.py --device cuda --configs tiny (open_clip)
 #   bench_train_vitb16   25  ... --configs vitb16 (open_clip)
 #                       ---
 #                       540  = the default budget (GPU_CHECK_BUDGET)
+#
+# The ops are the modules of art_fast/ops (as art_fast.ops.SPECS finds them), in the order of
+# their names: each has its tests_triton_<op> and bench_ops_<op> steps (the short names and
+# boxes above; an op added later gets its own name and boxes of 30 s and 20 s, which the
+# default budget, the sum of the default boxes, grows by).
 #
 # Time: every step runs under `timeout`; its limit is what is left of the budget minus the
 # boxes of the steps after it, so a step gets its box plus whatever earlier steps left unused,
@@ -69,7 +75,8 @@
 # Environment:
 #   PYTHON                  the interpreter (default python3), with torch (CUDA) and triton
 #   GPU_CHECK_DRY_RUN=1     as --dry-run
-#   GPU_CHECK_BUDGET        seconds for the whole run (default 540)
+#   GPU_CHECK_BUDGET        seconds for the whole run (default: the sum of the default boxes,
+#                           540)
 #   GPU_CHECK_BOX_<step>    the box of one step, e.g. GPU_CHECK_BOX_install=200
 #   GPU_CHECK_SKIP_BUILD=1  do not rebuild: check that art_fast is installed from this checkout
 #   GPU_CHECK_ARCH          TORCH_CUDA_ARCH_LIST (default: the visible GPU's; 9.0 without one)
@@ -108,21 +115,41 @@ for arg in "$@"; do
   esac
 done
 [ "${#POS[@]}" -eq 1 ] || bad_usage "expected one OUTDIR, got ${#POS[@]} arguments"
-BUDGET=${GPU_CHECK_BUDGET:-540}
-case "$BUDGET" in '' | *[!0-9]*) bad_usage "GPU_CHECK_BUDGET must be a number of seconds" ;; esac
+BUDGET=${GPU_CHECK_BUDGET:-}
+case "$BUDGET" in *[!0-9]*) bad_usage "GPU_CHECK_BUDGET must be a number of seconds" ;; esac
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-# ---- steps and their boxes ------------------------------------------------------------------
-STEPS=(env deps cuda_build install selftest
-  tests_cuda tests_triton_xattn tests_triton_topk tests_triton_nce tests_misc tests_gpu_other
-  memcheck racecheck bench_ops_xattn bench_ops_topk bench_ops_nce
-  bench_train_tiny bench_train_vitb16)
+# ---- the ops, the steps and their boxes -----------------------------------------------------
+# The ops: the modules of art_fast/ops not starting with "_", in the order of their names (the
+# rule of art_fast.ops.SPECS, read from the checkout: the steps are known before the deps and
+# install steps, and nothing is imported for them).
+OPS=()
+while IFS= read -r op; do OPS+=("$op"); done < <(
+  for f in "$ROOT"/art_fast/ops/[!_]*.py; do [ -e "$f" ] && basename "$f" .py; done | LC_ALL=C sort)
+[ "${#OPS[@]}" -gt 0 ] || bad_usage "no op module found in $ROOT/art_fast/ops"
+declare -A SHORT=([cross_attention]=xattn [info_nce]=nce [topk_regions]=topk)
+declare -A TRITON_BOX=([cross_attention]=45 [info_nce]=50 [topk_regions]=25)
+declare -A BENCH_BOX=([cross_attention]=40 [info_nce]=35 [topk_regions]=15)
 declare -A BOX=([env]=10 [deps]=10 [cuda_build]=10 [install]=90 [selftest]=35
-  [tests_cuda]=40 [tests_triton_xattn]=45 [tests_triton_topk]=25 [tests_triton_nce]=50
-  [tests_misc]=20 [tests_gpu_other]=10 [memcheck]=35 [racecheck]=30
-  [bench_ops_xattn]=40 [bench_ops_topk]=15 [bench_ops_nce]=35
+  [tests_cuda]=40 [tests_misc]=20 [tests_gpu_other]=10 [memcheck]=35 [racecheck]=30
   [bench_train_tiny]=15 [bench_train_vitb16]=25)
+TRITON_STEPS=()
+BENCH_STEPS=()
+for op in "${OPS[@]}"; do
+  short=${SHORT[$op]:-$op}
+  TRITON_STEPS+=("tests_triton_$short")
+  BOX[tests_triton_$short]=${TRITON_BOX[$op]:-30}
+  BENCH_STEPS+=("bench_ops_$short")
+  BOX[bench_ops_$short]=${BENCH_BOX[$op]:-20}
+done
+STEPS=(env deps cuda_build install selftest
+  tests_cuda "${TRITON_STEPS[@]}" tests_misc tests_gpu_other
+  memcheck racecheck "${BENCH_STEPS[@]}"
+  bench_train_tiny bench_train_vitb16)
 BOX_SUM=0
+DEFAULT_SUM=0  # the boxes before GPU_CHECK_BOX_<step>: the default budget
 for s in "${STEPS[@]}"; do
+  DEFAULT_SUM=$((DEFAULT_SUM + BOX[$s]))
   var=GPU_CHECK_BOX_$s
   if [ -n "${!var:-}" ]; then
     case "${!var}" in *[!0-9]*) bad_usage "$var must be a number of seconds" ;; esac
@@ -130,11 +157,11 @@ for s in "${STEPS[@]}"; do
   fi
   BOX_SUM=$((BOX_SUM + BOX[$s]))
 done
+BUDGET=${BUDGET:-$DEFAULT_SUM}
 
 OUT=${POS[0]}
 mkdir -p "$OUT" 2>/dev/null || bad_usage "cannot create $OUT"
 OUT=$(cd "$OUT" && pwd)
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=${PYTHON:-python3}
 case "$PY" in  # an absolute path, without resolving symlinks (a venv's python is one)
   */*) if [ -e "$PY" ]; then PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"; fi ;;
@@ -685,19 +712,17 @@ if [ -z "$XDIST" ]; then
   if [ "$NPROC" -ge 8 ]; then XDIST=4; else XDIST=0; fi
 fi
 if [ "${HAVE_XDIST:-0}" = 1 ] && [ "$XDIST" -gt 0 ]; then RUN_OPTS+=(-n "$XDIST"); fi
-OP_TESTS=(tests/test_cross_attention.py tests/test_topk_regions.py tests/test_info_nce.py)
-TRITON_TESTS=(tests/test_triton_cross_attention.py tests/test_triton_topk_regions.py
-  tests/test_triton_info_nce.py)
+OP_TESTS=()  # one test file per op, parametrised over every backend (cuda-cuda, cuda-triton)
+for op in "${OPS[@]}"; do OP_TESTS+=("tests/test_$op.py"); done
 
 # The test steps: name, selection (files and -m/-k); "-" marks the end of a selection.
-TEST_STEPS=(
-  tests_cuda -m gpu tests/test_cuda_ops.py "${OP_TESTS[@]}" -k "not triton" -
-  tests_triton_xattn -m gpu tests/test_cross_attention.py tests/test_triton_cross_attention.py -k triton -
-  tests_triton_topk -m gpu tests/test_topk_regions.py tests/test_triton_topk_regions.py -k triton -
-  tests_triton_nce -m gpu tests/test_info_nce.py tests/test_triton_info_nce.py -k triton -
+TEST_STEPS=(tests_cuda -m gpu tests/test_cuda_ops.py "${OP_TESTS[@]}" -k "not triton" -)
+for op in "${OPS[@]}"; do
+  TEST_STEPS+=("tests_triton_${SHORT[$op]:-$op}" -m gpu "tests/test_$op.py" -k triton -)
+done
+TEST_STEPS+=(
   tests_misc tests/test_backends.py tests/test_cuda_build.py -
-  tests_gpu_other -m gpu tests --ignore=tests/test_cuda_ops.py
-  "${OP_TESTS[@]/#/--ignore=}" "${TRITON_TESTS[@]/#/--ignore=}" -
+  tests_gpu_other -m gpu tests --ignore=tests/test_cuda_ops.py "${OP_TESTS[@]/#/--ignore=}" -
 )
 
 GPU_BLOCK=""
@@ -779,8 +804,8 @@ done
 
 # benchmarks
 REP_MS=${GPU_CHECK_REP_MS:-20}
-for pair in xattn:cross_attention topk:topk_regions nce:info_nce; do
-  short=${pair%%:*} op=${pair#*:}
+for op in "${OPS[@]}"; do
+  short=${SHORT[$op]:-$op}
   bargs=(--device cuda --ops "$op" --rep-ms "$REP_MS" --out "$WORK/bench_ops_$short")
   PROBE_CMD=("$PY" -c "import sys; sys.path.insert(0, '$ROOT/benchmarks'); import bench_ops; \
 a = bench_ops.parse_args(sys.argv[1:]); print('arguments parsed:', a.device, ' '.join(a.ops))" \

@@ -10,9 +10,11 @@ torch backend on fresh float64 inputs of odd shapes:
 (d) torch.func.grad and torch.func.vmap (and per-sample gradients, vmap over grad) (was:
     "must override the setup_context staticmethod" on cpu and triton).
 
-Backends: torch, cpu (the C++ kernels), triton (under TRITON_INTERPRET=1 on CPU, see
-tests/conftest.py). Tolerances: float64 through ``assert_close_fp`` (rtol 1e-10), as the op
-tests (tests/test_cross_attention.py, test_topk_regions.py, test_info_nce.py)."""
+Backends (tests/_util.py): cpu (the C++ kernels) and triton (under TRITON_INTERPRET=1 on CPU,
+see tests/conftest.py) on CPU tensors, cuda and triton on a GPU (marked gpu), each against torch
+on the same device; (c) on torch too. Tolerances: float64 through ``assert_close_fp`` (rtol
+1e-10), as the op tests (tests/test_cross_attention.py, test_topk_regions.py,
+test_info_nce.py)."""
 
 from __future__ import annotations
 
@@ -20,28 +22,24 @@ import pytest
 import torch
 
 import art_fast
-from tests.conftest import assert_close_fp, require_backend, require_triton
+from tests._util import BACKEND_CASES, FAST_CASES, IGNORE, assert_close_fp, require
 
-BACKENDS = ["cpu", "triton"]  # compared with "torch"
-IGNORE = -100
+BACKENDS = FAST_CASES  # (device, backend), compared with "torch" on the same device
 F64 = torch.float64
 
 
-def _require(op: str, backend: str) -> None:
-    op = op.split("-")[0]
-    if backend == "triton":
-        require_triton(op, "cpu")
-    elif backend != "torch":
-        require_backend(op, backend)
+def _require(op: str, device: str, backend: str) -> None:
+    require(op.split("-")[0], device, backend)
 
 
 # Each case: (float inputs, fixed extra inputs, run(backend, *floats, *extras) -> the
 # differentiable outputs). Odd sizes everywhere; B / G is dim 0 of every float input.
 
-def _cross_attention():
+def _cross_attention(device):
     B, H, M, N, D = 3, 2, 5, 7, 3
-    floats = [torch.randn(B, H, M, D, dtype=F64), torch.randn(B, H, N, D, dtype=F64),
-              torch.randn(B, H, N, D, dtype=F64)]
+    floats = [torch.randn(B, H, M, D, dtype=F64, device=device),
+              torch.randn(B, H, N, D, dtype=F64, device=device),
+              torch.randn(B, H, N, D, dtype=F64, device=device)]
 
     def run(backend, q, k, v):
         return art_fast.cross_attention(q, k, v, return_weights=True, backend=backend)
@@ -49,9 +47,10 @@ def _cross_attention():
     return floats, [], run
 
 
-def _topk_regions():
+def _topk_regions(device):
     B, M, N, C = 3, 5, 11, 3
-    floats = [torch.randn(B, M, N, dtype=F64), torch.randn(B, N, C, dtype=F64)]
+    floats = [torch.randn(B, M, N, dtype=F64, device=device),
+              torch.randn(B, N, C, dtype=F64, device=device)]
 
     def run(backend, s, v):
         pooled, _idx, w = art_fast.topk_regions(s, v, 4, backend=backend)
@@ -60,10 +59,11 @@ def _topk_regions():
     return floats, [], run
 
 
-def _info_nce(reduction):
+def _info_nce(reduction, device):
     G, M, N, D = 3, 5, 7, 6
-    floats = [torch.randn(G, M, D, dtype=F64), torch.randn(G, N, D, dtype=F64)]
-    t = torch.randint(0, N, (G, M))
+    floats = [torch.randn(G, M, D, dtype=F64, device=device),
+              torch.randn(G, N, D, dtype=F64, device=device)]
+    t = torch.randint(0, N, (G, M), device=device)
     t[0, 1] = t[2, 4] = IGNORE
 
     def run(backend, a, c, t):
@@ -76,15 +76,15 @@ def _info_nce(reduction):
 CASES = {
     "cross_attention": _cross_attention,
     "topk_regions": _topk_regions,
-    "info_nce-none": lambda: _info_nce("none"),
-    "info_nce-mean": lambda: _info_nce("mean"),
-    "info_nce-sum": lambda: _info_nce("sum"),
+    "info_nce-none": lambda device: _info_nce("none", device),
+    "info_nce-mean": lambda device: _info_nce("mean", device),
+    "info_nce-sum": lambda device: _info_nce("sum", device),
 }
 OPS = list(CASES)
 
 
-def _case(op):
-    floats, extras, run = CASES[op]()
+def _case(op, device):
+    floats, extras, run = CASES[op](device)
     outs = run("torch", *floats, *extras)
     cots = [torch.randn_like(o) for o in outs]
 
@@ -107,14 +107,14 @@ def _assert_grads(got, want, what):
 
 # (a) ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["leaf", "view"])
 @pytest.mark.parametrize("op", OPS)
-def test_grad_wrt_expanded_input(op, kind, backend):
+def test_grad_wrt_expanded_input(op, kind, device, backend):
     """Each float input in turn broadcast over dim 0 (stride 0): as a leaf, and as a view of a
     [1, ...] leaf, the gradient w.r.t. it (per row) and w.r.t. the base equal torch's."""
-    _require(op, backend)
-    floats, _extras, _run, objective = _case(op)
+    _require(op, device, backend)
+    floats, _extras, _run, objective = _case(op, device)
     for j in range(len(floats)):
 
         def grads(be, j=j):
@@ -141,15 +141,16 @@ def _double_backward(objective, backend, floats):
     gs = torch.autograd.grad(objective(backend, *xs), xs, create_graph=True)
     weights = [torch.randn(g.shape, dtype=g.dtype, generator=torch.Generator().manual_seed(i))
                for i, g in enumerate(gs)]
+    weights = [w.to(g.device) for w, g in zip(weights, gs)]
     second = sum((g * g * w).sum() for g, w in zip(gs, weights))
     return torch.autograd.grad(second, xs, allow_unused=True)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("op", OPS)
-def test_double_backward_matches_or_raises(op, backend):
-    _require(op, backend)
-    floats, _extras, _run, objective = _case(op)
+def test_double_backward_matches_or_raises(op, device, backend):
+    _require(op, device, backend)
+    floats, _extras, _run, objective = _case(op, device)
     want = _double_backward(objective, "torch", floats)
     assert all(w is not None and w.abs().max() > 0 for w in want)
     try:
@@ -161,12 +162,12 @@ def test_double_backward_matches_or_raises(op, backend):
     _assert_grads(got, want, f"{op} {backend} double backward")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("op", OPS)
-def test_func_grad_of_grad_matches_or_raises(op, backend):
+def test_func_grad_of_grad_matches_or_raises(op, device, backend):
     """torch.func.grad over torch.func.grad: torch's or a "double backward" RuntimeError."""
-    _require(op, backend)
-    floats, _extras, _run, objective = _case(op)
+    _require(op, device, backend)
+    floats, _extras, _run, objective = _case(op, device)
 
     def gg(be):
         first = torch.func.grad(lambda *xs: objective(be, *xs), argnums=0)
@@ -182,14 +183,14 @@ def test_func_grad_of_grad_matches_or_raises(op, backend):
     _assert_grads(got, want, f"{op} {backend} func.grad(func.grad)")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("op", ["cross_attention", "topk_regions", "info_nce-none"])
-def test_create_graph_alone_still_works(op, backend):
+def test_create_graph_alone_still_works(op, device, backend):
     """create_graph=True without a second derivative: the first derivative as usual (the
     double-backward error is raised only when one is asked for; the fused mean / sum info_nce
     on cpu raises at once, see art_fast/ops/info_nce.py)."""
-    _require(op, backend)
-    floats, _extras, _run, objective = _case(op)
+    _require(op, device, backend)
+    floats, _extras, _run, objective = _case(op, device)
     xs = [x.clone().requires_grad_() for x in floats]
     want = torch.autograd.grad(objective("torch", *xs), xs)
     xs = [x.clone().requires_grad_() for x in floats]
@@ -199,14 +200,15 @@ def test_create_graph_alone_still_works(op, backend):
 
 # (c) ---------------------------------------------------------------------------------------
 
-def _poisoned_runs(bad, reduction, normalize, backend, dtype):
+def _poisoned_runs(bad, reduction, normalize, device, backend, dtype):
     """(loss, grad anchors, grad candidates) with NaN / inf anchors in ignored rows, the same
     with finite anchors there, and the ignored mask."""
     G, M, N, D = 3, 5, 7, 6
-    a0, c0 = torch.randn(G, M, D, dtype=dtype), torch.randn(G, N, D, dtype=dtype)
-    t = torch.randint(0, N, (G, M))
+    a0 = torch.randn(G, M, D, dtype=dtype, device=device)
+    c0 = torch.randn(G, N, D, dtype=dtype, device=device)
+    t = torch.randint(0, N, (G, M), device=device)
     t[0, 1] = t[2, 4] = t[1, 0] = IGNORE
-    cot = torch.randn((G, M) if reduction == "none" else (), dtype=dtype)
+    cot = torch.randn((G, M) if reduction == "none" else (), dtype=dtype, device=device)
 
     def run(poison):
         a = a0.clone()
@@ -224,14 +226,14 @@ def _poisoned_runs(bad, reduction, normalize, backend, dtype):
     return run(True), run(False), t == IGNORE
 
 
-@pytest.mark.parametrize("backend", ["torch"] + BACKENDS)
+@pytest.mark.parametrize("device,backend", BACKEND_CASES)
 @pytest.mark.parametrize("normalize", [True, False])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_info_nce_ignored_rows_nonfinite_anchors(bad, reduction, normalize, backend):
-    _require("info_nce", backend)
+def test_info_nce_ignored_rows_nonfinite_anchors(bad, reduction, normalize, device, backend):
+    _require("info_nce", device, backend)
     (loss, ga, gc), (f_loss, f_ga, f_gc), ignored = _poisoned_runs(bad, reduction, normalize,
-                                                                    backend, F64)
+                                                                    device, backend, F64)
     assert torch.isfinite(loss).all()
     assert_close_fp(loss, f_loss, what="loss")
     assert torch.equal(ga[ignored], torch.zeros_like(ga[ignored])), "ignored rows' gradient"
@@ -243,17 +245,17 @@ def test_info_nce_ignored_rows_nonfinite_anchors(bad, reduction, normalize, back
         assert torch.equal(loss[ignored], torch.zeros_like(loss[ignored]))
 
 
-@pytest.mark.parametrize("backend", ["torch"] + BACKENDS)
+@pytest.mark.parametrize("device,backend", BACKEND_CASES)
 @pytest.mark.parametrize("normalize", [True, False])
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_info_nce_ignored_rows_nonfinite_anchors_low_precision(dtype, reduction, normalize,
-                                                               backend):
+                                                               device, backend):
     """16-bit: the same, bitwise (the ignored rows' values never reach the computation; a
     zero row would be 0 / 0 in a float16 F.normalize, whose eps 1e-12 rounds to 0)."""
-    _require("info_nce", backend)
-    poisoned, finite, ignored = _poisoned_runs(float("nan"), reduction, normalize, backend,
-                                               dtype)
+    _require("info_nce", device, backend)
+    poisoned, finite, ignored = _poisoned_runs(float("nan"), reduction, normalize, device,
+                                               backend, dtype)
     for p, f in zip(poisoned, finite):
         assert torch.isfinite(p).all() and torch.equal(p, f)
     assert torch.equal(poisoned[1][ignored], torch.zeros_like(poisoned[1][ignored]))
@@ -261,11 +263,11 @@ def test_info_nce_ignored_rows_nonfinite_anchors_low_precision(dtype, reduction,
 
 # (d) ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("op", OPS)
-def test_func_grad(op, backend):
-    _require(op, backend)
-    floats, _extras, _run, objective = _case(op)
+def test_func_grad(op, device, backend):
+    _require(op, device, backend)
+    floats, _extras, _run, objective = _case(op, device)
     argnums = tuple(range(len(floats)))
 
     def g(be):
@@ -279,24 +281,24 @@ V = 2  # the vmapped batch
 
 def _batched(floats, extras):
     """Fresh inputs with a leading vmapped dim of V (the extras, targets, vmapped too)."""
-    bf = [torch.randn(V, *x.shape, dtype=x.dtype) for x in floats]
+    bf = [torch.randn(V, *x.shape, dtype=x.dtype, device=x.device) for x in floats]
     be = []
     for t in extras:
         tt = t.expand(V, *t.shape).clone()
-        tt[1] = torch.randint(0, int(t.max()) + 1, t.shape)
+        tt[1] = torch.randint(0, int(t.max()) + 1, t.shape, device=t.device)
         tt[1, 1, 2] = IGNORE
         be.append(tt)
     return bf, be
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("unbatched", [None, 0, -1])
 @pytest.mark.parametrize("op", OPS)
-def test_func_vmap(op, unbatched, backend):
+def test_func_vmap(op, unbatched, device, backend):
     """vmap over a leading dim of every input (or all but the first / last float input, which
     is then shared by the samples)."""
-    _require(op, backend)
-    floats, extras, run, _objective = _case(op)
+    _require(op, device, backend)
+    floats, extras, run, _objective = _case(op, device)
     bf, be = _batched(floats, extras)
     in_dims = [0] * (len(bf) + len(be))
     if unbatched is not None:
@@ -314,12 +316,12 @@ def test_func_vmap(op, unbatched, backend):
         assert_close_fp(got[o], torch.stack(outs), what=f"{op} {backend} vmap vs loop")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("op", OPS)
-def test_func_vmap_of_grad(op, backend):
+def test_func_vmap_of_grad(op, device, backend):
     """Per-sample gradients: vmap over torch.func.grad (the backward ops' vmap rules)."""
-    _require(op, backend)
-    floats, extras, _run, objective = _case(op)
+    _require(op, device, backend)
+    floats, extras, _run, objective = _case(op, device)
     bf, be = _batched(floats, extras)
     argnums = tuple(range(len(bf)))
 
@@ -330,15 +332,16 @@ def test_func_vmap_of_grad(op, backend):
     _assert_grads(pg(backend), pg("torch"), f"{op} {backend} vmap(grad)")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_cross_attention_shared_query_per_sample_grad(backend):
+@pytest.mark.parametrize("device,backend", BACKENDS)
+def test_cross_attention_shared_query_per_sample_grad(device, backend):
     """vmap over grad w.r.t. a [1, H, M, D] query set shared by the B groups of each sample:
     dq summed over B per sample."""
-    _require("cross_attention", backend)
+    _require("cross_attention", device, backend)
     B, H, M, N, D = 3, 2, 5, 7, 3
-    q = torch.randn(V, 1, H, M, D, dtype=F64)
-    k, v = torch.randn(V, B, H, N, D, dtype=F64), torch.randn(V, B, H, N, D, dtype=F64)
-    cot = torch.randn(B, H, M, D, dtype=F64)
+    q = torch.randn(V, 1, H, M, D, dtype=F64, device=device)
+    k = torch.randn(V, B, H, N, D, dtype=F64, device=device)
+    v = torch.randn(V, B, H, N, D, dtype=F64, device=device)
+    cot = torch.randn(B, H, M, D, dtype=F64, device=device)
 
     def pg(b):
         def loss(q, k, v):

@@ -4,18 +4,13 @@ deterministic mode, and the fallback when the extension is missing."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 
 import art_fast
 from art_fast import _backend, reference
-from tests.conftest import require_backend
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._util import require_backend, run_python
 
 
 def _inputs():
@@ -117,19 +112,11 @@ def test_deterministic_mode_uses_reproducible_paths():
     assert torch.equal(first, art_fast.cross_attention(q, k, v))
 
 
-def _run(code: str, **env) -> subprocess.CompletedProcess:
-    # a fresh process without the test process's Triton interpreter (tests/conftest.py)
-    base = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    full_env = {**base, "PYTHONPATH": ROOT, **env}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, env=full_env, cwd=ROOT, timeout=300)
-
-
 def test_environment_variable_sets_the_default():
-    res = _run("import art_fast; print(art_fast.get_backend())", ART_FAST_BACKEND="torch")
+    res = run_python("import art_fast; print(art_fast.get_backend())", ART_FAST_BACKEND="torch")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "torch"
-    res = _run("import art_fast", ART_FAST_BACKEND="quick")
+    res = run_python("import art_fast", ART_FAST_BACKEND="quick")
     assert res.returncode != 0
     assert "ART_FAST_BACKEND must be one of" in res.stderr
 
@@ -164,14 +151,14 @@ print("fallback ok")
 
 
 def test_missing_extension_falls_back_to_the_reference():
-    res = _run(MISSING_EXT)
+    res = run_python(MISSING_EXT)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "fallback ok" in res.stdout
 
 
 def test_disabled_extension_warns_with_the_cause():
-    res = _run("import art_fast; print(art_fast.available_backends())",
-               ART_FAST_DISABLE_EXT="1")
+    res = run_python("import art_fast; print(art_fast.available_backends())",
+                     ART_FAST_DISABLE_EXT="1")
     assert res.returncode == 0, res.stderr
     assert "ART_FAST_DISABLE_EXT=1" in res.stderr
     assert res.stdout.strip() == "['torch']"

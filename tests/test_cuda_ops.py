@@ -11,10 +11,16 @@ import torch
 
 import art_fast
 from art_fast import reference
-from tests import test_cross_attention as tca
-from tests import test_info_nce as tnce
-from tests import test_topk_regions as ttk
-from tests.conftest import HAS_CUDA, require_backend
+from tests._util import (
+    HAS_CUDA,
+    IGNORE,
+    check_cross_attention,
+    check_info_nce,
+    check_topk_regions,
+    make_nce,
+    make_qkv,
+    require_backend,
+)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
 
@@ -27,35 +33,35 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 def test_cross_attention_paper_shapes(dtype, M, shared_q):
     """Frames x heads = 64 x 8 (a slice of 32 x 16 frames), N = 196 patches, head dim 32."""
     require_backend("cross_attention", "cuda")
-    tca.check_against_reference("cuda", "cuda", 64, 8, M, 196, 32, dtype, weights=M == 16,
-                                shared_q=shared_q)
+    check_cross_attention("cuda", "cuda", 64, 8, M, 196, 32, dtype, weights=M == 16,
+                          shared_q=shared_q)
 
 
 @pytest.mark.parametrize("M,N,D", [(64, 257, 64), (3, 1000, 24), (1, 1, 1), (33, 65, 96)])
 def test_cross_attention_tiles_and_head_dims(M, N, D):
     require_backend("cross_attention", "cuda")
-    tca.check_against_reference("cuda", "cuda", 2, 3, M, N, D, torch.float32, weights=True,
-                                shared_q=True)
+    check_cross_attention("cuda", "cuda", 2, 3, M, N, D, torch.float32, weights=True,
+                          shared_q=True)
 
 
 def test_cross_attention_float64_tight():
     require_backend("cross_attention", "cuda")
-    tca.check_against_reference("cuda", "cuda", 3, 2, 5, 130, 40, torch.float64, weights=True,
-                                shared_q=True)
+    check_cross_attention("cuda", "cuda", 3, 2, 5, 130, 40, torch.float64, weights=True,
+                          shared_q=True)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_topk_regions_paper_shapes(dtype):
     """B = frames x heads (a slice), M = 16 queries, N = 196 patches, k = 16, C = 32."""
     require_backend("topk_regions", "cuda")
-    ttk.check("cuda", "cuda", 64, 16, 196, 32, 16, dtype)
+    check_topk_regions("cuda", "cuda", 64, 16, 196, 32, 16, dtype)
 
 
 @pytest.mark.parametrize("N,k", [(1024, 7), (1025, 16), (3000, 1), (2048, 2048), (1500, 300)])
 def test_topk_regions_general_path(N, k):
     """N > 1024 sorts in global scratch; N = 1024 is the last shared-memory row."""
     require_backend("topk_regions", "cuda")
-    ttk.check("cuda", "cuda", 2, 3, N, 5, k, torch.float32)
+    check_topk_regions("cuda", "cuda", 2, 3, N, 5, k, torch.float32)
 
 
 def test_topk_regions_general_path_ties_and_nan():
@@ -63,13 +69,13 @@ def test_topk_regions_general_path_ties_and_nan():
     s = torch.randint(0, 4, (2, 3, 1500)).double()
     s[0, 0, ::7] = float("nan")
     s[1, 2, :] = float("nan")
-    ttk.check("cuda", "cuda", 2, 3, 1500, 4, 20, torch.float64, scores=s)
+    check_topk_regions("cuda", "cuda", 2, 3, 1500, 4, 20, torch.float64, scores=s)
 
 
 def test_topk_regions_wide_channels():
     """C > 256 is split over several channel chunks in the values' backward."""
     require_backend("topk_regions", "cuda")
-    ttk.check("cuda", "cuda", 3, 4, 50, 700, 9, torch.float32)
+    check_topk_regions("cuda", "cuda", 3, 4, 50, 700, 9, torch.float32)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -77,16 +83,16 @@ def test_topk_regions_wide_channels():
 def test_info_nce_tiny_paper_shapes(dtype, K):
     """Tiny regime: G = B*T = 512 groups of M = N = K, d = 256."""
     require_backend("info_nce", "cuda")
-    tnce.check("cuda", "cuda", 512, K, K, 256, dtype)
-    tnce.check("cuda", "cuda", 512, K, K, 256, dtype, reduction="none")
+    check_info_nce("cuda", "cuda", 512, K, K, 256, dtype)
+    check_info_nce("cuda", "cuda", 512, K, K, 256, dtype, reduction="none")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_info_nce_large_paper_shapes(dtype):
     """Large regime: one group of M = N = B*K*T (8 * 16 * 16 = 2048), d = 256."""
     require_backend("info_nce", "cuda")
-    tnce.check("cuda", "cuda", 1, 2048, 2048, 256, dtype, same=True)
-    tnce.check("cuda", "cuda", 1, 2048, 2048, 256, dtype, reduction="none")
+    check_info_nce("cuda", "cuda", 1, 2048, 2048, 256, dtype, same=True)
+    check_info_nce("cuda", "cuda", 1, 2048, 2048, 256, dtype, reduction="none")
 
 
 @pytest.mark.parametrize("M,N,D", [(64, 64, 31), (65, 64, 33), (64, 65, 1), (97, 3, 40),
@@ -95,8 +101,8 @@ def test_info_nce_large_paper_shapes(dtype):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_info_nce_regime_boundaries(M, N, D, normalize, reduction):
     require_backend("info_nce", "cuda")
-    tnce.check("cuda", "cuda", 3, M, N, D, torch.float32, normalize=normalize,
-               reduction=reduction, temperature=0.5)
+    check_info_nce("cuda", "cuda", 3, M, N, D, torch.float32, normalize=normalize,
+                   reduction=reduction, temperature=0.5)
 
 
 # The large regime's tensor-core path (csrc/cuda/info_nce.cu, path (b); issue 11): tails in
@@ -110,23 +116,23 @@ TC_SHAPES = [(2, 97, 131, 45), (1, 150, 77, 72), (1, 65, 300, 200), (3, 70, 33, 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_info_nce_large_tensor_cores(dtype, G, M, N, D, reduction):
     require_backend("info_nce", "cuda")
-    tnce.check("cuda", "cuda", G, M, N, D, dtype, reduction=reduction)
-    tnce.check("cuda", "cuda", G, M, N, D, dtype, reduction=reduction, normalize=False,
-               temperature=3.0)
+    check_info_nce("cuda", "cuda", G, M, N, D, dtype, reduction=reduction)
+    check_info_nce("cuda", "cuda", G, M, N, D, dtype, reduction=reduction, normalize=False,
+                   temperature=3.0)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_info_nce_large_tensor_cores_same_tensor_and_sum(dtype):
     require_backend("info_nce", "cuda")
-    tnce.check("cuda", "cuda", 1, 150, 150, 40, dtype, same=True)
-    tnce.check("cuda", "cuda", 2, 97, 131, 45, dtype, reduction="sum", temperature=0.5)
+    check_info_nce("cuda", "cuda", 1, 150, 150, 40, dtype, same=True)
+    check_info_nce("cuda", "cuda", 2, 97, 131, 45, dtype, reduction="sum", temperature=0.5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_info_nce_large_tensor_cores_ignored_rows_and_bits(dtype):
     """Ignored rows: loss and gradient exactly 0; two runs: the same bits (no atomics)."""
     require_backend("info_nce", "cuda")
-    a, c, t = tnce.make(1, 150, 130, 45, "cuda", ignore_frac=0.5)
+    a, c, t = make_nce(1, 150, 130, 45, "cuda", ignore_frac=0.5)
     a, c = a.to(dtype), c.to(dtype)
 
     def run():
@@ -136,7 +142,7 @@ def test_info_nce_large_tensor_cores_ignored_rows_and_bits(dtype):
 
     first, second = run(), run()
     assert all(torch.equal(p, q) for p, q in zip(first, second))
-    ignored = t == tnce.IGNORE
+    ignored = t == IGNORE
     assert ignored.any() and (~ignored).any()
     assert torch.equal(first[0][ignored], torch.zeros_like(first[0][ignored]))
     assert torch.equal(first[1][ignored], torch.zeros_like(first[1][ignored]))
@@ -148,7 +154,7 @@ def test_info_nce_tf32_switch():
     off), TF32 tensor cores when torch allows TF32 for CUDA matmuls: other bits, TF32
     accuracy (~1e-3 relative), and back to the exact bits when switched off again."""
     require_backend("info_nce", "cuda")
-    a, c, t = tnce.make(1, 200, 260, 72, "cuda")
+    a, c, t = make_nce(1, 200, 260, 72, "cuda")
     a, c = a.float(), c.float()
     ref = reference.info_nce(a.double(), c.double(), t, reduction="none")
 
@@ -176,8 +182,8 @@ def test_info_nce_tf32_switch():
 @pytest.mark.parametrize("M,N", [(16, 16), (300, 300)])
 def test_info_nce_float64_tight(M, N):
     require_backend("info_nce", "cuda")
-    tnce.check("cuda", "cuda", 2, M, N, 20, torch.float64, reduction="sum")
-    tnce.check("cuda", "cuda", 2, M, N, 20, torch.float64, reduction="none")
+    check_info_nce("cuda", "cuda", 2, M, N, 20, torch.float64, reduction="sum")
+    check_info_nce("cuda", "cuda", 2, M, N, 20, torch.float64, reduction="none")
 
 
 def _bitwise_twice(fn):
@@ -219,7 +225,7 @@ def test_bitwise_reproducible_on_gpu():
 
 def test_runs_on_the_current_stream_and_device_guard():
     require_backend("cross_attention", "cuda")
-    q, k, v = tca.make(2, 2, 3, 50, 16, "cuda", torch.float32)
+    q, k, v = make_qkv(2, 2, 3, 50, 16, "cuda", torch.float32)
     stream = torch.cuda.Stream()
     expected = art_fast.cross_attention(q, k, v, backend="cuda")
     with torch.cuda.stream(stream):
@@ -232,7 +238,7 @@ def test_kernels_check_direct_calls():
     """The compiled CUDA ops re-check what they rely on (torch.ops calls bypass the Python
     validation): errors, never out-of-bounds accesses."""
     require_backend("cross_attention", "cuda")
-    q, k, v = tca.make(2, 2, 3, 5, 4, "cuda", torch.float32)
+    q, k, v = make_qkv(2, 2, 3, 5, 4, "cuda", torch.float32)
     with pytest.raises(RuntimeError, match="v must have the shape of k"):
         torch.ops.art_fast.cross_attention_fwd(q, k, v[:, :, :4].contiguous(), 0.5, False)
     with pytest.raises(RuntimeError, match="contiguous"):

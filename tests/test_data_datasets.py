@@ -25,7 +25,7 @@ from art_fast.data import (
     finegym_classes,
     parse_finegym_categories,
 )
-from tests.test_data_util import level, make_frames, write_corrupt, write_video
+from tests._util import level, make_frames, write_corrupt, write_video
 
 NF = 12  # frames per fixture video
 

@@ -10,7 +10,7 @@ import pytest
 
 from art_fast.data import VideoDecodeError, VideoReader, num_frames, read_frames
 from art_fast.data import video as video_mod
-from tests.test_data_util import level, make_frames, write_corrupt, write_video
+from tests._util import level, make_frames, write_corrupt, write_video
 
 N = 11  # frames per fixture video
 

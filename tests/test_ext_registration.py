@@ -1,8 +1,8 @@
-"""The extension registers itself per op (issue 14): every op's schemas come from its own
-csrc/<op>.cpp, its CPU kernels from csrc/cpu/<op>.cpp and its CUDA kernels from
-csrc/cuda/<op>_host.cpp; art_fast._ext knows which entry points each op needs (ENTRIES) and a
-stale or partial build disables only the op and device that lack one (op_status). The input
-contract of each op is checked once, in C++, for both devices (csrc/checks.h): a direct
+"""The extension registers itself per op (issue 14): every op's schemas and CPU kernels come
+from its own csrc/cpu/<op>.cpp and its CUDA kernels from csrc/cuda/<op>.cu; art_fast._ext knows
+which entry points each op needs (ENTRIES) and a stale or partial build disables only the op
+and device that lack one (op_status). The input contract of each op is checked once, in C++,
+for both devices (check_<op>_* of csrc/<op>.h, with the macros of csrc/checks.h): a direct
 torch.ops call with a bad input fails with a message naming the argument."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from art_fast import _backend, _ext
-from tests.conftest import HAS_CUDA, require_backend
+from tests._util import HAS_CUDA, require_backend
 
 ENTRY_PARAMS = [pytest.param(op, e, id=e) for op, entries in _ext.ENTRIES.items() for e in entries]
 

@@ -20,11 +20,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
+# The per-op steps follow art_fast.ops.SPECS (the ops in the order of their module names).
 STEPS = [
     "env", "deps", "cuda_build", "install", "selftest",
-    "tests_cuda", "tests_triton_xattn", "tests_triton_topk", "tests_triton_nce", "tests_misc",
-    "tests_gpu_other", "memcheck", "racecheck", "bench_ops_xattn", "bench_ops_topk",
-    "bench_ops_nce", "bench_train_tiny", "bench_train_vitb16",
+    "tests_cuda", "tests_triton_xattn", "tests_triton_nce", "tests_triton_topk", "tests_misc",
+    "tests_gpu_other", "memcheck", "racecheck", "bench_ops_xattn", "bench_ops_nce",
+    "bench_ops_topk", "bench_train_tiny", "bench_train_vitb16",
 ]
 GPU_STEPS = STEPS[4:]
 
@@ -96,6 +97,20 @@ def test_dry_run(tmp_path):
     assert "--device cuda" in rows["bench_ops_xattn"][1]
     assert "-m art_fast.cli info --selftest" in rows["selftest"][1]
     assert "-p no:cacheprovider" in rows["tests_triton_nce"][1]
+    # one Triton test step and one benchmark step per op of art_fast.ops.SPECS, on its one
+    # test file (parametrised over every backend)
+    from art_fast.ops import SPECS
+
+    notes = " ".join(note for _status, note in rows.values())
+    assert "test_triton_" not in notes
+    triton_steps = [s for s in STEPS if s.startswith("tests_triton_")]
+    bench_steps = [s for s in STEPS if s.startswith("bench_ops_")]
+    assert len(triton_steps) == len(bench_steps) == len(SPECS)
+    for op, t_step, b_step in zip(SPECS, triton_steps, bench_steps):
+        assert f"-m gpu tests/test_{op}.py -k triton" in rows[t_step][1], rows[t_step]
+        assert f"--ops {op} " in rows[b_step][1], rows[b_step]
+        assert f"tests/test_{op}.py" in rows["tests_cuda"][1]
+        assert f"--ignore=tests/test_{op}.py" in rows["tests_gpu_other"][1]
 
     # OUT stays flat: the summary and one archive with every step's log
     assert sorted(p.name for p in out.iterdir()) == ["results.tar.gz", "summary.md"]

@@ -10,7 +10,7 @@ import art_fast
 from art_fast import reference
 from art_fast._contract import _CONTRACTS as CONTRACTS
 from art_fast.ops import SPECS
-from tests.conftest import require_backend
+from tests._util import check_compiled, require_backend
 
 # The compiled backends whose entries opcheck exercises: the C++ ops on the CPU, the Triton ops
 # on CPU tensors under the interpreter, and both on a GPU.
@@ -55,21 +55,6 @@ def test_every_backend_has_the_same_schemas():
                 f"{op}_{entry}: returns"
 
 
-def _check_compiled(fn, args, grads_of):
-    torch._dynamo.reset()
-    compiled = torch.compile(fn, fullgraph=True)
-    expected = fn(*args)
-    got = compiled(*args)
-    expected = expected if isinstance(expected, tuple) else (expected,)
-    got = got if isinstance(got, tuple) else (got,)
-    for e, g in zip(expected, got):
-        torch.testing.assert_close(g, e)
-    ge = torch.autograd.grad(expected[0].sum(), grads_of)
-    gg = torch.autograd.grad(got[0].sum(), grads_of)
-    for e, g in zip(ge, gg):
-        torch.testing.assert_close(g, e)
-
-
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
 def test_compile_fullgraph_cross_attention(backend):
     require_backend("cross_attention", backend)
@@ -82,7 +67,7 @@ def test_compile_fullgraph_cross_attention(backend):
                                           backend=backend)
         return out * 2, w
 
-    _check_compiled(fn, (q, k, v), (q, k, v))
+    check_compiled(fn, (q, k, v), (q, k, v))
 
 
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
@@ -95,7 +80,7 @@ def test_compile_fullgraph_topk_regions(backend):
         pooled, idx, w = art_fast.topk_regions(s * 1.5, v, 5, backend=backend)
         return pooled, idx, w
 
-    _check_compiled(fn, (s, v), (s, v))
+    check_compiled(fn, (s, v), (s, v))
 
 
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
@@ -110,7 +95,7 @@ def test_compile_fullgraph_info_nce(backend):
         return art_fast.info_nce(a, c, t, temperature=0.2) + art_fast.info_nce(
             a, a, torch.arange(5).expand(3, 5), reduction="sum", backend=backend)
 
-    _check_compiled(fn, (a, c), (a, c))
+    check_compiled(fn, (a, c), (a, c))
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton", "torch"])
@@ -124,7 +109,7 @@ def test_compile_fullgraph_spec_cases(op, backend):
         def fn(*args, case=case):
             return spec.fn(*args, **case.kwargs, backend=backend)
 
-        _check_compiled(fn, case.args, case.grad_inputs)
+        check_compiled(fn, case.args, case.grad_inputs)
 
 
 def test_compile_traces_the_scoped_backend():

@@ -20,7 +20,7 @@ import torch
 import art_fast
 from art_fast import _backend, _selftest, reference
 from art_fast._contract import _CONTRACTS
-from tests.conftest import require_backend
+from tests._util import require_backend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = torch.device("cpu")

@@ -1,77 +1,71 @@
-"""art_fast.topk_regions against the reference and an independent ranking oracle
-(DESIGN §3.2, §8)."""
+"""art_fast.topk_regions (DESIGN §3.2, §8) on every backend (tests/_util.py): torch, cpu and
+triton (under TRITON_INTERPRET=1 on CPU tensors), and cuda and triton on a GPU (marked gpu),
+against the float64 reference and an independent ranking oracle (``oracle_indices``).
+
+- against the reference: the spec's sample cases, shapes, k = 1 / 16 / N, 16-bit, wide values,
+  long rows, large magnitudes, non-contiguous inputs; gradcheck;
+- edge cases: ties (to the lower index, -0.0 == +0.0), NaN (ranks lowest), poisoned outputs and
+  reproducibility, one output unused, bad inputs;
+- the Triton kernels' own cases: launch parameters, rows over one chunk, direct calls of the
+  art_fast_triton:: entries with non-contiguous inputs, torch.compile, the paper shapes on a GPU.
+
+Backends: ``FAST_CASES`` (cpu, triton, cuda) where a test compares with the float64 reference
+(the torch backend is that reference); ``BACKEND_CASES`` (torch too) where it checks behaviour:
+the tie and NaN rules against the oracle, bad inputs. The Triton interpreter runs the small
+shapes only (``grid``); the other backends run those too. The cuda backend's paper shapes and
+general path: tests/test_cuda_ops.py; opcheck of every entry (the spec's samples) on every
+backend and torch.compile on cpu / torch: tests/test_library.py.
+"""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 
 import art_fast
 from art_fast import reference
-from tests._util import fwd_bwd
-from tests.conftest import FAST_CASES, assert_close_fp, require_backend
+from art_fast.ops import SPECS
+from tests._util import (
+    BACKEND_CASES,
+    FAST_CASES,
+    TRITON_CASES,
+    assert_close_fp,
+    case,
+    check_compiled,
+    check_spec_case,
+    fwd_bwd,
+    grid,
+    require,
+    require_backend,
+)
+from tests._util import check_topk_regions as check
 
 OP = "topk_regions"
+SPEC = SPECS[OP]
+# The spec's cases in float32 on every backend, in float64 and bfloat16 on all but the Triton
+# interpreter (its dots run in float32 whatever the dtype; the test time stays in its budget).
+SPEC_DTYPES = dict(values=[(torch.float64,), (torch.bfloat16,)], interpret=[(torch.float32,)])
 
 
-def oracle_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """The documented rule, written independently of the code under test: descending score,
-    ties by lower index, NaN below everything (by lower index among NaNs)."""
-    B, M, N = scores.shape
-    out = torch.empty(B, M, k, dtype=torch.int64)
-    rows = scores.detach().double().cpu().tolist()
-    for b in range(B):
-        for m in range(M):
-            row = rows[b][m]
-            order = sorted(range(N), key=lambda n: (math.isnan(row[n]),
-                                                    -row[n] if not math.isnan(row[n]) else 0, n))
-            out[b, m] = torch.tensor(order[:k])
-    return out
+# ---- the spec's sample cases (art_fast/ops/topk_regions.py: SPEC) -----------------------------
+
+@pytest.mark.parametrize("device,backend,dtype", grid(FAST_CASES, **SPEC_DTYPES))
+def test_spec_cases(device, backend, dtype):
+    """Every sample case of the spec: pooled, indices, weights, and the gradients of a random
+    cotangent on pooled, against the reference on float64 copies of the inputs."""
+    require(OP, device, backend)
+    for c in SPEC.cases(device, dtype):
+        check_spec_case(SPEC, c, backend)
 
 
-def check(device, backend, B, M, N, C, k, dtype, scores=None, noncontig=False, eager_rule=False):
-    s = torch.randn(B, M, N, dtype=torch.float64) if scores is None else scores.double()
-    v = torch.randn(B, N, C, dtype=torch.float64)
-    s, v = s.to(device), v.to(device)
-    g_pool = torch.randn(B, M, C, dtype=torch.float64, device=device)
-    g_w = torch.randn(B, M, k, dtype=torch.float64, device=device)
+# ---- against the float64 reference -------------------------------------------------------------
 
-    def fast(s, v):
-        if noncontig:
-            s = s.transpose(0, 2).contiguous().transpose(0, 2)
-            v = v.transpose(1, 2).contiguous().transpose(1, 2)
-        return art_fast.topk_regions(s, v, k, backend=backend)
-
-    def ref(s, v):
-        return reference.topk_regions(s, v, k)
-
-    outs, grads = fwd_bwd(fast, (s, v), (g_pool, None, g_w), dtype)
-    t_outs, t_grads = fwd_bwd(ref, (s.to(dtype), v.to(dtype)), (g_pool, None, g_w), torch.float64)
-    e_outs = e_grads = None
-    if dtype in (torch.float16, torch.bfloat16) or eager_rule:
-        e_outs, e_grads = fwd_bwd(ref, (s, v), (g_pool, None, g_w), dtype)
-    pooled, idx, w = outs
-    assert idx.dtype == torch.int64 and idx.shape == (B, M, k)
-    assert torch.equal(idx.cpu(), oracle_indices(s.to(dtype), k))
-    assert torch.equal(idx, t_outs[1])
-    assert pooled.dtype == dtype and w.dtype == dtype
-    assert_close_fp(pooled, t_outs[0], e_outs[0] if e_outs else None, f"pooled {dtype}",
-                    eager_rule)
-    assert_close_fp(w, t_outs[2], e_outs[2] if e_outs else None, f"weights {dtype}", eager_rule)
-    for i, name in enumerate(["grad scores", "grad values"]):
-        assert_close_fp(grads[i], t_grads[i], e_grads[i] if e_grads else None, f"{name} {dtype}",
-                        eager_rule)
-    # the scores' gradient is exactly zero outside the selection
-    outside = torch.ones_like(grads[0], dtype=torch.bool).scatter_(-1, idx, False)
-    assert torch.equal(grads[0][outside], torch.zeros_like(grads[0][outside]))
-
-
-@pytest.mark.parametrize("device,backend", FAST_CASES)
-@pytest.mark.parametrize("N,k", [(1, 1), (7, 1), (7, 3), (7, 7), (37, 16)])
+# Not on the Triton interpreter (~0.1 s an evaluation; gradcheck needs hundreds): its backward
+# is held to the float64 reference by the other tests.
+@pytest.mark.parametrize("device,backend,N,k", grid(
+    FAST_CASES, [(1, 1), (7, 1), (7, 3), (7, 7), (37, 16)]))
 def test_gradcheck_float64(device, backend, N, k):
-    require_backend(OP, backend)
+    require(OP, device, backend)
     s = torch.randn(2, 3, N, dtype=torch.float64, device=device, requires_grad=True)
     v = torch.randn(2, N, 5, dtype=torch.float64, device=device, requires_grad=True)
     f = lambda s, v: art_fast.topk_regions(s, v, k, backend=backend)[0::2]  # noqa: E731
@@ -84,42 +78,113 @@ def test_reference_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda s, v: reference.topk_regions(s, v, 4)[0::2], (s, v))
 
 
-@pytest.mark.parametrize("device,backend", FAST_CASES)
-@pytest.mark.parametrize("N", [1, 7, 196, 197, 257])
-@pytest.mark.parametrize("M", [1, 3, 64])
-@pytest.mark.parametrize("kind", ["1", "N", "16"])
-def test_float32_vs_float64(device, backend, N, M, kind):
-    require_backend(OP, backend)
-    k = {"1": 1, "N": N, "16": min(16, N)}[kind]
-    check(device, backend, 2, M, N, 32, k, torch.float32)
+# k = 1, 16, N at every (M, N) (the duplicates, e.g. k = 1 = N, once)
+_F32 = sorted({(M, N, 32, k) for N in [1, 7, 196, 197, 257] for M in [1, 3, 64]
+               for k in (1, N, min(16, N))}, key=lambda v: (v[1], v[0], v[3]))
+
+
+@pytest.mark.parametrize("device,backend,M,N,C,k", grid(
+    FAST_CASES, _F32,
+    interpret=[(M, N, 24, k) for N, k, M in
+               [(1, 1, 2), (7, 1, 16), (7, 7, 1), (33, 1, 2), (33, 33, 2), (33, 16, 16)]]))
+def test_float32_vs_float64(device, backend, M, N, C, k):
+    require(OP, device, backend)
+    check(device, backend, 2, M, N, C, k, torch.float32)
 
 
 @pytest.mark.parametrize("device,backend", FAST_CASES)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("N,k", [(196, 16), (7, 7), (257, 1)])
-def test_low_precision(device, backend, dtype, N, k):
-    require_backend(OP, backend)
-    check(device, backend, 3, 5, N, 24, k, dtype)
+def test_float64_and_wide_values(device, backend):
+    """float64; C = 150 > the 128-wide value chunk of the Triton kernels; B * M rows not a
+    multiple of the row block."""
+    require(OP, device, backend)
+    check(device, backend, 3, 3, 9, 150, 4, torch.float64)
+
+
+LOW = [torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("device,backend,dtype,B,M,N,k", grid(
+    FAST_CASES, [(dt, 3, 5, N, k) for dt in LOW for N, k in [(196, 16), (7, 7), (257, 1)]],
+    interpret=[(dt, 2, 3, 33, 8) for dt in LOW]))
+def test_low_precision(device, backend, dtype, B, M, N, k):
+    require(OP, device, backend)
+    check(device, backend, B, M, N, 24, k, dtype)
 
 
 @pytest.mark.parametrize("device,backend", FAST_CASES)
+def test_large_magnitude_and_noncontiguous(device, backend):
+    require(OP, device, backend)
+    # scores ~1e4: the selected softmax is one-hot to float32 precision and the scores'
+    # gradient is ~1e-10, below float32's reach at rtol 1e-5: held to 2x eager float32's error.
+    check(device, backend, 3, 4, 197, 16, 16, torch.float32,
+          scores=1e4 * torch.randn(3, 4, 197), noncontig=True, eager_rule=True)
+    check(device, backend, 3, 4, 197, 16, 16, torch.float64,
+          scores=1e4 * torch.randn(3, 4, 197), noncontig=True)
+
+
+@pytest.mark.parametrize("device,backend", FAST_CASES)
+def test_long_rows(device, backend):
+    """N = 2100: the Triton forward's one-row-per-program path (BLOCK_N = 4096) and the
+    backward's dense rows in two chunks (2048 + 52 columns); the top scores placed on both
+    sides of the chunk boundary (and ties across it: the lower index wins)."""
+    require(OP, device, backend)
+    N = 2100
+    scores = torch.randn(1, 3, N, dtype=torch.float64)
+    scores[0, 0, [5, 2047, 2048, 2099]] = 10.0  # ties across the chunk boundary
+    scores[0, 1, 2050:2060] = 20.0 + torch.arange(10.0)  # all selected in the second chunk
+    check(device, backend, 1, 3, N, 6, 6, torch.float32, scores=scores)
+    check(device, backend, 1, 3, N, 6, 3, torch.float64, scores=scores)
+
+
+@pytest.mark.parametrize("device,backend", FAST_CASES)
+def test_only_one_output_used(device, backend):
+    """Backward with no gradient for the weights (None: no dw input), or none for pooled."""
+    require(OP, device, backend)
+    s = torch.randn(2, 3, 9, device=device, dtype=torch.float64)
+    v = torch.randn(2, 9, 5, device=device, dtype=torch.float64)
+    g_pool = torch.randn(2, 3, 5, device=device, dtype=torch.float64)
+    g_w = torch.randn(2, 3, 4, device=device, dtype=torch.float64)
+    for cot in [(g_pool, None, None), (None, None, g_w)]:
+        grads = fwd_bwd(lambda s, v: art_fast.topk_regions(s, v, 4, backend=backend),
+                        (s, v), cot)[1]
+        truth = fwd_bwd(lambda s, v: reference.topk_regions(s, v, 4), (s, v), cot)[1]
+        for g, t in zip(grads, truth):
+            assert_close_fp(g, t)
+
+
+# ---- ties and NaN: the ranking rule, on every backend (the oracle is independent of torch) ---
+
+@pytest.mark.parametrize("device,backend", BACKEND_CASES)
+def test_ties_small(device, backend):
+    """Many equal scores (and -0.0 == +0.0): ties go to the lower index, k = 1 and k = N."""
+    require(OP, device, backend)
+    scores = torch.randint(0, 3, (2, 3, 12)).double()
+    scores[0, 0] = 0.0
+    scores[0, 1, ::2] = -0.0
+    check(device, backend, 2, 3, 12, 4, 1, torch.float32, scores=scores)
+    check(device, backend, 2, 3, 12, 4, 5, torch.float32, scores=scores)
+    check(device, backend, 2, 3, 12, 4, 12, torch.float64, scores=scores)
+
+
+@pytest.mark.parametrize("device,backend", BACKEND_CASES)
 def test_ties_go_to_the_lower_index(device, backend):
-    require_backend(OP, backend)
+    require(OP, device, backend)
     scores = torch.randint(0, 3, (4, 6, 50)).double()  # many equal scores
     scores[0, 0] = 0.0
     scores[0, 1, ::2] = -0.0  # -0.0 == +0.0: still a tie
     check(device, backend, 4, 6, 50, 8, 10, torch.float32, scores=scores)
     check(device, backend, 4, 6, 50, 8, 50, torch.float64, scores=scores)
-    idx = art_fast.topk_regions(scores[:1, :1].float(), torch.randn(1, 50, 2), 5,
-                                backend=backend)[1]
+    idx = art_fast.topk_regions(scores[:1, :1].float().to(device),
+                                torch.randn(1, 50, 2, device=device), 5, backend=backend)[1]
     assert idx.tolist() == [[[0, 1, 2, 3, 4]]]
 
 
-@pytest.mark.parametrize("device,backend", FAST_CASES)
+@pytest.mark.parametrize("device,backend", BACKEND_CASES)
 def test_nan_ranks_lowest(device, backend):
-    require_backend(OP, backend)
-    s = torch.tensor([[[0.5, float("nan"), -float("inf"), 2.0, float("nan"), -1.0]]])
-    v = torch.randn(1, 6, 3)
+    require(OP, device, backend)
+    s = torch.tensor([[[0.5, float("nan"), -float("inf"), 2.0, float("nan"), -1.0]]],
+                     device=device)
+    v = torch.randn(1, 6, 3, device=device)
     pooled, idx, w = art_fast.topk_regions(s, v, 4, backend=backend)
     assert idx.tolist() == [[[3, 0, 5, 2]]]  # NaN after -inf
     assert torch.isfinite(pooled).all() and torch.isfinite(w).all()
@@ -137,20 +202,10 @@ def test_nan_ranks_lowest(device, backend):
     check(device, backend, 3, 7, 40, 4, 12, torch.float64, scores=s)
 
 
-@pytest.mark.parametrize("device,backend", FAST_CASES)
-def test_large_magnitude_and_noncontiguous(device, backend):
-    require_backend(OP, backend)
-    # scores ~1e4: the selected softmax is one-hot to float32 precision and the scores'
-    # gradient is ~1e-10, below float32's reach at rtol 1e-5: held to 2x eager float32's error.
-    check(device, backend, 3, 4, 197, 16, 16, torch.float32,
-          scores=1e4 * torch.randn(3, 4, 197), noncontig=True, eager_rule=True)
-    check(device, backend, 3, 4, 197, 16, 16, torch.float64,
-          scores=1e4 * torch.randn(3, 4, 197), noncontig=True)
-
-
+# The kernels' outputs and reproducibility (not torch's: FAST_CASES).
 @pytest.mark.parametrize("device,backend", FAST_CASES)
 def test_outputs_fully_written_and_reproducible(device, backend):
-    require_backend(OP, backend)
+    require(OP, device, backend)
     s = torch.randn(6, 5, 77, device=device)
     v = torch.randn(6, 77, 9, device=device)
     g = torch.randn(6, 5, 9, device=device)
@@ -173,6 +228,8 @@ def test_outputs_fully_written_and_reproducible(device, backend):
     assert not any(torch.isnan(t.float()).any() for t in expected)
 
 
+# ---- bad inputs ------------------------------------------------------------------------------
+
 BAD = [
     (lambda s, v: (s[0], v, 3), ValueError, r"scores must have shape"),
     (lambda s, v: (s, v[:, :, 0], 3), ValueError, r"values must have shape \[B, N, C\]"),
@@ -189,13 +246,12 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpu"])
-@pytest.mark.parametrize("case", range(len(BAD)))
-def test_bad_input(backend, case):
-    if backend == "cpu":
-        require_backend(OP, backend)
-    make_args, exc, match = BAD[case]
-    s, v = torch.randn(3, 4, 7), torch.randn(3, 7, 5)
+@pytest.mark.parametrize("device,backend", BACKEND_CASES)
+@pytest.mark.parametrize("bad", range(len(BAD)))
+def test_bad_input(device, backend, bad):
+    require(OP, device, backend)
+    make_args, exc, match = BAD[bad]
+    s, v = torch.randn(3, 4, 7, device=device), torch.randn(3, 7, 5, device=device)
     with pytest.raises(exc, match=match):
         art_fast.topk_regions(*make_args(s, v), backend=backend)
 
@@ -208,3 +264,144 @@ def test_cpp_kernel_checks_direct_calls():
     pooled, idx, w = torch.ops.art_fast.topk_regions_fwd(s, v, 2)
     with pytest.raises(RuntimeError):
         torch.ops.art_fast.topk_regions_bwd(pooled, None, s, v, idx + 7)  # indices >= N
+
+
+# ---- torch.compile (the cpu and torch backends: tests/test_library.py) -----------------------
+
+@pytest.mark.parametrize("device,backend", [c for c in FAST_CASES if c.id != "cpu-cpu"])
+def test_compile_fullgraph(device, backend):
+    require(OP, device, backend)
+    s = torch.randn(2, 3, 20, device=device, requires_grad=True)
+    v = torch.randn(2, 20, 6, device=device, requires_grad=True)
+
+    def fn(s, v):
+        return art_fast.topk_regions(s * 1.5, v, 5, backend=backend)
+
+    check_compiled(fn, (s, v), (s, v))
+
+
+# ---- Triton: direct calls of the custom ops with non-contiguous inputs (issue 11) -------------
+# art_fast.topk_regions makes its inputs contiguous, but the ops themselves are public: the
+# backward must read the same contiguous tensors as the forward, whatever autograd saved. (The
+# C++ ops reject non-contiguous inputs.)
+
+def _views(kind, s, v):
+    B = s.shape[0]
+    if kind == "scores transposed":
+        return s.transpose(1, 2), v
+    if kind == "values step-sliced":
+        return s, v[..., ::2]
+    if kind == "values expanded over B (stride 0)":
+        return s, v.expand(B, -1, -1)
+    if kind == "scores expanded over M (stride 0), values transposed":
+        return s.expand(-1, 4, -1), v.transpose(1, 2)
+    raise ValueError(kind)
+
+
+def _leaves(kind, B, M, N, C, device, dtype):
+    shapes = {
+        "scores transposed": ((B, N, M), (B, N, C)),
+        "values step-sliced": ((B, M, N), (B, N, 2 * C)),
+        "values expanded over B (stride 0)": ((B, M, N), (1, N, C)),
+        "scores expanded over M (stride 0), values transposed": ((B, 1, N), (B, C, N)),
+    }[kind]
+    return [torch.randn(*sh, device=device, dtype=dtype, requires_grad=True) for sh in shapes]
+
+
+NONCONTIG_KINDS = ["scores transposed", "values step-sliced", "values expanded over B (stride 0)",
+                   "scores expanded over M (stride 0), values transposed"]
+
+
+@pytest.mark.parametrize("device,backend", TRITON_CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", NONCONTIG_KINDS)
+def test_direct_op_noncontiguous(device, backend, dtype, kind):
+    """art_fast_triton::topk_regions_fwd called directly with non-contiguous scores/values and
+    non-contiguous cotangents: outputs and gradients (torch.autograd.grad through the op's
+    autograd) match the float64 reference on the same views."""
+    require(OP, device, backend)
+    from art_fast.kernels import topk_regions as kmod
+
+    B, M, N, C, k = 2, 4, 11, 5, 4
+    leaves = _leaves(kind, B, M, N, C, device, dtype)
+    s, v = _views(kind, *leaves)
+    g_pool = torch.randn(B, C, M, device=device, dtype=dtype).transpose(1, 2)
+    g_w = torch.randn(B, M, 2 * k, device=device, dtype=dtype)[..., ::2]
+    pooled, idx, w = kmod.topk_regions_fwd(s, v, k)
+    grads = torch.autograd.grad((pooled, w), leaves, (g_pool, g_w))
+    leaves64 = [x.detach().double().requires_grad_() for x in leaves]
+    t_pooled, t_idx, t_w = reference.topk_regions(*_views(kind, *leaves64), k)
+    t_grads = torch.autograd.grad((t_pooled, t_w), leaves64, (g_pool.double(), g_w.double()))
+    assert torch.equal(idx, t_idx)
+    assert_close_fp(pooled, t_pooled, what=f"pooled ({kind})")
+    assert_close_fp(w, t_w, what=f"weights ({kind})")
+    for name, g, t in zip(["grad scores", "grad values"], grads, t_grads):
+        assert_close_fp(g, t, what=f"{name} ({kind})")
+
+
+@pytest.mark.parametrize("device,backend", TRITON_CASES)
+def test_direct_bwd_op_noncontiguous(device, backend):
+    """art_fast_triton::topk_regions_bwd called directly with non-contiguous inputs, indices
+    and cotangents gives bitwise what it gives for their contiguous copies."""
+    require(OP, device, backend)
+    from art_fast.kernels import topk_regions as kmod
+
+    B, M, N, C, k = 2, 4, 11, 5, 4
+    for kind in NONCONTIG_KINDS:
+        s, v = (x.detach() for x in _views(kind, *_leaves(kind, B, M, N, C, device,
+                                                          torch.float64)))
+        _, idx, _ = kmod.topk_regions_fwd(s, v, k)
+        idx_nc = idx.transpose(1, 2).contiguous().transpose(1, 2)
+        g_pool = torch.randn(B, C, M, device=device, dtype=torch.float64).transpose(1, 2)
+        g_w = torch.randn(B, M, 2 * k, device=device, dtype=torch.float64)[..., ::2]
+        got = kmod.topk_regions_bwd(g_pool, g_w, s, v, idx_nc)
+        want = kmod.topk_regions_bwd(*(x.contiguous() for x in (g_pool, g_w, s, v, idx)))
+        for g, t in zip(got, want):
+            assert g.is_contiguous() and torch.equal(g, t), kind
+
+
+@pytest.mark.parametrize("device,backend", TRITON_CASES)
+def test_opcheck_noncontiguous(device, backend):
+    """opcheck (fake kernels' strides, autograd registration) with non-contiguous inputs."""
+    require(OP, device, backend)
+    from art_fast.kernels import topk_regions as kmod
+
+    for kind in ["scores transposed", "scores expanded over M (stride 0), values transposed"]:
+        s, v = _views(kind, *_leaves(kind, 2, 4, 11, 5, device, torch.float32))
+        torch.library.opcheck(kmod.topk_regions_fwd, (s, v, 4))
+
+
+# ---- Triton: launch parameters, rows in registers (issue 11) ----------------------------------
+
+def test_launch_params():
+    """The register budget rule (docs/kernels/topk_regions.md): the forward holds at most 16
+    elements of its [BLOCK_R, BLOCK_N] score tile per thread up to N = 16384 (4 warps and up
+    to 16 rows per program for rows up to 2048 wide, then one row and 8 / 16 / 32 warps), 32
+    at N = 32768 (= MAX_N: spills, still correct); the backward's dense rows are built in
+    chunks of at most 2048 columns at 4 warps, whatever N."""
+    pytest.importorskip("triton")
+    from art_fast.kernels import topk_regions as kmod
+
+    # the paper shape: scores [4096, 16, 196], values [4096, 196, 32], k = 16
+    assert tuple(kmod._fwd_params(196, 16, 32)) == (8, 256, 16, 32, 4)
+    assert tuple(kmod._bwd_rows_params(196, 16, 32)) == (8, 256, 16, 32, 4)
+    for N in [1, 2, 7, 33, 196, 1000, 2048, 2049, 4096, 8192, 16384, 32768]:
+        f = kmod._fwd_params(N, 16, 32)
+        assert f.block_n >= N and f.block_n == kmod.pow2(N, 2)
+        per_thread = f.block_r * f.block_n / (32 * f.num_warps)
+        assert per_thread <= (16 if N <= 16384 else 32), (N, f)
+        assert f.num_warps in (4, 8, 16, 32)
+        b = kmod._bwd_rows_params(N, 16, 32)
+        assert b.block_n <= 2048 and b.block_r * b.block_n <= 2048 and b.num_warps == 4
+    with pytest.raises(RuntimeError, match="N <= 32768"):
+        kmod._check_n(kmod.MAX_N + 1)
+
+
+# ---- GPU, Triton: the paper shapes (DESIGN §7): scores = q k^T per head, B = 32 x 16 frames x
+# 8 heads, M = K = 2 and 16 queries, N = 196 patches, k_region = 16, C = head dim 32 ----------
+@pytest.mark.parametrize("device,backend", [case("cuda", "triton")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M", [2, 16])
+def test_paper_shapes_gpu(device, backend, dtype, M):
+    require(OP, device, backend)
+    check(device, backend, 32 * 16 * 8, M, 196, 32, 16, dtype)

@@ -36,8 +36,7 @@ from art_fast.model.uniformerv2 import (
     looks_official,
     remap_official_state_dict,
 )
-from tests._util import OpRecorder
-from tests.conftest import require_backend
+from tests._util import OpRecorder, require_backend
 
 TINY = "uniformerv2-tiny"
 CLASSES = [f"fine-grained action number {i}" for i in range(4)]
