@@ -55,8 +55,6 @@ without importing them)."""
 _CUDA_PREFERENCE: dict[str, tuple[str, ...]] = {op: ("triton", "cuda", "torch") for op in OPS}
 
 
-_TRITON_MODULES: dict[str, object] = {}
-
 
 def _triton_status(op: str) -> tuple[bool, str]:
     # Checked first, so that a CPU-only process without the interpreter never imports triton.
@@ -65,7 +63,7 @@ def _triton_status(op: str) -> tuple[bool, str]:
     try:
         import importlib
 
-        mod = importlib.import_module(f"art_fast.kernels.{op}")
+        importlib.import_module(f"art_fast.kernels.{op}")  # defines the art_fast_triton ops
     except ModuleNotFoundError as exc:
         if exc.name is not None and exc.name.startswith("art_fast.kernels"):
             return False, f"no Triton kernel for {op} in this version of art_fast"
@@ -74,7 +72,6 @@ def _triton_status(op: str) -> tuple[bool, str]:
         return False, f"art_fast.kernels.{op} failed to import: {type(exc).__name__}: {exc}"
     if not hasattr(torch.ops.art_fast_triton, f"{op}_fwd"):
         return False, f"art_fast.kernels.{op} defines no art_fast_triton::{op}_fwd"
-    _TRITON_MODULES[op] = mod
     return True, ""
 
 
