@@ -13,12 +13,13 @@ writes cuda_ptxas.md and cuda_ptxas.json to --out (`make cuda-ptxas`); exit stat
 spill or a compile error, 2 when nvcc (or torch's headers) is not found.
 tests/test_cuda_ptxas.py runs the same (part of `make test`).
 
-Each .cu file holds its op's kernels and, after them, its host code (checks, allocation,
-registration), so it includes torch's headers (ATen, c10, torch/library.h): the compile gets
-torch's include directories as the build does (torch.utils.cpp_extension.include_paths(),
-computed from where torch is installed; Python's headers are not needed, no torch/extension.h
-there). The host code adds no kernel: the table holds the kernels only. Dynamic shared memory
-(extern __shared__) is sized at launch and is not in the table.
+Each .cu file holds its op's kernels and, after them, its launchers and registration (the host
+functions are in csrc/<op>.h), so it includes torch's headers (ATen, c10, torch/library.h): the
+compile gets torch's include directories as the build does
+(torch.utils.cpp_extension.include_paths(), computed from where torch is installed; Python's
+headers are not needed, no torch/extension.h there). The host code adds no kernel: the table
+holds the kernels only. Dynamic shared memory (extern __shared__) is sized at launch and is not
+in the table.
 """
 
 from __future__ import annotations

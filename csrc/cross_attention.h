@@ -1,8 +1,10 @@
 // art_fast::cross_attention_{fwd,bwd}: the C++ contract of the op, shared by its CPU kernels
-// (cpu/cross_attention.cpp, which also holds the schemas: TORCH_LIBRARY_FRAGMENT) and its CUDA
-// kernels (cuda/cross_attention.cu): the dims, the device-neutral input checks (the macros of
-// checks.h) and the CUDA launchers' declarations. Fake kernels and the autograd formula are
-// registered from Python (art_fast/ops/cross_attention.py). Shapes use the names of DESIGN §3.
+// (cpu/cross_attention.cpp, which also holds the schemas: ART_FAST_DEFINE_OP) and its CUDA
+// kernels (cuda/cross_attention.cu): the dims, the device-neutral input checks (checks.h), the
+// CUDA launchers' declarations and the entries' host functions, one for both devices (each
+// device file provides its side: the limits of its kernels and their launch). Fake kernels and
+// the autograd formula are registered from Python (art_fast/ops/cross_attention.py). Shapes use
+// the names of DESIGN §3.
 //
 // Schemas and their tensor contracts:
 //   cross_attention_fwd(Tensor q, Tensor k, Tensor v, float scale, bool return_weights)
@@ -17,14 +19,18 @@
 //     grad_out [B,H,M,D], grad_weights [B,H,M,N] or None, saved q, k, v, out, lse.
 //     -> dq [Bq,H,M,D] (summed over B in a fixed order when Bq == 1), dk, dv [B,H,N,D].
 //
-// Plain C++ (ATen's Tensor and c10's checks, no device code), so that both the C++ and the
-// CUDA compiler include it; the launchers' declarations need the CUDA runtime API and are
-// there only in a CUDA build (ART_FAST_WITH_CUDA, set by setup.py).
+// Plain C++ (ATen's Tensor, per-operator ATen headers and c10's checks, no device code), so that
+// both the C++ and the CUDA compiler include it; the launchers' declarations need the CUDA
+// runtime API and are there only in a CUDA build (ART_FAST_WITH_CUDA, set by setup.py).
 #pragma once
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <tuple>
 
 #include "checks.h"
 
@@ -38,18 +44,8 @@ struct CrossAttentionDims {
 // dtype, no empty dimension.
 inline CrossAttentionDims check_cross_attention_fwd(const at::Tensor& q, const at::Tensor& k,
                                                     const at::Tensor& v) {
-  ART_CHECK_CONTIG(q, "q");
-  ART_CHECK_CONTIG(k, "k");
-  ART_CHECK_CONTIG(v, "v");
-  ART_CHECK_SAME_DEVICE(k, q, "k", "q");
-  ART_CHECK_SAME_DEVICE(v, q, "v", "q");
-  ART_CHECK_DIM(q, "q", 4, "[B, H, M, D]");
-  ART_CHECK_DIM(k, "k", 4, "[B, H, N, D]");
-  TORCH_CHECK(v.sizes() == k.sizes(), "art_fast: v must have the shape of k ", k.sizes(),
-              ", got ", v.sizes());
-  TORCH_CHECK(q.scalar_type() == k.scalar_type() && k.scalar_type() == v.scalar_type(),
-              "art_fast: q, k, v must share one dtype");
-  ART_CHECK_FLOAT_DTYPE(q, "q");
+  const Arg vv{v, "v", 4, "[B, H, N, D]"};
+  check_float_inputs({q, "q", 4, "[B, H, M, D]"}, {k, "k", 4, "[B, H, N, D]"}, &vv);
   CrossAttentionDims d{k.size(0), q.size(0), k.size(1), q.size(2), k.size(2), k.size(3)};
   TORCH_CHECK(d.Bq == d.B || d.Bq == 1, "art_fast: q must have shape [B or 1, H, M, D]");
   TORCH_CHECK(q.size(1) == d.H && q.size(3) == d.D,
@@ -96,7 +92,7 @@ namespace cuda {
 
 // ---- launchers (cuda/cross_attention.cu) ------------------------------------------------------
 // The kernels index inside one (b, h) pair with 32-bit integers: M * N, M * D and N * D must
-// be < 2^31 (checked by the host wrapper in cross_attention.cu); the offsets of the pairs are
+// be < 2^31 (checked by the CUDA side in cross_attention.cu); the offsets of the pairs are
 // 64-bit.
 struct CrossAttnDims {
   int64_t B, Bq, H, M, N, D;
@@ -122,3 +118,58 @@ cudaError_t cross_attention_bwd_launch(DType dt, const void* grad_out, const voi
 }  // namespace cuda
 }  // namespace art_fast
 #endif  // ART_FAST_WITH_CUDA
+
+namespace art_fast {
+
+// ---- the entries' host functions, one for both devices ----------------------------------------
+// Each checks the device type of q and the contract above, lets the device side check the
+// limits of its kernels, allocates the outputs as the schemas say and hands them to the device
+// side. Dev, the device side (cpu/cross_attention.cpp, cuda/cross_attention.cu), provides
+//   static constexpr c10::DeviceType kDevice;
+//   Dev(const CrossAttentionDims& d, const at::Tensor& q, bool backward): the limits of its
+//       kernels for the checked dims (and, on CUDA, the device guard and the stream);
+//   static at::Tensor empty_output_like(const at::Tensor& t): dk, dv (as large as k and v,
+//       written once);
+//   void fwd(q, k, v, scale, out, lse, weights or nullptr) const;
+//   void bwd(grad_out, grad_weights or nullptr, q, k, v, lse, scale, dq, dk, dv) const.
+
+template <typename Dev>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_fwd(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+    bool return_weights) {
+  ART_CHECK_DEVICE_TYPE(q, "q", Dev::kDevice);
+  const CrossAttentionDims d = check_cross_attention_fwd(q, k, v);
+  const Dev dev(d, q, /*backward=*/false);
+  auto out = at::empty({d.B, d.H, d.M, d.D}, q.options());
+  auto lse = at::empty({d.B, d.H, d.M}, q.options().dtype(acc_dtype(q.scalar_type())));
+  auto weights = return_weights ? at::empty({d.B, d.H, d.M, d.N}, q.options())
+                                : at::empty({0}, q.options());
+  dev.fwd(q, k, v, scale, out, lse, return_weights ? &weights : nullptr);
+  return {out, lse, weights};
+}
+
+template <typename Dev>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_bwd(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_weights,
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, double scale) {
+  (void)out;  // the kernels of both devices recompute the softmax (see their profiles)
+  ART_CHECK_DEVICE_TYPE(q, "q", Dev::kDevice);
+  const CrossAttentionDims d = check_cross_attention_bwd(grad_out, grad_weights, q, k, v, lse);
+  const Dev dev(d, q, /*backward=*/true);
+  auto dq = at::empty_like(q);
+  auto dk = Dev::empty_output_like(k);
+  auto dv = Dev::empty_output_like(v);
+  dev.bwd(grad_out, values_or_null(grad_weights), q, k, v, lse, scale, dq, dk, dv);
+  return {dq, dk, dv};
+}
+
+// Registers the entries' host functions for the device of Dev: called by the registration
+// of cpu/cross_attention.cpp (ART_FAST_DEFINE_OP) and of cuda/cross_attention.cu (ART_FAST_IMPL).
+template <typename Dev>
+void cross_attention_impl(torch::Library& m) {
+  m.impl("cross_attention_fwd", &cross_attention_fwd<Dev>);
+  m.impl("cross_attention_bwd", &cross_attention_bwd<Dev>);
+}
+
+}  // namespace art_fast

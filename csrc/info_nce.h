@@ -1,8 +1,10 @@
 // art_fast::info_nce_{fwd,bwd,fused}: the C++ contract of the op, shared by its CPU kernels
-// (cpu/info_nce.cpp, which also holds the schemas: TORCH_LIBRARY_FRAGMENT) and its CUDA
-// kernels (cuda/info_nce.cu): the dims, the device-neutral input checks (the macros of
-// checks.h) and the CUDA launcher's declarations. Fake kernels and the autograd formula are
-// registered from Python (art_fast/ops/info_nce.py). Shapes use the names of DESIGN §3.
+// (cpu/info_nce.cpp, which also holds the schemas: ART_FAST_DEFINE_OP) and its CUDA kernels
+// (cuda/info_nce.cu): the dims, the device-neutral input checks (checks.h), the CUDA
+// launcher's declarations and the entries' host functions, one for both devices (each device
+// file provides its side: the limits of its kernels, the targets and the launch). Fake kernels
+// and the autograd formula are registered from Python (art_fast/ops/info_nce.py). Shapes use
+// the names of DESIGN §3.
 //
 // Schemas and their tensor contracts:
 //   info_nce_fwd(Tensor anchors, Tensor candidates, Tensor targets, float temperature,
@@ -24,14 +26,18 @@
 //        grad_anchors [G,M,D], grad_candidates [G,N,D] (dtype of the inputs; d loss / d input)
 //        when compute_grad, else two empty tensors [0].
 //
-// Plain C++ (ATen's Tensor and c10's checks, no device code), so that both the C++ and the
-// CUDA compiler include it; the launcher's declarations need the CUDA runtime API and are
-// there only in a CUDA build (ART_FAST_WITH_CUDA, set by setup.py).
+// Plain C++ (ATen's Tensor, per-operator ATen headers and c10's checks, no device code), so that
+// both the C++ and the CUDA compiler include it; the launcher's declarations need the CUDA
+// runtime API and are there only in a CUDA build (ART_FAST_WITH_CUDA, set by setup.py).
 #pragma once
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <tuple>
 
 #include "checks.h"
 
@@ -60,15 +66,7 @@ inline void info_nce_check_row_tensor(const at::Tensor& x, const char* name,
 // and > 0; every tensor on the device of anchors. Also the check of info_nce_fused.
 inline InfoNceDims check_info_nce_fwd(const at::Tensor& a, const at::Tensor& c,
                                       const at::Tensor& targets, double temperature) {
-  ART_CHECK_CONTIG(a, "anchors");
-  ART_CHECK_CONTIG(c, "candidates");
-  ART_CHECK_SAME_DEVICE(c, a, "candidates", "anchors");
-  ART_CHECK_DIM(a, "anchors", 3, "[G, M, D]");
-  ART_CHECK_DIM(c, "candidates", 3, "[G, N, D]");
-  TORCH_CHECK(a.scalar_type() == c.scalar_type(),
-              "art_fast: anchors and candidates must share one dtype, got ", a.scalar_type(),
-              " and ", c.scalar_type());
-  ART_CHECK_FLOAT_DTYPE(a, "anchors");
+  check_float_inputs({a, "anchors", 3, "[G, M, D]"}, {c, "candidates", 3, "[G, N, D]"});
   TORCH_CHECK(a.size(0) == c.size(0) && a.size(2) == c.size(2),
               "art_fast: anchors [G, M, D] and candidates [G, N, D] must agree on G and D, got ",
               a.sizes(), " and ", c.sizes());
@@ -134,3 +132,90 @@ cudaError_t info_nce_launch(DType dt, const void* anchors, const void* candidate
 }  // namespace cuda
 }  // namespace art_fast
 #endif  // ART_FAST_WITH_CUDA
+
+namespace art_fast {
+
+// ---- the entries' host functions, one for both devices ----------------------------------------
+// Each checks the device type of anchors and the contract above, lets the device side check
+// the limits of its kernels (and the values of targets), allocates the outputs as the schemas
+// say, returns them as they are for G * M == 0 (zeros where the schema wants them) and
+// otherwise hands them to the device side. Dev, the device side (cpu/info_nce.cpp,
+// cuda/info_nce.cu), provides
+//   static constexpr c10::DeviceType kDevice;
+//   Dev(const InfoNceDims& d, const at::Tensor& anchors, const at::Tensor& targets): the
+//       limits of its kernels for the checked dims, targets made contiguous (the CPU checks its
+//       values) and, on CUDA, the device guard;
+//   void fwd(anchors, candidates, temperature, normalize, loss, lse) const;
+//   void bwd(grad_loss, anchors, candidates, lse, temperature, normalize, ga, gc) const
+//       (grad_loss and lse made contiguous);
+//   void fused(anchors, candidates, temperature, normalize, mean, loss, ga, gc) const (ga, gc
+//       nullptr when !compute_grad).
+
+template <typename Dev>
+std::tuple<at::Tensor, at::Tensor> info_nce_fwd(const at::Tensor& anchors,
+                                                const at::Tensor& candidates,
+                                                const at::Tensor& targets, double temperature,
+                                                bool normalize) {
+  ART_CHECK_DEVICE_TYPE(anchors, "anchors", Dev::kDevice);
+  const InfoNceDims d = check_info_nce_fwd(anchors, candidates, targets, temperature);
+  const Dev dev(d, anchors, targets);
+  const auto acc = acc_dtype(anchors.scalar_type());
+  auto loss = at::empty({d.G, d.M}, anchors.options().dtype(acc));
+  auto lse = at::empty({d.G, d.M}, anchors.options().dtype(acc));
+  if (d.G * d.M == 0) return {loss, lse};
+  dev.fwd(anchors, candidates, temperature, normalize, loss, lse);
+  return {loss, lse};
+}
+
+template <typename Dev>
+std::tuple<at::Tensor, at::Tensor> info_nce_bwd(const at::Tensor& grad_loss,
+                                                const at::Tensor& anchors,
+                                                const at::Tensor& candidates,
+                                                const at::Tensor& targets, const at::Tensor& lse,
+                                                double temperature, bool normalize) {
+  ART_CHECK_DEVICE_TYPE(anchors, "anchors", Dev::kDevice);
+  const InfoNceDims d =
+      check_info_nce_bwd(grad_loss, anchors, candidates, targets, lse, temperature);
+  const Dev dev(d, anchors, targets);
+  auto da = at::empty_like(anchors);
+  auto dc = at::empty_like(candidates);
+  if (d.G * d.M == 0) {
+    dc.zero_();
+    return {da, dc};
+  }
+  dev.bwd(grad_loss.contiguous(), anchors, candidates, lse.contiguous(), temperature, normalize,
+          da, dc);
+  return {da, dc};
+}
+
+template <typename Dev>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_fused(
+    const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& targets,
+    double temperature, bool normalize, bool mean, bool compute_grad) {
+  ART_CHECK_DEVICE_TYPE(anchors, "anchors", Dev::kDevice);
+  const InfoNceDims d = check_info_nce_fwd(anchors, candidates, targets, temperature);
+  const Dev dev(d, anchors, targets);
+  auto loss = at::empty({}, anchors.options().dtype(acc_dtype(anchors.scalar_type())));
+  at::Tensor da = compute_grad ? at::empty_like(anchors) : at::empty({0}, anchors.options());
+  at::Tensor dc =
+      compute_grad ? at::empty_like(candidates) : at::empty({0}, candidates.options());
+  if (d.G * d.M == 0) {
+    loss.zero_();
+    if (compute_grad) dc.zero_();
+    return {loss, da, dc};
+  }
+  dev.fused(anchors, candidates, temperature, normalize, mean, loss,
+            compute_grad ? &da : nullptr, compute_grad ? &dc : nullptr);
+  return {loss, da, dc};
+}
+
+// Registers the entries' host functions for the device of Dev: called by the registration
+// of cpu/info_nce.cpp (ART_FAST_DEFINE_OP) and of cuda/info_nce.cu (ART_FAST_IMPL).
+template <typename Dev>
+void info_nce_impl(torch::Library& m) {
+  m.impl("info_nce_fwd", &info_nce_fwd<Dev>);
+  m.impl("info_nce_bwd", &info_nce_bwd<Dev>);
+  m.impl("info_nce_fused", &info_nce_fused<Dev>);
+}
+
+}  // namespace art_fast

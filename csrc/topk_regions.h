@@ -1,8 +1,10 @@
 // art_fast::topk_regions_{fwd,bwd}: the C++ contract of the op, shared by its CPU kernel
-// (cpu/topk_regions.cpp, which also holds the schemas: TORCH_LIBRARY_FRAGMENT) and its CUDA
-// kernels (cuda/topk_regions.cu): the dims, the device-neutral input checks (the macros of
-// checks.h) and the CUDA launchers' declarations. Fake kernels and the autograd formula are
-// registered from Python (art_fast/ops/topk_regions.py). Shapes use the names of DESIGN §3.
+// (cpu/topk_regions.cpp, which also holds the schemas: ART_FAST_DEFINE_OP) and its CUDA kernels
+// (cuda/topk_regions.cu): the dims, the device-neutral input checks (checks.h), the CUDA
+// launchers' declarations and the entries' host functions, one for both devices (each device
+// file provides its side: the limits of its kernels and their launch). Fake kernels and the
+// autograd formula are registered from Python (art_fast/ops/topk_regions.py). Shapes use the
+// names of DESIGN §3.
 //
 // Schemas and their tensor contracts:
 //   topk_regions_fwd(Tensor scores, Tensor values, int k) -> (Tensor, Tensor, Tensor)
@@ -14,14 +16,18 @@
 //     grad_pooled [B,M,C], grad_weights [B,M,k] or None, saved scores, values, indices.
 //     -> grad_scores [B,M,N] (zero outside the selection), grad_values [B,N,C].
 //
-// Plain C++ (ATen's Tensor and c10's checks, no device code), so that both the C++ and the
-// CUDA compiler include it; the launchers' declarations need the CUDA runtime API and are
-// there only in a CUDA build (ART_FAST_WITH_CUDA, set by setup.py).
+// Plain C++ (ATen's Tensor, per-operator ATen headers and c10's checks, no device code), so that
+// both the C++ and the CUDA compiler include it; the launchers' declarations need the CUDA
+// runtime API and are there only in a CUDA build (ART_FAST_WITH_CUDA, set by setup.py).
 #pragma once
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <tuple>
 
 #include "checks.h"
 
@@ -36,15 +42,7 @@ namespace detail {
 // scores and values, common to both entries (k is left 0).
 inline TopkRegionsDims topk_regions_check_scores_values(const at::Tensor& scores,
                                                         const at::Tensor& values) {
-  ART_CHECK_CONTIG(scores, "scores");
-  ART_CHECK_CONTIG(values, "values");
-  ART_CHECK_SAME_DEVICE(values, scores, "values", "scores");
-  ART_CHECK_DIM(scores, "scores", 3, "[B, M, N]");
-  ART_CHECK_DIM(values, "values", 3, "[B, N, C]");
-  TORCH_CHECK(scores.scalar_type() == values.scalar_type(),
-              "art_fast: scores and values must share one dtype, got ", scores.scalar_type(),
-              " and ", values.scalar_type());
-  ART_CHECK_FLOAT_DTYPE(scores, "scores");
+  check_float_inputs({scores, "scores", 3, "[B, M, N]"}, {values, "values", 3, "[B, N, C]"});
   TopkRegionsDims d{scores.size(0), scores.size(1), scores.size(2), values.size(2), 0};
   TORCH_CHECK(values.size(0) == d.B && values.size(1) == d.N,
               "art_fast: values must have shape [B, N, C] with B, N of scores ", scores.sizes(),
@@ -134,3 +132,61 @@ cudaError_t topk_regions_bwd_launch(DType dt, const void* grad_pooled, const voi
 }  // namespace cuda
 }  // namespace art_fast
 #endif  // ART_FAST_WITH_CUDA
+
+namespace art_fast {
+
+// ---- the entries' host functions, one for both devices ----------------------------------------
+// Each checks the device type of scores and the contract above, lets the device side check the
+// limits of its kernels, allocates the outputs as the schemas say, returns them as they are
+// for B * M == 0 (grad_values zeroed) and otherwise hands them to the device side. Dev, the
+// device side (cpu/topk_regions.cpp, cuda/topk_regions.cu), provides
+//   static constexpr c10::DeviceType kDevice;
+//   Dev(const TopkRegionsDims& d, const at::Tensor& scores, bool backward): the limits of its
+//       kernels for the checked dims (and, on CUDA, the device guard and the stream);
+//   void fwd(scores, values, pooled, indices, weights) const;
+//   void bwd(grad_pooled, grad_weights or nullptr, scores, values, indices, grad_scores,
+//            grad_values) const.
+
+template <typename Dev>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_regions_fwd(const at::Tensor& scores,
+                                                                const at::Tensor& values,
+                                                                int64_t k) {
+  ART_CHECK_DEVICE_TYPE(scores, "scores", Dev::kDevice);
+  const TopkRegionsDims d = check_topk_regions_fwd(scores, values, k);
+  const Dev dev(d, scores, /*backward=*/false);
+  auto pooled = at::empty({d.B, d.M, d.C}, values.options());
+  auto indices = at::empty({d.B, d.M, d.k}, scores.options().dtype(at::kLong));
+  auto weights = at::empty({d.B, d.M, d.k}, scores.options());
+  if (d.B * d.M == 0) return {pooled, indices, weights};
+  dev.fwd(scores, values, pooled, indices, weights);
+  return {pooled, indices, weights};
+}
+
+template <typename Dev>
+std::tuple<at::Tensor, at::Tensor> topk_regions_bwd(
+    const at::Tensor& grad_pooled, const std::optional<at::Tensor>& grad_weights,
+    const at::Tensor& scores, const at::Tensor& values, const at::Tensor& indices) {
+  ART_CHECK_DEVICE_TYPE(scores, "scores", Dev::kDevice);
+  const TopkRegionsDims d =
+      check_topk_regions_bwd(grad_pooled, grad_weights, scores, values, indices);
+  const Dev dev(d, scores, /*backward=*/true);
+  auto grad_scores = at::empty_like(scores);
+  auto grad_values = at::empty_like(values);
+  if (d.B * d.M == 0) {
+    grad_values.zero_();
+    return {grad_scores, grad_values};
+  }
+  dev.bwd(grad_pooled, values_or_null(grad_weights), scores, values, indices, grad_scores,
+          grad_values);
+  return {grad_scores, grad_values};
+}
+
+// Registers the entries' host functions for the device of Dev: called by the registration
+// of cpu/topk_regions.cpp (ART_FAST_DEFINE_OP) and of cuda/topk_regions.cu (ART_FAST_IMPL).
+template <typename Dev>
+void topk_regions_impl(torch::Library& m) {
+  m.impl("topk_regions_fwd", &topk_regions_fwd<Dev>);
+  m.impl("topk_regions_bwd", &topk_regions_bwd<Dev>);
+}
+
+}  // namespace art_fast

@@ -22,9 +22,9 @@ from art_fast.ops import SPECS
 ROOT = Path(__file__).resolve().parents[1]
 
 FILES = (
-    "csrc/{op}.h",  # the C++ contract: dims, inline checks, CUDA launcher declarations
-    "csrc/cpu/{op}.cpp",  # CPU kernels; TORCH_LIBRARY_FRAGMENT (schemas), TORCH_LIBRARY_IMPL CPU
-    "csrc/cuda/{op}.cu",  # CUDA kernels, launchers, host wrappers; TORCH_LIBRARY_IMPL CUDA
+    "csrc/{op}.h",  # the C++ contract: checks, launcher declarations, host functions per entry
+    "csrc/cpu/{op}.cpp",  # CPU kernels; ART_FAST_DEFINE_OP (schemas, TORCH_LIBRARY_IMPL CPU)
+    "csrc/cuda/{op}.cu",  # CUDA kernels, launchers; ART_FAST_IMPL (TORCH_LIBRARY_IMPL CUDA)
     "kernels/{op}.py",  # the Triton kernels, the art_fast_triton:: entries, AOT_SCENARIOS
     "art_fast/reference/{op}.py",  # the pure-PyTorch reference
     "art_fast/ops/{op}.py",  # the public function, CONTRACT and SPEC
@@ -100,8 +100,10 @@ def test_the_test_file_covers_every_backend(op):
     tree = ast.parse(src)
     strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)
                and isinstance(n.value, str)}
-    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-    assert "SPECS" in names, f"tests/test_{op}.py does not run the spec's cases"
+    names = ({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+             | {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)})
+    assert {"SPECS", "check_spec_cases"} & names, \
+        f"tests/test_{op}.py does not run the spec's cases"
     cases = {"BACKEND_CASES", "FAST_CASES", "TRITON_CASES"} & names
     assert cases or {"cpu", "triton", "cuda"} <= strings, \
         f"tests/test_{op}.py does not name every backend"

@@ -115,16 +115,24 @@ inline acc_t dot(const acc_t* __restrict__ a, const acc_t* __restrict__ b, int64
   return reduce_lanes(s);
 }
 
-// Maximum that skips NaN (a NaN row is caught by the exp that follows); -inf for n == 0.
+// The lane maxima of max below: s[l] = the maximum of x[l], x[l + L], ... (NaN skipped; -inf
+// for a lane with no element).
 template <typename acc_t>
-inline acc_t max(const acc_t* __restrict__ x, int64_t n) {
+inline void max_lanes(const acc_t* __restrict__ x, int64_t n, acc_t* s) {
   constexpr int L = kLanes<acc_t>;
-  acc_t s[L];
   for (int l = 0; l < L; ++l) s[l] = -std::numeric_limits<acc_t>::infinity();
   int64_t i = 0;
   for (; i + L <= n; i += L)
     for (int l = 0; l < L; ++l) s[l] = x[i + l] > s[l] ? x[i + l] : s[l];
   for (int l = 0; i < n; ++i, ++l) s[l] = x[i] > s[l] ? x[i] : s[l];
+}
+
+// Maximum that skips NaN (a NaN row is caught by the exp that follows); -inf for n == 0.
+template <typename acc_t>
+inline acc_t max(const acc_t* __restrict__ x, int64_t n) {
+  constexpr int L = kLanes<acc_t>;
+  acc_t s[L];
+  max_lanes(x, n, s);
   for (int w = L / 2; w > 0; w /= 2)
     for (int l = 0; l < w; ++l) s[l] = s[l + w] > s[l] ? s[l + w] : s[l];
   return s[0];

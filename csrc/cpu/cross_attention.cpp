@@ -1,6 +1,7 @@
-// C++ CPU kernel for art_fast::cross_attention_{fwd,bwd}; at the end the op's schemas
-// (TORCH_LIBRARY_FRAGMENT) and the kernel's registration for the CPU dispatch key. The tensor
-// contracts and the input checks are in ../cross_attention.h.
+// C++ CPU kernel for art_fast::cross_attention_{fwd,bwd} and the CPU side of the entries' host
+// functions (CrossAttentionCpu); at the end the op's schemas and the kernel's registration for
+// the CPU dispatch key (ART_FAST_DEFINE_OP). The tensor contracts, the input checks and the
+// host functions are in ../cross_attention.h.
 //
 // out = softmax(q k^T * scale) v, per (b, h), with M (queries) small and N (patches) ~ 200.
 //
@@ -39,13 +40,9 @@
 #include "common.h"
 
 namespace art_fast {
+namespace cpu {
 
 namespace {
-
-using cpu::fill;
-using cpu::load_pad;
-using cpu::load_t;
-using cpu::store;
 
 // s.B, s.Bq, s.H, s.M, s.N, s.D of the checked inputs (../cross_attention.h).
 using Dims = CrossAttentionDims;
@@ -443,84 +440,71 @@ void bwd_kernel(const at::Tensor& go, const at::Tensor* gw, const at::Tensor& q,
   });
 }
 
-}  // namespace
+// The CPU side of the entries' host functions (../cross_attention.h): the kernels for the
+// checked inputs and the allocated outputs.
+struct CrossAttentionCpu {
+  static constexpr c10::DeviceType kDevice = c10::kCPU;
+  const Dims s;
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_fwd_cpu(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
-    bool return_weights) {
-  ART_CHECK_DEVICE_TYPE(q, "q", c10::kCPU);
-  const Dims s = check_cross_attention_fwd(q, k, v);
-  auto out = at::empty({s.B, s.H, s.M, s.D}, q.options());
-  auto lse = at::empty({s.B, s.H, s.M}, q.options().dtype(acc_dtype(q.scalar_type())));
-  auto weights = return_weights ? at::empty({s.B, s.H, s.M, s.N}, q.options())
-                                : at::empty({0}, q.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
-                                  "cross_attention_fwd_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    with_query_width<acc_t>(s.M, [&](auto vbm) {
-      fwd_kernel<scalar_t, decltype(vbm)::value>(q, k, v, scale, s, out, lse,
-                                                 return_weights ? &weights : nullptr);
-    });
-                                  });
-  return {out, lse, weights};
-}
+  CrossAttentionCpu(const Dims& d, const at::Tensor& /*q*/, bool /*backward*/) : s(d) {}
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_bwd_cpu(
-    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_weights,
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-    const at::Tensor& lse, double scale) {
-  (void)out;  // see the profile at the top of the file
-  ART_CHECK_DEVICE_TYPE(q, "q", c10::kCPU);
-  const Dims s = check_cross_attention_bwd(grad_out, grad_weights, q, k, v, lse);
-  const at::Tensor* gw = has_values(grad_weights) ? &*grad_weights : nullptr;
-  auto dq = at::empty_like(q);
   // dk and dv are as large as k and v (25.7 MB each at the paper shape) and written once.
-  auto dk = cpu::empty_like_huge(k);
-  auto dv = cpu::empty_like_huge(v);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
-                                  "cross_attention_bwd_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    if (s.Bq == s.B && s.B != 1) {
+  static at::Tensor empty_output_like(const at::Tensor& t) { return empty_like_huge(t); }
+
+  void fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+           at::Tensor& out, at::Tensor& lse, at::Tensor* weights) const {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
+                                    "cross_attention_fwd_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      with_query_width<acc_t>(s.M, [&](auto vbm) {
+        fwd_kernel<scalar_t, decltype(vbm)::value>(q, k, v, scale, s, out, lse, weights);
+      });
+    });
+  }
+
+  void bwd(const at::Tensor& grad_out, const at::Tensor* gw, const at::Tensor& q,
+           const at::Tensor& k, const at::Tensor& v, const at::Tensor& lse, double scale,
+           at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) const {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
+                                    "cross_attention_bwd_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      if (s.Bq == s.B && s.B != 1) {
+        with_query_width<acc_t>(s.M, [&](auto vbm) {
+          bwd_kernel<scalar_t, decltype(vbm)::value>(grad_out, gw, q, k, v, lse, scale, s,
+                                                     dq.data_ptr<scalar_t>(), nullptr, dk, dv);
+        });
+        return;
+      }
+      // Shared query (or B == 1): per-b partial gradients in the accumulation type, then a
+      // fixed-order sum over b.
+      auto part = at::empty({s.B, s.H, s.M, s.D},
+                            q.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
       with_query_width<acc_t>(s.M, [&](auto vbm) {
         bwd_kernel<scalar_t, decltype(vbm)::value>(grad_out, gw, q, k, v, lse, scale, s,
-                                                   dq.data_ptr<scalar_t>(), nullptr, dk, dv);
+                                                   nullptr, &part, dk, dv);
       });
-      return;
-    }
-    // Shared query (or B == 1): per-b partial gradients in the accumulation type, then a
-    // fixed-order sum over b.
-    auto part = at::empty({s.B, s.H, s.M, s.D},
-                          q.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    with_query_width<acc_t>(s.M, [&](auto vbm) {
-      bwd_kernel<scalar_t, decltype(vbm)::value>(grad_out, gw, q, k, v, lse, scale, s, nullptr,
-                                                 &part, dk, dv);
+      const acc_t* pp = part.data_ptr<acc_t>();
+      scalar_t* dqp = dq.data_ptr<scalar_t>();
+      const int64_t inner = s.H * s.M * s.D;
+      at::parallel_for(0, inner, 1024, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          acc_t total = 0;
+          for (int64_t b = 0; b < s.B; ++b) total += pp[b * inner + i];
+          dqp[i] = static_cast<scalar_t>(total);
+        }
+      });
     });
-    const acc_t* pp = part.data_ptr<acc_t>();
-    scalar_t* dqp = dq.data_ptr<scalar_t>();
-    const int64_t inner = s.H * s.M * s.D;
-    at::parallel_for(0, inner, 1024, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        acc_t total = 0;
-        for (int64_t b = 0; b < s.B; ++b) total += pp[b * inner + i];
-        dqp[i] = static_cast<scalar_t>(total);
-      }
-    });
-  });
-  return {dq, dk, dv};
-}
+  }
+};
 
+}  // namespace
+
+}  // namespace cpu
 }  // namespace art_fast
 
-// The schemas; their tensor contracts are in ../cross_attention.h. This file is compiled in
-// every build (CUDA or not), so the op is defined wherever the extension is.
-TORCH_LIBRARY_FRAGMENT(art_fast, m) {
-  m.def("cross_attention_fwd(Tensor q, Tensor k, Tensor v, float scale, bool return_weights)"
-        " -> (Tensor, Tensor, Tensor)");
-  m.def("cross_attention_bwd(Tensor grad_out, Tensor? grad_weights, Tensor q, Tensor k,"
-        " Tensor v, Tensor out, Tensor lse, float scale) -> (Tensor, Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(art_fast, CPU, m) {
-  m.impl("cross_attention_fwd", &art_fast::cross_attention_fwd_cpu);
-  m.impl("cross_attention_bwd", &art_fast::cross_attention_bwd_cpu);
-}
+// The schemas (their tensor contracts are in ../cross_attention.h) and the CPU kernels.
+ART_FAST_DEFINE_OP(art_fast::cross_attention_impl<art_fast::cpu::CrossAttentionCpu>,
+    "cross_attention_fwd(Tensor q, Tensor k, Tensor v, float scale, bool return_weights)"
+    " -> (Tensor, Tensor, Tensor)",
+    "cross_attention_bwd(Tensor grad_out, Tensor? grad_weights, Tensor q, Tensor k,"
+    " Tensor v, Tensor out, Tensor lse, float scale) -> (Tensor, Tensor, Tensor)")

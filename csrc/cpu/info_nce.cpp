@@ -1,8 +1,9 @@
 // C++ CPU kernels for art_fast::info_nce_{fwd,bwd} (per-row losses, reduction "none") and
 // art_fast::info_nce_fused (reduction "mean" / "sum": the reduced loss and its gradients in one
-// pass; see "fused" below); at the end the op's schemas (TORCH_LIBRARY_FRAGMENT) and the
-// kernels' registration for the CPU dispatch key. The tensor contracts and the input checks are
-// in ../info_nce.h; the values of targets are checked here.
+// pass; see "fused" below) and the CPU side of the entries' host functions (InfoNceCpu); at the
+// end the op's schemas and the kernels' registration for the CPU dispatch key
+// (ART_FAST_DEFINE_OP). The tensor contracts, the input checks and the host functions are in
+// ../info_nce.h; the values of targets are checked here.
 //
 // loss[g, i] = logsumexp_j S[g, i, j] - S[g, i, t_gi],  S = <a_hat_gi, c_hat_gj> / temperature,
 // with a_hat, c_hat the rows L2-normalised as F.normalize does (x / max(||x||, 1e-12)) when
@@ -106,13 +107,9 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 }
 
 namespace art_fast {
+namespace cpu {
 
 namespace {
-
-using cpu::axpy;
-using cpu::fill;
-using cpu::load;
-using cpu::store;
 
 constexpr int64_t kIgnoreIndex = -100;
 constexpr double kNormEps = 1e-12;  // F.normalize's eps
@@ -141,14 +138,8 @@ at::Tensor check_target_values(const at::Tensor& targets, const Dims& s) {
 
 // ---- small vector helpers: cpu::dot, cpu::max, cpu::exp_acc, cpu::reduce_lanes (common.h) ---
 
-using cpu::dot;
-using cpu::exp_acc;
-using cpu::kLanes;
-using cpu::reduce_lanes;
-
 // Vector types, widths and the register-blocked GEMM are common.h's (cpu::Vec, cpu::nr,
 // cpu::gemm).
-using cpu::round_up;
 constexpr bool kDotBlock = cpu::nr<float>() == 16;
 // V16 / I16 are 16 lanes (64 bytes) on every target, so this file compiles for AVX2 and SSE as
 // well as AVX-512; they are only used on the kDotBlock path (one native vector of 16 floats),
@@ -192,17 +183,12 @@ inline acc_t reduce_lanes_v(acc_t* s) {
   }
 }
 
-// Maximum that skips NaN, as cpu::max (same lanes, same tree).
+// Maximum that skips NaN, as cpu::max: the same lanes (cpu::max_lanes), the same tree (fold16).
 template <typename acc_t>
 inline acc_t max_of(const acc_t* __restrict__ x, int64_t n) {
   if constexpr (std::is_same_v<acc_t, float> && kLanes<float> == 16 && kDotBlock) {
-    constexpr int L = 16;
-    acc_t s[L];
-    for (int l = 0; l < L; ++l) s[l] = -std::numeric_limits<acc_t>::infinity();
-    int64_t i = 0;
-    for (; i + L <= n; i += L)
-      for (int l = 0; l < L; ++l) s[l] = x[i + l] > s[l] ? x[i + l] : s[l];
-    for (int l = 0; i < n; ++i, ++l) s[l] = x[i] > s[l] ? x[i] : s[l];
+    acc_t s[16];
+    max_lanes(x, n, s);
     V16 v;
     std::memcpy(&v, s, sizeof(V16));
     return fold16(v, true)[0];
@@ -481,6 +467,30 @@ void normalize_rows(const scalar_t* xp, int64_t rows, int64_t D, bool normalize,
   });
 }
 
+// The normalised copies of a large-regime call: all rows of anchors and candidates (one copy
+// when the inputs are one tensor) and their norms, in the accumulation type.
+template <typename acc_t>
+struct NormalizedRows {
+  std::vector<acc_t> abuf, anbuf, cbuf, cnbuf;
+  const acc_t* ahat;  // [G*M, D]
+  const acc_t* an;    // [G*M]
+  const acc_t* chat;  // [G*N, D] (ahat when same)
+  const acc_t* cn;    // [G*N] (an when same)
+
+  template <typename scalar_t>
+  NormalizedRows(const scalar_t* ap, const scalar_t* cp, bool same, bool normalize,
+                 const Dims& s)
+      : abuf(s.G * s.M * s.D), anbuf(s.G * s.M), cbuf(same ? 0 : s.G * s.N * s.D),
+        cnbuf(same ? 0 : s.G * s.N) {
+    normalize_rows(ap, s.G * s.M, s.D, normalize, abuf.data(), anbuf.data());
+    if (!same) normalize_rows(cp, s.G * s.N, s.D, normalize, cbuf.data(), cnbuf.data());
+    ahat = abuf.data();
+    an = anbuf.data();
+    chat = same ? abuf.data() : cbuf.data();
+    cn = same ? anbuf.data() : cnbuf.data();
+  }
+};
+
 struct Plan {
   int64_t bm, nblk, items, ntask;
 };
@@ -542,11 +552,7 @@ void fwd_large(const scalar_t* ap, const scalar_t* cp, bool same, const int64_t*
   const int64_t M = s.M, N = s.N, D = s.D;
   const acc_t invT = acc_t(1) / static_cast<acc_t>(temperature);
   // 1. normalised copies (one copy when the inputs are one tensor).
-  std::vector<acc_t> ahat(s.G * M * D), an(s.G * M), chb(same ? 0 : s.G * N * D),
-      cnb(same ? 0 : s.G * N);
-  normalize_rows(ap, s.G * M, D, normalize, ahat.data(), an.data());
-  if (!same) normalize_rows(cp, s.G * N, D, normalize, chb.data(), cnb.data());
-  const acc_t* chat = same ? ahat.data() : chb.data();
+  const NormalizedRows<acc_t> x(ap, cp, same, normalize, s);
   const Plan p = make_plan(s, sizeof(acc_t), false);
   // 2. items (group, anchor block) in parallel; each writes its own rows of loss and lse.
   at::parallel_for(0, p.items, 1, [&](int64_t begin, int64_t end) {
@@ -555,7 +561,7 @@ void fwd_large(const scalar_t* ap, const scalar_t* cp, bool same, const int64_t*
       const int64_t g = it / p.nblk, i0 = (it % p.nblk) * p.bm;
       const int64_t bm = std::min(p.bm, M - i0);
       const int64_t* tgt = tp + g * M + i0;
-      lse_block(ahat.data() + (g * M + i0) * D, chat + g * N * D, bm, s, invT, tgt, m.data(),
+      lse_block(x.ahat + (g * M + i0) * D, x.chat + g * N * D, bm, s, invT, tgt, m.data(),
                 z.data(), tl.data(), S.data());
       // 3. lse = m + log z; loss = lse - S[target] (0 on ignored rows).
       for (int64_t r = 0; r < bm; ++r) {
@@ -576,12 +582,7 @@ void bwd_large(const at::opmath_type<scalar_t>* glp, const scalar_t* ap, const s
   const int64_t M = s.M, N = s.N, D = s.D;
   const acc_t invT = acc_t(1) / static_cast<acc_t>(temperature);
   // 1. normalised copies and norms, as in the forward.
-  std::vector<acc_t> ahat(s.G * M * D), an(s.G * M), chb(same ? 0 : s.G * N * D),
-      cnb(same ? 0 : s.G * N);
-  normalize_rows(ap, s.G * M, D, normalize, ahat.data(), an.data());
-  if (!same) normalize_rows(cp, s.G * N, D, normalize, chb.data(), cnb.data());
-  const acc_t* chat = same ? ahat.data() : chb.data();
-  const acc_t* cn = same ? an.data() : cnb.data();
+  const NormalizedRows<acc_t> x(ap, cp, same, normalize, s);
   const Plan p = make_plan(s, sizeof(acc_t), true);
   // 2. the tasks, each with one partial d c_hat [N, D] per group it spans (TaskSplit).
   const TaskSplit ts(p.items, p.nblk, p.ntask, N, D, true);
@@ -598,8 +599,8 @@ void bwd_large(const at::opmath_type<scalar_t>* glp, const scalar_t* ap, const s
         const int64_t g = it / p.nblk, i0 = (it % p.nblk) * p.bm;
         const int64_t bm = std::min(p.bm, M - i0);
         const int64_t* tgt = tp + g * M + i0;
-        const acc_t* ablk = ahat.data() + (g * M + i0) * D;
-        const acc_t* chg = chat + g * N * D;
+        const acc_t* ablk = x.ahat + (g * M + i0) * D;
+        const acc_t* chg = x.chat + g * N * D;
         acc_t* dcg = pt + (g - gfirst[t]) * N * D;
         // 3. per-row factor grad_loss / T (0 on ignored rows).
         bool any = false;
@@ -638,12 +639,12 @@ void bwd_large(const at::opmath_type<scalar_t>* glp, const scalar_t* ap, const s
         // 7. through the normalisation of the block's anchor rows (owned by this item).
         for (int64_t r = 0; r < bm; ++r)
           store_normalize_bwd(dap + (g * M + i0 + r) * D, dA.data() + r * D, ablk + r * D,
-                              an[g * M + i0 + r], D, normalize, tmp.data());
+                              x.an[g * M + i0 + r], D, normalize, tmp.data());
       }
     }
   });
   // 8. d c_hat = the partials summed in task order, then through the normalisation.
-  reduce_candidate_grads(ts, part.data(), s, chat, cn, normalize, dcp);
+  reduce_candidate_grads(ts, part.data(), s, x.chat, x.cn, normalize, dcp);
 }
 
 // ---- fused loss + gradients (reduction "mean" / "sum") ---------------------------------------
@@ -968,12 +969,7 @@ void fused_large(const scalar_t* ap, const scalar_t* cp, bool same, const int64_
   const int64_t M = s.M, N = s.N, D = s.D;
   const acc_t invT = acc_t(1) / static_cast<acc_t>(temperature);
   const acc_t wT = w * invT;
-  std::vector<acc_t> ahat(s.G * M * D), an(s.G * M), chb(same ? 0 : s.G * N * D),
-      cnb(same ? 0 : s.G * N);
-  normalize_rows(ap, s.G * M, D, normalize, ahat.data(), an.data());
-  if (!same) normalize_rows(cp, s.G * N, D, normalize, chb.data(), cnb.data());
-  const acc_t* chat = same ? ahat.data() : chb.data();
-  const acc_t* cn = same ? an.data() : cnb.data();
+  const NormalizedRows<acc_t> x(ap, cp, same, normalize, s);
   // Plan: block height within the slab budget, lowered to keep the threads busy.
   const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
   int64_t bm = kFusedBM;
@@ -1001,8 +997,8 @@ void fused_large(const scalar_t* ap, const scalar_t* cp, bool same, const int64_
         const int64_t g = it / nblk, i0 = (it % nblk) * bm;
         const int64_t rows = std::min(bm, M - i0);
         const int64_t* tgt = tp + g * M + i0;
-        const acc_t* ablk = ahat.data() + (g * M + i0) * D;
-        const acc_t* chg = chat + g * N * D;
+        const acc_t* ablk = x.ahat + (g * M + i0) * D;
+        const acc_t* chg = x.chat + g * N * D;
         // 1. slab = A_blk C_hat^T / T.
         gemm_rm<acc_t>(false, true, rows, N, D, invT, ablk, D, chg, D, acc_t(0), slab.data(),
                        N);
@@ -1019,13 +1015,13 @@ void fused_large(const scalar_t* ap, const scalar_t* cp, bool same, const int64_
                        first ? acc_t(0) : acc_t(1), pt + (g - gfirst[t]) * N * D, D);
         for (int64_t r = 0; r < rows; ++r)
           store_normalize_bwd(dap + (g * M + i0 + r) * D, dA.data() + r * D, ablk + r * D,
-                              an[g * M + i0 + r], D, normalize, tmp.data());
+                              x.an[g * M + i0 + r], D, normalize, tmp.data());
       }
     }
   });
   if (!grad) return;
   // 4. d c_hat = the partials summed in task order, then through the normalisation.
-  reduce_candidate_grads(ts, part.data(), s, chat, cn, normalize, dcp);
+  reduce_candidate_grads(ts, part.data(), s, x.chat, x.cn, normalize, dcp);
 }
 
 bool use_tiny(const Dims& s) {
@@ -1037,142 +1033,113 @@ bool same_tensor(const at::Tensor& a, const at::Tensor& c) {
   return a.data_ptr() == c.data_ptr() && a.sizes() == c.sizes();
 }
 
+// The CPU side of the entries' host functions (../info_nce.h): the values of targets, and the
+// kernels for the checked inputs and the allocated outputs (the empty case G * M == 0 is
+// handled there).
+struct InfoNceCpu {
+  static constexpr c10::DeviceType kDevice = c10::kCPU;
+  const Dims s;
+  const at::Tensor t;  // targets, contiguous, its values checked
+
+  InfoNceCpu(const Dims& d, const at::Tensor& /*anchors*/, const at::Tensor& targets)
+      : s(d), t(check_target_values(targets, d)) {}
+
+  void fwd(const at::Tensor& anchors, const at::Tensor& candidates, double temperature,
+           bool normalize, at::Tensor& loss, at::Tensor& lse) const {
+    with_inputs(anchors, candidates,
+                [&]<typename scalar_t>(const scalar_t* ap, const scalar_t* cp, bool same) {
+      using acc_t = at::opmath_type<scalar_t>;
+      if (use_tiny(s)) {
+        fwd_tiny<scalar_t>(ap, cp, same, t.data_ptr<int64_t>(), temperature, normalize, s,
+                           loss.data_ptr<acc_t>(), lse.data_ptr<acc_t>());
+      } else {
+        fwd_large<scalar_t>(ap, cp, same, t.data_ptr<int64_t>(), temperature, normalize, s,
+                            loss.data_ptr<acc_t>(), lse.data_ptr<acc_t>());
+      }
+    });
+  }
+
+  void bwd(const at::Tensor& gl, const at::Tensor& anchors, const at::Tensor& candidates,
+           const at::Tensor& l, double temperature, bool normalize, at::Tensor& da,
+           at::Tensor& dc) const {
+    with_inputs(anchors, candidates,
+                [&]<typename scalar_t>(const scalar_t* ap, const scalar_t* cp, bool same) {
+      using acc_t = at::opmath_type<scalar_t>;
+      if (use_tiny(s)) {
+        bwd_tiny<scalar_t>(gl.data_ptr<acc_t>(), ap, cp, same, t.data_ptr<int64_t>(),
+                           temperature, normalize, s,
+                           da.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>());
+      } else {
+        bwd_large<scalar_t>(gl.data_ptr<acc_t>(), ap, cp, same, t.data_ptr<int64_t>(),
+                            l.data_ptr<acc_t>(), temperature, normalize, s,
+                            da.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>());
+      }
+    });
+  }
+
+  // da, dc: the gradients' outputs, or nullptr when !compute_grad.
+  void fused(const at::Tensor& anchors, const at::Tensor& candidates, double temperature,
+             bool normalize, bool mean, at::Tensor& loss, at::Tensor* da,
+             at::Tensor* dc) const {
+    const int64_t* tp = t.data_ptr<int64_t>();
+    int64_t count = 0;
+    for (int64_t i = 0; i < s.G * s.M; ++i) count += tp[i] != kIgnoreIndex;
+    const bool compute_grad = da != nullptr;
+    // Per-row weight of the reduced loss: 1 / count ("mean"; no row counts when count == 0),
+    // 1 ("sum"); ignored rows get 0 inside the kernels.
+    const double wd = mean ? 1.0 / static_cast<double>(std::max<int64_t>(count, 1)) : 1.0;
+    with_inputs(anchors, candidates,
+                [&]<typename scalar_t>(const scalar_t* ap, const scalar_t* cp, bool same) {
+      using acc_t = at::opmath_type<scalar_t>;
+      scalar_t* dap = compute_grad ? da->data_ptr<scalar_t>() : nullptr;
+      scalar_t* dcp = compute_grad ? dc->data_ptr<scalar_t>() : nullptr;
+      double total = 0;
+      if (use_tiny(s)) {
+        std::vector<double> gsum(s.G);
+        if (std::is_same_v<scalar_t, float> && fused_tiny_direct_ok(s)) {
+          // (scalar_t is float here; the casts only let the other dtypes compile.)
+          fused_tiny_direct(reinterpret_cast<const float*>(ap),
+                            reinterpret_cast<const float*>(cp), same, tp, temperature,
+                            normalize, s, static_cast<float>(wd), compute_grad, gsum.data(),
+                            reinterpret_cast<float*>(dap), reinterpret_cast<float*>(dcp));
+        } else {
+          fused_tiny<scalar_t>(ap, cp, same, tp, temperature, normalize, s,
+                               static_cast<acc_t>(wd), compute_grad, gsum.data(), dap, dcp);
+        }
+        for (int64_t g = 0; g < s.G; ++g) total += gsum[g];
+      } else {
+        std::vector<acc_t> rl(s.G * s.M);
+        fused_large<scalar_t>(ap, cp, same, tp, temperature, normalize, s,
+                              static_cast<acc_t>(wd), compute_grad, rl.data(), dap, dcp);
+        for (int64_t i = 0; i < s.G * s.M; ++i) total += static_cast<double>(rl[i]);
+      }
+      loss.fill_(mean ? (count > 0 ? total / static_cast<double>(count) : 0.0) : total);
+    });
+  }
+
+ private:
+  // f(ap, cp, same): the inputs' data in their dtype (the dispatch over the supported dtypes)
+  // and whether the two are one tensor.
+  template <typename F>
+  static void with_inputs(const at::Tensor& anchors, const at::Tensor& candidates, const F& f) {
+    const bool same = same_tensor(anchors, candidates);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, anchors.scalar_type(),
+                                    "info_nce_cpu", [&] {
+      f(anchors.data_ptr<scalar_t>(), candidates.data_ptr<scalar_t>(), same);
+    });
+  }
+};
+
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> info_nce_fwd_cpu(const at::Tensor& anchors,
-                                                     const at::Tensor& candidates,
-                                                     const at::Tensor& targets,
-                                                     double temperature, bool normalize) {
-  ART_CHECK_DEVICE_TYPE(anchors, "anchors", c10::kCPU);
-  const Dims s = check_info_nce_fwd(anchors, candidates, targets, temperature);
-  const at::Tensor t = check_target_values(targets, s);
-  const at::ScalarType acc = cpu::acc_dtype(anchors.scalar_type());
-  auto loss = at::empty({s.G, s.M}, anchors.options().dtype(acc));
-  auto lse = at::empty({s.G, s.M}, anchors.options().dtype(acc));
-  if (s.G * s.M == 0) return {loss, lse};
-  const bool same = same_tensor(anchors, candidates);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, anchors.scalar_type(),
-                                  "info_nce_fwd_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* ap = anchors.data_ptr<scalar_t>();
-    const scalar_t* cp = candidates.data_ptr<scalar_t>();
-    if (use_tiny(s)) {
-      fwd_tiny<scalar_t>(ap, cp, same, t.data_ptr<int64_t>(), temperature, normalize, s,
-                         loss.data_ptr<acc_t>(), lse.data_ptr<acc_t>());
-    } else {
-      fwd_large<scalar_t>(ap, cp, same, t.data_ptr<int64_t>(), temperature, normalize, s,
-                          loss.data_ptr<acc_t>(), lse.data_ptr<acc_t>());
-    }
-  });
-  return {loss, lse};
-}
-
-std::tuple<at::Tensor, at::Tensor> info_nce_bwd_cpu(const at::Tensor& grad_loss,
-                                                     const at::Tensor& anchors,
-                                                     const at::Tensor& candidates,
-                                                     const at::Tensor& targets,
-                                                     const at::Tensor& lse, double temperature,
-                                                     bool normalize) {
-  ART_CHECK_DEVICE_TYPE(anchors, "anchors", c10::kCPU);
-  const Dims s = check_info_nce_bwd(grad_loss, anchors, candidates, targets, lse, temperature);
-  const at::Tensor t = check_target_values(targets, s);
-  const at::Tensor gl = grad_loss.contiguous();
-  const at::Tensor l = lse.contiguous();
-  auto da = at::empty_like(anchors);
-  auto dc = at::empty_like(candidates);
-  if (s.G * s.M == 0) {
-    dc.zero_();
-    return {da, dc};
-  }
-  const bool same = same_tensor(anchors, candidates);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, anchors.scalar_type(),
-                                  "info_nce_bwd_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* ap = anchors.data_ptr<scalar_t>();
-    const scalar_t* cp = candidates.data_ptr<scalar_t>();
-    if (use_tiny(s)) {
-      bwd_tiny<scalar_t>(gl.data_ptr<acc_t>(), ap, cp, same, t.data_ptr<int64_t>(),
-                         temperature, normalize, s,
-                         da.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>());
-    } else {
-      bwd_large<scalar_t>(gl.data_ptr<acc_t>(), ap, cp, same, t.data_ptr<int64_t>(),
-                          l.data_ptr<acc_t>(), temperature, normalize, s,
-                          da.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>());
-    }
-  });
-  return {da, dc};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_fused_cpu(
-    const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& targets,
-    double temperature, bool normalize, bool mean, bool compute_grad) {
-  ART_CHECK_DEVICE_TYPE(anchors, "anchors", c10::kCPU);
-  const Dims s = check_info_nce_fwd(anchors, candidates, targets, temperature);
-  const at::Tensor t = check_target_values(targets, s);
-  const at::ScalarType acc = cpu::acc_dtype(anchors.scalar_type());
-  const int64_t* tp = t.data_ptr<int64_t>();
-  int64_t count = 0;
-  for (int64_t i = 0; i < s.G * s.M; ++i) count += tp[i] != kIgnoreIndex;
-  auto loss = at::empty({}, anchors.options().dtype(acc));
-  at::Tensor da = compute_grad ? at::empty_like(anchors) : at::empty({0}, anchors.options());
-  at::Tensor dc =
-      compute_grad ? at::empty_like(candidates) : at::empty({0}, candidates.options());
-  if (s.G * s.M == 0) {
-    loss.zero_();
-    if (compute_grad) dc.zero_();
-    return {loss, da, dc};
-  }
-  const bool same = same_tensor(anchors, candidates);
-  // Per-row weight of the reduced loss: 1 / count ("mean"; no row counts when count == 0),
-  // 1 ("sum"); ignored rows get 0 inside the kernels.
-  const double wd = mean ? 1.0 / static_cast<double>(std::max<int64_t>(count, 1)) : 1.0;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, anchors.scalar_type(),
-                                  "info_nce_fused_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* ap = anchors.data_ptr<scalar_t>();
-    const scalar_t* cp = candidates.data_ptr<scalar_t>();
-    scalar_t* dap = compute_grad ? da.data_ptr<scalar_t>() : nullptr;
-    scalar_t* dcp = compute_grad ? dc.data_ptr<scalar_t>() : nullptr;
-    double total = 0;
-    if (use_tiny(s)) {
-      std::vector<double> gsum(s.G);
-      if (std::is_same_v<scalar_t, float> && fused_tiny_direct_ok(s)) {
-        // (scalar_t is float here; the casts only let the other dtypes compile.)
-        fused_tiny_direct(reinterpret_cast<const float*>(ap),
-                          reinterpret_cast<const float*>(cp), same, tp, temperature, normalize,
-                          s, static_cast<float>(wd), compute_grad, gsum.data(),
-                          reinterpret_cast<float*>(dap), reinterpret_cast<float*>(dcp));
-      } else {
-        fused_tiny<scalar_t>(ap, cp, same, tp, temperature, normalize, s,
-                             static_cast<acc_t>(wd), compute_grad, gsum.data(), dap, dcp);
-      }
-      for (int64_t g = 0; g < s.G; ++g) total += gsum[g];
-    } else {
-      std::vector<acc_t> rl(s.G * s.M);
-      fused_large<scalar_t>(ap, cp, same, tp, temperature, normalize, s,
-                            static_cast<acc_t>(wd), compute_grad, rl.data(), dap, dcp);
-      for (int64_t i = 0; i < s.G * s.M; ++i) total += static_cast<double>(rl[i]);
-    }
-    loss.fill_(mean ? (count > 0 ? total / static_cast<double>(count) : 0.0) : total);
-  });
-  return {loss, da, dc};
-}
-
+}  // namespace cpu
 }  // namespace art_fast
 
-// The schemas; their tensor contracts are in ../info_nce.h. This file is compiled in every
-// build (CUDA or not), so the op is defined wherever the extension is.
-TORCH_LIBRARY_FRAGMENT(art_fast, m) {
-  m.def("info_nce_fwd(Tensor anchors, Tensor candidates, Tensor targets, float temperature,"
-        " bool normalize) -> (Tensor, Tensor)");
-  m.def("info_nce_bwd(Tensor grad_loss, Tensor anchors, Tensor candidates, Tensor targets,"
-        " Tensor lse, float temperature, bool normalize) -> (Tensor, Tensor)");
-  m.def("info_nce_fused(Tensor anchors, Tensor candidates, Tensor targets, float temperature,"
-        " bool normalize, bool mean, bool compute_grad) -> (Tensor, Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(art_fast, CPU, m) {
-  m.impl("info_nce_fwd", &art_fast::info_nce_fwd_cpu);
-  m.impl("info_nce_bwd", &art_fast::info_nce_bwd_cpu);
-  m.impl("info_nce_fused", &art_fast::info_nce_fused_cpu);
-}
+// The schemas (their tensor contracts are in ../info_nce.h) and the CPU kernels.
+ART_FAST_DEFINE_OP(art_fast::info_nce_impl<art_fast::cpu::InfoNceCpu>,
+    "info_nce_fwd(Tensor anchors, Tensor candidates, Tensor targets, float temperature,"
+    " bool normalize) -> (Tensor, Tensor)",
+    "info_nce_bwd(Tensor grad_loss, Tensor anchors, Tensor candidates, Tensor targets,"
+    " Tensor lse, float temperature, bool normalize) -> (Tensor, Tensor)",
+    "info_nce_fused(Tensor anchors, Tensor candidates, Tensor targets, float temperature,"
+    " bool normalize, bool mean, bool compute_grad) -> (Tensor, Tensor, Tensor)")

@@ -1,6 +1,7 @@
-// C++ CPU kernel for art_fast::topk_regions_{fwd,bwd}; at the end the op's schemas
-// (TORCH_LIBRARY_FRAGMENT) and the kernel's registration for the CPU dispatch key. The tensor
-// contracts and the input checks are in ../topk_regions.h.
+// C++ CPU kernel for art_fast::topk_regions_{fwd,bwd} and the CPU side of the entries' host
+// functions (TopkRegionsCpu); at the end the op's schemas and the kernel's registration for the
+// CPU dispatch key (ART_FAST_DEFINE_OP). The tensor contracts, the input checks and the host
+// functions are in ../topk_regions.h.
 //
 // For each row (b, m): I = the k highest scores[b, m, :], w = softmax(scores[b, m, I]),
 // pooled[b, m] = sum_j w_j values[b, I_j]. N (patches) ~ 200, k small (~16), C ~ 32.
@@ -43,13 +44,9 @@
 #include "common.h"
 
 namespace art_fast {
+namespace cpu {
 
 namespace {
-
-using cpu::axpy;
-using cpu::fill;
-using cpu::load;
-using cpu::store;
 
 // Up to this many survivors of the threshold filter, select_topk ranks them by counting
 // (O(cnt^2) vectorised compares, no branch misses) instead of sorting.
@@ -301,54 +298,45 @@ void bwd_kernel(const at::Tensor& gp, const at::Tensor* gw, const at::Tensor& sc
   });
 }
 
+// The CPU side of the entries' host functions (../topk_regions.h): the limit of the forward
+// kernel, and the kernels for the checked inputs and the allocated outputs.
+struct TopkRegionsCpu {
+  static constexpr c10::DeviceType kDevice = c10::kCPU;
+  const Dims s;
+
+  TopkRegionsCpu(const Dims& d, const at::Tensor& /*scores*/, bool backward) : s(d) {
+    // A limit of the forward kernel: the rank keys of float inputs hold the index in 32 bits
+    // (RankKey).
+    TORCH_CHECK(backward || s.N <= int64_t(0xFFFFFFFF),
+                "art_fast: topk_regions needs N < 2^32, got ", s.N);
+  }
+
+  void fwd(const at::Tensor& scores, const at::Tensor& values, at::Tensor& pooled,
+           at::Tensor& indices, at::Tensor& weights) const {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(),
+                                    "topk_regions_fwd_cpu", [&] {
+      fwd_kernel<scalar_t>(scores, values, s.k, s, pooled, indices, weights);
+    });
+  }
+
+  void bwd(const at::Tensor& grad_pooled, const at::Tensor* gw, const at::Tensor& scores,
+           const at::Tensor& values, const at::Tensor& indices, at::Tensor& grad_scores,
+           at::Tensor& grad_values) const {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(),
+                                    "topk_regions_bwd_cpu", [&] {
+      bwd_kernel<scalar_t>(grad_pooled, gw, scores, values, indices, s, s.k, grad_scores,
+                           grad_values);
+    });
+  }
+};
+
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_regions_fwd_cpu(
-    const at::Tensor& scores, const at::Tensor& values, int64_t k) {
-  ART_CHECK_DEVICE_TYPE(scores, "scores", c10::kCPU);
-  const Dims s = check_topk_regions_fwd(scores, values, k);
-  // A limit of this kernel: the rank keys of float inputs hold the index in 32 bits (RankKey).
-  TORCH_CHECK(s.N <= int64_t(0xFFFFFFFF), "art_fast: topk_regions needs N < 2^32, got ", s.N);
-  auto pooled = at::empty({s.B, s.M, s.C}, values.options());
-  auto indices = at::empty({s.B, s.M, k}, scores.options().dtype(at::kLong));
-  auto weights = at::empty({s.B, s.M, k}, scores.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(),
-                                  "topk_regions_fwd_cpu", [&] {
-                                    fwd_kernel<scalar_t>(scores, values, k, s, pooled, indices,
-                                                         weights);
-                                  });
-  return {pooled, indices, weights};
-}
-
-std::tuple<at::Tensor, at::Tensor> topk_regions_bwd_cpu(
-    const at::Tensor& grad_pooled, const std::optional<at::Tensor>& grad_weights,
-    const at::Tensor& scores, const at::Tensor& values, const at::Tensor& indices) {
-  ART_CHECK_DEVICE_TYPE(scores, "scores", c10::kCPU);
-  const Dims s = check_topk_regions_bwd(grad_pooled, grad_weights, scores, values, indices);
-  const int64_t k = s.k;
-  const at::Tensor* gw = has_values(grad_weights) ? &*grad_weights : nullptr;
-  auto grad_scores = at::empty_like(scores);
-  auto grad_values = at::empty_like(values);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(),
-                                  "topk_regions_bwd_cpu", [&] {
-                                    bwd_kernel<scalar_t>(grad_pooled, gw, scores, values,
-                                                         indices, s, k, grad_scores,
-                                                         grad_values);
-                                  });
-  return {grad_scores, grad_values};
-}
-
+}  // namespace cpu
 }  // namespace art_fast
 
-// The schemas; their tensor contracts are in ../topk_regions.h. This file is compiled in
-// every build (CUDA or not), so the op is defined wherever the extension is.
-TORCH_LIBRARY_FRAGMENT(art_fast, m) {
-  m.def("topk_regions_fwd(Tensor scores, Tensor values, int k) -> (Tensor, Tensor, Tensor)");
-  m.def("topk_regions_bwd(Tensor grad_pooled, Tensor? grad_weights, Tensor scores,"
-        " Tensor values, Tensor indices) -> (Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(art_fast, CPU, m) {
-  m.impl("topk_regions_fwd", &art_fast::topk_regions_fwd_cpu);
-  m.impl("topk_regions_bwd", &art_fast::topk_regions_bwd_cpu);
-}
+// The schemas (their tensor contracts are in ../topk_regions.h) and the CPU kernels.
+ART_FAST_DEFINE_OP(art_fast::topk_regions_impl<art_fast::cpu::TopkRegionsCpu>,
+    "topk_regions_fwd(Tensor scores, Tensor values, int k) -> (Tensor, Tensor, Tensor)",
+    "topk_regions_bwd(Tensor grad_pooled, Tensor? grad_weights, Tensor scores,"
+    " Tensor values, Tensor indices) -> (Tensor, Tensor)")

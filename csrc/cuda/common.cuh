@@ -1,8 +1,9 @@
 // Device helpers shared by the CUDA kernels of art_fast (csrc/cuda/*.cu).
 //
 // CUDA headers only (no ATen): each cuda/<op>.cu holds the kernels, the plain launchers
-// declared in csrc/<op>.h, and after them the host side (checks, allocation, stream,
-// registration; ATen and the shared host helpers of host.h).
+// declared in csrc/<op>.h, and after them the host side (the CUDA side of the op's host
+// functions: kernel limits, device guard, stream, launches; and the registration; ATen and the
+// shared host helpers of host.h).
 //
 // Precision: every kernel accumulates in acc_t = float for float/half/bfloat16 inputs and
 // double for double inputs (the accumulation dtype of the schemas).

@@ -28,17 +28,15 @@
 //            ca_limits below), 64-bit pair offsets: no 64-bit integer division in
 //            the per-element loops.
 //
-// Host side (after the launchers): the input checks (the device-neutral
-// check_cross_attention_* of ../cross_attention.h, then the limits of these kernels), output
-// allocation, device guard and stream, and the registration for the CUDA dispatch key. Outputs
-// follow the schema: lse in the accumulation dtype (float64 for float64 inputs, else float32),
-// everything else in the inputs' dtype. Per-operator ATen headers (not ATen/ATen.h) keep the
-// nvcc compile short: the host code is parsed once per CUDA architecture too.
+// Host side (after the launchers): the CUDA side of the entries' host functions of
+// ../cross_attention.h (CrossAttentionCuda: the limits of these kernels, device guard and
+// stream, the launches; the host functions check the inputs and allocate the outputs as the
+// schemas say) and the registration for the CUDA dispatch key. Per-operator ATen headers (not
+// ATen/ATen.h) keep the nvcc compile short: the host code is parsed once per CUDA architecture
+// too.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -452,56 +450,27 @@ size_t cross_attention_smem(const CrossAttnDims& s, DType dt, bool backward, int
 cudaError_t cross_attention_fwd_launch(DType dt, const void* q, const void* k, const void* v,
                                        double scale, const CrossAttnDims& s, void* out,
                                        void* lse, void* weights, cudaStream_t stream) {
-  switch (dt) {
-    case DType::f32: return fwd_launch<float>(q, k, v, scale, s, out, lse, weights, stream);
-    case DType::f64: return fwd_launch<double>(q, k, v, scale, s, out, lse, weights, stream);
-    case DType::f16: return fwd_launch<__half>(q, k, v, scale, s, out, lse, weights, stream);
-    case DType::bf16:
-      return fwd_launch<__nv_bfloat16>(q, k, v, scale, s, out, lse, weights, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch(dt, [&]<typename T>() {
+    return fwd_launch<T>(q, k, v, scale, s, out, lse, weights, stream);
+  });
 }
 
 cudaError_t cross_attention_bwd_launch(DType dt, const void* grad_out, const void* grad_weights,
                                        const void* q, const void* k, const void* v,
                                        double scale, const CrossAttnDims& s, void* dq,
                                        void* dq_part, void* dk, void* dv, cudaStream_t stream) {
-  switch (dt) {
-    case DType::f32:
-      return bwd_launch<float>(grad_out, grad_weights, q, k, v, scale, s, dq, dq_part, dk, dv,
-                               stream);
-    case DType::f64:
-      return bwd_launch<double>(grad_out, grad_weights, q, k, v, scale, s, dq, dq_part, dk, dv,
-                                stream);
-    case DType::f16:
-      return bwd_launch<__half>(grad_out, grad_weights, q, k, v, scale, s, dq, dq_part, dk, dv,
-                                stream);
-    case DType::bf16:
-      return bwd_launch<__nv_bfloat16>(grad_out, grad_weights, q, k, v, scale, s, dq, dq_part,
-                                       dk, dv, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch(dt, [&]<typename T>() {
+    return bwd_launch<T>(grad_out, grad_weights, q, k, v, scale, s, dq, dq_part, dk, dv, stream);
+  });
 }
 
-}  // namespace cuda
-}  // namespace art_fast
-
-// ---- host side: checks, allocation, stream, registration ----------------------------------------
-namespace art_fast {
-
+// ---- host side: the CUDA side of the entries' host functions (../cross_attention.h) ----------
 namespace {
-
-using cuda::check_launch;
-using cuda::DType;
-using cuda::dtype_of;
-using cuda::kMaxGrid;
-using cuda::kMaxInt32;
-using cuda::opt_ptr;
 
 // The checked dims, within the limits of these kernels: one block per (b, h) pair, 32-bit
 // index math inside a pair.
-cuda::CrossAttnDims ca_limits(const CrossAttentionDims& c) {
-  const cuda::CrossAttnDims d{c.B, c.Bq, c.H, c.M, c.N, c.D};
+CrossAttnDims ca_limits(const CrossAttentionDims& c) {
+  const CrossAttnDims d{c.B, c.Bq, c.H, c.M, c.N, c.D};
   TORCH_CHECK(d.B * d.H <= kMaxGrid, "art_fast: cross_attention (CUDA) needs B*H < 2^31");
   TORCH_CHECK(d.M * d.N <= kMaxInt32 && d.M * d.D <= kMaxInt32 && d.N * d.D <= kMaxInt32,
               "art_fast: cross_attention (CUDA) indexes one (b, h) pair with 32-bit integers: "
@@ -509,66 +478,57 @@ cuda::CrossAttnDims ca_limits(const CrossAttentionDims& c) {
   return d;
 }
 
-void ca_check_smem(const cuda::CrossAttnDims& d, DType dt, bool backward) {
-  const size_t need = cuda::cross_attention_smem(d, dt, backward, 1);
-  const size_t have = cuda::cuda_max_smem();
+void ca_check_smem(const CrossAttnDims& d, DType dt, bool backward) {
+  const size_t need = cross_attention_smem(d, dt, backward, 1);
+  const size_t have = cuda_max_smem();
   TORCH_CHECK(need <= have, "art_fast: cross_attention (CUDA) keeps the queries of one (b, h) ",
               "pair in shared memory: M = ", d.M, ", D = ", d.D, " need ", need,
               " bytes, the device allows ", have, "; use backend='torch' (or 'triton') for ",
               "such shapes");
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_fwd_cuda(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
-    bool return_weights) {
-  ART_CHECK_DEVICE_TYPE(q, "q", c10::kCUDA);
-  const auto d = ca_limits(check_cross_attention_fwd(q, k, v));
-  const c10::cuda::CUDAGuard guard(q.device());
-  const DType dt = dtype_of(q, "q");
-  ca_check_smem(d, dt, false);
-  auto out = at::empty({d.B, d.H, d.M, d.D}, q.options());
-  auto lse = at::empty({d.B, d.H, d.M}, q.options().dtype(acc_dtype(q.scalar_type())));
-  auto weights = return_weights ? at::empty({d.B, d.H, d.M, d.N}, q.options())
-                                : at::empty({0}, q.options());
-  check_launch(cuda::cross_attention_fwd_launch(
-                   dt, q.data_ptr(), k.data_ptr(), v.data_ptr(), scale, d, out.data_ptr(),
-                   lse.data_ptr(), return_weights ? weights.data_ptr() : nullptr,
-                   c10::cuda::getCurrentCUDAStream(q.device().index()).stream()),
-               "cross_attention_fwd");
-  return {out, lse, weights};
-}
+// The limits of these kernels (ca_limits, then, on the device of q, ca_check_smem), and the
+// launches on the current stream of that device.
+struct CrossAttentionCuda {
+  static constexpr c10::DeviceType kDevice = c10::kCUDA;
+  const CrossAttnDims d;
+  const LaunchContext ctx;
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_attention_bwd_cuda(
-    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_weights,
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-    const at::Tensor& lse, double scale) {
-  (void)out;  // the backward recomputes the softmax statistics (see bwd_kernel)
-  ART_CHECK_DEVICE_TYPE(q, "q", c10::kCUDA);
-  const auto d = ca_limits(check_cross_attention_bwd(grad_out, grad_weights, q, k, v, lse));
-  const void* gw = opt_ptr(grad_weights);
-  const c10::cuda::CUDAGuard guard(q.device());
-  const DType dt = dtype_of(q, "q");
-  ca_check_smem(d, dt, true);
-  auto dq = at::empty_like(q);
-  auto dk = at::empty_like(k);
-  auto dv = at::empty_like(v);
-  at::Tensor part;
-  if (d.Bq != d.B) {
-    part = at::empty({d.B, d.H, d.M, d.D}, q.options().dtype(acc_dtype(q.scalar_type())));
+  CrossAttentionCuda(const CrossAttentionDims& c, const at::Tensor& q, bool backward)
+      : d(ca_limits(c)), ctx(q, "q") {
+    ca_check_smem(d, ctx.dt, backward);
   }
-  check_launch(cuda::cross_attention_bwd_launch(
-                   dt, grad_out.data_ptr(), gw, q.data_ptr(), k.data_ptr(), v.data_ptr(), scale,
-                   d, dq.data_ptr(), part.defined() ? part.data_ptr() : nullptr, dk.data_ptr(),
-                   dv.data_ptr(), c10::cuda::getCurrentCUDAStream(q.device().index()).stream()),
-               "cross_attention_bwd");
-  return {dq, dk, dv};
-}
+
+  static at::Tensor empty_output_like(const at::Tensor& t) { return at::empty_like(t); }
+
+  void fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+           at::Tensor& out, at::Tensor& lse, at::Tensor* weights) const {
+    check_launch(cross_attention_fwd_launch(ctx.dt, q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                                            scale, d, out.data_ptr(), lse.data_ptr(),
+                                            weights ? weights->data_ptr() : nullptr, ctx.stream),
+                 "cross_attention_fwd");
+  }
+
+  // A shared query (Bq == 1 < B) first sums its per-b partials in an acc scratch.
+  void bwd(const at::Tensor& grad_out, const at::Tensor* gw, const at::Tensor& q,
+           const at::Tensor& k, const at::Tensor& v, const at::Tensor& /*lse*/, double scale,
+           at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) const {
+    at::Tensor part;
+    if (d.Bq != d.B) {
+      part = at::empty({d.B, d.H, d.M, d.D}, q.options().dtype(acc_dtype(q.scalar_type())));
+    }
+    check_launch(cross_attention_bwd_launch(
+                     ctx.dt, grad_out.data_ptr(), gw ? gw->data_ptr() : nullptr, q.data_ptr(),
+                     k.data_ptr(), v.data_ptr(), scale, d, dq.data_ptr(),
+                     part.defined() ? part.data_ptr() : nullptr, dk.data_ptr(), dv.data_ptr(),
+                     ctx.stream),
+                 "cross_attention_bwd");
+  }
+};
 
 }  // namespace
 
+}  // namespace cuda
 }  // namespace art_fast
 
-TORCH_LIBRARY_IMPL(art_fast, CUDA, m) {
-  m.impl("cross_attention_fwd", &art_fast::cross_attention_fwd_cuda);
-  m.impl("cross_attention_bwd", &art_fast::cross_attention_bwd_cuda);
-}
+ART_FAST_IMPL(CUDA, art_fast::cross_attention_impl<art_fast::cuda::CrossAttentionCuda>)

@@ -81,18 +81,15 @@
 //            test_info_nce_tf32_switch, test_bitwise_reproducible_on_gpu) and the cuda-cuda
 //            cases of tests/test_info_nce.py (test_low_precision (1, 200, 260, 64), ...).
 //
-// Host side (after the launcher): the input checks (the device-neutral check_info_nce_* of
-// ../info_nce.h, then the limits of these kernels), output and scratch allocation, device
-// guard and stream, the TF32 switch, and the registration for the CUDA dispatch key. Outputs
-// follow the schemas: losses, lse and the fused total in the accumulation dtype (float64 for
-// float64 inputs, else float32), the gradients in the inputs' dtype. Per-operator ATen headers
-// (see cross_attention.cu).
+// Host side (after the launcher): the CUDA side of the entries' host functions of
+// ../info_nce.h (InfoNceCuda: the limits of these kernels, scratch allocation, device guard and
+// stream, the TF32 switch, the launch; the host functions check the inputs and allocate the
+// outputs as the schemas say) and the registration for the CUDA dispatch key. Per-operator ATen
+// headers (see cross_attention.cu).
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <mma.h>
 #include <torch/library.h>
 
@@ -995,38 +992,21 @@ cudaError_t info_nce_launch(DType dt, const void* anchors, const void* candidate
                             bool mean, bool allow_tf32, const NceDims& s, void* loss,
                             void* lse, const void* grad_loss, const void* saved_lse, void* ga,
                             void* gc, void* total, void* scratch, cudaStream_t stream) {
-#define ART_NCE_RUN(T)                                                                        \
-  return run<T>(anchors, candidates, targets, temperature, normalize, mean, allow_tf32, s,    \
-                loss, lse, grad_loss, saved_lse, ga, gc, total, scratch, stream)
-  switch (dt) {
-    case DType::f32: ART_NCE_RUN(float);
-    case DType::f64: ART_NCE_RUN(double);
-    case DType::f16: ART_NCE_RUN(__half);
-    case DType::bf16: ART_NCE_RUN(__nv_bfloat16);
-  }
-#undef ART_NCE_RUN
-  return cudaErrorInvalidValue;
+  return dispatch(dt, [&]<typename T>() {
+    return run<T>(anchors, candidates, targets, temperature, normalize, mean, allow_tf32, s,
+                  loss, lse, grad_loss, saved_lse, ga, gc, total, scratch, stream);
+  });
 }
 
-}  // namespace cuda
-}  // namespace art_fast
-
-// ---- host side: checks, allocation, stream, registration ----------------------------------------
-namespace art_fast {
-
+// ---- host side: the CUDA side of the entries' host functions (../info_nce.h) -----------------
 namespace {
-
-using cuda::check_launch;
-using cuda::dtype_of;
-using cuda::kMaxGrid;
-using cuda::kMaxInt32;
 
 // The checked dims, within the limits of these kernels: the grid of row blocks, 32-bit index
 // math inside a group. (The values of targets are not checked: that needs a device -> host
 // copy; a target outside [0, N) that is not -100 gives a NaN loss and gradient, never an
 // out-of-bounds read; the Python wrapper rejects such targets before the call.)
-cuda::NceDims nce_limits(const InfoNceDims& c) {
-  const cuda::NceDims d{c.G, c.M, c.N, c.D};
+NceDims nce_limits(const InfoNceDims& c) {
+  const NceDims d{c.G, c.M, c.N, c.D};
   TORCH_CHECK(d.G * ((std::max(d.M, d.N) + 31) / 32) <= kMaxGrid &&
                   d.G * std::max(d.M, d.N) * 32 <= int64_t(256) * kMaxGrid,
               "art_fast: info_nce (CUDA): G*M or G*N too large for one grid");
@@ -1047,103 +1027,59 @@ bool nce_allow_tf32() {
   }
 }
 
-at::Tensor nce_scratch(const cuda::NceDims& d, const at::Tensor& a, bool grad) {
-  const size_t bytes = cuda::info_nce_scratch_bytes(d, dtype_of(a, "anchors"), grad);
-  return at::empty({static_cast<int64_t>(bytes)}, a.options().dtype(at::kByte));
-}
+// The limits of these kernels (nce_limits), then, on the device of anchors, targets made
+// contiguous; each entry is one info_nce_launch on the current stream of that device, with its
+// scratch.
+struct InfoNceCuda {
+  static constexpr c10::DeviceType kDevice = c10::kCUDA;
+  const NceDims d;
+  const LaunchContext ctx;
+  const at::Tensor t;
 
-std::tuple<at::Tensor, at::Tensor> info_nce_fwd_cuda(const at::Tensor& anchors,
-                                                     const at::Tensor& candidates,
-                                                     const at::Tensor& targets,
-                                                     double temperature, bool normalize) {
-  ART_CHECK_DEVICE_TYPE(anchors, "anchors", c10::kCUDA);
-  const auto d = nce_limits(check_info_nce_fwd(anchors, candidates, targets, temperature));
-  const c10::cuda::CUDAGuard guard(anchors.device());
-  const at::Tensor t = targets.contiguous();
-  const auto acc = acc_dtype(anchors.scalar_type());
-  auto loss = at::empty({d.G, d.M}, anchors.options().dtype(acc));
-  auto lse = at::empty({d.G, d.M}, anchors.options().dtype(acc));
-  if (d.G * d.M == 0) return {loss, lse};
-  auto scratch = nce_scratch(d, anchors, false);
-  check_launch(cuda::info_nce_launch(dtype_of(anchors, "anchors"), anchors.data_ptr(),
-                                     candidates.data_ptr(), t.data_ptr<int64_t>(),
-                                     temperature, normalize, false, nce_allow_tf32(), d,
-                                     loss.data_ptr(), lse.data_ptr(), nullptr, nullptr, nullptr,
-                                     nullptr, nullptr, scratch.data_ptr(),
-                                     c10::cuda::getCurrentCUDAStream(anchors.device().index())
-                                         .stream()),
-               "info_nce_fwd");
-  return {loss, lse};
-}
+  InfoNceCuda(const InfoNceDims& c, const at::Tensor& anchors, const at::Tensor& targets)
+      : d(nce_limits(c)), ctx(anchors, "anchors"), t(targets.contiguous()) {}
 
-std::tuple<at::Tensor, at::Tensor> info_nce_bwd_cuda(const at::Tensor& grad_loss,
-                                                     const at::Tensor& anchors,
-                                                     const at::Tensor& candidates,
-                                                     const at::Tensor& targets,
-                                                     const at::Tensor& lse, double temperature,
-                                                     bool normalize) {
-  ART_CHECK_DEVICE_TYPE(anchors, "anchors", c10::kCUDA);
-  const auto d = nce_limits(
-      check_info_nce_bwd(grad_loss, anchors, candidates, targets, lse, temperature));
-  const at::Tensor gl = grad_loss.contiguous();
-  const at::Tensor l = lse.contiguous();
-  const c10::cuda::CUDAGuard guard(anchors.device());
-  const at::Tensor t = targets.contiguous();
-  auto da = at::empty_like(anchors);
-  auto dc = at::empty_like(candidates);
-  if (d.G * d.M == 0) {
-    dc.zero_();
-    return {da, dc};
+  void fwd(const at::Tensor& anchors, const at::Tensor& candidates, double temperature,
+           bool normalize, at::Tensor& loss, at::Tensor& lse) const {
+    launch("info_nce_fwd", anchors, candidates, temperature, normalize, false, loss.data_ptr(),
+           lse.data_ptr(), nullptr, nullptr, nullptr, nullptr, nullptr);
   }
-  auto scratch = nce_scratch(d, anchors, true);
-  check_launch(cuda::info_nce_launch(dtype_of(anchors, "anchors"), anchors.data_ptr(),
-                                     candidates.data_ptr(), t.data_ptr<int64_t>(),
-                                     temperature, normalize, false, nce_allow_tf32(), d,
-                                     nullptr, nullptr, gl.data_ptr(), l.data_ptr(),
-                                     da.data_ptr(), dc.data_ptr(), nullptr, scratch.data_ptr(),
-                                     c10::cuda::getCurrentCUDAStream(anchors.device().index())
-                                         .stream()),
-               "info_nce_bwd");
-  return {da, dc};
-}
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_fused_cuda(
-    const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& targets,
-    double temperature, bool normalize, bool mean, bool compute_grad) {
-  ART_CHECK_DEVICE_TYPE(anchors, "anchors", c10::kCUDA);
-  const auto d = nce_limits(check_info_nce_fwd(anchors, candidates, targets, temperature));
-  const c10::cuda::CUDAGuard guard(anchors.device());
-  const at::Tensor t = targets.contiguous();
-  const auto acc = acc_dtype(anchors.scalar_type());
-  auto loss = at::empty({}, anchors.options().dtype(acc));
-  at::Tensor da = compute_grad ? at::empty_like(anchors) : at::empty({0}, anchors.options());
-  at::Tensor dc =
-      compute_grad ? at::empty_like(candidates) : at::empty({0}, candidates.options());
-  if (d.G * d.M == 0) {
-    loss.zero_();
-    if (compute_grad) dc.zero_();
-    return {loss, da, dc};
+  void bwd(const at::Tensor& gl, const at::Tensor& anchors, const at::Tensor& candidates,
+           const at::Tensor& l, double temperature, bool normalize, at::Tensor& da,
+           at::Tensor& dc) const {
+    launch("info_nce_bwd", anchors, candidates, temperature, normalize, false, nullptr, nullptr,
+           gl.data_ptr(), l.data_ptr(), da.data_ptr(), dc.data_ptr(), nullptr);
   }
-  auto scratch = nce_scratch(d, anchors, compute_grad);
-  check_launch(cuda::info_nce_launch(dtype_of(anchors, "anchors"), anchors.data_ptr(),
-                                     candidates.data_ptr(), t.data_ptr<int64_t>(),
-                                     temperature, normalize, mean, nce_allow_tf32(), d,
-                                     nullptr, nullptr, nullptr, nullptr,
-                                     compute_grad ? da.data_ptr() : nullptr,
-                                     compute_grad ? dc.data_ptr() : nullptr, loss.data_ptr(),
-                                     scratch.data_ptr(),
-                                     c10::cuda::getCurrentCUDAStream(anchors.device().index())
-                                         .stream()),
-               "info_nce_fused");
-  return {loss, da, dc};
-}
+
+  void fused(const at::Tensor& anchors, const at::Tensor& candidates, double temperature,
+             bool normalize, bool mean, at::Tensor& loss, at::Tensor* da,
+             at::Tensor* dc) const {
+    launch("info_nce_fused", anchors, candidates, temperature, normalize, mean, nullptr, nullptr,
+           nullptr, nullptr, da ? da->data_ptr() : nullptr, dc ? dc->data_ptr() : nullptr,
+           loss.data_ptr());
+  }
+
+ private:
+  // info_nce_launch with its scratch (a gradient is wanted when ga is given).
+  void launch(const char* op, const at::Tensor& anchors, const at::Tensor& candidates,
+              double temperature, bool normalize, bool mean, void* loss, void* lse,
+              const void* grad_loss, const void* saved_lse, void* ga, void* gc,
+              void* total) const {
+    const size_t bytes = info_nce_scratch_bytes(d, ctx.dt, ga != nullptr);
+    const at::Tensor scratch =
+        at::empty({static_cast<int64_t>(bytes)}, anchors.options().dtype(at::kByte));
+    check_launch(info_nce_launch(ctx.dt, anchors.data_ptr(), candidates.data_ptr(),
+                                 t.data_ptr<int64_t>(), temperature, normalize, mean,
+                                 nce_allow_tf32(), d, loss, lse, grad_loss, saved_lse, ga, gc,
+                                 total, scratch.data_ptr(), ctx.stream),
+                 op);
+  }
+};
 
 }  // namespace
 
+}  // namespace cuda
 }  // namespace art_fast
 
-TORCH_LIBRARY_IMPL(art_fast, CUDA, m) {
-  m.impl("info_nce_fwd", &art_fast::info_nce_fwd_cuda);
-  m.impl("info_nce_bwd", &art_fast::info_nce_bwd_cuda);
-  m.impl("info_nce_fused", &art_fast::info_nce_fused_cuda);
-}
+ART_FAST_IMPL(CUDA, art_fast::info_nce_impl<art_fast::cuda::InfoNceCuda>)

@@ -34,17 +34,14 @@
 //            grad_scores and weights become NaN (the Python wrapper and the forward never
 //            produce such indices).
 //
-// Host side (after the launchers): the input checks (the device-neutral
-// check_topk_regions_* of ../topk_regions.h, then the limits of these kernels), output and
-// scratch allocation, device guard and stream, and the registration for the CUDA dispatch key.
-// Outputs follow the schema: pooled in the dtype of values, indices int64, weights and
-// grad_scores in the dtype of scores, grad_values in the dtype of values. Per-operator ATen
-// headers (see cross_attention.cu).
+// Host side (after the launchers): the CUDA side of the entries' host functions of
+// ../topk_regions.h (TopkRegionsCuda: the limits of these kernels, scratch allocation, device
+// guard and stream, the launches; the host functions check the inputs and allocate the outputs
+// as the schemas say) and the registration for the CUDA dispatch key. Per-operator ATen headers
+// (see cross_attention.cu).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -111,6 +108,23 @@ __device__ void bitonic_sort_desc(u64* kv, unsigned* ki, int64_t n2) {
   }
 }
 
+// The softmax over the selected scores srow[idx[j]], j < k, block-wide (every thread of the
+// block calls it and gets the result): mx = their maximum (NaN skipped), returns 1 / sum_j
+// exp(srow[idx[j]] - mx) (NaN for a NaN or an all -inf selection). red: block reduction scratch.
+template <typename T, typename Index>
+__device__ __forceinline__ acc_t<T> selection_softmax(const T* srow, const Index* idx, int64_t k,
+                                                      acc_t<T>* red, acc_t<T>& mx) {
+  using A = acc_t<T>;
+  const int tid = threadIdx.x, nt = blockDim.x;
+  mx = neg_inf<A>();
+  for (int64_t j = tid; j < k; j += nt) mx = max_skip_nan(mx, to_acc(srow[idx[j]]));
+  mx = block_max(mx, red);
+  A sum = A(0);
+  for (int64_t j = tid; j < k; j += nt) sum += exp_acc(to_acc(srow[idx[j]]) - mx);
+  sum = block_sum(sum, red);
+  return A(1) / sum;
+}
+
 template <typename T>
 __global__ void fwd_kernel(const T* __restrict__ scores, const T* __restrict__ values,
                            TopkDims s, unsigned char* __restrict__ scratch,
@@ -140,13 +154,8 @@ __global__ void fwd_kernel(const T* __restrict__ scores, const T* __restrict__ v
   bitonic_sort_desc(kv, ki, n2);
   // 3. softmax over the selected scores (max skips NaN; a NaN or an all -inf selection gives
   //    NaN weights, as torch.softmax).
-  A mx = neg_inf<A>();
-  for (int64_t j = tid; j < k; j += nt) mx = max_skip_nan(mx, to_acc(srow[ki[j]]));
-  mx = block_max(mx, red);
-  A sum = A(0);
-  for (int64_t j = tid; j < k; j += nt) sum += exp_acc(to_acc(srow[ki[j]]) - mx);
-  sum = block_sum(sum, red);
-  const A inv = A(1) / sum;
+  A mx;
+  const A inv = selection_softmax(srow, ki, k, red, mx);
   // 4. weights (kept in acc_t over the keys, which are no longer read) and indices.
   A* wbuf = reinterpret_cast<A*>(kv);
   for (int64_t j = tid; j < k; j += nt) {
@@ -191,13 +200,8 @@ __global__ void bwd_rows_kernel(const T* __restrict__ gp, const T* __restrict__ 
     return;
   }
   // 2. the weights, recomputed from the scores at indices.
-  A mx = neg_inf<A>();
-  for (int64_t j = tid; j < k; j += nt) mx = max_skip_nan(mx, to_acc(srow[I[j]]));
-  mx = block_max(mx, red);
-  A sum = A(0);
-  for (int64_t j = tid; j < k; j += nt) sum += exp_acc(to_acc(srow[I[j]]) - mx);
-  sum = block_sum(sum, red);
-  const A inv = A(1) / sum;
+  A mx;
+  const A inv = selection_softmax(srow, I, k, red, mx);
   // 3. dw_j = <grad_pooled[b, m], values[b, I_j]> (+ grad_weights), c in increasing order;
   //    delta = sum_j w_j dw_j.
   const T* gpr = gp + row * C;
@@ -322,18 +326,9 @@ size_t topk_scratch_bytes(const TopkDims& s) {
 cudaError_t topk_regions_fwd_launch(DType dt, const void* scores, const void* values,
                                     const TopkDims& s, void* pooled, int64_t* indices,
                                     void* weights, void* scratch, cudaStream_t stream) {
-  switch (dt) {
-    case DType::f32:
-      return fwd_launch<float>(scores, values, s, pooled, indices, weights, scratch, stream);
-    case DType::f64:
-      return fwd_launch<double>(scores, values, s, pooled, indices, weights, scratch, stream);
-    case DType::f16:
-      return fwd_launch<__half>(scores, values, s, pooled, indices, weights, scratch, stream);
-    case DType::bf16:
-      return fwd_launch<__nv_bfloat16>(scores, values, s, pooled, indices, weights, scratch,
-                                       stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch(dt, [&]<typename T>() {
+    return fwd_launch<T>(scores, values, s, pooled, indices, weights, scratch, stream);
+  });
 }
 
 cudaError_t topk_regions_bwd_launch(DType dt, const void* grad_pooled, const void* grad_weights,
@@ -341,99 +336,67 @@ cudaError_t topk_regions_bwd_launch(DType dt, const void* grad_pooled, const voi
                                     const int64_t* indices, const TopkDims& s,
                                     void* grad_scores, void* grad_values, void* w_scratch,
                                     cudaStream_t stream) {
-  switch (dt) {
-    case DType::f32:
-      return bwd_launch<float>(grad_pooled, grad_weights, scores, values, indices, s,
-                               grad_scores, grad_values, w_scratch, stream);
-    case DType::f64:
-      return bwd_launch<double>(grad_pooled, grad_weights, scores, values, indices, s,
-                                grad_scores, grad_values, w_scratch, stream);
-    case DType::f16:
-      return bwd_launch<__half>(grad_pooled, grad_weights, scores, values, indices, s,
-                                grad_scores, grad_values, w_scratch, stream);
-    case DType::bf16:
-      return bwd_launch<__nv_bfloat16>(grad_pooled, grad_weights, scores, values, indices, s,
-                                       grad_scores, grad_values, w_scratch, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch(dt, [&]<typename T>() {
+    return bwd_launch<T>(grad_pooled, grad_weights, scores, values, indices, s, grad_scores,
+                         grad_values, w_scratch, stream);
+  });
 }
 
-}  // namespace cuda
-}  // namespace art_fast
-
-// ---- host side: checks, allocation, stream, registration ----------------------------------------
-namespace art_fast {
-
+// ---- host side: the CUDA side of the entries' host functions (../topk_regions.h) -------------
 namespace {
-
-using cuda::check_launch;
-using cuda::dtype_of;
-using cuda::kMaxGrid;
-using cuda::opt_ptr;
 
 // The checked dims, within the limits of these kernels: the sort carries the patch index in
 // 32 bits, one block per (b, m) row.
-cuda::TopkDims tk_limits(const TopkRegionsDims& c) {
-  const cuda::TopkDims d{c.B, c.M, c.N, c.C, c.k};
+TopkDims tk_limits(const TopkRegionsDims& c) {
+  const TopkDims d{c.B, c.M, c.N, c.C, c.k};
   TORCH_CHECK(d.N < int64_t(0xFFFFFFFF), "art_fast: topk_regions needs N < 2^32 - 1, got ", d.N);
   TORCH_CHECK(d.B * d.M <= kMaxGrid, "art_fast: topk_regions (CUDA) needs B*M < 2^31");
   return d;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_regions_fwd_cuda(
-    const at::Tensor& scores, const at::Tensor& values, int64_t k) {
-  ART_CHECK_DEVICE_TYPE(scores, "scores", c10::kCUDA);
-  const auto d = tk_limits(check_topk_regions_fwd(scores, values, k));
-  const c10::cuda::CUDAGuard guard(scores.device());
-  auto pooled = at::empty({d.B, d.M, d.C}, values.options());
-  auto indices = at::empty({d.B, d.M, k}, scores.options().dtype(at::kLong));
-  auto weights = at::empty({d.B, d.M, k}, scores.options());
-  if (d.B * d.M == 0) return {pooled, indices, weights};
-  at::Tensor scratch;
-  const size_t sb = cuda::topk_scratch_bytes(d);
-  if (sb > 0) scratch = at::empty({static_cast<int64_t>(sb)}, scores.options().dtype(at::kByte));
-  check_launch(cuda::topk_regions_fwd_launch(
-                   dtype_of(scores, "scores"), scores.data_ptr(), values.data_ptr(), d,
-                   pooled.data_ptr(), indices.data_ptr<int64_t>(), weights.data_ptr(),
-                   sb > 0 ? scratch.data_ptr() : nullptr,
-                   c10::cuda::getCurrentCUDAStream(scores.device().index()).stream()),
-               "topk_regions_fwd");
-  return {pooled, indices, weights};
-}
+// The limits of these kernels (tk_limits), and the launches on the current stream of the device
+// of scores, with their scratch.
+struct TopkRegionsCuda {
+  static constexpr c10::DeviceType kDevice = c10::kCUDA;
+  const TopkDims d;
+  const LaunchContext ctx;
 
-std::tuple<at::Tensor, at::Tensor> topk_regions_bwd_cuda(
-    const at::Tensor& grad_pooled, const std::optional<at::Tensor>& grad_weights,
-    const at::Tensor& scores, const at::Tensor& values, const at::Tensor& indices) {
-  ART_CHECK_DEVICE_TYPE(scores, "scores", c10::kCUDA);
-  const auto d =
-      tk_limits(check_topk_regions_bwd(grad_pooled, grad_weights, scores, values, indices));
-  const int64_t k = d.k;
-  const void* gw = opt_ptr(grad_weights);
-  const c10::cuda::CUDAGuard guard(scores.device());
-  auto grad_scores = at::empty_like(scores);
-  auto grad_values = at::empty_like(values);
-  if (grad_scores.numel() == 0 && grad_values.numel() == 0) return {grad_scores, grad_values};
-  if (d.B * d.M == 0) {
-    grad_values.zero_();
-    return {grad_scores, grad_values};
+  TopkRegionsCuda(const TopkRegionsDims& c, const at::Tensor& scores, bool /*backward*/)
+      : d(tk_limits(c)), ctx(scores, "scores") {}
+
+  void fwd(const at::Tensor& scores, const at::Tensor& values, at::Tensor& pooled,
+           at::Tensor& indices, at::Tensor& weights) const {
+    at::Tensor scratch;
+    const size_t sb = topk_scratch_bytes(d);
+    if (sb > 0) {
+      scratch = at::empty({static_cast<int64_t>(sb)}, scores.options().dtype(at::kByte));
+    }
+    check_launch(topk_regions_fwd_launch(ctx.dt, scores.data_ptr(), values.data_ptr(), d,
+                                         pooled.data_ptr(), indices.data_ptr<int64_t>(),
+                                         weights.data_ptr(),
+                                         sb > 0 ? scratch.data_ptr() : nullptr, ctx.stream),
+                 "topk_regions_fwd");
   }
-  TORCH_CHECK(d.B * ((d.N + 15) / 16) * ((d.C + 255) / 256) <= kMaxGrid,
-              "art_fast: topk_regions (CUDA): B*N*C too large for one grid");
-  auto wsc = at::empty({2 * d.B * d.M * k}, scores.options().dtype(acc_dtype(scores.scalar_type())));
-  check_launch(cuda::topk_regions_bwd_launch(
-                   dtype_of(scores, "scores"), grad_pooled.data_ptr(), gw, scores.data_ptr(),
-                   values.data_ptr(), indices.data_ptr<int64_t>(), d, grad_scores.data_ptr(),
-                   grad_values.data_ptr(), wsc.data_ptr(),
-                   c10::cuda::getCurrentCUDAStream(scores.device().index()).stream()),
-               "topk_regions_bwd");
-  return {grad_scores, grad_values};
-}
+
+  void bwd(const at::Tensor& grad_pooled, const at::Tensor* gw, const at::Tensor& scores,
+           const at::Tensor& values, const at::Tensor& indices, at::Tensor& grad_scores,
+           at::Tensor& grad_values) const {
+    TORCH_CHECK(d.B * ((d.N + 15) / 16) * ((d.C + 255) / 256) <= kMaxGrid,
+                "art_fast: topk_regions (CUDA): B*N*C too large for one grid");
+    const at::Tensor wsc = at::empty({2 * d.B * d.M * d.k},
+                                     scores.options().dtype(acc_dtype(scores.scalar_type())));
+    check_launch(topk_regions_bwd_launch(ctx.dt, grad_pooled.data_ptr(),
+                                         gw ? gw->data_ptr() : nullptr, scores.data_ptr(),
+                                         values.data_ptr(), indices.data_ptr<int64_t>(), d,
+                                         grad_scores.data_ptr(), grad_values.data_ptr(),
+                                         wsc.data_ptr(), ctx.stream),
+                 "topk_regions_bwd");
+  }
+};
 
 }  // namespace
 
+}  // namespace cuda
 }  // namespace art_fast
 
-TORCH_LIBRARY_IMPL(art_fast, CUDA, m) {
-  m.impl("topk_regions_fwd", &art_fast::topk_regions_fwd_cuda);
-  m.impl("topk_regions_bwd", &art_fast::topk_regions_bwd_cuda);
-}
+ART_FAST_IMPL(CUDA, art_fast::topk_regions_impl<art_fast::cuda::TopkRegionsCuda>)
