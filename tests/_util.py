@@ -4,7 +4,10 @@ other test module):
 - the backends (``BACKEND_CASES`` and its subsets, ``grid``, ``require``): the (device, backend)
   pairs every op test is parametrised over;
 - the tolerances (``assert_close_fp``) and the reference checks of the three ops
-  (``check_cross_attention``, ``check_topk_regions``, ``check_info_nce``, ``check_spec_case``);
+  (``check_cross_attention``, ``check_topk_regions``, ``check_info_nce``; the spec's sample
+  cases: ``SPEC_DTYPES``, ``check_spec_cases``);
+- direct calls of an op's Triton entries on non-contiguous views (``view_cases``,
+  ``noncontig_inputs``, ``check_views``, ``opcheck_views``);
 - ``fwd_bwd``, ``check_compiled``, ``run_python``;
 - the bytes of every file under a folder (determinism tests of the synthetic sets), a recorder
   of the operators a block dispatches (backend dispatch tests), tiny video writers (data tests).
@@ -32,6 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import art_fast
 from art_fast import reference
+from art_fast.ops import SPECS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_CUDA = torch.cuda.is_available()
@@ -57,6 +61,8 @@ BACKEND_CASES = [case("cpu", "torch"), case("cpu", "cpu"), case("cpu", "triton")
                  case("cuda", "cuda"), case("cuda", "triton")]
 FAST_CASES = [c for c in BACKEND_CASES if c.values[1] != "torch"]
 TRITON_CASES = [c for c in BACKEND_CASES if c.values[1] == "triton"]
+# torch.compile of the kernels (the cpu and torch backends: tests/test_library.py)
+COMPILE_CASES = [c for c in FAST_CASES if c.id != "cpu-cpu"]
 
 
 def is_interpreter(device: str, backend: str) -> bool:
@@ -220,6 +226,81 @@ def check_spec_case(spec, case, backend: str, seed: int = 0) -> None:
     for i, (g, t) in enumerate(zip(grads, t_grads)):
         assert g.dtype == dtype, f"{where}: gradient {i} dtype {g.dtype}"
         assert_close_fp(g, t, e_grads[i] if e_grads else None, f"{where}: gradient {i}")
+
+
+# The spec's cases in float32 on every backend, in float64 and bfloat16 on all but the Triton
+# interpreter (its dots run in float32 whatever the dtype; the test time stays in its budget):
+# the dtypes of ``grid(cases, **SPEC_DTYPES)``.
+SPEC_DTYPES = dict(values=[(torch.float64,), (torch.bfloat16,)], interpret=[(torch.float32,)])
+
+
+def check_spec_cases(op: str, device: str, backend: str, dtype: torch.dtype) -> None:
+    """Every sample case of ``op``'s spec (art_fast.ops.SPECS) on ``device`` in ``dtype``, by
+    ``check_spec_case``; skipped (or failed) first as ``require`` says."""
+    require(op, device, backend)
+    spec = SPECS[op]
+    for c in spec.cases(device, dtype):
+        check_spec_case(spec, c, backend)
+
+
+# ---- direct calls of the art_fast_triton:: entries with non-contiguous inputs (issue 11) ------
+# The ops make their inputs contiguous, but the Triton custom ops are public: the backward must
+# read the same contiguous tensors as the forward, whatever strides autograd saved. An op's test
+# file describes its cases by a table ``kind -> (shapes, views)``: ``shapes(*dims)`` the shapes
+# of the leaf tensors, ``views(*leaves)`` the (transposed, step-sliced, expanded) views of them
+# that the entry gets.
+
+
+def view_cases(kinds: Iterable[str]) -> list:
+    """The params (device, backend, dtype, kind) of a direct-call test: the Triton cases, in
+    float64 and float32, each kind."""
+    return grid(TRITON_CASES, interpret=[(dt, kind) for dt in (torch.float64, torch.float32)
+                                         for kind in kinds])
+
+
+def noncontig_inputs(kinds: dict, kind: str, dims: Sequence[int], device: str,
+                     dtype: torch.dtype) -> tuple[list[torch.Tensor], tuple]:
+    """(leaves, views) of one kind: standard normal leaves (requiring grad) of the shapes
+    ``kinds[kind][0](*dims)``, and their views ``kinds[kind][1](*leaves)``."""
+    shapes, views = kinds[kind]
+    leaves = [torch.randn(*s, device=device, dtype=dtype, requires_grad=True)
+              for s in shapes(*dims)]
+    return leaves, views(*leaves)
+
+
+def check_views(fast, ref, kinds: dict, kind: str, leaves, cotangents, out_names, grad_names
+                ) -> None:
+    """``fast(*views(*leaves))`` (an entry called directly on the non-contiguous views of
+    ``kind``: ``views = kinds[kind][1]``) against ``ref`` on the same views of float64 copies
+    of the leaves: every output (``out_names``; integer ones exactly), and the gradients w.r.t.
+    the leaves (``grad_names``) of sum <output, cotangent> over the outputs with a cotangent
+    (None: none; they may be non-contiguous too), through the entry's autograd."""
+    views = kinds[kind][1]
+    outs = fast(*views(*leaves))
+    leaves64 = [x.detach().double().requires_grad_() for x in leaves]
+    t_outs = ref(*views(*leaves64))
+    used = [i for i, c in enumerate(cotangents) if c is not None]
+    grads = torch.autograd.grad([outs[i] for i in used], leaves, [cotangents[i] for i in used])
+    t_grads = torch.autograd.grad([t_outs[i] for i in used], leaves64,
+                                  [cotangents[i].double() for i in used])
+    assert len(outs) == len(t_outs) == len(out_names)
+    for name, o, t in zip(out_names, outs, t_outs):
+        if o.is_floating_point():
+            assert_close_fp(o, t, what=f"{name} ({kind})")
+        else:
+            assert torch.equal(o, t), f"{name} ({kind})"
+    assert len(grads) == len(grad_names)
+    for name, g, t in zip(grad_names, grads, t_grads):
+        assert_close_fp(g, t, what=f"{name} ({kind})")
+
+
+def opcheck_views(entry, kinds: dict, chosen: Iterable[str], dims: Sequence[int], device: str,
+                  *args) -> None:
+    """torch.library.opcheck (fake kernels' strides, autograd registration) of
+    ``entry(*views, *args)`` on the float32 views of each kind in ``chosen``."""
+    for kind in chosen:
+        _, views = noncontig_inputs(kinds, kind, dims, device, torch.float32)
+        torch.library.opcheck(entry, (*views, *args))
 
 
 # ---- cross_attention ------------------------------------------------------------------------

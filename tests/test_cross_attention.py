@@ -24,50 +24,31 @@ import torch
 
 import art_fast
 from art_fast import reference
-from art_fast.ops import SPECS
-from tests._util import (
-    BACKEND_CASES,
-    FAST_CASES,
-    TRITON_CASES,
-    assert_close_fp,
-    case,
-    check_compiled,
-    check_spec_case,
-    fwd_bwd,
-    grid,
-    require,
-    require_backend,
-    run_python,
-)
+from tests import _util as U
 from tests._util import check_cross_attention as check
 from tests._util import make_qkv as make
 
 OP = "cross_attention"
-SPEC = SPECS[OP]
-# The spec's cases in float32 on every backend, in float64 and bfloat16 on all but the Triton
-# interpreter (its dots run in float32 whatever the dtype; the test time stays in its budget).
-SPEC_DTYPES = dict(values=[(torch.float64,), (torch.bfloat16,)], interpret=[(torch.float32,)])
 
 
-# ---- the spec's sample cases (art_fast/ops/cross_attention.py: SPEC) --------------------------
+# ---- the spec's sample cases ----------------------------------------------------------------
 
-@pytest.mark.parametrize("device,backend,dtype", grid(FAST_CASES, **SPEC_DTYPES))
+@pytest.mark.parametrize("device,backend,dtype", U.grid(U.FAST_CASES, **U.SPEC_DTYPES))
 def test_spec_cases(device, backend, dtype):
-    """Every sample case of the spec: outputs, and the gradients of a random cotangent on out,
-    against the reference on float64 copies of the inputs."""
-    require(OP, device, backend)
-    for c in SPEC.cases(device, dtype):
-        check_spec_case(SPEC, c, backend)
+    """Every sample case of the spec (art_fast/ops/cross_attention.py: SPEC): outputs, and the
+    gradients of a random cotangent on out, against the reference on float64 copies of the
+    inputs."""
+    U.check_spec_cases(OP, device, backend, dtype)
 
 
 # ---- against the float64 reference -------------------------------------------------------------
 
 # Not on the Triton interpreter (~0.1 s an evaluation; gradcheck needs hundreds): its backward
 # is held to the float64 reference by the other tests.
-@pytest.mark.parametrize("device,backend,B,H,M,N,D", grid(
-    FAST_CASES, [(2, 2, 3, 7, 5), (1, 1, 1, 1, 4), (2, 1, 5, 33, 8)]))
+@pytest.mark.parametrize("device,backend,B,H,M,N,D", U.grid(
+    U.FAST_CASES, [(2, 2, 3, 7, 5), (1, 1, 1, 1, 4), (2, 1, 5, 33, 8)]))
 def test_gradcheck_float64(device, backend, B, H, M, N, D):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     q, k, v = (x.requires_grad_() for x in make(B, H, M, N, D, device))
 
     def f(q, k, v):
@@ -86,62 +67,63 @@ def test_reference_gradcheck_float64():
     )
 
 
-@pytest.mark.parametrize("device,backend,B,H,M,N,D,weights,shared_q", grid(
-    FAST_CASES,
+@pytest.mark.parametrize("device,backend,B,H,M,N,D,weights,shared_q", U.grid(
+    U.FAST_CASES,
     [(2, 3, M, N, 32, M % 2 == 0, False) for N in [1, 7, 196, 197, 257] for M in [1, 2, 16, 64]],
     interpret=[(2, 2, M, N, 8, M != 1, N == 7) for N in [1, 7, 33] for M in [1, 2, 16]]
     # M = 70 > BLOCK_M = 64: the Triton backward accumulates dk/dv over two row blocks
     + [(1, 2, 70, 7, 4, w, w) for w in (False, True)]))
 def test_float32_vs_float64(device, backend, B, H, M, N, D, weights, shared_q):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     check(device, backend, B, H, M, N, D, torch.float32, weights=weights, shared_q=shared_q)
 
 
-@pytest.mark.parametrize("device,backend,B,H,M,N,D,noncontig", grid(
-    FAST_CASES, [(2, 2, 5, 37, D, False) for D in [1, 24, 40, 64]],
+@pytest.mark.parametrize("device,backend,B,H,M,N,D,noncontig", U.grid(
+    U.FAST_CASES, [(2, 2, 5, 37, D, False) for D in [1, 24, 40, 64]],
     interpret=[(2, 1, 3, 9, D, True) for D in [1, 40]]))
 def test_head_dims(device, backend, B, H, M, N, D, noncontig):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     check(device, backend, B, H, M, N, D, torch.float32, weights=True, noncontig=noncontig)
 
 
 LOW = [torch.bfloat16, torch.float16]
 
 
-@pytest.mark.parametrize("device,backend,dtype,B,H,M,N,shared_q", grid(
-    FAST_CASES, [(dt, 2, 4, M, N, False) for dt in LOW for M, N in [(2, 196), (16, 197), (64, 7)]],
+@pytest.mark.parametrize("device,backend,dtype,B,H,M,N,shared_q", U.grid(
+    U.FAST_CASES,
+    [(dt, 2, 4, M, N, False) for dt in LOW for M, N in [(2, 196), (16, 197), (64, 7)]],
     interpret=[(dt, 2, 2, 16, 33, True) for dt in LOW]))
 def test_low_precision(device, backend, dtype, B, H, M, N, shared_q):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     check(device, backend, B, H, M, N, 32, dtype, weights=True, shared_q=shared_q)
 
 
-@pytest.mark.parametrize("device,backend,dtype", grid(
-    FAST_CASES, [(torch.float32,), (torch.bfloat16,)]))
+@pytest.mark.parametrize("device,backend,dtype", U.grid(
+    U.FAST_CASES, [(torch.float32,), (torch.bfloat16,)]))
 def test_shared_query_and_noncontiguous(device, backend, dtype):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     check(device, backend, 5, 2, 4, 33, 16, dtype, weights=True, shared_q=True, noncontig=True)
 
 
-@pytest.mark.parametrize("device,backend", FAST_CASES)
+@pytest.mark.parametrize("device,backend", U.FAST_CASES)
 def test_float64_shared_query(device, backend):
     """q shared by B = 3 groups (stride 0): dq summed over B in a fixed order."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     check(device, backend, 3, 2, 5, 9, 4, torch.float64, weights=True, shared_q=True)
 
 
-@pytest.mark.parametrize("device,backend", FAST_CASES)
+@pytest.mark.parametrize("device,backend", U.FAST_CASES)
 def test_shared_query_odd_sizes(device, backend):
     """A shared query set with B = 37 groups and H M D = 15 (Triton: dq summed by two tree
     levels)."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     check(device, backend, 37, 1, 3, 6, 5, torch.float64, weights=True, shared_q=True)
     check(device, backend, 37, 1, 3, 6, 5, torch.float32, weights=False, shared_q=True)
 
 
-@pytest.mark.parametrize("device,backend", FAST_CASES)
+@pytest.mark.parametrize("device,backend", U.FAST_CASES)
 def test_explicit_scale_and_large_logits(device, backend):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     # scores of magnitude ~1e3..1e4: no overflow; the gradients are ill-conditioned (eager
     # float32 is ~1% off float64 on dq), so float32 is held to 2x eager float32's error.
     check(device, backend, 2, 2, 3, 50, 16, torch.float32, weights=True, scale=300.0,
@@ -149,28 +131,28 @@ def test_explicit_scale_and_large_logits(device, backend):
     check(device, backend, 2, 2, 3, 50, 16, torch.float64, weights=True, scale=-2.5)
 
 
-@pytest.mark.parametrize("device,backend", FAST_CASES)
+@pytest.mark.parametrize("device,backend", U.FAST_CASES)
 def test_only_one_output_used(device, backend):
     """Backward with no gradient for the weights (None, no dW pass), or none for out."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     q, k, v = make(2, 2, 3, 9, 4, device)
     g_out = torch.randn(2, 2, 3, 4, device=device, dtype=torch.float64)
     g_w = torch.randn(2, 2, 3, 9, device=device, dtype=torch.float64)
     for cot in [(g_out, None), (None, g_w)]:
-        grads = fwd_bwd(lambda q, k, v: art_fast.cross_attention(
+        grads = U.fwd_bwd(lambda q, k, v: art_fast.cross_attention(
             q, k, v, return_weights=True, backend=backend), (q, k, v), cot)[1]
-        truth = fwd_bwd(lambda q, k, v: reference.cross_attention(q, k, v, None, True),
+        truth = U.fwd_bwd(lambda q, k, v: reference.cross_attention(q, k, v, None, True),
                         (q, k, v), cot)[1]
         for g, t in zip(grads, truth):
-            assert_close_fp(g, t)
+            U.assert_close_fp(g, t)
 
 
 # ---- edge cases ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("device,backend", BACKEND_CASES)
+@pytest.mark.parametrize("device,backend", U.BACKEND_CASES)
 def test_ties_and_masked_patches(device, backend):
     """Equal scores and -inf keys: weights split evenly, masked patches get exactly 0."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     q = torch.zeros(1, 1, 2, 4, device=device)
     k = torch.randn(1, 1, 6, 4, device=device)
     v = torch.randn(1, 1, 6, 4, device=device)
@@ -186,9 +168,9 @@ def test_ties_and_masked_patches(device, backend):
     torch.testing.assert_close(out2, ref_out2)
 
 
-@pytest.mark.parametrize("device,backend", BACKEND_CASES)
+@pytest.mark.parametrize("device,backend", U.BACKEND_CASES)
 def test_nan_propagates_like_softmax(device, backend):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     q, k, v = make(1, 1, 3, 9, 4, device, torch.float32)
     k[0, 0, 4, 1] = float("nan")
     out, w = art_fast.cross_attention(q, k, v, return_weights=True, backend=backend)
@@ -198,11 +180,11 @@ def test_nan_propagates_like_softmax(device, backend):
 
 
 # The kernels' outputs and reproducibility (not torch's: FAST_CASES).
-@pytest.mark.parametrize("device,backend", FAST_CASES)
+@pytest.mark.parametrize("device,backend", U.FAST_CASES)
 def test_outputs_fully_written(device, backend):
     """Outputs are poisoned (NaN-filled on allocation in deterministic mode) before the call;
     every element must be overwritten."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     q, k, v = make(3, 2, 5, 29, 8, device, torch.float32)
     expected = reference.cross_attention(q, k, v, None, True)
     torch.use_deterministic_algorithms(True)
@@ -219,9 +201,9 @@ def test_outputs_fully_written(device, backend):
     torch.testing.assert_close(w, expected[1])
 
 
-@pytest.mark.parametrize("device,backend", FAST_CASES)
+@pytest.mark.parametrize("device,backend", U.FAST_CASES)
 def test_bitwise_reproducible(device, backend):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     q, k, v = make(4, 2, 5, 31, 8, device, torch.float32, shared_q=True)
     g = torch.randn(4, 2, 5, 8, device=device)
 
@@ -261,10 +243,10 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("device,backend", [*BACKEND_CASES, case("cpu", "auto")])
+@pytest.mark.parametrize("device,backend", [*U.BACKEND_CASES, U.case("cpu", "auto")])
 @pytest.mark.parametrize("bad", range(len(BAD)))
 def test_bad_input(device, backend, bad):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     make_args, kwargs, exc, match = BAD[bad]
     q, k, v = make(3, 2, 4, 5, 4, device, torch.float32)
     with pytest.raises(exc, match=match):
@@ -274,7 +256,7 @@ def test_bad_input(device, backend, bad):
 def test_cpp_kernel_checks_direct_calls():
     """The compiled op re-checks what it relies on (a direct torch.ops call bypasses the
     Python validation): a wrong shape is an error, never an out-of-bounds read."""
-    require_backend(OP, "cpu")
+    U.require_backend(OP, "cpu")
     q, k, v = make(2, 2, 3, 5, 4, "cpu", torch.float32)
     with pytest.raises(RuntimeError, match="v must have the shape of k"):
         torch.ops.art_fast.cross_attention_fwd(q, k, v[:, :, :4].contiguous(), 0.5, False)
@@ -284,9 +266,9 @@ def test_cpp_kernel_checks_direct_calls():
 
 # ---- torch.compile (the cpu and torch backends: tests/test_library.py) -----------------------
 
-@pytest.mark.parametrize("device,backend", [c for c in FAST_CASES if c.id != "cpu-cpu"])
+@pytest.mark.parametrize("device,backend", U.COMPILE_CASES)
 def test_compile_fullgraph(device, backend):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     q = torch.randn(1, 2, 3, 8, device=device, requires_grad=True)
     k = torch.randn(4, 2, 9, 8, device=device, requires_grad=True)
     v = torch.randn(4, 2, 9, 8, device=device, requires_grad=True)
@@ -296,14 +278,11 @@ def test_compile_fullgraph(device, backend):
                                           backend=backend)
         return out * 2, w
 
-    check_compiled(fn, (q, k, v), (q, k, v))
+    U.check_compiled(fn, (q, k, v), (q, k, v))
 
 
 # ---- Triton: direct calls of the custom ops with non-contiguous inputs (issue 11) -------------
-# art_fast.cross_attention makes its inputs contiguous, but the ops themselves are public
-# (torch.ops.art_fast_triton.*): the backward must read the same contiguous tensors as the
-# forward, whatever the strides autograd saved. (The C++ ops reject non-contiguous inputs:
-# test_cpp_kernel_checks_direct_calls.)
+# (tests/_util.py; the C++ ops reject non-contiguous inputs: test_cpp_kernel_checks_direct_calls)
 
 def _kernels():
     from art_fast.kernels import cross_attention as kmod
@@ -311,78 +290,51 @@ def _kernels():
     return kmod
 
 
-def _noncontig(kind, B, H, M, N, D, device, dtype):
-    """(q, k, v) leaves and the (possibly non-contiguous) views given to the op."""
-    def leaf(*shape):
-        return torch.randn(*shape, device=device, dtype=dtype, requires_grad=True)
-
-    if kind == "k transposed":
-        q, k, v = leaf(B, H, M, D), leaf(B, H, D, N), leaf(B, H, N, D)
-        return (q, k, v), (q, k.transpose(2, 3), v)
-    if kind == "v step-sliced, q transposed":
-        q, k, v = leaf(B, H, D, M), leaf(B, H, N, D), leaf(B, H, 2 * N, D)
-        return (q, k, v), (q.transpose(2, 3), k, v[:, :, ::2])
-    if kind == "q expanded over B (stride 0)":
-        q, k, v = leaf(1, H, M, D), leaf(B, H, N, D), leaf(B, H, N, D)
-        return (q, k, v), (q.expand(B, -1, -1, -1), k, v)
-    if kind == "shared q transposed, k and v permuted":
-        q, k, v = leaf(1, H, D, M), leaf(H, B, N, D), leaf(B, N, H, D)
-        return (q, k, v), (q.transpose(2, 3), k.transpose(0, 1), v.permute(0, 2, 1, 3))
-    raise ValueError(kind)
+# kind -> (the shapes of the leaves q, k, v at (B, H, M, N, D), the views given to the op)
+NONCONTIG = {
+    "k transposed": (
+        lambda B, H, M, N, D: [(B, H, M, D), (B, H, D, N), (B, H, N, D)],
+        lambda q, k, v: (q, k.transpose(2, 3), v)),
+    "v step-sliced, q transposed": (
+        lambda B, H, M, N, D: [(B, H, D, M), (B, H, N, D), (B, H, 2 * N, D)],
+        lambda q, k, v: (q.transpose(2, 3), k, v[:, :, ::2])),
+    "q expanded over B (stride 0)": (
+        lambda B, H, M, N, D: [(1, H, M, D), (B, H, N, D), (B, H, N, D)],
+        lambda q, k, v: (q.expand(k.shape[0], -1, -1, -1), k, v)),
+    "shared q transposed, k and v permuted": (
+        lambda B, H, M, N, D: [(1, H, D, M), (H, B, N, D), (B, N, H, D)],
+        lambda q, k, v: (q.transpose(2, 3), k.transpose(0, 1), v.permute(0, 2, 1, 3))),
+}
 
 
-def _same_views(kind, leaves):
-    q, k, v = leaves
-    if kind == "k transposed":
-        return q, k.transpose(2, 3), v
-    if kind == "v step-sliced, q transposed":
-        return q.transpose(2, 3), k, v[:, :, ::2]
-    if kind == "q expanded over B (stride 0)":
-        return q.expand(k.shape[0], -1, -1, -1), k, v
-    return q.transpose(2, 3), k.transpose(0, 1), v.permute(0, 2, 1, 3)
-
-
-NONCONTIG_KINDS = ["k transposed", "v step-sliced, q transposed", "q expanded over B (stride 0)",
-                   "shared q transposed, k and v permuted"]
-
-
-@pytest.mark.parametrize("device,backend", TRITON_CASES)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("kind", NONCONTIG_KINDS)
+@pytest.mark.parametrize("device,backend,dtype,kind", U.view_cases(NONCONTIG))
 def test_direct_op_noncontiguous(device, backend, dtype, kind):
     """art_fast_triton::cross_attention_fwd called directly with non-contiguous q/k/v and
     non-contiguous cotangents: forward and gradients (torch.autograd.grad through the op's
     autograd) match the float64 reference on the same views."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     kmod = _kernels()
     B, H, M, N, D = 2, 2, 3, 9, 8
-    leaves, (q, k, v) = _noncontig(kind, B, H, M, N, D, device, dtype)
-    scale = 0.3
+    leaves, _ = U.noncontig_inputs(NONCONTIG, kind, (B, H, M, N, D), device, dtype)
     # cotangents with strides of their own: dO transposed, dW sliced with a step
     g_out = torch.randn(B, H, D, M, device=device, dtype=dtype).transpose(2, 3)
     g_w = torch.randn(B, H, M, 2 * N, device=device, dtype=dtype)[..., ::2]
-    out, _stats, w = kmod.cross_attention_fwd(q, k, v, scale, True)
-    grads = torch.autograd.grad((out, w), leaves, (g_out, g_w))
-    leaves64 = [x.detach().double().requires_grad_() for x in leaves]
-    views64 = _same_views(kind, leaves64)  # the same views of float64 copies
-    t_out, t_w = reference.cross_attention(*views64, scale, True)
-    t_grads = torch.autograd.grad((t_out, t_w), leaves64, (g_out.double(), g_w.double()))
-    assert_close_fp(out, t_out, what=f"out ({kind})")
-    assert_close_fp(w, t_w, what=f"weights ({kind})")
-    for name, g, t in zip(["dq", "dk", "dv"], grads, t_grads):
-        assert_close_fp(g, t, what=f"{name} ({kind})")
+    U.check_views(lambda q, k, v: kmod.cross_attention_fwd(q, k, v, 0.3, True)[0::2],
+                  lambda q, k, v: reference.cross_attention(q, k, v, 0.3, True),
+                  NONCONTIG, kind, leaves, (g_out, g_w), ["out", "weights"], ["dq", "dk", "dv"])
 
 
-@pytest.mark.parametrize("device,backend", TRITON_CASES)
+@pytest.mark.parametrize("device,backend", U.TRITON_CASES)
 def test_direct_bwd_op_noncontiguous(device, backend):
     """art_fast_triton::cross_attention_bwd called directly with non-contiguous inputs and
     cotangents gives what it gives for their contiguous copies (bitwise) and the float64
     reference's gradients."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     kmod = _kernels()
     B, H, M, N, D = 2, 2, 3, 9, 8
-    for kind in NONCONTIG_KINDS:
-        leaves, (q, k, v) = _noncontig(kind, B, H, M, N, D, device, torch.float64)
+    for kind in NONCONTIG:
+        _, (q, k, v) = U.noncontig_inputs(NONCONTIG, kind, (B, H, M, N, D), device,
+                                          torch.float64)
         q, k, v = q.detach(), k.detach(), v.detach()
         if q.shape[0] == B and q.stride(0) == 0:
             q = q[:1]  # the shared-query form (what art_fast.cross_attention passes)
@@ -399,22 +351,22 @@ def test_direct_bwd_op_noncontiguous(device, backend):
         t_out, t_w = reference.cross_attention(qe.expand(B, -1, -1, -1), ke, ve, 0.3, True)
         truth = torch.autograd.grad((t_out, t_w), (qe, ke, ve), (g_out, g_w))
         for name, g, t in zip(["dq", "dk", "dv"], got, truth):
-            assert_close_fp(g, t, what=f"{name} ({kind})")
+            U.assert_close_fp(g, t, what=f"{name} ({kind})")
 
 
-@pytest.mark.parametrize("device,backend", TRITON_CASES)
+@pytest.mark.parametrize("device,backend", U.TRITON_CASES)
 def test_opcheck_noncontiguous(device, backend):
-    """opcheck (fake kernels' strides, autograd registration) with non-contiguous inputs."""
-    require(OP, device, backend)
-    kmod = _kernels()
-    for kind in ["k transposed", "shared q transposed, k and v permuted"]:
-        _, (q, k, v) = _noncontig(kind, 2, 3, 4, 9, 8, device, torch.float32)
-        torch.library.opcheck(kmod.cross_attention_fwd, (q, k, v, 0.35, True))
+    """opcheck of art_fast_triton::cross_attention_fwd with k transposed, and with a shared
+    query set transposed and k, v permuted."""
+    U.require(OP, device, backend)
+    U.opcheck_views(_kernels().cross_attention_fwd, NONCONTIG,
+                    ["k transposed", "shared q transposed, k and v permuted"], (2, 3, 4, 9, 8),
+                    device, 0.35, True)
 
 
 # ---- Triton: _sum_over_b, dq of a shared query set summed over b ------------------------------
 
-@pytest.mark.parametrize("device,backend", TRITON_CASES)
+@pytest.mark.parametrize("device,backend", U.TRITON_CASES)
 @pytest.mark.parametrize(
     "B,L,dtype,out_dtype",
     [(37, 333, torch.float32, torch.float32),  # two levels: 37 -> 2 -> 1 rows
@@ -424,7 +376,7 @@ def test_opcheck_noncontiguous(device, backend):
 )
 def test_sum_over_b(device, backend, B, L, dtype, out_dtype):
     """The parallel tree sum against torch's float64 sum, and bitwise equal across runs."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     kmod = _kernels()
     x = torch.randn(B, L, device=device, dtype=dtype)
     x[:, :3] *= 1e4  # columns of very different magnitudes
@@ -436,7 +388,7 @@ def test_sum_over_b(device, backend, B, L, dtype, out_dtype):
     assert torch.equal(runs[0], runs[1])
     truth = x.double().sum(0)
     if out_dtype == torch.bfloat16:
-        assert_close_fp(runs[0], truth, x.sum(0).to(out_dtype), what="sum over b")
+        U.assert_close_fp(runs[0], truth, x.sum(0).to(out_dtype), what="sum over b")
     else:
         # a sum of B terms: float32 rounding at most ~log2(B) ulps of sum |x| per column
         tol = B * torch.finfo(dtype).eps * x.double().abs().sum(0)
@@ -458,27 +410,27 @@ except RuntimeError as e:
     assert "TRITON_INTERPRET=1" in str(e), e
     print("refused")
 """
-    res = run_python(code)
+    res = U.run_python(code)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "refused" in res.stdout
 
 
 # ---- GPU, Triton: the paper shapes (DESIGN §7): B x T = 32 x 16 frames, 8 heads, head dim 32,
 # N = 196 patches, K = 2 and 16 shared queries; float32 / bfloat16 / float16 ------------------
-@pytest.mark.parametrize("device,backend", [case("cuda", "triton")])
+@pytest.mark.parametrize("device,backend", [U.case("cuda", "triton")])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("M", [2, 16])
 def test_paper_shapes_gpu(device, backend, dtype, M):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     check(device, backend, 32 * 16, 8, M, 196, 32, dtype, weights=M == 16, shared_q=True)
 
 
-@pytest.mark.parametrize("device,backend", [case("cuda", "triton")])
+@pytest.mark.parametrize("device,backend", [U.case("cuda", "triton")])
 def test_sum_over_b_int64_offsets_gpu(device, backend):
     """B x L = 2^31 + 4096 elements (8.6 GB float32): the row offsets r * L and the partial
     buffer's c * L pass 2^31 and must be int64 (the old kernel's b * L was int32). Small
     integers: every sum is exact, so the check is bitwise."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     kmod = _kernels()
     L = 4096
     B = (1 << 31) // L + 1

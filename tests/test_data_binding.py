@@ -15,8 +15,6 @@ from tests._util import files_bytes
 SMALL = dict(classes=6, videos_per_class=3, frames=8, size=48, test_fraction=0.34)
 
 
-
-
 @pytest.fixture(scope="module")
 def small_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("bind") / "a"
@@ -179,24 +177,30 @@ def test_global_frame_difference_baseline_is_near_chance():
     assert acc <= 0.3
 
 
-def test_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match="classes must be in 2..6"):
-        bd.make_binding(tmp_path, classes=7)
-    with pytest.raises(ValueError, match="classes"):
-        bd.make_binding(tmp_path, classes=1)
-    with pytest.raises(ValueError, match="frames must be >= 8"):
-        bd.make_binding(tmp_path, frames=7)
-    with pytest.raises(ValueError, match="size must be an even number >= 48"):
-        bd.make_binding(tmp_path, size=46)
-    with pytest.raises(ValueError, match="size"):
-        bd.make_binding(tmp_path, size=65)
-    with pytest.raises(ValueError, match="videos_per_class"):
-        bd.make_binding(tmp_path, videos_per_class=1)
-    with pytest.raises(ValueError, match="workers"):
-        bd.make_binding(tmp_path, workers=0)
+# (make_binding keyword arguments, the message of the ValueError they raise)
+BAD_ARGUMENTS = [
+    (dict(classes=7), "classes must be in 2..6"),
+    (dict(classes=1), "classes"),
+    (dict(frames=7), "frames must be >= 8"),
+    (dict(size=46), "size must be an even number >= 48"),
+    (dict(size=65), "size"),
+    (dict(videos_per_class=1), "videos_per_class"),
+    (dict(workers=0), "workers"),
+]
+
+
+@pytest.mark.parametrize("kwargs,match", BAD_ARGUMENTS,
+                         ids=[",".join(f"{k}={v}" for k, v in kw.items())
+                              for kw, _ in BAD_ARGUMENTS])
+def test_bad_arguments(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        bd.make_binding(tmp_path, **kwargs)
+    assert not any(tmp_path.iterdir())  # nothing written before the checks
+
+
+def test_render_needs_enough_frames():
     with pytest.raises(ValueError, match="frames"):
         bd.render_binding_clip(0, 4, 64, np.random.default_rng(0))
-    assert not any(tmp_path.iterdir())  # nothing written before the checks
 
 
 def test_cli_kind_binding(tmp_path, capsys):

@@ -161,6 +161,18 @@ def _ca(dev, q_shape=(2, 2, 3, 4), kv_shape=(2, 2, 5, 4), dtype=torch.float32):
     return q, k, v
 
 
+def _tk(dev):
+    """scores [3, 4, 7], values [3, 7, 5], k = 2."""
+    return torch.randn(3, 4, 7, device=dev), torch.randn(3, 7, 5, device=dev), 2
+
+
+def _nce(dev):
+    """anchors [2, 3, 4], candidates [2, 5, 4], targets (one ignored), temperature 0.1."""
+    a, c = torch.randn(2, 3, 4, device=dev), torch.randn(2, 5, 4, device=dev)
+    return a, c, torch.tensor([[0, 1, 4], [2, -100, 0]], device=dev), 0.1
+
+
+# Bad forward inputs: (valid inputs -> the bad ones, the message that must name them).
 CA_FWD_BAD = [
     (lambda q, k, v: (q[0], k, v), r"q must have shape \[B, H, M, D\], got \[2, 3, 4\]"),
     (lambda q, k, v: (q, k[..., 0].contiguous(), v), r"k must have shape \[B, H, N, D\]"),
@@ -175,14 +187,50 @@ CA_FWD_BAD = [
      r"k must be contiguous"),
 ]
 
+TK_FWD_BAD = [
+    (lambda s, v, k: (s[0], v, k), r"scores must have shape \[B, M, N\], got \[4, 7\]"),
+    (lambda s, v, k: (s, v[:, :6].contiguous(), k), r"values must have shape \[B, N, C\] with"),
+    (lambda s, v, k: (s, v.double(), k), r"scores and values must share one dtype"),
+    (lambda s, v, k: (s.long(), v.long(), k), r"scores must be float32, .* got Long"),
+    (lambda s, v, k: (s, v, 8), r"topk_regions needs 1 <= k <= N = 7, got k = 8"),
+    (lambda s, v, k: (s, v, 0), r"1 <= k <= N"),
+    (lambda s, v, k: (s.transpose(1, 2).contiguous().transpose(1, 2), v, k),
+     r"scores must be contiguous"),
+]
+
+NCE_FWD_BAD = [
+    (lambda a, c, t, tau: (a[0], c, t, tau), r"anchors must have shape \[G, M, D\], got \[3, 4\]"),
+    (lambda a, c, t, tau: (a, c[..., :3].contiguous(), t, tau),
+     r"anchors \[G, M, D\] and candidates \[G, N, D\] must agree on G and D"),
+    (lambda a, c, t, tau: (a, c.double(), t, tau),
+     r"anchors and candidates must share one dtype, got Float and Double"),
+    (lambda a, c, t, tau: (a, c, t[:, :2].contiguous(), tau),
+     r"targets must have shape \[G, M\] = \[2, 3\], got \[2, 2\]"),
+    (lambda a, c, t, tau: (a, c, t.int(), tau), r"targets must be int64, got Int"),
+    (lambda a, c, t, tau: (a, c, t, 0.0), r"temperature must be finite and > 0, got 0"),
+    (lambda a, c, t, tau: (a, c, t, float("nan")), r"temperature must be finite and > 0"),
+    (lambda a, c, t, tau: (a, c[:, :0].contiguous(), t, tau), r"needs N > 0 candidates"),
+]
+
+# forward entry -> (its op, the valid inputs on a device, the arguments after them, the bad cases)
+FWD_ENTRIES = {
+    "cross_attention_fwd": ("cross_attention", _ca, (0.5, False), CA_FWD_BAD),
+    "topk_regions_fwd": ("topk_regions", _tk, (), TK_FWD_BAD),
+    "info_nce_fwd": ("info_nce", _nce, (True,), NCE_FWD_BAD),
+    "info_nce_fused": ("info_nce", _nce, (True, True, True), NCE_FWD_BAD),
+}
+
 
 @pytest.mark.parametrize("dev", DEVICES)
-@pytest.mark.parametrize("case", range(len(CA_FWD_BAD)))
-def test_cross_attention_checks(dev, case):
-    require_backend("cross_attention", dev)
-    make, match = CA_FWD_BAD[case]
+@pytest.mark.parametrize(("entry", "case"), [
+    pytest.param(entry, i, id=f"{entry}-{i}")
+    for entry, (*_, bad) in FWD_ENTRIES.items() for i in range(len(bad))])
+def test_forward_checks(dev, entry, case):
+    op, inputs, tail, bad = FWD_ENTRIES[entry]
+    require_backend(op, dev)
+    make, match = bad[case]
     with pytest.raises(RuntimeError, match=match):
-        torch.ops.art_fast.cross_attention_fwd(*make(*_ca(dev)), 0.5, False)
+        getattr(torch.ops.art_fast, entry)(*make(*inputs(dev)), *tail)
 
 
 @pytest.mark.parametrize("dev", DEVICES)
@@ -202,33 +250,11 @@ def test_cross_attention_bwd_checks(dev):
     assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == v.shape
 
 
-TK_FWD_BAD = [
-    (lambda s, v, k: (s[0], v, k), r"scores must have shape \[B, M, N\], got \[4, 7\]"),
-    (lambda s, v, k: (s, v[:, :6].contiguous(), k), r"values must have shape \[B, N, C\] with"),
-    (lambda s, v, k: (s, v.double(), k), r"scores and values must share one dtype"),
-    (lambda s, v, k: (s.long(), v.long(), k), r"scores must be float32, .* got Long"),
-    (lambda s, v, k: (s, v, 8), r"topk_regions needs 1 <= k <= N = 7, got k = 8"),
-    (lambda s, v, k: (s, v, 0), r"1 <= k <= N"),
-    (lambda s, v, k: (s.transpose(1, 2).contiguous().transpose(1, 2), v, k),
-     r"scores must be contiguous"),
-]
-
-
-@pytest.mark.parametrize("dev", DEVICES)
-@pytest.mark.parametrize("case", range(len(TK_FWD_BAD)))
-def test_topk_regions_checks(dev, case):
-    require_backend("topk_regions", dev)
-    make, match = TK_FWD_BAD[case]
-    s, v = torch.randn(3, 4, 7, device=dev), torch.randn(3, 7, 5, device=dev)
-    with pytest.raises(RuntimeError, match=match):
-        torch.ops.art_fast.topk_regions_fwd(*make(s, v, 2))
-
-
 @pytest.mark.parametrize("dev", DEVICES)
 def test_topk_regions_bwd_checks(dev):
     require_backend("topk_regions", dev)
-    s, v = torch.randn(3, 4, 7, device=dev), torch.randn(3, 7, 5, device=dev)
-    pooled, idx, w = torch.ops.art_fast.topk_regions_fwd(s, v, 2)
+    s, v, k = _tk(dev)
+    pooled, idx, w = torch.ops.art_fast.topk_regions_fwd(s, v, k)
     bwd = torch.ops.art_fast.topk_regions_bwd
     gp = torch.randn_like(pooled)
     with pytest.raises(RuntimeError, match=r"indices must be int64, got Int"):
@@ -243,40 +269,11 @@ def test_topk_regions_bwd_checks(dev):
     assert gs.shape == s.shape and gv.shape == v.shape
 
 
-NCE_FWD_BAD = [
-    (lambda a, c, t, tau: (a[0], c, t, tau), r"anchors must have shape \[G, M, D\], got \[3, 4\]"),
-    (lambda a, c, t, tau: (a, c[..., :3].contiguous(), t, tau),
-     r"anchors \[G, M, D\] and candidates \[G, N, D\] must agree on G and D"),
-    (lambda a, c, t, tau: (a, c.double(), t, tau),
-     r"anchors and candidates must share one dtype, got Float and Double"),
-    (lambda a, c, t, tau: (a, c, t[:, :2].contiguous(), tau),
-     r"targets must have shape \[G, M\] = \[2, 3\], got \[2, 2\]"),
-    (lambda a, c, t, tau: (a, c, t.int(), tau), r"targets must be int64, got Int"),
-    (lambda a, c, t, tau: (a, c, t, 0.0), r"temperature must be finite and > 0, got 0"),
-    (lambda a, c, t, tau: (a, c, t, float("nan")), r"temperature must be finite and > 0"),
-    (lambda a, c, t, tau: (a, c[:, :0].contiguous(), t, tau), r"needs N > 0 candidates"),
-]
-
-
-@pytest.mark.parametrize("dev", DEVICES)
-@pytest.mark.parametrize("entry", ["info_nce_fwd", "info_nce_fused"])
-@pytest.mark.parametrize("case", range(len(NCE_FWD_BAD)))
-def test_info_nce_checks(dev, entry, case):
-    require_backend("info_nce", dev)
-    make, match = NCE_FWD_BAD[case]
-    a, c = torch.randn(2, 3, 4, device=dev), torch.randn(2, 5, 4, device=dev)
-    t = torch.tensor([[0, 1, 4], [2, -100, 0]], device=dev)
-    extra = (True,) if entry == "info_nce_fwd" else (True, True, True)
-    with pytest.raises(RuntimeError, match=match):
-        getattr(torch.ops.art_fast, entry)(*make(a, c, t, 0.1), *extra)
-
-
 @pytest.mark.parametrize("dev", DEVICES)
 def test_info_nce_bwd_checks(dev):
     require_backend("info_nce", dev)
-    a, c = torch.randn(2, 3, 4, device=dev), torch.randn(2, 5, 4, device=dev)
-    t = torch.tensor([[0, 1, 4], [2, -100, 0]], device=dev)
-    loss, lse = torch.ops.art_fast.info_nce_fwd(a, c, t, 0.1, True)
+    a, c, t, tau = _nce(dev)
+    loss, lse = torch.ops.art_fast.info_nce_fwd(a, c, t, tau, True)
     bwd = torch.ops.art_fast.info_nce_bwd
     gl = torch.ones_like(loss)
     with pytest.raises(RuntimeError, match=r"grad_loss must be \[G, M\] = \[2, 3\] Float"):

@@ -33,29 +33,11 @@ import torch
 
 import art_fast
 from art_fast import reference
-from art_fast.ops import SPECS
-from tests._util import (
-    BACKEND_CASES,
-    FAST_CASES,
-    IGNORE,
-    TRITON_CASES,
-    assert_close_fp,
-    case,
-    check_compiled,
-    check_spec_case,
-    fwd_bwd,
-    grid,
-    require,
-    require_backend,
-)
+from tests import _util as U
 from tests._util import check_info_nce as check
 from tests._util import make_nce as make
 
 OP = "info_nce"
-SPEC = SPECS[OP]
-# The spec's cases in float32 on every backend, in float64 and bfloat16 on all but the Triton
-# interpreter (its dots run in float32 whatever the dtype; the test time stays in its budget).
-SPEC_DTYPES = dict(values=[(torch.float64,), (torch.bfloat16,)], interpret=[(torch.float32,)])
 AUTO, TINY, LARGE = 0, 1, 2  # art_fast.kernels.info_nce's (test_regime_choice checks them)
 
 
@@ -74,8 +56,8 @@ def _regimes(cases, forced: bool) -> list:
 
 
 # REGIME_CASES: for shapes both regimes can run (M, N <= 64; float64 up to 32 x 64)
-REGIME_CASES = _regimes(FAST_CASES, forced=True)
-AUTO_CASES = _regimes(FAST_CASES, forced=False)
+REGIME_CASES = _regimes(U.FAST_CASES, forced=True)
+AUTO_CASES = _regimes(U.FAST_CASES, forced=False)
 BACKENDS = "device,backend,regime"
 
 
@@ -95,27 +77,26 @@ def params(names: str, *grids) -> dict:
                 argvalues=[p for g in grids for p in g], indirect=["regime"])
 
 
-# ---- the spec's sample cases (art_fast/ops/info_nce.py: SPEC) ---------------------------------
+# ---- the spec's sample cases ----------------------------------------------------------------
 
-@pytest.mark.parametrize(**params("dtype", grid(AUTO_CASES, **SPEC_DTYPES)))
+@pytest.mark.parametrize(**params("dtype", U.grid(AUTO_CASES, **U.SPEC_DTYPES)))
 def test_spec_cases(device, backend, regime, dtype):
-    """Every sample case of the spec: the loss, and the gradients of a random cotangent on it,
-    against the reference on float64 copies of the inputs."""
-    require(OP, device, backend)
-    for c in SPEC.cases(device, dtype):
-        check_spec_case(SPEC, c, backend)
+    """Every sample case of the spec (art_fast/ops/info_nce.py: SPEC): the loss, and the
+    gradients of a random cotangent on it, against the reference on float64 copies of the
+    inputs."""
+    U.check_spec_cases(OP, device, backend, dtype)
 
 
 # ---- against the float64 reference -------------------------------------------------------------
 
 # Not on the Triton interpreter (~0.1 s an evaluation; gradcheck needs hundreds): its backward
 # is held to the float64 reference by the other tests.
-@pytest.mark.parametrize(**params("reduction,normalize,G,M,N,D", grid(
+@pytest.mark.parametrize(**params("reduction,normalize,G,M,N,D", U.grid(
     AUTO_CASES,
     [(r, n, *s) for s in [(3, 4, 6, 5), (1, 1, 1, 3), (1, 70, 90, 9)]
      for n in (True, False) for r in ("mean", "sum", "none")])))
 def test_gradcheck_float64(device, backend, regime, reduction, normalize, G, M, N, D):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     a, c, t = make(G, M, N, D, device)
     a.requires_grad_()
     c.requires_grad_()
@@ -134,31 +115,31 @@ def test_reference_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda a, c: reference.info_nce(a, c, t, 0.5), (a, c))
 
 
-@pytest.mark.parametrize(**params("G,M,N,D,reduction,normalize", grid(
+@pytest.mark.parametrize(**params("G,M,N,D,reduction,normalize", U.grid(
     REGIME_CASES, interpret=[
         (3, 1, 1, 8, "none", True), (2, 2, 7, 20, "mean", False), (2, 16, 33, 16, "sum", True),
         (1, 33, 2, 24, "mean", True), (2, 7, 16, 5, "none", False)])))
 def test_float32_vs_float64(device, backend, regime, G, M, N, D, reduction, normalize):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     check(device, backend, G, M, N, D, torch.float32, reduction=reduction, normalize=normalize,
           temperature=0.1 if normalize else 3.0, ignore_frac=0.3)
 
 
-@pytest.mark.parametrize(**params("MN,normalize,reduction", grid(
+@pytest.mark.parametrize(**params("MN,normalize,reduction", U.grid(
     AUTO_CASES,
     # reduction: the fused path, the per-row path
     [(mn, n, r) for r in ("mean", "none") for n in (True, False) for mn in [1, 2, 7, 16, 33, 64]])))
 def test_tiny_groups_float32(device, backend, regime, MN, normalize, reduction):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     check(device, backend, 50, MN, MN, 256, torch.float32, normalize=normalize,
           temperature=0.1 if normalize else 5.0, reduction=reduction)
 
 
-@pytest.mark.parametrize(**params("M,N,D,reduction", grid(
+@pytest.mark.parametrize(**params("M,N,D,reduction", U.grid(
     AUTO_CASES, [(*s, r) for r in ("mean", "none")
                  for s in [(300, 300, 67), (65, 7, 67), (100, 130, 256), (1000, 1000, 67)]])))
 def test_large_groups_float32(device, backend, regime, M, N, D, reduction):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     check(device, backend, 2 if M < 500 else 1, M, N, D, torch.float32, reduction=reduction)
 
 
@@ -167,40 +148,40 @@ LOW = [torch.bfloat16, torch.float16]
 
 @pytest.mark.parametrize(**params(
     "dtype,G,M,N,D",
-    grid(AUTO_CASES, [(dt, *s) for dt in LOW for s in [(64, 16, 16, 256), (1, 200, 260, 64)]]),
-    grid(REGIME_CASES, interpret=[(dt, 4, 16, 16, 64) for dt in LOW])))
+    U.grid(AUTO_CASES, [(dt, *s) for dt in LOW for s in [(64, 16, 16, 256), (1, 200, 260, 64)]]),
+    U.grid(REGIME_CASES, interpret=[(dt, 4, 16, 16, 64) for dt in LOW])))
 def test_low_precision(device, backend, regime, dtype, G, M, N, D):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     check(device, backend, G, M, N, D, dtype)
 
 
-@pytest.mark.parametrize(**params("G,M,D", grid(AUTO_CASES, [(20, 8, 32), (1, 150, 40)])))
+@pytest.mark.parametrize(**params("G,M,D", U.grid(AUTO_CASES, [(20, 8, 32), (1, 150, 40)])))
 def test_anchors_are_the_candidates(device, backend, regime, G, M, D):
     """The spatial MTC level: anchors and candidates are the very same tensor; the gradient
     of both uses adds up."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     check(device, backend, G, M, M, D, torch.float32, same=True)
     check(device, backend, G, M, M, D, torch.float64, same=True, reduction="sum")
 
 
-@pytest.mark.parametrize(**params("dtype", grid(
+@pytest.mark.parametrize(**params("dtype", U.grid(
     REGIME_CASES, interpret=[(torch.float32,), (torch.float64,)])))
 def test_anchors_are_the_candidates_small(device, backend, regime, dtype):
     """The same tensor as anchors and candidates, in groups both regimes can run."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     check(device, backend, 3, 9, 9, 12, dtype, same=True, reduction="sum")
     mn = 32 if regime == TINY and dtype == torch.float64 else 33  # the tiny limit in float64
     check(device, backend, 1, mn, mn, 8, dtype, same=True, reduction="mean")
 
 
-@pytest.mark.parametrize(**params("G,M,N,D,dtype,normalize", grid(REGIME_CASES, interpret=[
+@pytest.mark.parametrize(**params("G,M,N,D,dtype,normalize", U.grid(REGIME_CASES, interpret=[
     (2, 9, 17, 200, torch.float32, True), (1, 5, 3, 33, torch.float64, False),
     (1, 6, 18, 300, torch.float32, False), (1, 17, 4, 300, torch.float64, True)])))
 def test_d_chunks(device, backend, regime, G, M, N, D, dtype, normalize):
     """D not a multiple of the D chunks and D over them (Triton: the logits K-loop over D
     (BLOCK_K, both regimes), the large backward's grid axis over D chunks and the tiny
     backward's loop over them (BLOCK_D)). Ignored rows included."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     if backend == "triton" and D == 300:  # several chunks of both kinds
         from art_fast.kernels import info_nce as kmod
 
@@ -211,12 +192,12 @@ def test_d_chunks(device, backend, regime, G, M, N, D, dtype, normalize):
 
 
 @pytest.mark.parametrize(**params(
-    "G,M", grid(REGIME_CASES, interpret=[(16, 8)]), grid(AUTO_CASES, interpret=[(1, 150)])))
+    "G,M", U.grid(REGIME_CASES, interpret=[(16, 8)]), U.grid(AUTO_CASES, interpret=[(1, 150)])))
 def test_large_logits_do_not_overflow(device, backend, regime, G, M):
     """Logits of magnitude ~1e4 (no normalisation, temperature 1e-3). The gradients are
     ill-conditioned in float32 (eager itself is far from float64), so float32 is held to 2x
     eager float32's error; float64 to the usual tolerance."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     outs, grads = check(device, backend, G, M, M, 16, torch.float32, normalize=False,
                         temperature=1e-3, scale=2.5, eager_rule=True, reduction="none")
     assert all(torch.isfinite(x).all() for x in outs + grads)
@@ -226,7 +207,7 @@ def test_large_logits_do_not_overflow(device, backend, regime, G, M):
 
 @pytest.mark.parametrize(**params("", REGIME_CASES))
 def test_zero_vectors_normalize_like_f_normalize(device, backend, regime):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     a, c, t = make(4, 6, 6, 8, device)
     a[0, 1] = 0.0
     c[2, 3] = 0.0
@@ -238,13 +219,13 @@ def test_zero_vectors_normalize_like_f_normalize(device, backend, regime):
 # ---- ignored rows (their semantics on every backend, torch included, with NaN / inf anchors:
 # tests/test_autograd_contracts.py) -----------------------------------------------------------
 
-@pytest.mark.parametrize(**params("G,M,N", grid(REGIME_CASES, interpret=[(8, 5, 6)]),
-                                  grid(AUTO_CASES, interpret=[(1, 100, 120)])))
+@pytest.mark.parametrize(**params("G,M,N", U.grid(REGIME_CASES, interpret=[(8, 5, 6)]),
+                                  U.grid(AUTO_CASES, interpret=[(1, 100, 120)])))
 def test_all_rows_ignored(device, backend, regime, G, M, N):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     a = torch.randn(G, M, 16, device=device, requires_grad=True)
     c = torch.randn(G, N, 16, device=device, requires_grad=True)
-    t = torch.full((G, M), IGNORE, device=device)
+    t = torch.full((G, M), U.IGNORE, device=device)
     for reduction in ("mean", "sum"):
         loss = art_fast.info_nce(a, c, t, reduction=reduction, backend=backend)
         ga, gc = torch.autograd.grad(loss, (a, c))
@@ -255,15 +236,15 @@ def test_all_rows_ignored(device, backend, regime, G, M, N):
 
 
 @pytest.mark.parametrize(**params(
-    "G,M,N", grid(REGIME_CASES, interpret=[(8, 5, 6)]), grid(AUTO_CASES, [(1, 100, 120)])))
+    "G,M,N", U.grid(REGIME_CASES, interpret=[(8, 5, 6)]), U.grid(AUTO_CASES, [(1, 100, 120)])))
 def test_ignored_rows_have_zero_loss_and_gradient(device, backend, regime, G, M, N):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     a, c, t = make(G, M, N, 16, device, ignore_frac=0.5)
     a = a.float().requires_grad_()
     c = c.float()
     loss = art_fast.info_nce(a, c, t, reduction="none", backend=backend)
     (ga,) = torch.autograd.grad(loss.sum(), (a,))
-    ignored = t == IGNORE
+    ignored = t == U.IGNORE
     assert ignored.any() and (~ignored).any()
     assert torch.equal(loss[ignored], torch.zeros_like(loss[ignored]))
     assert torch.equal(ga[ignored], torch.zeros_like(ga[ignored]))
@@ -272,11 +253,11 @@ def test_ignored_rows_have_zero_loss_and_gradient(device, backend, regime, G, M,
 
 # The kernels' outputs and reproducibility (not torch's: FAST_CASES).
 @pytest.mark.parametrize(**params(
-    "G,M,N,D", grid(AUTO_CASES, [(40, 16, 16, 48), (1, 300, 280, 48)]),
-    grid(REGIME_CASES, interpret=[(2, 20, 33, 24)])))
+    "G,M,N,D", U.grid(AUTO_CASES, [(40, 16, 16, 48), (1, 300, 280, 48)]),
+    U.grid(REGIME_CASES, interpret=[(2, 20, 33, 24)])))
 def test_reproducible_and_fully_written(device, backend, regime, G, M, N, D):
     """Bitwise equal results on a second run with every new tensor NaN-filled first."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     a, c, t = make(G, M, N, D, device)
     a, c = a.float(), c.float()
 
@@ -297,11 +278,11 @@ def test_reproducible_and_fully_written(device, backend, regime, G, M, N, D):
 FUSED_SHAPES = [(16, 8, 12, 32), (9, 7, 5, 20), (1, 150, 130, 40), (2, 70, 64, 32)]
 
 
-@pytest.mark.parametrize(**params("G,M,N,D,reduction,same", grid(
+@pytest.mark.parametrize(**params("G,M,N,D,reduction,same", U.grid(
     AUTO_CASES, [(*s, r, same) for same in (False, True) for r in ("mean", "sum")
                  for s in FUSED_SHAPES])))
 def test_fused_reductions(device, backend, regime, G, M, N, D, reduction, same):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     if same:
         N = M
     check(device, backend, G, M, N, D, torch.float32, reduction=reduction, same=same)
@@ -309,11 +290,11 @@ def test_fused_reductions(device, backend, regime, G, M, N, D, reduction, same):
           normalize=False, temperature=3.0)
 
 
-@pytest.mark.parametrize(**params("G,M,N,D", grid(AUTO_CASES, FUSED_SHAPES)))
+@pytest.mark.parametrize(**params("G,M,N,D", U.grid(AUTO_CASES, FUSED_SHAPES)))
 def test_fused_without_grad_matches(device, backend, regime, G, M, N, D):
     """No autograd (no_grad, or no input requiring grad): the loss alone, bitwise the loss that
     the gradient-computing pass returns."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     a, c, t = make(G, M, N, D, device)
     a, c = a.float(), c.float()
     for reduction in ("mean", "sum"):
@@ -329,10 +310,10 @@ def test_fused_without_grad_matches(device, backend, regime, G, M, N, D):
         torch.testing.assert_close(plain.double(), ref, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(**params("G,M,N,D", grid(AUTO_CASES, FUSED_SHAPES)))
+@pytest.mark.parametrize(**params("G,M,N,D", U.grid(AUTO_CASES, FUSED_SHAPES)))
 def test_fused_backward_scales_and_repeats(device, backend, regime, G, M, N, D):
     """The backward scales the saved gradients by the upstream gradient, and may run twice."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     a, c, t = make(G, M, N, D, device)
     a, c = a.float().requires_grad_(), c.float().requires_grad_()
     loss = art_fast.info_nce(a, c, t, backend=backend)
@@ -348,9 +329,9 @@ def test_fused_backward_scales_and_repeats(device, backend, regime, G, M, N, D):
     torch.testing.assert_close(gc.double(), ref[1] / 3.0, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize(**params("G,M,N", grid(AUTO_CASES, [(40, 16, 16), (1, 300, 280)])))
+@pytest.mark.parametrize(**params("G,M,N", U.grid(AUTO_CASES, [(40, 16, 16), (1, 300, 280)])))
 def test_fused_reproducible(device, backend, regime, G, M, N):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     a, c, t = make(G, M, N, 48, device)
     a, c = a.float(), c.float()
 
@@ -369,19 +350,19 @@ def test_fused_reproducible(device, backend, regime, G, M, N):
     assert not any(torch.isnan(x).any() for x in first)
 
 
-@pytest.mark.parametrize(**params("G,M", grid(AUTO_CASES, [(16, 8), (1, 150)])))
+@pytest.mark.parametrize(**params("G,M", U.grid(AUTO_CASES, [(16, 8), (1, 150)])))
 def test_fused_large_logits(device, backend, regime, G, M):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     outs, grads = check(device, backend, G, M, M, 16, torch.float32, normalize=False,
                         temperature=1e-3, scale=2.5, eager_rule=True, reduction="mean")
     assert all(torch.isfinite(x).all() for x in outs + grads)
 
 
-@pytest.mark.parametrize(**params("G,M,N,D", grid(
+@pytest.mark.parametrize(**params("G,M,N,D", U.grid(
     AUTO_CASES, [(1, 100, 90, 16)], interpret=[(4, 8, 8, 16), (4, 6, 5, 8)])))
 def test_fused_zero_vectors(device, backend, regime, G, M, N, D):
     """Zero anchor and candidate rows (tiny direct, tiny with padded copies, large)."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     a, c, t = make(G, M, N, D, device)
     a[0, 1] = 0.0
     c[0, 3] = 0.0
@@ -395,11 +376,11 @@ def test_fused_zero_vectors(device, backend, regime, G, M, N, D):
         return reference.info_nce(a, c, t, **kw)
 
     cot = (torch.tensor(1.0, dtype=torch.float64, device=device),)
-    outs, grads = fwd_bwd(fast, (a, c), cot, torch.float32)
-    t_outs, t_grads = fwd_bwd(ref, (a, c), cot, torch.float64)
-    assert_close_fp(outs[0], t_outs[0], None, "loss")
+    outs, grads = U.fwd_bwd(fast, (a, c), cot, torch.float32)
+    t_outs, t_grads = U.fwd_bwd(ref, (a, c), cot, torch.float64)
+    U.assert_close_fp(outs[0], t_outs[0], None, "loss")
     for x, y in zip(grads, t_grads):
-        assert_close_fp(x, y, None, "grads")
+        U.assert_close_fp(x, y, None, "grads")
     assert float(grads[0][0, 1].abs().max()) > 0  # the zero row's gradient is g / eps
 
 
@@ -433,17 +414,17 @@ def _bad_cases(device):
     ]
 
 
-@pytest.mark.parametrize("device,backend", BACKEND_CASES)
+@pytest.mark.parametrize("device,backend", U.BACKEND_CASES)
 @pytest.mark.parametrize("bad", range(len(_bad_cases("cpu"))))
 def test_bad_input(device, backend, bad):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     args, kwargs, exc, match = _bad_cases(device)[bad]
     with pytest.raises(exc, match=match):
         art_fast.info_nce(*args, backend=backend, **kwargs)
 
 
 def test_cpp_kernel_checks_direct_calls():
-    require_backend(OP, "cpu")
+    U.require_backend(OP, "cpu")
     a, c = torch.randn(2, 3, 4), torch.randn(2, 5, 4)
     t = torch.tensor([[0, 1, 7], [0, 1, 2]])  # 7 >= N
     with pytest.raises(RuntimeError, match="target"):
@@ -452,9 +433,9 @@ def test_cpp_kernel_checks_direct_calls():
 
 # ---- torch.compile (the cpu and torch backends: tests/test_library.py) -----------------------
 
-@pytest.mark.parametrize("device,backend", [c for c in FAST_CASES if c.id != "cpu-cpu"])
+@pytest.mark.parametrize("device,backend", U.COMPILE_CASES)
 def test_compile_fullgraph(device, backend):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     a = torch.randn(3, 5, 16, device=device, requires_grad=True)
     c = torch.randn(3, 7, 16, device=device, requires_grad=True)
     t = torch.randint(0, 7, (3, 5), device=device)
@@ -465,7 +446,7 @@ def test_compile_fullgraph(device, backend):
         return art_fast.info_nce(a, c, t, temperature=0.2, backend=backend) + art_fast.info_nce(
             a, a, same, reduction="sum", backend=backend)
 
-    check_compiled(fn, (a, c), (a, c))
+    U.check_compiled(fn, (a, c), (a, c))
 
 
 # ---- Triton: the regimes -------------------------------------------------------------------
@@ -517,9 +498,9 @@ def test_tiny_launch_parameters():
         assert (meta["num_warps"], meta["GROUPS"], meta["BLOCK_D"]) == (4, 8, 32)
 
 
-@pytest.mark.parametrize("device,backend", TRITON_CASES)
+@pytest.mark.parametrize("device,backend", U.TRITON_CASES)
 def test_forced_tiny_beyond_the_limit_raises(device, backend):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     from art_fast.kernels import info_nce as kmod
 
     a = torch.randn(1, 64, 4, device=device, dtype=torch.float64)
@@ -530,11 +511,11 @@ def test_forced_tiny_beyond_the_limit_raises(device, backend):
     assert torch.isfinite(loss).all()
 
 
-@pytest.mark.parametrize("device,backend", TRITON_CASES)
+@pytest.mark.parametrize("device,backend", U.TRITON_CASES)
 def test_opcheck_regimes(device, backend, monkeypatch):
     """The per-row and the fused entries, in both regimes (schema, fake kernel, autograd); the
     spec's samples in the automatic regime on every backend: tests/test_library.py."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     from art_fast.kernels import info_nce as kmod
 
     a = torch.randn(3, 4, 8, device=device, requires_grad=True)
@@ -551,20 +532,20 @@ def test_opcheck_regimes(device, backend, monkeypatch):
 
 # ---- GPU, Triton: the paper shapes (DESIGN §7): tiny regime G = B x T = 32 x 16 frames,
 # M = N = K (2 and 16), d = 256; large regime one group of M = N = B x K x T = 8192, d = 256 ----
-@pytest.mark.parametrize("device,backend", [case("cuda", "triton")])
+@pytest.mark.parametrize("device,backend", [U.case("cuda", "triton")])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("G,M", [(512, 2), (512, 16), (1, 8192)])
 @pytest.mark.parametrize("same", [False, True])
 def test_paper_shapes_gpu(device, backend, dtype, G, M, same):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     check(device, backend, G, M, M, 256, dtype, same=same, ignore_frac=0.05)
 
 
-@pytest.mark.parametrize("device,backend", [case("cuda", "triton")])
+@pytest.mark.parametrize("device,backend", [U.case("cuda", "triton")])
 def test_large_regime_memory_is_linear_gpu(device, backend):
     """M = N = 8192: forward + backward allocate O(M + N) beyond the inputs and their
     gradients, far below the 256 MiB of the float32 [M, N] logits."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     M, D = 8192, 256
     a = torch.randn(1, M, D, device=device, dtype=torch.bfloat16, requires_grad=True)
     c = torch.randn(1, M, D, device=device, dtype=torch.bfloat16, requires_grad=True)

@@ -66,12 +66,19 @@ def _ca_inputs(dtype=torch.float32):
     return q, k, torch.randn(2, 2, 11, 8, generator=g, dtype=dtype)
 
 
-def test_raising_backend_is_disabled_once_and_auto_falls_back(ext_op):
+def _raising_cross_attention(ext_op, message: str = "simulated launch failure"):
+    """Make the cpu backend's cross_attention forward raise ``RuntimeError(message)`` (a launch
+    failure of a broken build); returns inputs for it (``_ca_inputs()``)."""
+
     def broken(original, *args):
-        raise RuntimeError("simulated launch failure\nsecond line")
+        raise RuntimeError(message)
 
     ext_op("cross_attention_fwd", broken)
-    q, k, v = _ca_inputs()
+    return _ca_inputs()
+
+
+def test_raising_backend_is_disabled_once_and_auto_falls_back(ext_op):
+    q, k, v = _raising_cross_attention(ext_op, "simulated launch failure\nsecond line")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = art_fast.cross_attention(q, k, v)  # auto
@@ -173,11 +180,7 @@ def test_global_rng_is_untouched():
 
 
 def test_backend_by_name_is_never_checked_or_replaced(ext_op):
-    def broken(original, *args):
-        raise RuntimeError("simulated launch failure")
-
-    ext_op("cross_attention_fwd", broken)
-    q, k, v = _ca_inputs()
+    q, k, v = _raising_cross_attention(ext_op)
     with pytest.raises(RuntimeError, match="simulated launch failure"):
         art_fast.cross_attention(q, k, v, backend="cpu")
     with art_fast.use_backend("cpu"), pytest.raises(RuntimeError, match="simulated"):
@@ -195,12 +198,8 @@ def test_backend_by_name_is_never_checked_or_replaced(ext_op):
 
 
 def test_selfcheck_off_skips_the_check(ext_op, monkeypatch):
-    def broken(original, *args):
-        raise RuntimeError("simulated launch failure")
-
-    ext_op("cross_attention_fwd", broken)
+    q, k, v = _raising_cross_attention(ext_op)
     monkeypatch.setattr(_selftest, "ENABLED", False)
-    q, k, v = _ca_inputs()
     with pytest.raises(RuntimeError, match="simulated"):  # auto = the static order: cpu
         art_fast.cross_attention(q, k, v)
     assert _selftest._VERDICTS == {}
@@ -219,11 +218,7 @@ def test_no_check_while_compiling():
 
 
 def test_compiled_code_uses_the_cached_verdict(ext_op):
-    def broken(original, *args):
-        raise RuntimeError("simulated launch failure")
-
-    ext_op("cross_attention_fwd", broken)
-    q, k, v = _ca_inputs()
+    q, k, v = _raising_cross_attention(ext_op)
     with pytest.warns(RuntimeWarning, match="self-check"):
         art_fast.cross_attention(q, k, v)  # eager: the check disables cpu
     # Traced with the fault still in place: the cpu kernel would raise. (Dynamo's eager

@@ -24,48 +24,30 @@ import torch
 
 import art_fast
 from art_fast import reference
-from art_fast.ops import SPECS
-from tests._util import (
-    BACKEND_CASES,
-    FAST_CASES,
-    TRITON_CASES,
-    assert_close_fp,
-    case,
-    check_compiled,
-    check_spec_case,
-    fwd_bwd,
-    grid,
-    require,
-    require_backend,
-)
+from tests import _util as U
 from tests._util import check_topk_regions as check
 
 OP = "topk_regions"
-SPEC = SPECS[OP]
-# The spec's cases in float32 on every backend, in float64 and bfloat16 on all but the Triton
-# interpreter (its dots run in float32 whatever the dtype; the test time stays in its budget).
-SPEC_DTYPES = dict(values=[(torch.float64,), (torch.bfloat16,)], interpret=[(torch.float32,)])
 
 
-# ---- the spec's sample cases (art_fast/ops/topk_regions.py: SPEC) -----------------------------
+# ---- the spec's sample cases ----------------------------------------------------------------
 
-@pytest.mark.parametrize("device,backend,dtype", grid(FAST_CASES, **SPEC_DTYPES))
+@pytest.mark.parametrize("device,backend,dtype", U.grid(U.FAST_CASES, **U.SPEC_DTYPES))
 def test_spec_cases(device, backend, dtype):
-    """Every sample case of the spec: pooled, indices, weights, and the gradients of a random
-    cotangent on pooled, against the reference on float64 copies of the inputs."""
-    require(OP, device, backend)
-    for c in SPEC.cases(device, dtype):
-        check_spec_case(SPEC, c, backend)
+    """Every sample case of the spec (art_fast/ops/topk_regions.py: SPEC): pooled, indices,
+    weights, and the gradients of a random cotangent on pooled, against the reference on
+    float64 copies of the inputs."""
+    U.check_spec_cases(OP, device, backend, dtype)
 
 
 # ---- against the float64 reference -------------------------------------------------------------
 
 # Not on the Triton interpreter (~0.1 s an evaluation; gradcheck needs hundreds): its backward
 # is held to the float64 reference by the other tests.
-@pytest.mark.parametrize("device,backend,N,k", grid(
-    FAST_CASES, [(1, 1), (7, 1), (7, 3), (7, 7), (37, 16)]))
+@pytest.mark.parametrize("device,backend,N,k", U.grid(
+    U.FAST_CASES, [(1, 1), (7, 1), (7, 3), (7, 7), (37, 16)]))
 def test_gradcheck_float64(device, backend, N, k):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     s = torch.randn(2, 3, N, dtype=torch.float64, device=device, requires_grad=True)
     v = torch.randn(2, N, 5, dtype=torch.float64, device=device, requires_grad=True)
     f = lambda s, v: art_fast.topk_regions(s, v, k, backend=backend)[0::2]  # noqa: E731
@@ -83,37 +65,37 @@ _F32 = sorted({(M, N, 32, k) for N in [1, 7, 196, 197, 257] for M in [1, 3, 64]
                for k in (1, N, min(16, N))}, key=lambda v: (v[1], v[0], v[3]))
 
 
-@pytest.mark.parametrize("device,backend,M,N,C,k", grid(
-    FAST_CASES, _F32,
+@pytest.mark.parametrize("device,backend,M,N,C,k", U.grid(
+    U.FAST_CASES, _F32,
     interpret=[(M, N, 24, k) for N, k, M in
                [(1, 1, 2), (7, 1, 16), (7, 7, 1), (33, 1, 2), (33, 33, 2), (33, 16, 16)]]))
 def test_float32_vs_float64(device, backend, M, N, C, k):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     check(device, backend, 2, M, N, C, k, torch.float32)
 
 
-@pytest.mark.parametrize("device,backend", FAST_CASES)
+@pytest.mark.parametrize("device,backend", U.FAST_CASES)
 def test_float64_and_wide_values(device, backend):
     """float64; C = 150 > the 128-wide value chunk of the Triton kernels; B * M rows not a
     multiple of the row block."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     check(device, backend, 3, 3, 9, 150, 4, torch.float64)
 
 
 LOW = [torch.bfloat16, torch.float16]
 
 
-@pytest.mark.parametrize("device,backend,dtype,B,M,N,k", grid(
-    FAST_CASES, [(dt, 3, 5, N, k) for dt in LOW for N, k in [(196, 16), (7, 7), (257, 1)]],
+@pytest.mark.parametrize("device,backend,dtype,B,M,N,k", U.grid(
+    U.FAST_CASES, [(dt, 3, 5, N, k) for dt in LOW for N, k in [(196, 16), (7, 7), (257, 1)]],
     interpret=[(dt, 2, 3, 33, 8) for dt in LOW]))
 def test_low_precision(device, backend, dtype, B, M, N, k):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     check(device, backend, B, M, N, 24, k, dtype)
 
 
-@pytest.mark.parametrize("device,backend", FAST_CASES)
+@pytest.mark.parametrize("device,backend", U.FAST_CASES)
 def test_large_magnitude_and_noncontiguous(device, backend):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     # scores ~1e4: the selected softmax is one-hot to float32 precision and the scores'
     # gradient is ~1e-10, below float32's reach at rtol 1e-5: held to 2x eager float32's error.
     check(device, backend, 3, 4, 197, 16, 16, torch.float32,
@@ -122,12 +104,12 @@ def test_large_magnitude_and_noncontiguous(device, backend):
           scores=1e4 * torch.randn(3, 4, 197), noncontig=True)
 
 
-@pytest.mark.parametrize("device,backend", FAST_CASES)
+@pytest.mark.parametrize("device,backend", U.FAST_CASES)
 def test_long_rows(device, backend):
     """N = 2100: the Triton forward's one-row-per-program path (BLOCK_N = 4096) and the
     backward's dense rows in two chunks (2048 + 52 columns); the top scores placed on both
     sides of the chunk boundary (and ties across it: the lower index wins)."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     N = 2100
     scores = torch.randn(1, 3, N, dtype=torch.float64)
     scores[0, 0, [5, 2047, 2048, 2099]] = 10.0  # ties across the chunk boundary
@@ -136,28 +118,28 @@ def test_long_rows(device, backend):
     check(device, backend, 1, 3, N, 6, 3, torch.float64, scores=scores)
 
 
-@pytest.mark.parametrize("device,backend", FAST_CASES)
+@pytest.mark.parametrize("device,backend", U.FAST_CASES)
 def test_only_one_output_used(device, backend):
     """Backward with no gradient for the weights (None: no dw input), or none for pooled."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     s = torch.randn(2, 3, 9, device=device, dtype=torch.float64)
     v = torch.randn(2, 9, 5, device=device, dtype=torch.float64)
     g_pool = torch.randn(2, 3, 5, device=device, dtype=torch.float64)
     g_w = torch.randn(2, 3, 4, device=device, dtype=torch.float64)
     for cot in [(g_pool, None, None), (None, None, g_w)]:
-        grads = fwd_bwd(lambda s, v: art_fast.topk_regions(s, v, 4, backend=backend),
+        grads = U.fwd_bwd(lambda s, v: art_fast.topk_regions(s, v, 4, backend=backend),
                         (s, v), cot)[1]
-        truth = fwd_bwd(lambda s, v: reference.topk_regions(s, v, 4), (s, v), cot)[1]
+        truth = U.fwd_bwd(lambda s, v: reference.topk_regions(s, v, 4), (s, v), cot)[1]
         for g, t in zip(grads, truth):
-            assert_close_fp(g, t)
+            U.assert_close_fp(g, t)
 
 
 # ---- ties and NaN: the ranking rule, on every backend (the oracle is independent of torch) ---
 
-@pytest.mark.parametrize("device,backend", BACKEND_CASES)
+@pytest.mark.parametrize("device,backend", U.BACKEND_CASES)
 def test_ties_small(device, backend):
     """Many equal scores (and -0.0 == +0.0): ties go to the lower index, k = 1 and k = N."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     scores = torch.randint(0, 3, (2, 3, 12)).double()
     scores[0, 0] = 0.0
     scores[0, 1, ::2] = -0.0
@@ -166,9 +148,9 @@ def test_ties_small(device, backend):
     check(device, backend, 2, 3, 12, 4, 12, torch.float64, scores=scores)
 
 
-@pytest.mark.parametrize("device,backend", BACKEND_CASES)
+@pytest.mark.parametrize("device,backend", U.BACKEND_CASES)
 def test_ties_go_to_the_lower_index(device, backend):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     scores = torch.randint(0, 3, (4, 6, 50)).double()  # many equal scores
     scores[0, 0] = 0.0
     scores[0, 1, ::2] = -0.0  # -0.0 == +0.0: still a tie
@@ -179,9 +161,9 @@ def test_ties_go_to_the_lower_index(device, backend):
     assert idx.tolist() == [[[0, 1, 2, 3, 4]]]
 
 
-@pytest.mark.parametrize("device,backend", BACKEND_CASES)
+@pytest.mark.parametrize("device,backend", U.BACKEND_CASES)
 def test_nan_ranks_lowest(device, backend):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     s = torch.tensor([[[0.5, float("nan"), -float("inf"), 2.0, float("nan"), -1.0]]],
                      device=device)
     v = torch.randn(1, 6, 3, device=device)
@@ -203,9 +185,9 @@ def test_nan_ranks_lowest(device, backend):
 
 
 # The kernels' outputs and reproducibility (not torch's: FAST_CASES).
-@pytest.mark.parametrize("device,backend", FAST_CASES)
+@pytest.mark.parametrize("device,backend", U.FAST_CASES)
 def test_outputs_fully_written_and_reproducible(device, backend):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     s = torch.randn(6, 5, 77, device=device)
     v = torch.randn(6, 77, 9, device=device)
     g = torch.randn(6, 5, 9, device=device)
@@ -246,10 +228,10 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("device,backend", BACKEND_CASES)
+@pytest.mark.parametrize("device,backend", U.BACKEND_CASES)
 @pytest.mark.parametrize("bad", range(len(BAD)))
 def test_bad_input(device, backend, bad):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     make_args, exc, match = BAD[bad]
     s, v = torch.randn(3, 4, 7, device=device), torch.randn(3, 7, 5, device=device)
     with pytest.raises(exc, match=match):
@@ -257,7 +239,7 @@ def test_bad_input(device, backend, bad):
 
 
 def test_cpp_kernel_checks_direct_calls():
-    require_backend(OP, "cpu")
+    U.require_backend(OP, "cpu")
     s, v = torch.randn(3, 4, 7), torch.randn(3, 7, 5)
     with pytest.raises(RuntimeError, match="k"):
         torch.ops.art_fast.topk_regions_fwd(s, v, 9)
@@ -268,88 +250,67 @@ def test_cpp_kernel_checks_direct_calls():
 
 # ---- torch.compile (the cpu and torch backends: tests/test_library.py) -----------------------
 
-@pytest.mark.parametrize("device,backend", [c for c in FAST_CASES if c.id != "cpu-cpu"])
+@pytest.mark.parametrize("device,backend", U.COMPILE_CASES)
 def test_compile_fullgraph(device, backend):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     s = torch.randn(2, 3, 20, device=device, requires_grad=True)
     v = torch.randn(2, 20, 6, device=device, requires_grad=True)
 
     def fn(s, v):
         return art_fast.topk_regions(s * 1.5, v, 5, backend=backend)
 
-    check_compiled(fn, (s, v), (s, v))
+    U.check_compiled(fn, (s, v), (s, v))
 
 
 # ---- Triton: direct calls of the custom ops with non-contiguous inputs (issue 11) -------------
-# art_fast.topk_regions makes its inputs contiguous, but the ops themselves are public: the
-# backward must read the same contiguous tensors as the forward, whatever autograd saved. (The
-# C++ ops reject non-contiguous inputs.)
+# (tests/_util.py; the C++ ops reject non-contiguous inputs)
 
-def _views(kind, s, v):
-    B = s.shape[0]
-    if kind == "scores transposed":
-        return s.transpose(1, 2), v
-    if kind == "values step-sliced":
-        return s, v[..., ::2]
-    if kind == "values expanded over B (stride 0)":
-        return s, v.expand(B, -1, -1)
-    if kind == "scores expanded over M (stride 0), values transposed":
-        return s.expand(-1, 4, -1), v.transpose(1, 2)
-    raise ValueError(kind)
-
-
-def _leaves(kind, B, M, N, C, device, dtype):
-    shapes = {
-        "scores transposed": ((B, N, M), (B, N, C)),
-        "values step-sliced": ((B, M, N), (B, N, 2 * C)),
-        "values expanded over B (stride 0)": ((B, M, N), (1, N, C)),
-        "scores expanded over M (stride 0), values transposed": ((B, 1, N), (B, C, N)),
-    }[kind]
-    return [torch.randn(*sh, device=device, dtype=dtype, requires_grad=True) for sh in shapes]
+# kind -> (the shapes of the leaves scores, values at (B, M, N, C), the views given to the op)
+NONCONTIG = {
+    "scores transposed": (
+        lambda B, M, N, C: [(B, N, M), (B, N, C)],
+        lambda s, v: (s.transpose(1, 2), v)),
+    "values step-sliced": (
+        lambda B, M, N, C: [(B, M, N), (B, N, 2 * C)],
+        lambda s, v: (s, v[..., ::2])),
+    "values expanded over B (stride 0)": (
+        lambda B, M, N, C: [(B, M, N), (1, N, C)],
+        lambda s, v: (s, v.expand(s.shape[0], -1, -1))),
+    "scores expanded over M (stride 0), values transposed": (
+        lambda B, M, N, C: [(B, 1, N), (B, C, N)],
+        lambda s, v: (s.expand(-1, 4, -1), v.transpose(1, 2))),
+}
 
 
-NONCONTIG_KINDS = ["scores transposed", "values step-sliced", "values expanded over B (stride 0)",
-                   "scores expanded over M (stride 0), values transposed"]
-
-
-@pytest.mark.parametrize("device,backend", TRITON_CASES)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("kind", NONCONTIG_KINDS)
+@pytest.mark.parametrize("device,backend,dtype,kind", U.view_cases(NONCONTIG))
 def test_direct_op_noncontiguous(device, backend, dtype, kind):
     """art_fast_triton::topk_regions_fwd called directly with non-contiguous scores/values and
     non-contiguous cotangents: outputs and gradients (torch.autograd.grad through the op's
     autograd) match the float64 reference on the same views."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     from art_fast.kernels import topk_regions as kmod
 
     B, M, N, C, k = 2, 4, 11, 5, 4
-    leaves = _leaves(kind, B, M, N, C, device, dtype)
-    s, v = _views(kind, *leaves)
+    leaves, _ = U.noncontig_inputs(NONCONTIG, kind, (B, M, N, C), device, dtype)
     g_pool = torch.randn(B, C, M, device=device, dtype=dtype).transpose(1, 2)
     g_w = torch.randn(B, M, 2 * k, device=device, dtype=dtype)[..., ::2]
-    pooled, idx, w = kmod.topk_regions_fwd(s, v, k)
-    grads = torch.autograd.grad((pooled, w), leaves, (g_pool, g_w))
-    leaves64 = [x.detach().double().requires_grad_() for x in leaves]
-    t_pooled, t_idx, t_w = reference.topk_regions(*_views(kind, *leaves64), k)
-    t_grads = torch.autograd.grad((t_pooled, t_w), leaves64, (g_pool.double(), g_w.double()))
-    assert torch.equal(idx, t_idx)
-    assert_close_fp(pooled, t_pooled, what=f"pooled ({kind})")
-    assert_close_fp(w, t_w, what=f"weights ({kind})")
-    for name, g, t in zip(["grad scores", "grad values"], grads, t_grads):
-        assert_close_fp(g, t, what=f"{name} ({kind})")
+    U.check_views(lambda s, v: kmod.topk_regions_fwd(s, v, k),
+                  lambda s, v: reference.topk_regions(s, v, k), NONCONTIG, kind, leaves,
+                  (g_pool, None, g_w), ["pooled", "indices", "weights"],
+                  ["grad scores", "grad values"])
 
 
-@pytest.mark.parametrize("device,backend", TRITON_CASES)
+@pytest.mark.parametrize("device,backend", U.TRITON_CASES)
 def test_direct_bwd_op_noncontiguous(device, backend):
     """art_fast_triton::topk_regions_bwd called directly with non-contiguous inputs, indices
     and cotangents gives bitwise what it gives for their contiguous copies."""
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     from art_fast.kernels import topk_regions as kmod
 
     B, M, N, C, k = 2, 4, 11, 5, 4
-    for kind in NONCONTIG_KINDS:
-        s, v = (x.detach() for x in _views(kind, *_leaves(kind, B, M, N, C, device,
-                                                          torch.float64)))
+    for kind in NONCONTIG:
+        _, views = U.noncontig_inputs(NONCONTIG, kind, (B, M, N, C), device, torch.float64)
+        s, v = (x.detach() for x in views)
         _, idx, _ = kmod.topk_regions_fwd(s, v, k)
         idx_nc = idx.transpose(1, 2).contiguous().transpose(1, 2)
         g_pool = torch.randn(B, C, M, device=device, dtype=torch.float64).transpose(1, 2)
@@ -360,15 +321,16 @@ def test_direct_bwd_op_noncontiguous(device, backend):
             assert g.is_contiguous() and torch.equal(g, t), kind
 
 
-@pytest.mark.parametrize("device,backend", TRITON_CASES)
+@pytest.mark.parametrize("device,backend", U.TRITON_CASES)
 def test_opcheck_noncontiguous(device, backend):
-    """opcheck (fake kernels' strides, autograd registration) with non-contiguous inputs."""
-    require(OP, device, backend)
+    """opcheck of art_fast_triton::topk_regions_fwd with the scores transposed, and expanded
+    over M with the values transposed."""
+    U.require(OP, device, backend)
     from art_fast.kernels import topk_regions as kmod
 
-    for kind in ["scores transposed", "scores expanded over M (stride 0), values transposed"]:
-        s, v = _views(kind, *_leaves(kind, 2, 4, 11, 5, device, torch.float32))
-        torch.library.opcheck(kmod.topk_regions_fwd, (s, v, 4))
+    U.opcheck_views(kmod.topk_regions_fwd, NONCONTIG,
+                    ["scores transposed", "scores expanded over M (stride 0), values transposed"],
+                    (2, 4, 11, 5), device, 4)
 
 
 # ---- Triton: launch parameters, rows in registers (issue 11) ----------------------------------
@@ -399,9 +361,9 @@ def test_launch_params():
 
 # ---- GPU, Triton: the paper shapes (DESIGN §7): scores = q k^T per head, B = 32 x 16 frames x
 # 8 heads, M = K = 2 and 16 queries, N = 196 patches, k_region = 16, C = head dim 32 ----------
-@pytest.mark.parametrize("device,backend", [case("cuda", "triton")])
+@pytest.mark.parametrize("device,backend", [U.case("cuda", "triton")])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("M", [2, 16])
 def test_paper_shapes_gpu(device, backend, dtype, M):
-    require(OP, device, backend)
+    U.require(OP, device, backend)
     check(device, backend, 32 * 16 * 8, M, 196, 32, 16, dtype)

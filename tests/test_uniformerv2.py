@@ -149,15 +149,33 @@ def tiny_official(**kw) -> dict[str, torch.Tensor]:
                           ln_pre=False, **kw)
 
 
-def our_key(official: str) -> str:
-    """The documented mapping (official key, prefixes stripped -> our state_dict key)."""
-    if official.startswith("transformer.proj.0."):
-        return "norm." + official[len("transformer.proj.0."):]
-    for head in ("transformer.dpe.", "transformer.dec.", "transformer.temporal_cls_token",
-                 "transformer.balance"):
-        if official.startswith(head):
-            return official[len("transformer."):]
-    return "visual." + official
+# The documented mapping (docs/uniformerv2.md, "Weights"), written out by hand, one row per key
+# family of an official checkpoint (keys after the backbone. / module. prefixes): official key
+# -> our state_dict key, "*" the rest of the key (kept as is); None: not loaded (the classifier).
+OFFICIAL_TO_OURS = {
+    "conv1.*": "visual.conv1.*",
+    "class_embedding": "visual.class_embedding",
+    "positional_embedding": "visual.positional_embedding",
+    "ln_pre.*": "visual.ln_pre.*",
+    "transformer.resblocks.*": "visual.transformer.resblocks.*",
+    "transformer.dpe.*": "dpe.*",
+    "transformer.dec.*": "dec.*",
+    "transformer.temporal_cls_token": "temporal_cls_token",
+    "transformer.balance": "balance",
+    "transformer.proj.0.*": "norm.*",
+    "transformer.proj.2.*": None,
+}
+
+
+def our_key(official: str) -> str | None:
+    """Our key for an official key (prefixes stripped), by its one row of OFFICIAL_TO_OURS."""
+    rows = [(o, ours) for o, ours in OFFICIAL_TO_OURS.items()
+            if official == o or (o.endswith("*") and official.startswith(o[:-1]))]
+    assert len(rows) == 1, f"{official!r}: not one key family of OFFICIAL_TO_OURS: {rows}"
+    o, ours = rows[0]
+    if ours is None or not o.endswith("*"):
+        return ours
+    return ours[:-1] + official[len(o) - 1:]
 
 
 def strip(key: str) -> str:
@@ -172,9 +190,10 @@ def assert_loaded(bb: UniFormerV2Backbone, state: dict[str, torch.Tensor]) -> No
     seen = set()
     for k, v in state.items():
         k = strip(k)
-        if k in OFFICIAL_SKIPPED:
-            continue
         ours = our_key(k)
+        assert (ours is None) == (k in OFFICIAL_SKIPPED), k
+        if ours is None:
+            continue
         seen.add(ours)
         assert torch.equal(own[ours], v.to(own[ours].dtype)), (k, ours)
     assert set(own) - seen == set(OFFICIAL_NOT_PROVIDED)
@@ -670,6 +689,33 @@ def test_official_checkpoint_wrapped_or_prefixed(wrap):
         {strip(k): v for k, v in inner.items()})
     assert skipped_bare == list(OFFICIAL_SKIPPED)
     assert set(mapped) == set(bb.state_dict()) - set(OFFICIAL_NOT_PROVIDED)
+
+
+@pytest.mark.parametrize("official,ours", [
+    ("backbone.conv1.weight", "visual.conv1.weight"),
+    ("backbone.class_embedding", "visual.class_embedding"),
+    ("backbone.positional_embedding", "visual.positional_embedding"),
+    ("backbone.ln_pre.bias", "visual.ln_pre.bias"),
+    ("module.backbone.transformer.resblocks.3.lmhra2.pos_embed.0.running_var",
+     "visual.transformer.resblocks.3.lmhra2.pos_embed.0.running_var"),
+    ("backbone.transformer.resblocks.11.mlp.c_proj.weight",
+     "visual.transformer.resblocks.11.mlp.c_proj.weight"),
+    ("backbone.transformer.dpe.2.bias", "dpe.2.bias"),
+    ("backbone.transformer.dec.3.attn.in_proj_weight", "dec.3.attn.in_proj_weight"),
+    ("backbone.transformer.temporal_cls_token", "temporal_cls_token"),
+    ("backbone.transformer.balance", "balance"),
+    ("backbone.transformer.proj.0.weight", "norm.weight"),
+    ("transformer.proj.2.bias", None),
+])
+def test_remap_official_key(official, ours):
+    """One key of each family, renamed as written out here (None: skipped)."""
+    t = torch.zeros(1)
+    mapped, skipped = remap_official_state_dict({official: t})
+    if ours is None:
+        assert mapped == {} and skipped == [official]
+    else:
+        assert list(mapped) == [ours] and mapped[ours] is t and skipped == []
+    assert our_key(strip(official)) == ours  # OFFICIAL_TO_OURS (assert_loaded) agrees
 
 
 def _bad_cases(state, w):
