@@ -72,6 +72,21 @@ class OpSpec:
         torch.float32: 2e-3, torch.bfloat16: 5e-2, torch.float16: 2e-2, torch.float64: 1e-9})
     doc: str = ""
 
+    @classmethod
+    def of(cls, contract: Any, fn: Callable[..., Any], make_case: Callable[..., Case],
+           entry_samples: Callable[[str | torch.device], dict[str, list[tuple]]],
+           **fields: Any) -> OpSpec:
+        """The spec of the op that ``contract`` (an :class:`art_fast._contract.OpContract`)
+        declares: ``name`` and ``entries`` from the contract, ``reference`` the function of
+        the same name in :mod:`art_fast.reference`, ``doc`` ``docs/kernels/<name>.md``; the
+        other fields as keywords."""
+        from . import reference
+
+        fields.setdefault("doc", f"docs/kernels/{contract.op}.md")
+        return cls(name=contract.op, fn=fn, reference=getattr(reference, contract.op),
+                   entries=contract.entries, make_case=make_case, entry_samples=entry_samples,
+                   **fields)
+
     def shapes(self, device: str, quick: bool = False) -> tuple[Shape, ...]:
         """The benchmark shapes for ``device`` (``cpu`` / ``cuda``; the tiny ones when
         ``quick``)."""

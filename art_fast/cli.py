@@ -27,6 +27,12 @@ EPILOG = """examples:
 """
 
 
+def _add_overrides(p: argparse.ArgumentParser,
+                   what: str = "a key of the checkpoint's config (e.g. data.root=...)") -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override {what}; repeatable")
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser(
         "train", help="train ART from a YAML config",
@@ -34,8 +40,7 @@ def _add_train(sub) -> None:
                     "are errors) and saved as <output_dir>/config.yaml. Under torchrun every "
                     "process runs this command; rank 0 writes.")
     p.add_argument("config", help="YAML config, e.g. configs/synthetic_tiny.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (dotted, e.g. train.lr=1e-4); repeatable")
+    _add_overrides(p, "a config key (dotted, e.g. train.lr=1e-4)")
     p.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="continue from <output_dir>/last.pt (auto) or a checkpoint file")
 
@@ -47,8 +52,7 @@ def _add_eval(sub) -> None:
                     "eval.views): top-1, top-5, mean-class accuracy, confusion matrix, "
                     "predictions CSV.")
     p.add_argument("checkpoint", help="a checkpoint written by art-fast train (last.pt/best.pt)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the checkpoint's config (e.g. data.root=...)")
+    _add_overrides(p)
     p.add_argument("--out", default=None, help="folder for the results (default: eval/ "
                    "beside the checkpoint)")
 
@@ -65,7 +69,7 @@ def _add_viz(sub) -> None:
     src.add_argument("--index", type=int, default=0, help="test-split index (default 0)")
     src.add_argument("--video", default=None, help="a video file instead of a dataset clip")
     p.add_argument("--out", required=True, help="PNG to write")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_overrides(p)
 
 
 def _add_bench(sub) -> None:

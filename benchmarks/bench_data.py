@@ -107,6 +107,17 @@ def time_decode(ds: Any, backend: str, seconds: float) -> dict[str, float]:
                   seconds)
 
 
+def time_cases(workload: str, backend: str, T: int, size: int, args: argparse.Namespace,
+               cases: list[tuple[str, Any]], decode: int) -> list[dict[str, Any]]:
+    """One row per (mode, dataset) of ``cases``, then a "decode only" row on
+    ``cases[decode]``'s dataset."""
+    meta = dict(workload=workload, backend=backend, T=T, size=size)
+    rows = [dict(meta, mode=mode, **time_items(ds, args.seconds)) for mode, ds in cases]
+    rows.append(dict(meta, mode="decode only",
+                     **time_decode(cases[decode][1], backend, args.seconds)))
+    return rows
+
+
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     torch.set_num_threads(1)
     busy = h.cpu_busy()
@@ -123,36 +134,22 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]
                   f"{gen_s:.1f} s", file=sys.stderr)
             for backend in backends:
                 common = dict(num_frames=8, image_size=64, backend=backend)
-                cases = [
+                rows += time_cases("synthetic 64x64, 16-frame files", backend, 8, 64, args, [
                     ("train", Diving48(root, "train", crop_scale=(0.6, 1.0), **common)),
                     ("eval", Diving48(root, "test", **common)),
                     ("eval 2x3 views", Diving48(root, "test", views=(2, 3), **common)),
-                ]
-                for mode, ds in cases:
-                    r = time_items(ds, args.seconds)
-                    rows.append(dict(workload="synthetic 64x64, 16-frame files", mode=mode,
-                                     backend=backend, T=8, size=64, **r))
-                r = time_decode(cases[1][1], backend, args.seconds)
-                rows.append(dict(workload="synthetic 64x64, 16-frame files", mode="decode only",
-                                 backend=backend, T=8, size=64, **r))
+                ], decode=1)
         if "224" in args.workloads:
             lst = make_224_videos(tmp / "v224")
             for backend in backends:
                 common = dict(num_frames=16, image_size=224, backend=backend)
-                cases = [
+                rows += time_cases("256x340, 64-frame files", backend, 16, 224, args, [
                     ("train segments", VideoList(lst, train=True, **common)),
                     ("train dense/4", VideoList(lst, train=True, sampling="dense",
                                                 dense_stride=4, **common)),
                     ("eval segments", VideoList(lst, **common)),
                     ("eval 2x3 views", VideoList(lst, views=(2, 3), **common)),
-                ]
-                for mode, ds in cases:
-                    r = time_items(ds, args.seconds)
-                    rows.append(dict(workload="256x340, 64-frame files", mode=mode,
-                                     backend=backend, T=16, size=224, **r))
-                r = time_decode(cases[2][1], backend, args.seconds)
-                rows.append(dict(workload="256x340, 64-frame files", mode="decode only",
-                                 backend=backend, T=16, size=224, **r))
+                ], decode=2)
     finally:
         if not args.keep:
             import shutil

@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from art_fast import _contract
 
@@ -131,12 +132,37 @@ def _fwd(
         for start in range(0, N, BLOCK_N):
             n = start + offs_n
             mask_n = n < N
-            k = tl.load(K + kv_base + n[:, None] * D + offs_d[None, :],
-                        mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(DOT)
-            s = tl.dot(q, tl.trans(k), input_precision="ieee").to(ACC) * scale
+            k, s = _k_scores(q, K, kv_base, n, mask_n, offs_d, mask_d, scale, D, ACC, DOT)
             w = tl.exp(s - m_i[:, None]) / l_i[:, None]
             tl.store(W + pid_bh * M * N + offs_m[:, None] * N + n[None, :],
                      w.to(W.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _k_scores(q, K, kv_base, n, mask_n, offs_d, mask_d, scale, D,
+              ACC: tl.constexpr, DOT: tl.constexpr):
+    # The k tile of patches n and the scores s = q k^T * scale in ACC (fp32 dot without TF32).
+    k = tl.load(K + kv_base + n[:, None] * D + offs_d[None, :],
+                mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(DOT)
+    return k, tl.dot(q, tl.trans(k), input_precision="ieee").to(ACC) * scale
+
+
+@triton.jit
+def _p_dp(q, do, K, V, DW, kv_base, row_base, n, mask_n, offs_m, mask_m, offs_d, mask_d, m_i,
+          l_i, scale, N, D, HAS_DW: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr):
+    # One patch tile n of the backward: k, v; P = exp(s - m) / l (0 outside the rows and
+    # patches); dP = dO v^T (+ dW). Returns k (for dq), the tile mask, P and dP.
+    nd = mask_n[:, None] & mask_d[None, :]
+    k = tl.load(K + kv_base + n[:, None] * D + offs_d[None, :], mask=nd, other=0.0).to(DOT)
+    v = tl.load(V + kv_base + n[:, None] * D + offs_d[None, :], mask=nd, other=0.0).to(DOT)
+    s = tl.dot(q, tl.trans(k), input_precision="ieee").to(ACC) * scale
+    mn = mask_m[:, None] & mask_n[None, :]
+    p = tl.exp(tl.where(mn, s - m_i[:, None], float("-inf"))) / l_i[:, None]
+    dp = tl.dot(do, tl.trans(v), input_precision="ieee").to(ACC)
+    if HAS_DW:
+        dp += tl.load(DW + (row_base + offs_m[:, None]) * N + n[None, :], mask=mn,
+                      other=0.0).to(ACC)
+    return k, nd, p, dp
 
 
 @triton.jit
@@ -176,9 +202,7 @@ def _bwd(
         for start in range(0, N, BLOCK_N):
             n = start + offs_n
             mask_n = n < N
-            k = tl.load(K + kv_base + n[:, None] * D + offs_d[None, :],
-                        mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(DOT)
-            s = tl.dot(q, tl.trans(k), input_precision="ieee").to(ACC) * scale
+            k, s = _k_scores(q, K, kv_base, n, mask_n, offs_d, mask_d, scale, D, ACC, DOT)
             s = tl.where(mask_n[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # no inf - inf (as forward)
@@ -194,16 +218,8 @@ def _bwd(
         for start in range(0, N, BLOCK_N):
             n = start + offs_n
             mask_n = n < N
-            nd = mask_n[:, None] & mask_d[None, :]
-            k = tl.load(K + kv_base + n[:, None] * D + offs_d[None, :], mask=nd, other=0.0).to(DOT)
-            v = tl.load(V + kv_base + n[:, None] * D + offs_d[None, :], mask=nd, other=0.0).to(DOT)
-            s = tl.dot(q, tl.trans(k), input_precision="ieee").to(ACC) * scale
-            mn = mask_m[:, None] & mask_n[None, :]
-            p = tl.exp(tl.where(mn, s - m_i[:, None], float("-inf"))) / l_i[:, None]
-            dp = tl.dot(do, tl.trans(v), input_precision="ieee").to(ACC)
-            if HAS_DW:
-                dp += tl.load(DW + (row_base + offs_m[:, None]) * N + n[None, :], mask=mn,
-                              other=0.0).to(ACC)
+            k, nd, p, dp = _p_dp(q, do, K, V, DW, kv_base, row_base, n, mask_n, offs_m, mask_m,
+                                 offs_d, mask_d, m_i, l_i, scale, N, D, HAS_DW, ACC, DOT)
             delta += tl.sum(p * dp, 1)
         # 3. Patch tiles: P = exp(s - m) / l, dP = dO v^T (+ dW), dS = P (dP - delta);
         #    dv = P^T dO, dk = scale dS^T q, dq += scale dS k.
@@ -211,16 +227,8 @@ def _bwd(
         for start in range(0, N, BLOCK_N):
             n = start + offs_n
             mask_n = n < N
-            nd = mask_n[:, None] & mask_d[None, :]
-            k = tl.load(K + kv_base + n[:, None] * D + offs_d[None, :], mask=nd, other=0.0).to(DOT)
-            v = tl.load(V + kv_base + n[:, None] * D + offs_d[None, :], mask=nd, other=0.0).to(DOT)
-            s = tl.dot(q, tl.trans(k), input_precision="ieee").to(ACC) * scale
-            mn = mask_m[:, None] & mask_n[None, :]
-            p = tl.exp(tl.where(mn, s - m_i[:, None], float("-inf"))) / l_i[:, None]
-            dp = tl.dot(do, tl.trans(v), input_precision="ieee").to(ACC)
-            if HAS_DW:
-                dp += tl.load(DW + (row_base + offs_m[:, None]) * N + n[None, :], mask=mn,
-                              other=0.0).to(ACC)
+            k, nd, p, dp = _p_dp(q, do, K, V, DW, kv_base, row_base, n, mask_n, offs_m, mask_m,
+                                 offs_d, mask_d, m_i, l_i, scale, N, D, HAS_DW, ACC, DOT)
             ds = p * (dp - delta[:, None])
             dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision="ieee").to(ACC)
             dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision="ieee").to(ACC) * scale
@@ -359,25 +367,17 @@ def _bwd_host(grad_out, grad_weights, q, k, v, out, lse, scale):
 # The ops of the contract (art_fast/ops/cross_attention.py: the schema, the fake kernels and
 # the autograd, registered there for every backend; the C++ schema in csrc/ is the same).
 @torch.library.custom_op(f"{NAMESPACE}::cross_attention_fwd", mutates_args=())
-def cross_attention_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, return_weights: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def cross_attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: float, return_weights: bool
+                        ) -> tuple[Tensor, Tensor, Tensor]:
     """(out ``[B, H, M, D]``, lse ``[B, H, M]`` float32/float64, weights ``[B, H, M, N]`` or
     ``[0]``); q ``[B or 1, H, M, D]``, k, v ``[B, H, N, D]``."""
     return _fwd_host(q, k, v, scale, return_weights)
 
 
 @torch.library.custom_op(f"{NAMESPACE}::cross_attention_bwd", mutates_args=())
-def cross_attention_bwd(
-    grad_out: torch.Tensor,
-    grad_weights: torch.Tensor | None,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def cross_attention_bwd(grad_out: Tensor, grad_weights: Tensor | None, q: Tensor, k: Tensor,
+                        v: Tensor, out: Tensor, lse: Tensor, scale: float
+                        ) -> tuple[Tensor, Tensor, Tensor]:
     """(dq like q, summed over B when q is shared; dk; dv)."""
     return _bwd_host(grad_out, grad_weights, q, k, v, out, lse, scale)
 

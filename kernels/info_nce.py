@@ -59,6 +59,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from art_fast import _contract
 
@@ -146,6 +147,29 @@ def _inv(nrm, eps, NORMALIZE: tl.constexpr):
 
 
 @triton.jit
+def _f(hi, lo, ACC: tl.constexpr):
+    # A host float passed as hi + lo float32 parts (split_float), rebuilt in ACC.
+    return tl.cast(hi, ACC) + tl.cast(lo, ACC)
+
+
+@triton.jit
+def _inv_norm(NX, offs, mask, eps, NORMALIZE: tl.constexpr, ACC: tl.constexpr):
+    # _inv of the saved norms NX[offs] (1 on masked rows). The callers pass the group's base
+    # pointer and the in-group offsets (int32 vectors: an int64 g * M + offs costs registers).
+    return _inv(tl.load(NX + offs, mask=mask, other=1.0).to(ACC), eps, NORMALIZE)
+
+
+@triton.jit
+def _row_grad(LSE, T, GL, offs, mask, ACC: tl.constexpr):
+    # The backward's per-row inputs at offs of the group's rows: saved lse, target, upstream
+    # gradient (0 on ignored rows, whatever it holds: they get exactly zero gradient).
+    lse = tl.load(LSE + offs, mask=mask, other=0.0).to(ACC)
+    tgt = tl.load(T + offs, mask=mask, other=_IGNORE)
+    gl = tl.load(GL + offs, mask=mask, other=0.0).to(ACC)
+    return lse, tgt, tl.where(tgt != _IGNORE, gl, 0.0)
+
+
+@triton.jit
 def _grad_through_norm(gx_hat, x, inv, proj, dot_xhat_g):
     # (g - x_hat <x_hat, g>) / ||x|| (projection) or g / eps; x_hat = x inv.
     corr = tl.where(proj, inv * dot_xhat_g, 0.0)
@@ -189,8 +213,7 @@ def _tiny_fwd(
 ):
     # Grid (cdiv(G, GROUPS),). Writes the per-row loss and its log-sum-exp, which autograd
     # saves with a, c, t: never the [M, N] logits.
-    inv_temp = tl.cast(it_hi, ACC) + tl.cast(it_lo, ACC)  # 1 / T and eps in ACC (see split_float)
-    eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
+    inv_temp, eps = _f(it_hi, it_lo, ACC), _f(eps_hi, eps_lo, ACC)  # 1 / T and eps in ACC
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     for gi in range(GROUPS):
@@ -199,10 +222,8 @@ def _tiny_fwd(
         gv = g < G
         mask_m = (offs_m < M) & gv
         mask_n = (offs_n < N) & gv
-        inv_a, _pa = _inv(tl.load(NA + g * M + offs_m, mask=mask_m, other=1.0).to(ACC), eps,
-                          NORMALIZE)
-        inv_c, _pc = _inv(tl.load(NC + g * N + offs_n, mask=mask_n, other=1.0).to(ACC), eps,
-                          NORMALIZE)
+        inv_a, _pa = _inv_norm(NA + g * M, offs_m, mask_m, eps, NORMALIZE, ACC)
+        inv_c, _pc = _inv_norm(NC + g * N, offs_n, mask_n, eps, NORMALIZE, ACC)
         # 2. The group's whole [M, N] logits in registers, a K-loop over D in BLOCK_K chunks
         #    (fp32 dot without TF32; ACC = float64 for float64 inputs).
         L = _raw_logits(A, Cd, g, M, N, D, offs_m, mask_m, offs_n, mask_n,
@@ -230,8 +251,7 @@ def _tiny_bwd(
 ):
     # Grid (cdiv(G, GROUPS),). Reads the saved a, c, t, lse and the upstream gradient; the
     # logits are recomputed (same K-loop as the forward), both gradients written per D chunk.
-    inv_temp = tl.cast(it_hi, ACC) + tl.cast(it_lo, ACC)  # 1 / T and eps in ACC (see split_float)
-    eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
+    inv_temp, eps = _f(it_hi, it_lo, ACC), _f(eps_hi, eps_lo, ACC)  # 1 / T and eps in ACC
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_dd = tl.arange(0, BLOCK_D)
@@ -241,20 +261,15 @@ def _tiny_bwd(
         gv = g < G
         mask_m = (offs_m < M) & gv
         mask_n = (offs_n < N) & gv
-        inv_a, proj_a = _inv(tl.load(NA + g * M + offs_m, mask=mask_m, other=1.0).to(ACC), eps,
-                             NORMALIZE)
-        inv_c, proj_c = _inv(tl.load(NC + g * N + offs_n, mask=mask_n, other=1.0).to(ACC), eps,
-                             NORMALIZE)
+        inv_a, proj_a = _inv_norm(NA + g * M, offs_m, mask_m, eps, NORMALIZE, ACC)
+        inv_c, proj_c = _inv_norm(NC + g * N, offs_n, mask_n, eps, NORMALIZE, ACC)
         L = _raw_logits(A, Cd, g, M, N, D, offs_m, mask_m, offs_n, mask_n,
                         BLOCK_M, BLOCK_N, BLOCK_K, ACC, DOT)
         L = L * (inv_a[:, None] * inv_temp) * inv_c[None, :]
         mn = mask_m[:, None] & mask_n[None, :]
         # 2. dL = g_i (softmax - onehot(t_i)), 0 on ignored rows and padding; the projection
         #    terms sum_j dL L (rows) and sum_i dL L (columns).
-        lse = tl.load(LSE + g * M + offs_m, mask=mask_m, other=0.0).to(ACC)
-        tgt = tl.load(T + g * M + offs_m, mask=mask_m, other=_IGNORE)
-        gl = tl.load(GL + g * M + offs_m, mask=mask_m, other=0.0).to(ACC)
-        gl = tl.where(tgt != _IGNORE, gl, 0.0)
+        lse, tgt, gl = _row_grad(LSE + g * M, T + g * M, GL + g * M, offs_m, mask_m, ACC)
         dL = _dlogits(L, lse, gl, tgt, offs_n, mn)
         dLL = tl.where(mn, dL * L, 0.0)
         r = tl.sum(dLL, 1)
@@ -287,15 +302,13 @@ def _rows_fwd(
     NORMALIZE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
     # Grid (G, cdiv(M, BLOCK_M)). Writes the per-row loss and its log-sum-exp (saved, with a, c, t).
-    inv_temp = tl.cast(it_hi, ACC) + tl.cast(it_lo, ACC)  # 1 / T and eps in ACC (see split_float)
-    eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
+    inv_temp, eps = _f(it_hi, it_lo, ACC), _f(eps_hi, eps_lo, ACC)  # 1 / T and eps in ACC
     # 1. An anchor tile of group g (its rows' norms, targets); D is read in BLOCK_K chunks.
     g = tl.program_id(0).to(tl.int64)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
-    inv_a, _pa = _inv(tl.load(NA + g * M + offs_m, mask=mask_m, other=1.0).to(ACC), eps,
-                      NORMALIZE)
+    inv_a, _pa = _inv_norm(NA + g * M, offs_m, mask_m, eps, NORMALIZE, ACC)
     row_scale = inv_a * inv_temp
     tgt = tl.load(T + g * M + offs_m, mask=mask_m, other=_IGNORE)
     m_i = tl.full([BLOCK_M], float("-inf"), ACC)
@@ -306,8 +319,7 @@ def _rows_fwd(
     for n0 in range(0, N, BLOCK_N):
         n = n0 + offs_n
         mask_n = n < N
-        inv_c, _pc = _inv(tl.load(NC + g * N + n, mask=mask_n, other=1.0).to(ACC), eps,
-                          NORMALIZE)
+        inv_c, _pc = _inv_norm(NC + g * N, n, mask_n, eps, NORMALIZE, ACC)
         L = _raw_logits(A, Cd, g, M, N, D, offs_m, mask_m, n, mask_n,
                         BLOCK_M, BLOCK_N, BLOCK_K, ACC, DOT)
         L = L * row_scale[:, None] * inv_c[None, :]
@@ -329,8 +341,7 @@ def _rows_bwd(
     BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
     # Grid (G * cdiv(D, BLOCK_D), cdiv(M, BLOCK_M)). Reads the saved a, c, t, lse.
-    inv_temp = tl.cast(it_hi, ACC) + tl.cast(it_lo, ACC)  # 1 / T and eps in ACC (see split_float)
-    eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
+    inv_temp, eps = _f(it_hi, it_lo, ACC), _f(eps_hi, eps_lo, ACC)  # 1 / T and eps in ACC
     # 1. Row pass of the backward. Program (g * cdiv(D, BLOCK_D) + dj, i) owns
     #    ga[g, m-tile i, d-chunk dj]: the anchor tile's LSE, targets, upstream gradient.
     nd = tl.cdiv(D, BLOCK_D)
@@ -340,13 +351,9 @@ def _rows_bwd(
     offs_n = tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_d = offs_d < D
-    inv_a, proj_a = _inv(tl.load(NA + g * M + offs_m, mask=mask_m, other=1.0).to(ACC), eps,
-                         NORMALIZE)
+    inv_a, proj_a = _inv_norm(NA + g * M, offs_m, mask_m, eps, NORMALIZE, ACC)
     row_scale = inv_a * inv_temp
-    lse = tl.load(LSE + g * M + offs_m, mask=mask_m, other=0.0).to(ACC)
-    tgt = tl.load(T + g * M + offs_m, mask=mask_m, other=_IGNORE)
-    gl = tl.load(GL + g * M + offs_m, mask=mask_m, other=0.0).to(ACC)
-    gl = tl.where(tgt != _IGNORE, gl, 0.0)
+    lse, tgt, gl = _row_grad(LSE + g * M, T + g * M, GL + g * M, offs_m, mask_m, ACC)
     ga_hat = tl.zeros([BLOCK_M, BLOCK_D], ACC)
     r = tl.zeros([BLOCK_M], ACC)
     # 2. Over candidate tiles: the logits tile over the WHOLE D (K-loop, recomputed by every
@@ -355,8 +362,7 @@ def _rows_bwd(
     for n0 in range(0, N, BLOCK_N):
         n = n0 + offs_n
         mask_n = n < N
-        inv_c, _pc = _inv(tl.load(NC + g * N + n, mask=mask_n, other=1.0).to(ACC), eps,
-                          NORMALIZE)
+        inv_c, _pc = _inv_norm(NC + g * N, n, mask_n, eps, NORMALIZE, ACC)
         L = _raw_logits(A, Cd, g, M, N, D, offs_m, mask_m, n, mask_n,
                         BLOCK_M, BLOCK_N, BLOCK_K, ACC, DOT)
         L = L * row_scale[:, None] * inv_c[None, :]
@@ -382,8 +388,7 @@ def _cols_bwd(
     BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
     # Grid (G * cdiv(D, BLOCK_D), cdiv(N, BLOCK_N)). Reads the saved a, c, t, lse.
-    inv_temp = tl.cast(it_hi, ACC) + tl.cast(it_lo, ACC)  # 1 / T and eps in ACC (see split_float)
-    eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
+    inv_temp, eps = _f(it_hi, it_lo, ACC), _f(eps_hi, eps_lo, ACC)  # 1 / T and eps in ACC
     # 1. Column pass of the backward. Program (g * cdiv(D, BLOCK_D) + dj, j) owns
     #    gc[g, n-tile j, d-chunk dj].
     nd = tl.cdiv(D, BLOCK_D)
@@ -393,8 +398,7 @@ def _cols_bwd(
     offs_m = tl.arange(0, BLOCK_M)
     mask_n = offs_n < N
     mask_d = offs_d < D
-    inv_c, proj_c = _inv(tl.load(NC + g * N + offs_n, mask=mask_n, other=1.0).to(ACC), eps,
-                         NORMALIZE)
+    inv_c, proj_c = _inv_norm(NC + g * N, offs_n, mask_n, eps, NORMALIZE, ACC)
     gc_hat = tl.zeros([BLOCK_N, BLOCK_D], ACC)
     s = tl.zeros([BLOCK_N], ACC)
     # 2. Over anchor tiles (in increasing order): the logits tile over the whole D (K-loop,
@@ -402,12 +406,8 @@ def _cols_bwd(
     for m0 in range(0, M, BLOCK_M):
         m = m0 + offs_m
         mask_m = m < M
-        inv_a, _pa = _inv(tl.load(NA + g * M + m, mask=mask_m, other=1.0).to(ACC), eps,
-                          NORMALIZE)
-        lse = tl.load(LSE + g * M + m, mask=mask_m, other=0.0).to(ACC)
-        tgt = tl.load(T + g * M + m, mask=mask_m, other=_IGNORE)
-        gl = tl.load(GL + g * M + m, mask=mask_m, other=0.0).to(ACC)
-        gl = tl.where(tgt != _IGNORE, gl, 0.0)
+        inv_a, _pa = _inv_norm(NA + g * M, m, mask_m, eps, NORMALIZE, ACC)
+        lse, tgt, gl = _row_grad(LSE + g * M, T + g * M, GL + g * M, m, mask_m, ACC)
         L = _raw_logits(A, Cd, g, M, N, D, m, mask_m, offs_n, mask_n,
                         BLOCK_M, BLOCK_N, BLOCK_K, ACC, DOT)
         L = L * (inv_a * inv_temp)[:, None] * inv_c[None, :]
@@ -602,42 +602,24 @@ LARGE (tests set it to reach both kernels at small shapes; not part of the op co
 # The ops of the contract (art_fast/ops/info_nce.py: the schemas, the fake kernels and the
 # autograd, registered there for every backend; the C++ schemas in csrc/ are the same).
 @torch.library.custom_op(f"{NAMESPACE}::info_nce_fwd", mutates_args=())
-def info_nce_fwd(
-    anchors: torch.Tensor,
-    candidates: torch.Tensor,
-    targets: torch.Tensor,
-    temperature: float,
-    normalize: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def info_nce_fwd(anchors: Tensor, candidates: Tensor, targets: Tensor, temperature: float,
+                 normalize: bool) -> tuple[Tensor, Tensor]:
     """(loss ``[G, M]``, lse ``[G, M]``), float32 (float64 for float64 inputs)."""
     return _fwd_host(anchors, candidates, targets, temperature, normalize, REGIME)
 
 
 @torch.library.custom_op(f"{NAMESPACE}::info_nce_bwd", mutates_args=())
-def info_nce_bwd(
-    grad_loss: torch.Tensor,
-    anchors: torch.Tensor,
-    candidates: torch.Tensor,
-    targets: torch.Tensor,
-    lse: torch.Tensor,
-    temperature: float,
-    normalize: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def info_nce_bwd(grad_loss: Tensor, anchors: Tensor, candidates: Tensor, targets: Tensor,
+                 lse: Tensor, temperature: float, normalize: bool) -> tuple[Tensor, Tensor]:
     """(grad anchors, grad candidates) from the per-row upstream gradient ``[G, M]``."""
     return _bwd_host(grad_loss, anchors, candidates, targets, lse, temperature, normalize,
                      REGIME)
 
 
 @torch.library.custom_op(f"{NAMESPACE}::info_nce_fused", mutates_args=())
-def info_nce_fused(
-    anchors: torch.Tensor,
-    candidates: torch.Tensor,
-    targets: torch.Tensor,
-    temperature: float,
-    normalize: bool,
-    mean: bool,
-    compute_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def info_nce_fused(anchors: Tensor, candidates: Tensor, targets: Tensor, temperature: float,
+                   normalize: bool, mean: bool, compute_grad: bool
+                   ) -> tuple[Tensor, Tensor, Tensor]:
     """(loss ``[]`` reduced (mean over kept rows when ``mean``, else sum), d loss / d anchors,
     d loss / d candidates, or two ``[0]`` tensors without ``compute_grad``): the fused entry of
     the contract. Here it runs the forward kernels, then, when asked, the backward kernels with

@@ -40,6 +40,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from art_fast import _contract
 
@@ -307,21 +308,14 @@ def _bwd_host(grad_pooled, grad_weights, scores, values, indices):
 # The ops of the contract (art_fast/ops/topk_regions.py: the schema, the fake kernels and the
 # autograd, registered there for every backend; the C++ schema in csrc/ is the same).
 @torch.library.custom_op(f"{NAMESPACE}::topk_regions_fwd", mutates_args=())
-def topk_regions_fwd(
-    scores: torch.Tensor, values: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def topk_regions_fwd(scores: Tensor, values: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """(pooled ``[B, M, C]``, indices ``[B, M, k]`` int64, weights ``[B, M, k]``)."""
     return _fwd_host(scores, values, k)
 
 
 @torch.library.custom_op(f"{NAMESPACE}::topk_regions_bwd", mutates_args=())
-def topk_regions_bwd(
-    grad_pooled: torch.Tensor,
-    grad_weights: torch.Tensor | None,
-    scores: torch.Tensor,
-    values: torch.Tensor,
-    indices: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_regions_bwd(grad_pooled: Tensor, grad_weights: Tensor | None, scores: Tensor,
+                     values: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
     """(grad scores ``[B, M, N]``, zero outside the selection; grad values ``[B, N, C]``)."""
     return _bwd_host(grad_pooled, grad_weights, scores, values, indices)
 

@@ -18,70 +18,15 @@ Public names (see each module for details):
   ``art_fast.data.synthetic.main``).
 """
 
-from .base import VideoClassificationDataset, VideoSample, WithTargetBoxes
-from .datasets import (
-    Diving48,
-    FineGym,
-    Kinetics400,
-    SomethingSomethingV2,
-    VideoList,
-    diving48_sentence,
-    finegym_classes,
-    parse_finegym_categories,
-    read_target_boxes,
-)
-from .robust import BadVideoLog, BadVideoPolicy, RobustVideoDataset
-from .sampling import dense_indices, dense_multiview_indices, multiview_indices, segment_indices
+# Each module's ``__all__`` is the package's public API for that part (one list, not two).
+from . import base, datasets, robust, sampling, transforms, video
+from .base import *  # noqa: F403
+from .datasets import *  # noqa: F403
+from .robust import *  # noqa: F403
+from .sampling import *  # noqa: F403
 from .synthetic import make_synthetic
-from .transforms import (
-    CLIP_MEAN,
-    CLIP_STD,
-    CenterCrop,
-    Compose,
-    RandomHorizontalFlip,
-    RandomResizedCrop,
-    Resize,
-    ScaleJitterCrop,
-    ThreeCrop,
-    supports_boxes,
-    to_model_input,
-)
-from .video import VideoDecodeError, VideoReader, num_frames, read_frames
+from .transforms import *  # noqa: F403
+from .video import *  # noqa: F403
 
-__all__ = [
-    "read_frames",
-    "num_frames",
-    "VideoReader",
-    "VideoDecodeError",
-    "segment_indices",
-    "dense_indices",
-    "multiview_indices",
-    "dense_multiview_indices",
-    "RandomResizedCrop",
-    "ScaleJitterCrop",
-    "RandomHorizontalFlip",
-    "Resize",
-    "CenterCrop",
-    "ThreeCrop",
-    "Compose",
-    "to_model_input",
-    "CLIP_MEAN",
-    "CLIP_STD",
-    "VideoClassificationDataset",
-    "VideoSample",
-    "Diving48",
-    "FineGym",
-    "SomethingSomethingV2",
-    "Kinetics400",
-    "VideoList",
-    "diving48_sentence",
-    "finegym_classes",
-    "parse_finegym_categories",
-    "read_target_boxes",
-    "WithTargetBoxes",
-    "supports_boxes",
-    "BadVideoLog",
-    "BadVideoPolicy",
-    "RobustVideoDataset",
-    "make_synthetic",
-]
+__all__ = [*video.__all__, *sampling.__all__, *transforms.__all__, *base.__all__,
+           *datasets.__all__, *robust.__all__, "make_synthetic"]

@@ -54,6 +54,24 @@ def check_dim(op: str, name: str, got: int, want: int, what: str, shape: str) ->
         )
 
 
+def check_inputs(op: str, *inputs: tuple[str, object, str]) -> dict[str, int]:
+    """Each ``(name, x, shape)`` passes :func:`check_tensor`; all share the first one's dtype
+    and device (:func:`check_same`); and each letter of the shapes names one size: the first
+    tensor with the letter sets it, every later one must match (:func:`check_dim`, in the order
+    of the inputs and of their dims). Returns ``{letter: size}``."""
+    for name, x, shape in inputs:
+        check_tensor(op, name, x, shape)
+    check_same(op, tuple(i[0] for i in inputs), tuple(i[1] for i in inputs))
+    sizes: dict[str, int] = {}
+    for name, x, shape in inputs:
+        for letter, got in zip(shape.strip("[]").split(", "), x.shape):
+            if letter in sizes:
+                check_dim(op, name, got, sizes[letter], letter, shape)
+            else:
+                sizes[letter] = got
+    return sizes
+
+
 def check_float(op: str, name: str, x: object, *, positive: bool = False) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         raise TypeError(f"art_fast.{op}: {name} must be a float, got {type(x)}")

@@ -224,12 +224,8 @@ def _ca(B: int, M: int, N: int = 196, H: int = 8, D: int = 32) -> dict[str, int]
 
 # DESIGN §7 paper shapes: B x T = 8 x 16 frames on CPU (32 x 16 on GPU), N = 196 patches,
 # 8 heads of 32, K = 16 and 2 queries.
-SPEC = OpSpec(
-    name=_OP,
-    fn=cross_attention,
-    reference=reference.cross_attention,
-    entries=CONTRACT.entries,
-    make_case=_case,
+SPEC = OpSpec.of(
+    CONTRACT, cross_attention, _case, _entry_samples,
     sample_shapes=(
         {"B": 2, "H": 3, "M": 4, "N": 9, "D": 8, "weights": 1},
         {"B": 3, "H": 2, "M": 5, "N": 33, "D": 16, "Bq": 1},
@@ -239,6 +235,4 @@ SPEC = OpSpec(
     bench_shapes={"cpu": (_ca(128, 16), _ca(128, 2)), "cuda": (_ca(512, 16), _ca(512, 2)),
                   "quick": (_ca(4, 4, N=49, H=2), _ca(4, 2, N=49, H=2)),
                   "small": (_ca(16, 16),)},
-    entry_samples=_entry_samples,
-    doc="docs/kernels/cross_attention.md",
 )

@@ -40,7 +40,7 @@ from .. import _autograd, _backend, reference
 from .._contract import OpContract
 from .._spec import Case, OpSpec, randn
 from ..reference.info_nce import IGNORE_INDEX, mask_ignored
-from ._validate import acc_dtype, check_dim, check_float, check_same, check_tensor
+from ._validate import acc_dtype, check_float, check_inputs
 
 _OP = "info_nce"
 _SHAPE_A, _SHAPE_C, _SHAPE_T = "[G, M, D]", "[G, N, D]", "[G, M]"
@@ -78,13 +78,9 @@ def info_nce(
     Returns:
         a 0-dim tensor, or ``[G, M]`` for ``"none"``, in the dtype of the inputs.
     """
-    check_tensor(_OP, "anchors", anchors, _SHAPE_A)
-    check_tensor(_OP, "candidates", candidates, _SHAPE_C)
-    check_same(_OP, ("anchors", "candidates"), (anchors, candidates))
-    G, M, D = anchors.shape
-    check_dim(_OP, "candidates", candidates.shape[0], G, "G", _SHAPE_C)
-    check_dim(_OP, "candidates", candidates.shape[2], D, "D", _SHAPE_C)
-    N = candidates.shape[1]
+    size = check_inputs(_OP, ("anchors", anchors, _SHAPE_A),
+                        ("candidates", candidates, _SHAPE_C))
+    G, M, N = size["G"], size["M"], size["N"]
     if not isinstance(targets, torch.Tensor):
         raise TypeError(
             f"art_fast.{_OP}: targets must be a torch.Tensor {_SHAPE_T}, got {type(targets)}"
@@ -308,12 +304,8 @@ def _nce(G: int, MN: int, D: int = 256) -> dict[str, int]:
 
 
 # DESIGN §7 paper shapes: tiny groups G = B*T, M = N = K; one large group M = N = B*K*T.
-SPEC = OpSpec(
-    name=_OP,
-    fn=info_nce,
-    reference=reference.info_nce,
-    entries=CONTRACT.entries,
-    make_case=_case,
+SPEC = OpSpec.of(
+    CONTRACT, info_nce, _case, _entry_samples,
     sample_shapes=(
         {"G": 3, "M": 4, "N": 6, "D": 8, "ignore": 1},
         {"G": 5, "M": 7, "N": 7, "D": 13, "reduction": 1},
@@ -324,6 +316,4 @@ SPEC = OpSpec(
                   "cuda": (_nce(512, 16), _nce(1, 2048), _nce(1, 8192)),
                   "quick": (_nce(8, 8, D=32), _nce(1, 128, D=32)),
                   "small": (_nce(16, 16),)},
-    entry_samples=_entry_samples,
-    doc="docs/kernels/info_nce.md",
 )

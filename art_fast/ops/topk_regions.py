@@ -21,7 +21,7 @@ import torch
 from .. import _autograd, _backend, reference
 from .._contract import OpContract
 from .._spec import Case, OpSpec, randn
-from ._validate import check_dim, check_same, check_tensor
+from ._validate import check_inputs
 
 _OP = "topk_regions"
 _SHAPE_S, _SHAPE_V = "[B, M, N]", "[B, N, C]"
@@ -54,12 +54,7 @@ def topk_regions(
         (zero outside the selection) and values (summed per patch in a fixed order), through
         both pooled and weights.
     """
-    check_tensor(_OP, "scores", scores, _SHAPE_S)
-    check_tensor(_OP, "values", values, _SHAPE_V)
-    check_same(_OP, ("scores", "values"), (scores, values))
-    B, M, N = scores.shape
-    check_dim(_OP, "values", values.shape[0], B, "B", _SHAPE_V)
-    check_dim(_OP, "values", values.shape[1], N, "N", _SHAPE_V)
+    N = check_inputs(_OP, ("scores", scores, _SHAPE_S), ("values", values, _SHAPE_V))["N"]
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"art_fast.{_OP}: k must be an int in [1, N = {N}], got {k!r}")
     if not 1 <= k <= N:
@@ -165,12 +160,8 @@ def _tk(B: int, M: int = 16, N: int = 196, C: int = 32, k: int = 16) -> dict[str
 
 
 # DESIGN §7 paper shapes: B groups of K = 16 query rows over N = 196 patches, k_region = 16.
-SPEC = OpSpec(
-    name=_OP,
-    fn=topk_regions,
-    reference=reference.topk_regions,
-    entries=CONTRACT.entries,
-    make_case=_case,
+SPEC = OpSpec.of(
+    CONTRACT, topk_regions, _case, _entry_samples,
     sample_shapes=(
         {"B": 2, "M": 3, "N": 11, "C": 5, "k": 4},
         {"B": 3, "M": 1, "N": 1, "C": 7, "k": 1},
@@ -180,6 +171,4 @@ SPEC = OpSpec(
     bench_shapes={"cpu": (_tk(1024),), "cuda": (_tk(4096),),
                   "quick": (_tk(16, M=4, N=49, C=16, k=8),),
                   "small": (_tk(128),)},
-    entry_samples=_entry_samples,
-    doc="docs/kernels/topk_regions.md",
 )

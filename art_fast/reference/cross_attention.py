@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 
-def cross_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    scale: float | None = None,
-    return_weights: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def cross_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None,
+                    return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """softmax(q k^T * scale) v in plain PyTorch, in the inputs' dtype.
 
     Args:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 IGNORE_INDEX = -100
 
@@ -18,14 +19,8 @@ def mask_ignored(anchors: torch.Tensor, ignored: torch.Tensor, normalize: bool) 
     return anchors.masked_fill(ignored.unsqueeze(-1), 1.0 if normalize else 0.0)
 
 
-def info_nce(
-    anchors: torch.Tensor,
-    candidates: torch.Tensor,
-    targets: torch.Tensor,
-    temperature: float = 0.1,
-    normalize: bool = True,
-    reduction: str = "mean",
-) -> torch.Tensor:
+def info_nce(anchors: Tensor, candidates: Tensor, targets: Tensor, temperature: float = 0.1,
+             normalize: bool = True, reduction: str = "mean") -> Tensor:
     """InfoNCE in plain PyTorch, in the inputs' dtype.
 
     Args:

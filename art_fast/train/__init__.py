@@ -15,61 +15,17 @@ metrics ``region_hit`` / ``region_hit_chance`` on sets with boxes). Under
 ``torchrun`` the same calls run DistributedDataParallel (NCCL on GPU, gloo on CPU).
 """
 
-from .checkpoint import atomic_save, find_resume, load_checkpoint
-from .config import (
-    DATASETS,
-    Config,
-    ConfigError,
-    DataConfig,
-    EvalConfig,
-    ModelConfig,
-    TrainConfig,
-    apply_overrides,
-    build_dataset,
-    config_from_dict,
-    config_to_dict,
-    load_config,
-    save_config,
-)
-from .metrics import classification_metrics, confusion_matrix, mean_class_accuracy
-from .region_hit import (
-    RegionHitAccumulator,
-    patch_box_overlap,
-    region_hit,
-    region_hit_sums,
-    summarize_region_hit,
-)
-from .trainer import build_model, evaluate, load_trained, main_eval, main_train, train
+# Each module's ``__all__`` is the package's public API for that part (one list, not two).
+from . import checkpoint as _checkpoint
+from . import config as _config
+from . import metrics as _metrics
+from . import region_hit as _region_hit
+from . import trainer as _trainer
+from .checkpoint import *  # noqa: F403
+from .config import *  # noqa: F403
+from .metrics import *  # noqa: F403
+from .region_hit import *  # noqa: F403
+from .trainer import *  # noqa: F403
 
-__all__ = [
-    "Config",
-    "ConfigError",
-    "DataConfig",
-    "ModelConfig",
-    "TrainConfig",
-    "EvalConfig",
-    "DATASETS",
-    "load_config",
-    "apply_overrides",
-    "save_config",
-    "config_to_dict",
-    "config_from_dict",
-    "build_dataset",
-    "build_model",
-    "load_trained",
-    "train",
-    "evaluate",
-    "main_train",
-    "main_eval",
-    "atomic_save",
-    "load_checkpoint",
-    "find_resume",
-    "classification_metrics",
-    "confusion_matrix",
-    "mean_class_accuracy",
-    "patch_box_overlap",
-    "region_hit",
-    "region_hit_sums",
-    "summarize_region_hit",
-    "RegionHitAccumulator",
-]
+__all__ = [*_config.__all__, *_trainer.__all__, *_checkpoint.__all__, *_metrics.__all__,
+           *_region_hit.__all__]
