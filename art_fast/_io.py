@@ -1,4 +1,4 @@
-"""Atomic file writes, shared by the checkpoints and the text-bank cache."""
+"""Atomic file writes, shared by the checkpoints and the text-bank cache; whether a pid lives."""
 
 from __future__ import annotations
 
@@ -8,6 +8,22 @@ from typing import Any
 import torch
 
 _TMP_MARK = ".tmp-"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (``os.kill(pid, 0)``: a process of
+    another user counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return True  # unknown: assume alive (never delete what a live writer may use)
+    return True
 
 
 def _fsync_dir(directory: str) -> None:
@@ -24,9 +40,10 @@ def _fsync_dir(directory: str) -> None:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save(obj)`` to ``path`` atomically (temp file in the same folder, flush,
-    fsync, ``os.replace``, fsync of the folder). On an exception the temp file is removed and
-    ``path`` is untouched."""
+    """``torch.save(obj)`` to ``path`` atomically (temp file ``.<name>.tmp-<pid>`` in the same
+    folder, flush, fsync, ``os.replace``, fsync of the folder). On an exception the temp file
+    is removed and ``path`` is untouched; an ``OSError`` (a full disk, ...) is raised again
+    with ``path`` as its file name, so its message names the file and the errno."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -37,10 +54,12 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.remove(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and e.errno is not None and e.strerror:
+            raise OSError(e.errno, f"cannot write: {e.strerror}", path) from e
         raise
     _fsync_dir(directory)

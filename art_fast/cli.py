@@ -43,6 +43,10 @@ def _add_train(sub) -> None:
     _add_overrides(p, "a config key (dotted, e.g. train.lr=1e-4)")
     p.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="continue from <output_dir>/last.pt (auto) or a checkpoint file")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an output_dir that holds a previous run (deletes its "
+                        "checkpoints, metrics.jsonl, train.log, ...); without it or --resume, "
+                        "such a folder is refused")
 
 
 def _add_eval(sub) -> None:
@@ -100,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="art-fast", description="ART (Action-Region Tracking) with custom kernels.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true",
+                   help="(before the command) show the traceback of an error; by default a "
+                        "user error (config, data, checkpoint, output folder, disk) is one "
+                        "line 'art-fast <command>: error: ...' and exit status 2")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     synth = sub.add_parser("synth", help="write a synthetic fine-grained set (--kind "
                                          "displacement | binding)",
@@ -223,7 +231,37 @@ def _print_selftest(st: dict) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``art-fast``: run the command; returns the exit status.
+
+    A user error (:data:`art_fast.errors.USER_ERRORS`: a bad config, data, checkpoint or
+    output folder, a failed write) prints one line ``art-fast <command>: error: ...`` on stderr
+    and returns 2, no traceback (a training run also writes the line to its ``train.log``);
+    ``--debug`` before the command raises it with its traceback instead. Other exceptions
+    (bugs) propagate with their traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = False
+    while argv and argv[0] == "--debug":
+        debug = True
+        argv.pop(0)
+    prog = f"art-fast {argv[0]}" if argv and not argv[0].startswith("-") else "art-fast"
+    try:
+        return _dispatch(argv)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        from .errors import USER_ERRORS, describe
+
+        if debug or not isinstance(e, USER_ERRORS):
+            raise
+        print(f"{prog}: error: {describe(e)}", file=sys.stderr, flush=True)
+        return 2
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] == "bench":
         return _bench(argv[1:])
     args = build_parser().parse_args(argv)
@@ -236,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import train as trainer  # the trainer (and torch.distributed) only when needed
 
     if args.command == "train":
-        return trainer.main_train(args.config, args.overrides, args.resume)
+        return trainer.main_train(args.config, args.overrides, args.resume, args.overwrite)
     if args.command == "eval":
         return trainer.main_eval(args.checkpoint, args.overrides, args.out)
     if args.command == "viz":
@@ -262,7 +300,7 @@ def viz(checkpoint: str, out: str, *, index: int = 0, video: str | None = None,
 
     model, cfg, _ = load_trained(checkpoint, list(overrides) + ["eval.views=[1,1]"])
     T, S = model.num_frames, model.image_size
-    boxes = None
+    boxes, label = None, None  # the ground truth is known for dataset clips only
     if video is not None:
         idx = segment_indices(num_frames(video), T, train=False)
         clip = Compose([Resize(S), CenterCrop(S)])(torch.from_numpy(read_frames(video, idx)))
@@ -270,15 +308,18 @@ def viz(checkpoint: str, out: str, *, index: int = 0, video: str | None = None,
     else:
         dataset = build_dataset(cfg, train=False)
         if not 0 <= index < len(dataset):
-            raise IndexError(f"art-fast viz: --index {index} is outside the test split "
-                             f"(0..{len(dataset) - 1})")
+            from .errors import IndexOutOfRange
+
+            raise IndexOutOfRange(f"--index {index} is outside the test split "
+                                  f"(0..{len(dataset) - 1})")
         if getattr(dataset, "can_map_boxes", False):
             clip, label, boxes = dataset.get_with_boxes(index)
         else:
             clip, label = dataset[index]
         source = f"{dataset.path_of(index)} (label {label}: {model.class_names[label]})"
     info = draw_tracklets(model, clip.numpy(), out,
-                          boxes=None if boxes is None else boxes.numpy())
+                          boxes=None if boxes is None else boxes.numpy(), label=label,
+                          explain=True)
     info["source"] = source
     info.pop("saliency")
     if "region_hit" in info:

@@ -99,7 +99,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
         sets = [x for o in overrides for x in ("--set", o)]
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        _run([sys.executable, "-m", "art_fast.cli", "train", args.config, *sets],
+        _run([sys.executable, "-m", "art_fast.cli", "train", args.config, *sets, "--overwrite"],
              Path(args.work) / f"{variant}_s{seed}.train.log")
         train_s = time.perf_counter() - t0
         _run([sys.executable, "-m", "art_fast.cli", "eval", str(run_dir / "best.pt"),
@@ -130,7 +130,7 @@ def _training_curve(path: Path) -> tuple[list[dict[str, Any]], float | None]:
             mtc = float(sum(terms))
         ev = r.get("eval")
         if ev:
-            curve.append({"epoch": r.get("epoch", 0) + 1, "top1": ev.get("top1"),
+            curve.append({"epoch": r.get("epoch", 1), "top1": ev.get("top1"),  # 1-based
                           "region_hit": ev.get("region_hit")})
     return curve, mtc
 

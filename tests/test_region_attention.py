@@ -113,12 +113,12 @@ def test_ablation_refuses_a_missing_set(tmp_path, capsys):
 
 def test_ablation_training_curve(tmp_path):
     mod = _ablation()
-    lines = [{"epoch": 0, "train": {"ce": 1.0, "mtc_spatial": 0.5, "mtc_temporal": 0.25,
+    lines = [{"epoch": 1, "train": {"ce": 1.0, "mtc_spatial": 0.5, "mtc_temporal": 0.25,
                                     "mtc_tracklet": 0.125}},
-             {"epoch": 1, "train": {"ce": 0.9, "mtc_spatial": 0.1, "mtc_temporal": 0.2,
+             {"epoch": 2, "train": {"ce": 0.9, "mtc_spatial": 0.1, "mtc_temporal": 0.2,
                                     "mtc_tracklet": 0.3},
               "eval": {"top1": 0.5, "region_hit": 0.2}},
-             {"epoch": 2, "train": {"ce": 0.8}, "eval": {"top1": 0.6, "region_hit": None}}]
+             {"epoch": 3, "train": {"ce": 0.8}, "eval": {"top1": 0.6, "region_hit": None}}]
     path = tmp_path / "metrics.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     curve, mtc = mod._training_curve(path)

@@ -41,12 +41,13 @@ def test_two_step_run_writes_outputs(two_step_run):
     lines = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
     assert len(lines) == 1
     rec = lines[0]
-    assert rec["step"] == 2 and rec["epoch"] == 0 and rec["epoch_complete"] is False
+    # epochs count from 1 in metrics.jsonl and train.log
+    assert rec["step"] == 2 and rec["epoch"] == 1 and rec["epoch_complete"] is False
     assert set(rec["train"]) >= {"total", "ce", "ce_v", "mtc_spatial", "sema_video"}
     assert rec["eval"]["num_samples"] == 4 and rec["clips_per_s"] > 0
     assert rec["eval"]["top1"] == result["top1"]
     log = open(os.path.join(out, "train.log")).read()
-    assert "eval epoch 0 step 2" in log and "saved last.pt" in log
+    assert "eval epoch 1 step 2" in log and "saved last.pt" in log
 
 
 def test_checkpoint_contents_weights_only(two_step_run):
@@ -160,7 +161,7 @@ def test_variants_sgd_step_accum_frozen_ablation(tmp_path):
             assert torch.equal(v, final[k]), k
     assert not torch.equal(init["head.fc.weight"], final["head.fc.weight"])
     lines = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
-    assert [(r["epoch"], r["epoch_complete"]) for r in lines] == [(0, True), (1, False)]
+    assert [(r["epoch"], r["epoch_complete"]) for r in lines] == [(1, True), (2, False)]
 
 
 def test_grad_accum_matches_larger_batch(tmp_path):

@@ -36,6 +36,11 @@ Layouts (``video_dir=`` overrides where the videos are looked up):
   None, to the list file's folder. Labels are class ids (ints) or class names. ``class_csv``:
   ``id,name`` rows (an optional header row is skipped), ids 0..C-1.
 
+Labels given as ids must be non-negative integers written as such: ``2.7``, ``3.0``, ``true``,
+``-1``, ``1e3`` are errors naming the file and the line (the entry, in a JSON list). A
+:class:`VideoList` without ``class_csv`` takes either integer ids or class names, never both
+in one list, and a name may not look like a number or a boolean.
+
 Video names may start with '-' or '_': paths are only ever joined and passed to the decoders as
 absolute file names, never to anything that parses options.
 """
@@ -88,6 +93,30 @@ def _load_json(path: str) -> Any:
             return json.load(f)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+
+
+_INT_RE = re.compile(r"^[0-9]+$")
+
+
+def _int_label(value: Any, where: str) -> int:
+    """A class id: an ``int`` (not a bool) >= 0, or a string of ASCII digits; anything else
+    (``2.7``, ``true``, ``"3.0"``, ``-1``) is a ValueError naming ``where``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    if isinstance(value, str) and _INT_RE.match(value.strip()):
+        return int(value.strip())
+    raise ValueError(f"{where}: label {value!r} is not an integer class id (0, 1, 2, ...)")
+
+
+def _number_or_bool(text: str) -> bool:
+    """Whether a label text reads as a number or a boolean (never a class name)."""
+    if text.lower() in ("true", "false"):
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _default_train(split: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -192,13 +221,14 @@ class Diving48(VideoClassificationDataset):
         samples, vid_names = [], []
         for k, e in enumerate(entries):
             try:
-                name, label = str(e["vid_name"]), int(e["label"])
+                name, raw_label = str(e["vid_name"]), e["label"]
                 start = int(e.get("start_frame", 0) or 0)
                 end = e.get("end_frame")
                 end = int(end) if end is not None else None
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"{ann}: entry {k} ({e!r}) lacks vid_name/label or has bad "
                                  f"values: {exc}") from exc
+            label = _int_label(raw_label, f"{ann}: entry {k} (vid_name {name!r})")
             if end is not None and end <= start:
                 end = None
             samples.append(VideoSample(os.path.join(self.video_dir, name + ".mp4"), label,
@@ -372,10 +402,7 @@ class FineGym(VideoClassificationDataset):
                 if len(parts) != 2:
                     raise ValueError(f"{ann}:{n}: expected '<element_id> <label>', got "
                                      f"{line.strip()!r}")
-                try:
-                    label = int(parts[1])
-                except ValueError as exc:
-                    raise ValueError(f"{ann}:{n}: label {parts[1]!r} is not an integer") from exc
+                label = _int_label(parts[1], f"{ann}:{n}")
                 samples.append(VideoSample(os.path.join(self.video_dir, parts[0] + ".mp4"),
                                            label))
         self.split, self.variant = split, variant
@@ -413,7 +440,8 @@ class SomethingSomethingV2(VideoClassificationDataset):
         table = _load_json(labels_file)
         if not isinstance(table, dict):
             raise ValueError(f"{labels_file}: expected {{template: index}}")
-        index = {str(k): int(v) for k, v in table.items()}
+        index = {str(k): _int_label(v, f"{labels_file}: template {k!r}")
+                 for k, v in table.items()}
         if sorted(index.values()) != list(range(len(index))):
             raise ValueError(f"{labels_file}: indices must be 0..{len(index) - 1}")
         classes = [""] * len(index)
@@ -593,21 +621,32 @@ class VideoList(VideoClassificationDataset):
         if class_csv is not None:
             classes = _read_class_csv(os.fspath(class_csv))
         else:
-            try:
-                ids = [int(lab) for _, lab, _ in entries]
-                classes = [str(i) for i in range(max(ids) + 1)] if ids else []
-            except ValueError:
+            for _, lab, n in entries:
+                if _number_or_bool(lab) and not _INT_RE.match(lab):
+                    raise ValueError(f"{list_file}:{n}: label {lab!r} is not an integer class "
+                                     "id (0, 1, 2, ...) nor a class name")
+            kinds = [(bool(_INT_RE.match(lab)), n) for _, lab, n in entries]
+            for is_id, n in kinds:
+                if kinds and is_id != kinds[0][0]:
+                    lab = next(lab for _, lab, m in entries if m == n)
+                    raise ValueError(
+                        f"{list_file}:{n}: label {lab!r} mixes class names and integer class "
+                        f"ids in one list (line {kinds[0][1]} has the other kind); give "
+                        "data.class_csv to map names to ids")
+            if entries and kinds[0][0]:
+                classes = [str(i) for i in range(max(int(lab) for _, lab, _ in entries) + 1)]
+            else:
                 classes = sorted({lab for _, lab, _ in entries})
         by_name = {c: i for i, c in enumerate(classes)}
         samples = []
         for path, lab, n in entries:
-            try:
+            if _INT_RE.match(lab):
                 label = int(lab)
-            except ValueError:
-                if lab not in by_name:
-                    raise ValueError(f"{list_file}:{n}: label {lab!r} is not a class id or "
-                                     f"name") from None
+            elif lab in by_name:
                 label = by_name[lab]
+            else:  # only with class_csv: without it every name is a class
+                raise ValueError(f"{list_file}:{n}: label {lab!r} is not an integer class id "
+                                 f"nor a class name of {os.fspath(class_csv or '')}")
             full = path if os.path.isabs(path) else os.path.join(base, path)
             samples.append(VideoSample(os.path.abspath(full), label))
         self.list_file = list_file

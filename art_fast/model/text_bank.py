@@ -4,12 +4,18 @@ encoded once by the text tower of the same open_clip model, L2-normalised, cache
 The bank tensor is ``[P, C, Ct]`` float32 (P prompt templates, C classes, Ct the text
 embedding width). The cache key hashes (model name, weights identity, the filled prompts, the
 format version), so a different model, checkpoint, class list or template set misses.
+
+A cache file is validated on load (:func:`check_cached_bank`): the key stored in it, shape
+``[P, C, Ct]`` with the text tower's width ``Ct``, dtype float32, every value finite, every row
+of unit norm. A file that fails (or does not load) is not used: a warning names the file and
+why, and the bank is encoded again and the file rewritten atomically.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -18,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._io import atomic_save
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATES: tuple[str, ...] = (
     "a video of a person {}.",
@@ -75,6 +83,40 @@ def encode_prompts(
     return emb.view(len(prompts), len(prompts[0]), -1).cpu()
 
 
+def _text_width(clip_model: nn.Module, tokenizer, prompts: list[list[str]]) -> int:
+    """The width of ``clip_model.encode_text``: from its text projection when it has one,
+    else by encoding one prompt."""
+    for owner in (clip_model, getattr(clip_model, "text", None)):
+        proj = getattr(owner, "text_projection", None)
+        if isinstance(proj, torch.Tensor) and proj.dim() == 2:
+            return int(proj.shape[1])
+        if isinstance(proj, nn.Linear):
+            return int(proj.out_features)
+    return int(encode_prompts(clip_model, tokenizer, [[prompts[0][0]]]).shape[-1])
+
+
+def check_cached_bank(blob: object, key: str, shape: tuple[int, int, int]) -> str | None:
+    """Why a loaded cache ``blob`` is not a valid bank for ``key`` and ``shape`` (P, C, Ct),
+    or None when it is."""
+    if not isinstance(blob, dict) or "bank" not in blob:
+        return "not a text-bank cache (no 'bank' entry)"
+    if blob.get("key") != key:
+        return f"its key is {blob.get('key')!r}, expected {key!r} (a renamed or foreign file)"
+    bank = blob["bank"]
+    if not isinstance(bank, torch.Tensor):
+        return f"the bank is a {type(bank).__name__}, not a tensor"
+    if bank.dtype != torch.float32:
+        return f"dtype {bank.dtype}, expected torch.float32"
+    if tuple(bank.shape) != tuple(shape):
+        return f"shape {list(bank.shape)}, expected {list(shape)} (P, C, width)"
+    if not bool(torch.isfinite(bank).all()):
+        return "it holds non-finite values (nan or inf)"
+    norms = bank.norm(dim=-1)
+    if not torch.allclose(norms, torch.ones_like(norms), atol=1e-3):
+        return "its rows are not L2-normalised"
+    return None
+
+
 def load_or_encode(
     clip_model: nn.Module,
     tokenizer,
@@ -86,21 +128,29 @@ def load_or_encode(
 ) -> tuple[torch.Tensor, bool]:
     """The bank ``[P, C, Ct]`` float32 from the disk cache, or encoded (and cached).
 
-    Returns ``(bank, hit)``; ``hit`` says whether the cache was used. A cache file that is
-    unreadable or of the wrong shape counts as a miss and is rewritten.
+    Returns ``(bank, hit)``; ``hit`` says whether the cache was used. A cache file that does
+    not load or fails :func:`check_cached_bank` is not used: a warning names the file and why,
+    and the file is rewritten (atomically) with the encoded bank.
     """
+    key = cache_key(model_name, weights_id, prompts)
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = path / f"{cache_key(model_name, weights_id, prompts)}.pt"
+    path = path / f"{key}.pt"
     P, C = len(prompts), len(prompts[0])
     if use_cache and path.is_file():
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-            bank = blob["bank"]
-            if isinstance(bank, torch.Tensor) and bank.dim() == 3 and bank.shape[:2] == (P, C):
-                return bank.float(), True
-        except Exception:  # a torn or foreign file: re-encode and overwrite
-            pass
+        except Exception as e:  # a torn or foreign file
+            why: str | None = f"it does not load ({type(e).__name__}: " \
+                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})"
+        else:
+            why = check_cached_bank(blob, key, (P, C, _text_width(clip_model, tokenizer,
+                                                                   prompts)))
+            if why is None:
+                return blob["bank"], True
+        log.warning("text-bank cache %s is not used: %s; encoding the bank again and "
+                    "rewriting the file", path, why)
     bank = encode_prompts(clip_model, tokenizer, prompts)
     if use_cache:
-        atomic_save({"bank": bank, "model": model_name, "weights": weights_id}, path)
+        atomic_save({"bank": bank, "model": model_name, "weights": weights_id, "key": key,
+                     "format": _FORMAT}, path)
     return bank, False

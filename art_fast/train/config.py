@@ -12,7 +12,8 @@ A config has four sections and a few top-level keys::
 applies ``key=value`` overrides (``train.lr=3e-4``, ``eval.views=[2,3]``; the value is parsed as
 a YAML scalar or list), and validates the result. An unknown key, in the file or in an
 override, is an error naming the key, the keys that section knows and the closest match; a
-value of the wrong type or outside its range is an error naming the key and what it expects.
+value of the wrong type, outside its range or not finite (``nan``, ``inf``, ``1e400``: numbers
+are never allowed to be non-finite) is an error naming the key and what it expects.
 
 ``data.num_frames`` and ``data.image_size`` are the single source of T and the frame side: the
 model is built with the same values. ``train.batch_size`` is per process: under torchrun with
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -341,6 +343,8 @@ def _check(key: str, f: dataclasses.Field, tp: Any, value: Any) -> Any:
     for v in items:
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             continue
+        if not math.isfinite(v):  # nan, inf, and 1e400 (which reads as inf)
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         if lo is not None and (v < lo or (meta.get("min_exclusive") and v == lo)):
             rel = ">" if meta.get("min_exclusive") else ">="
             raise ConfigError(f"{key}: expected a value {rel} {lo}, got {value!r}")
@@ -427,7 +431,7 @@ def validate(cfg: Config) -> None:
     if len(m.mtc_weights) != 3:
         raise ConfigError(f"model.mtc_weights: expected 3 numbers (spatial, temporal, "
                           f"tracklet), got {m.mtc_weights!r}")
-    if any(w < 0 for w in m.mtc_weights):
+    if not all(w >= 0 for w in m.mtc_weights):  # also false for nan
         raise ConfigError(f"model.mtc_weights: expected numbers >= 0, got {m.mtc_weights!r}")
     if m.latent_dim % m.heads:
         raise ConfigError(f"model.latent_dim ({m.latent_dim}) must be divisible by "

@@ -2,10 +2,16 @@
 
 * :func:`classification_metrics`: top-1, top-5, mean-class accuracy and the confusion matrix
   from class scores and labels;
-* :func:`write_confusion_csv`, :func:`write_confusion_png` (a row-normalised heat map written
-  by a small zlib PNG encoder: no imaging library needed), :func:`write_predictions_csv`;
-* :class:`MetricsLog`: one JSON line per epoch in ``metrics.jsonl``, and TensorBoard scalars
-  when asked for and available.
+* :func:`write_confusion_csv`, :func:`write_confusion_png` (the row-normalised matrix drawn
+  with matplotlib: class names on both axes, per-cell counts, a colour bar, top-1 and
+  mean-class in the title), :func:`write_predictions_csv`;
+* :func:`write_curves`: ``curves.png``, the train loss terms and the evaluation accuracies
+  per epoch, drawn from ``metrics.jsonl``;
+* :class:`MetricsLog`: one JSON line per epoch in ``metrics.jsonl`` (``curves.png`` redrawn
+  after each), and TensorBoard scalars when asked for and available.
+
+matplotlib is imported inside the drawing functions only (``import art_fast`` stays light),
+and figures are built with :class:`matplotlib.figure.Figure` (Agg, no pyplot, no display).
 
 Conventions: the confusion matrix has the true class in rows and the prediction in columns;
 mean-class accuracy is the mean per-class recall over the classes present in the evaluated
@@ -19,8 +25,6 @@ import json
 import logging
 import math
 import os
-import struct
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,10 +37,13 @@ __all__ = [
     "classification_metrics",
     "confusion_matrix",
     "mean_class_accuracy",
+    "read_metrics_jsonl",
     "topk_accuracy",
     "write_confusion_csv",
+    "confusion_figure",
+    "curves_figure",
     "write_confusion_png",
-    "write_png",
+    "write_curves",
     "write_predictions_csv",
 ]
 
@@ -110,51 +117,148 @@ def write_confusion_csv(path: str, confusion: torch.Tensor,
             w.writerow([names[i], *(int(x) for x in confusion[i].tolist())])
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return (struct.pack(">I", len(data)) + kind + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+#: above this many classes the cells carry no count (too small to read)
+CONFUSION_MAX_COUNTS = 40
+#: above this many classes the axes carry class indices and a legend file holds the names
+CONFUSION_MAX_NAMES = 100
 
 
-def write_png(path: str, rgb: np.ndarray) -> None:
-    """Write an RGB uint8 image ``[H, W, 3]`` as a PNG (8-bit, no filter, zlib level 9)."""
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"write_png expects [H, W, 3] uint8, got {rgb.shape}")
-    h, w = rgb.shape[:2]
-    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
-    png = (b"\x89PNG\r\n\x1a\n"
-           + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-           + _png_chunk(b"IDAT", zlib.compress(raw, 9))
-           + _png_chunk(b"IEND", b""))
-    with open(path, "wb") as f:
-        f.write(png)
+def _names_from_csv(csv_path: str, num_classes: int) -> list[str] | None:
+    """The class names of the header of a :func:`write_confusion_csv` file, or None when the
+    file is missing, unreadable or does not have ``num_classes`` columns."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f))
+    except (OSError, StopIteration, csv.Error, UnicodeDecodeError):
+        return None
+    names = header[1:]
+    return names if len(names) == num_classes else None
 
 
-def _colormap(x: np.ndarray) -> np.ndarray:
-    """White (0) -> dark blue (1), for values in [0, 1]."""
-    lo = np.array([255.0, 255.0, 255.0])
-    mid = np.array([107.0, 174.0, 214.0])
-    hi = np.array([8.0, 48.0, 107.0])
-    x = np.clip(x, 0.0, 1.0)[..., None]
-    out = np.where(x < 0.5, lo + (mid - lo) * (x / 0.5), mid + (hi - mid) * ((x - 0.5) / 0.5))
-    return out.round().astype(np.uint8)
+def confusion_figure(confusion: torch.Tensor | np.ndarray,
+                     class_names: Sequence[str] | None = None, *,
+                     top1: float | None = None, mean_class: float | None = None,
+                     title: str | None = None, max_side: int = 2400, dpi: int = 100
+                     ) -> tuple[Any, dict[str, Any]]:
+    """The confusion figure (a :class:`matplotlib.figure.Figure`, not saved) and what it shows.
+
+    Colours are the row-normalised matrix (the share of each true class predicted as each
+    class: the diagonal is the per-class recall), white 0 to dark blue 1, with a colour bar;
+    each cell carries its count (up to :data:`CONFUSION_MAX_COUNTS` classes). Up to
+    :data:`CONFUSION_MAX_NAMES` classes the axes carry the full class names (the prediction
+    on x, rotated; the true class on y; font size shrinking with the number of classes);
+    beyond, class indices (every n-th) and ``legend`` lists ``index: name``. The title gives
+    the number of clips, top-1 and mean-class accuracy (computed from the matrix when not
+    given: top-1 = trace / total, mean-class = mean recall over the classes present).
+
+    Returns:
+        ``(figure, info)``: ``info`` = ``{"xticklabels", "yticklabels", "cell_text"
+        (C lists of C strings, or None when the counts are dropped), "title", "legend"
+        (list of ``"i: name"`` lines, or None), "fontsize"}``.
+    """
+    from matplotlib.figure import Figure
+
+    conf = np.asarray(confusion.cpu() if isinstance(confusion, torch.Tensor) else confusion,
+                      dtype=np.int64)
+    C = conf.shape[0]
+    names = [str(n) for n in class_names] if class_names is not None \
+        else [str(i) for i in range(C)]
+    if len(names) != C:
+        raise ValueError(f"confusion_figure: {len(names)} class names for a {C} x {C} matrix")
+    rows = conf.sum(1, keepdims=True)
+    norm = conf / np.maximum(rows, 1)
+    total = int(conf.sum())
+    if top1 is None and total:
+        top1 = float(np.trace(conf)) / total
+    if mean_class is None and total:
+        mean_class = mean_class_accuracy(torch.from_numpy(conf))
+    if title is None:
+        title = f"Confusion matrix: {total} clips, {C} classes"
+        acc = []
+        if top1 is not None and math.isfinite(top1):
+            acc.append(f"top-1 {100 * top1:.1f}%")
+        if mean_class is not None and math.isfinite(mean_class):
+            acc.append(f"mean-class {100 * mean_class:.1f}%")
+        if acc:
+            title += "\n" + ", ".join(acc)
+
+    with_counts = C <= CONFUSION_MAX_COUNTS
+    with_names = C <= CONFUSION_MAX_NAMES
+    fontsize = float(min(10.0, max(5.0, 200.0 / max(C, 1))))
+    # the matrix gets ~0.32 in per class (at least 4 in, at most max_side pixels); the class
+    # names fall outside the axes and savefig(bbox_inches="tight") widens the image for them
+    side_in = min(max_side / dpi, max(4.0, 0.32 * C + 1.5))
+    fig = Figure(figsize=(side_in * 1.3, side_in * 1.15), dpi=dpi)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("share of the true class (row-normalised)")
+    if with_names:
+        ticks = list(range(C))
+        xt = yt = names
+        legend = None
+    else:
+        every = math.ceil(C / 50)
+        ticks = list(range(0, C, every))
+        xt = yt = [str(i) for i in ticks]
+        legend = [f"{i}: {n}" for i, n in enumerate(names)]
+    ax.set_xticks(ticks)
+    ax.set_yticks(ticks)
+    ax.set_xticklabels(xt, rotation=60 if with_names else 90, ha="right" if with_names
+                       else "center", rotation_mode="anchor" if with_names else "default",
+                       fontsize=fontsize)
+    ax.set_yticklabels(yt, fontsize=fontsize)
+    ax.set_xlabel("predicted class" + ("" if with_names else " (index; names in the legend "
+                                       "file)"))
+    ax.set_ylabel("true class" + ("" if with_names else " (index)"))
+    ax.set_title(title, fontsize=11)
+    cell_text = None
+    if with_counts:
+        cell_text = []
+        for i in range(C):
+            row = []
+            for j in range(C):
+                txt = str(int(conf[i, j]))
+                row.append(txt)
+                if conf[i, j] or C <= 12:
+                    ax.text(j, i, txt, ha="center", va="center", fontsize=fontsize * 0.9,
+                            color="white" if norm[i, j] > 0.5 else "black")
+            cell_text.append(row)
+    return fig, {"xticklabels": list(xt), "yticklabels": list(yt), "cell_text": cell_text,
+                 "title": title, "legend": legend, "fontsize": fontsize}
 
 
-def write_confusion_png(path: str, confusion: torch.Tensor, max_side: int = 800) -> None:
-    """A heat map of the row-normalised confusion matrix (true class = row, top to bottom;
-    prediction = column, left to right; white 0 to dark blue 1), each cell a square of pixels,
-    with a one-pixel grey grid when cells are at least 4 pixels wide. Class names are in the
-    CSV next to it."""
-    conf = confusion.double()
-    rows = conf.sum(1, keepdim=True).clamp_min(1)
-    norm = (conf / rows).numpy()
-    C = norm.shape[0]
-    cell = max(1, min(32, max_side // max(C, 1)))
-    img = _colormap(np.kron(norm, np.ones((cell, cell))))
-    if cell >= 4:
-        img[::cell, :, :] = 200
-        img[:, ::cell, :] = 200
-    write_png(path, img)
+def write_confusion_png(path: str, confusion: torch.Tensor, max_side: int = 2400, *,
+                        class_names: Sequence[str] | None = None, top1: float | None = None,
+                        mean_class: float | None = None, title: str | None = None,
+                        dpi: int = 100) -> dict[str, Any]:
+    """Draw the confusion matrix (:func:`confusion_figure`) into the PNG ``path``.
+
+    ``class_names`` default: the header of ``confusion.csv`` next to ``path`` when it has C
+    names (the trainer writes it first), else class indices. ``max_side`` caps the matrix
+    part of the figure, in pixels. With more than :data:`CONFUSION_MAX_NAMES` classes the
+    names go to ``<path stem>_classes.txt`` (one ``index: name`` per line).
+
+    Returns:
+        the ``info`` of :func:`confusion_figure` plus ``"path"`` and ``"legend_path"`` (or
+        None).
+    """
+    C = int(confusion.shape[0])
+    if class_names is None:
+        class_names = _names_from_csv(
+            os.path.join(os.path.dirname(os.path.abspath(path)), "confusion.csv"), C)
+    fig, info = confusion_figure(confusion, class_names, top1=top1, mean_class=mean_class,
+                                 title=title, max_side=max_side, dpi=dpi)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
+    info["path"] = path
+    info["legend_path"] = None
+    if info["legend"] is not None:
+        legend_path = os.path.splitext(path)[0] + "_classes.txt"
+        with open(legend_path, "w", encoding="utf-8") as f:
+            f.write("\n".join(info["legend"]) + "\n")
+        info["legend_path"] = legend_path
+    return info
 
 
 def write_predictions_csv(path: str, rows: Sequence[dict[str, Any]],
@@ -178,6 +282,139 @@ def write_predictions_csv(path: str, rows: Sequence[dict[str, Any]],
             if with_scores:
                 line += [f"{s:.6f}" for s in r["scores"]]
             w.writerow(line)
+
+
+# --------------------------------------------------------------------------- curves
+
+#: the evaluation accuracies drawn by :func:`curves_figure` (``record["eval"]`` keys)
+CURVE_EVAL_KEYS = ("top1", "mean_class")
+
+
+def read_metrics_jsonl(path: str) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (lines that do not parse as a JSON object, e.g. a
+    line cut by a crash, are skipped); when a step appears twice (a resumed run), the last
+    record of that step is kept, in the order of the first."""
+    records: dict[Any, dict[str, Any]] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                records[rec.get("step", f"line{n}")] = rec
+    return list(records.values())
+
+
+def _curve_x(rec: dict[str, Any]) -> float | None:
+    """The epoch of a record: ``epoch + 1`` for a complete epoch (the curve point sits at the
+    end of the epoch), ``epoch`` + 0.5 for a record written part-way (e.g. ``max_steps``)."""
+    if not isinstance(rec.get("epoch"), (int, float)):
+        return None
+    return rec["epoch"] + (1.0 if rec.get("epoch_complete", True) else 0.5)
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def curves_figure(records: Sequence[dict[str, Any]], *, dpi: int = 100
+                  ) -> tuple[Any, dict[str, Any]]:
+    """The training-curve figure (not saved) from metrics.jsonl records.
+
+    Left: every train loss term (each key of ``record["train"]``; ``total`` drawn thicker)
+    per epoch. Right: ``top1`` and ``mean_class`` of each evaluation (``record["eval"]``), in
+    percent. x is the epoch (the end of it; a record written part-way sits at ``epoch +
+    0.5``). NaN / null values are left out.
+
+    Returns:
+        ``(figure, data)``: ``data = {"train": {term: (xs, ys)}, "eval": {key: (xs, ys in
+        [0, 1])}}``; each line of the figure has its key as label.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    train: dict[str, tuple[list[float], list[float]]] = {}
+    evals: dict[str, tuple[list[float], list[float]]] = {}
+    for rec in records:
+        x = _curve_x(rec)
+        if x is None:
+            continue
+        for key, v in (rec.get("train") or {}).items():
+            y = _num(v)
+            if y is not None:
+                xs, ys = train.setdefault(str(key), ([], []))
+                xs.append(x)
+                ys.append(y)
+        ev = rec.get("eval") or {}
+        for key in CURVE_EVAL_KEYS:
+            y = _num(ev.get(key)) if isinstance(ev, dict) else None
+            if y is not None:
+                xs, ys = evals.setdefault(key, ([], []))
+                xs.append(x)
+                ys.append(y)
+
+    fig = Figure(figsize=(12, 4.5), dpi=dpi)
+    ax_l, ax_r = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for key in sorted(train, key=lambda k: (k != "total", k)):
+        xs, ys = train[key]
+        ax_l.plot(xs, ys, marker="o", markersize=3, label=key,
+                  linewidth=2.5 if key == "total" else 1.2, color="black" if key == "total"
+                  else None)
+    ax_l.set_title("train loss terms (mean over the epoch)")
+    ax_l.set_xlabel("epoch")
+    ax_l.set_ylabel("loss")
+    ax_l.grid(alpha=0.3)
+    if train:
+        ax_l.legend(fontsize=8, ncol=2)
+    else:
+        ax_l.text(0.5, 0.5, "no train record yet", ha="center", va="center",
+                  transform=ax_l.transAxes)
+    names = {"top1": "top-1", "mean_class": "mean-class"}
+    for key in CURVE_EVAL_KEYS:
+        if key in evals:
+            xs, ys = evals[key]
+            line, = ax_r.plot(xs, [100 * y for y in ys], marker="o", markersize=4,
+                              label=key)
+            if ys:
+                ax_r.annotate(f"{names[key]} {100 * ys[-1]:.1f}%", (xs[-1], 100 * ys[-1]),
+                              textcoords="offset points", xytext=(4, 4), fontsize=8,
+                              color=line.get_color())
+    ax_r.set_title("evaluation accuracy (top-1, mean-class)")
+    ax_r.set_xlabel("epoch")
+    ax_r.set_ylabel("accuracy (%)")
+    ax_r.set_ylim(0, 100)
+    ax_r.grid(alpha=0.3)
+    if evals:
+        ax_r.legend(fontsize=8, loc="lower right")
+    else:
+        ax_r.text(0.5, 0.5, "no evaluation yet", ha="center", va="center",
+                  transform=ax_r.transAxes)
+    for ax in (ax_l, ax_r):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    return fig, {"train": train, "eval": evals}
+
+
+def write_curves(metrics_jsonl_path: str, out_png: str, *, dpi: int = 100) -> dict[str, Any]:
+    """Draw :func:`curves_figure` of ``metrics_jsonl_path`` into ``out_png`` (written to a
+    temporary file first and renamed, so a reader never sees half a PNG).
+
+    Returns:
+        the ``data`` of :func:`curves_figure` plus ``"path"``.
+    """
+    fig, data = curves_figure(read_metrics_jsonl(metrics_jsonl_path), dpi=dpi)
+    tmp = f"{out_png}.tmp{os.getpid()}.png"
+    try:
+        fig.savefig(tmp, dpi=dpi, facecolor="white")
+        os.replace(tmp, out_png)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    data["path"] = out_png
+    return data
 
 
 # --------------------------------------------------------------------------- logs
@@ -217,14 +454,19 @@ def _jsonable(x: Any) -> Any:
 
 
 class MetricsLog:
-    """``<output_dir>/metrics.jsonl`` (one JSON object per line, appended and flushed) and,
-    optionally, TensorBoard scalars under ``<output_dir>/tensorboard``.
+    """``<output_dir>/metrics.jsonl`` (one JSON object per line, appended and flushed),
+    ``<output_dir>/curves.png`` redrawn from it after each record (:func:`write_curves`; with
+    ``curves=True``) and, optionally, TensorBoard scalars under ``<output_dir>/tensorboard``.
 
-    Only the process that writes (rank 0) should create one.
+    A failure to draw the curves (e.g. matplotlib missing) logs a warning and never stops
+    the run. Only the process that writes (rank 0) should create one.
     """
 
-    def __init__(self, output_dir: str, tensorboard: bool = False) -> None:
+    def __init__(self, output_dir: str, tensorboard: bool = False, *, curves: bool = True
+                 ) -> None:
         self.path = os.path.join(output_dir, "metrics.jsonl")
+        self.curves_path = os.path.join(output_dir, "curves.png") if curves else None
+        self._curves_warned = False
         self.tb = None
         if tensorboard:
             try:
@@ -241,6 +483,7 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(_jsonable(record)) + "\n")
             f.flush()
+        self.draw_curves()
         if self.tb is not None:
             step = int(record.get("step", 0))
             for key, value in _flatten(record).items():
@@ -248,6 +491,21 @@ class MetricsLog:
                         and not isinstance(value, bool):
                     self.tb.add_scalar(key, value, step)
             self.tb.flush()
+
+    def draw_curves(self) -> bool:
+        """Redraw ``curves.png`` from ``metrics.jsonl``; False (and a warning, once) when that
+        fails."""
+        if self.curves_path is None:
+            return False
+        try:
+            write_curves(self.path, self.curves_path)
+        except Exception as e:  # drawing must never stop training
+            (log.debug if self._curves_warned else log.warning)(
+                "could not draw %s (%s: %s); training continues", self.curves_path,
+                type(e).__name__, e)
+            self._curves_warned = True
+            return False
+        return True
 
     def close(self) -> None:
         if self.tb is not None:

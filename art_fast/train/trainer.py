@@ -7,6 +7,18 @@ schedule), warmup + cosine per step, gradient accumulation and clipping, autocas
 DistributedDataParallel under torchrun, evaluation every ``train.eval_every`` epochs and at the
 end, ``metrics.jsonl``, ``last.pt`` / ``best.pt`` and ``--resume auto``.
 
+Epochs are counted from 1 in ``train.log`` and ``metrics.jsonl`` (``"epoch": 1`` is the first
+epoch); a checkpoint's ``epoch`` and a callback's :data:`StepInfo` ``epoch`` are the 0-based
+index of the epoch in progress.
+
+The output folder (rank 0): one run at a time (:class:`~art_fast.train.checkpoint.RunLock`; a
+second run into it is refused with the holder's pid); a folder that holds a previous run
+(``last.pt``, ``best.pt`` or ``metrics.jsonl``) is refused unless ``train.resume`` is set (the
+run continues) or ``overwrite`` (``--overwrite``: the previous run's files are deleted first).
+A resumed run drops the ``metrics.jsonl`` records past its checkpoint's step (they are redone).
+An error of a running job is also written to ``train.log`` (one line; with the traceback when it
+is not a user error, see :mod:`art_fast.errors`).
+
 :func:`evaluate` scores a checkpoint on the evaluation split (multi-view: softmax scores
 averaged over ``eval.views``) and writes ``predictions.csv``, ``confusion.csv``/``.png`` and
 ``eval_metrics.json``. When the evaluation set has target boxes (``dataset.can_map_boxes``,
@@ -44,14 +56,19 @@ from torch.utils.data import DataLoader
 from .. import _backend
 from ..data import to_model_input
 from ..data.base import WithTargetBoxes
+from ..errors import USER_ERRORS, RunDirError, UserError, describe
 from ..model import ART
 from .checkpoint import (
     CHECKPOINT_FORMAT,
-    atomic_save,
-    find_resume,
+    CheckpointError,
+    RunLock,
+    clear_run,
     get_rng_state,
     load_checkpoint,
+    previous_run,
     remove_stale_temps,
+    resolve_auto_resume,
+    save_checkpoint,
     set_rng_state,
 )
 from .config import (
@@ -100,7 +117,9 @@ StepInfo = dict[str, Any]
 def _logging_to(output_dir: str, is_main: bool, filename: str = "train.log"
                 ) -> Iterator[None]:
     """Log the ``art_fast`` loggers to the console and ``<output_dir>/<filename>`` (rank 0;
-    other ranks: warnings and errors on the console) for the duration of the block."""
+    other ranks: warnings and errors on the console) for the duration of the block. An
+    exception leaving the block is written to the file only (the caller reports it): one
+    ``error: ...`` line, plus the traceback when it is not a user error."""
     logger = logging.getLogger("art_fast")
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
                             "%Y-%m-%d %H:%M:%S")
@@ -121,12 +140,31 @@ def _logging_to(output_dir: str, is_main: bool, filename: str = "train.log"
         logger.addHandler(h)
     try:
         yield
+    except BaseException as e:
+        if is_main:
+            _log_failure(logger, handlers[-1], e)
+        raise
     finally:
         for h in handlers:
             logger.removeHandler(h)
             h.close()
         logger.setLevel(old_level)
         logger.propagate = old_prop
+
+
+def _log_failure(logger: logging.Logger, handler: logging.Handler, e: BaseException) -> None:
+    """The error that ends a run, into ``handler`` (the log file) only."""
+    if isinstance(e, KeyboardInterrupt):
+        msg, exc_info = "interrupted (KeyboardInterrupt)", None
+    elif isinstance(e, USER_ERRORS):
+        msg, exc_info = f"error: {describe(e)}", None
+    else:
+        msg, exc_info = f"error: {describe(e)}", (type(e), e, e.__traceback__)
+    record = logger.makeRecord("art_fast.train", logging.ERROR, __file__, 0, msg, (), exc_info)
+    try:
+        handler.handle(record)
+    except Exception:  # pragma: no cover - e.g. the disk is full: the console has it
+        pass
 
 
 @contextlib.contextmanager
@@ -392,38 +430,83 @@ def _checkpoint_state(cfg: Config, ctx: DistContext, model: nn.Module,
 
 
 def _save(state: dict[str, Any] | None, cfg: Config, names: Sequence[str]) -> None:
+    """Write ``state`` (with its content digest) to ``names`` in the output folder. A write
+    error (a full disk, ...) raises an ``OSError`` naming the file; what was there stays."""
     if state is None:
         return
-    for n in names:
-        atomic_save(state, os.path.join(cfg.output_dir, n))
+    save_checkpoint(state, *(os.path.join(cfg.output_dir, n) for n in names))
     log.info("saved %s (step %d)", " and ".join(names), state["step"])
 
 
-def _resolve_resume(cfg: Config) -> str | None:
+def _resolve_resume(cfg: Config) -> tuple[str, dict[str, Any]] | None:
+    """``(path, loaded checkpoint)`` to resume from, or None (see ``train.resume``)."""
     r = cfg.train.resume
     if r is None:
         return None
     if r == "auto":
-        found = find_resume(cfg.output_dir)
+        found = resolve_auto_resume(cfg.output_dir)
         if found is None:
             log.info("resume=auto: no checkpoint in %s; starting from scratch", cfg.output_dir)
         return found
     if not os.path.isfile(r):
         raise FileNotFoundError(f"train.resume={r!r}: no such checkpoint")
-    return r
+    return r, load_checkpoint(r, map_location="cpu")
+
+
+def _trim_metrics(output_dir: str, step: int) -> None:
+    """Drop the ``metrics.jsonl`` records past ``step`` (and torn lines): a run that starts
+    at ``step`` writes them again."""
+    path = os.path.join(output_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return
+    keep, dropped = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                ok = isinstance(rec, dict) and int(rec.get("step", 0)) <= step
+            except (ValueError, TypeError):
+                ok = False
+            if ok:
+                keep.append(line if line.endswith("\n") else line + "\n")
+            elif line.strip():
+                dropped += 1
+    if dropped:
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)
+        log.info("metrics.jsonl: dropped %d record(s) past step %d (this run writes them "
+                 "again)", dropped, step)
+
+
+def _claim_output_dir(cfg: Config, overwrite: bool) -> list[str]:
+    """Refuse a folder that holds a previous run unless resuming or ``overwrite`` (then
+    delete that run's files; returned)."""
+    found = previous_run(cfg.output_dir)
+    if not found:
+        return []
+    if overwrite:
+        return clear_run(cfg.output_dir)
+    if cfg.train.resume is not None:
+        return []
+    raise RunDirError(
+        f"{cfg.output_dir} already holds a run ({', '.join(found)}); continue it with "
+        "--resume auto (train.resume=auto), or start over with --overwrite (deletes its files)")
 
 
 def _load_model_state(model: ART, state: dict[str, Any], source: str) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise RuntimeError(f"{source} does not fit this model (were model.* or data.num_frames"
-                           f" / data.image_size changed?): {e}") from None
+        raise CheckpointError(f"{source} does not fit this model (were model.* or "
+                              f"data.num_frames / data.image_size changed?): {e}") from None
 
 
 # --------------------------------------------------------------------------- training
 
-def train(cfg: Config, callbacks: Sequence[Callable[[StepInfo], None]] = ()) -> dict[str, Any]:
+def train(cfg: Config, callbacks: Sequence[Callable[[StepInfo], None]] = (),
+          overwrite: bool = False) -> dict[str, Any]:
     """Train ART as ``cfg`` says; returns the final metrics.
 
     Args:
@@ -431,6 +514,12 @@ def train(cfg: Config, callbacks: Sequence[Callable[[StepInfo], None]] = ()) -> 
         callbacks: called after every optimiser step (after any checkpoint of that step) with
             a :data:`StepInfo`; an exception raised there stops the run where it is, with no
             further checkpoint (as a kill would).
+        overwrite: when ``cfg.output_dir`` holds a previous run, delete its files and start
+            over (without it, and without ``train.resume``, such a folder is refused).
+
+    Raises:
+        RunDirError: another live run holds the folder, or it holds a previous run (see the
+            module docstring). CheckpointError: the checkpoint to resume from is damaged.
 
     Returns:
         ``{step, epoch, top1, top5, mean_class, loss, best_top1, train_loss, output_dir}``
@@ -440,10 +529,34 @@ def train(cfg: Config, callbacks: Sequence[Callable[[StepInfo], None]] = ()) -> 
     ``last.pt``, ``best.pt``, ``confusion.csv``/``.png`` and ``predictions.csv`` of the latest
     evaluation, ``bad_videos.txt`` when a video is unreadable (rank 0 writes).
     """
+    if overwrite and cfg.train.resume is not None:
+        raise UserError(f"overwrite and train.resume={cfg.train.resume!r} exclude each other "
+                        "(--overwrite deletes the checkpoints --resume would continue from)")
     os.makedirs(cfg.output_dir, exist_ok=True)
     ctx = init_distributed(cfg.train.device)
+    lock: RunLock | None = None
     try:
+        refusal: Exception | None = None
+        cleared: list[str] = []
+        if ctx.is_main:
+            try:
+                lock = RunLock.acquire(cfg.output_dir)
+                cleared = _claim_output_dir(cfg, overwrite)
+            except (RunDirError, OSError) as e:  # OSError: e.g. no permission to write there
+                refusal = e
+        # rank 0's verdict on the folder, so that every rank stops together
+        message = broadcast_object(ctx, None if refusal is None else describe(refusal))
+        if refusal is not None:
+            raise refusal
+        if message is not None:
+            raise RunDirError(message)
         with _logging_to(cfg.output_dir, ctx.is_main), _runtime(cfg, ctx):
+            if lock is not None and lock.stale is not None:
+                pid, host = lock.stale
+                log.warning("took over the stale lock %s of pid %s%s, which no longer holds "
+                            "it", lock.path, pid, f" on {host}" if host else "")
+            if cleared:
+                log.info("overwrite: removed the previous run's files (%s)", ", ".join(cleared))
             result = _train(cfg, ctx, callbacks)
         # Every rank leaves together: a rank tearing the group down while another still
         # finishes its last collective aborted at exit ("terminate called without an active
@@ -452,6 +565,8 @@ def train(cfg: Config, callbacks: Sequence[Callable[[StepInfo], None]] = ()) -> 
         barrier(ctx)
         return result
     finally:
+        if lock is not None:
+            lock.release()
         cleanup_distributed(ctx)
 
 
@@ -461,8 +576,10 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
     device = ctx.device
     if ctx.is_main:
         save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
-        remove_stale_temps(cfg.output_dir)
-    log.info("art_fast.train: output_dir=%s, device=%s, world_size=%d, backend=%s",
+        stale = remove_stale_temps(cfg.output_dir)
+        if stale:
+            log.info("removed temp files of dead writers: %s", ", ".join(stale))
+    log.info("run: output_dir=%s, device=%s, world_size=%d, backend=%s",
              cfg.output_dir, device, ctx.world_size, t_cfg.backend)
     if device.type != "cuda" and t_cfg.amp != "off":
         log.info("train.amp=%s applies on CUDA only; running in float32", t_cfg.amp)
@@ -506,6 +623,10 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
     if t_cfg.max_steps is not None:
         total_steps = min(total_steps, t_cfg.max_steps)
     warmup = t_cfg.warmup_steps + int(round(t_cfg.warmup_epochs * steps_per_epoch))
+    if warmup > total_steps:
+        log.warning("the warmup (%d steps: train.warmup_steps + train.warmup_epochs) is longer "
+                    "than the run (%d steps): the learning rate never reaches train.lr=%g",
+                    warmup, total_steps, t_cfg.lr)
     schedule = LRSchedule(optimizer, total_steps, warmup_steps=warmup, kind=t_cfg.schedule,
                           min_lr_ratio=t_cfg.min_lr_ratio, steps_per_epoch=steps_per_epoch,
                           step_epochs=t_cfg.step_epochs, gamma=t_cfg.step_gamma)
@@ -513,9 +634,9 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
     progress = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best_top1": -1.0}
     stats = RunningMeans()
     last_metrics: dict[str, Any] = {}
-    resume_path = _resolve_resume(cfg)
-    if resume_path is not None:
-        ckpt = load_checkpoint(resume_path, map_location="cpu")
+    resumed = _resolve_resume(cfg)
+    if resumed is not None:
+        resume_path, ckpt = resumed
         _load_model_state(inner, ckpt["model"], resume_path)
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
@@ -541,7 +662,8 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
         if ctx.is_main:
             stats = RunningMeans(ckpt.get("epoch_stats"))
         log.info("resumed from %s: epoch %d, batch %d, step %d", resume_path,
-                 progress["epoch"], progress["batch_in_epoch"], progress["step"])
+                 progress["epoch"] + 1, progress["batch_in_epoch"], progress["step"])
+        del ckpt
     else:
         # dropout differs per rank (the model itself was built from the same seed everywhere)
         _seed_all(t_cfg.seed + 7919 * ctx.rank)
@@ -552,6 +674,8 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
             inner, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=t_cfg.find_unused_parameters)
 
+    if ctx.is_main:
+        _trim_metrics(cfg.output_dir, progress["step"])
     metrics_log = MetricsLog(cfg.output_dir, t_cfg.tensorboard) if ctx.is_main else None
     loader = _make_loader(train_ds, sampler, cfg, device)
     global_clips = t_cfg.batch_size * ctx.world_size
@@ -570,7 +694,7 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
             model.train()
             t_epoch, clips_epoch = time.perf_counter(), 0
             bar = _progress(steps_per_epoch, progress["batch_in_epoch"] // t_cfg.grad_accum,
-                            f"epoch {epoch}", _show_progress(cfg, ctx))
+                            f"epoch {epoch + 1}", _show_progress(cfg, ctx))
             optimizer.zero_grad(set_to_none=True)
             for video, labels in loader:
                 x = to_model_input(video, device)
@@ -594,7 +718,7 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
                     stats.add(values, x.shape[0])
                 elif scaler is None:  # fp16: the scaler skips the step and lowers its scale
                     raise FloatingPointError(
-                        f"non-finite loss at epoch {epoch} step {progress['step']}: {values}; "
+                        f"non-finite loss at epoch {epoch + 1} step {progress['step']}: {values}; "
                         "lower train.lr or set train.clip_grad")
                 clips_epoch += x.shape[0]
                 progress["batch_in_epoch"] += 1
@@ -625,7 +749,7 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
                     done = step - steps_at_start
                     eta = elapsed / max(done, 1) * (total_steps - step)
                     log.info("epoch %d step %d/%d loss %.4f lr %.3g clips/s %.1f eta %s",
-                             epoch, step, total_steps, values["total"], lr_used,
+                             epoch + 1, step, total_steps, values["total"], lr_used,
                              clips_epoch * ctx.world_size / max(1e-9,
                                                                time.perf_counter() - t_epoch),
                              _fmt_time(eta))
@@ -659,7 +783,7 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
                 if best:
                     progress["best_top1"] = last_metrics["top1"]
                 log.info("eval epoch %d step %d: top1 %.4f top5 %.4f mean_class %.4f "
-                         "(%d clips)%s", epoch, progress["step"], last_metrics["top1"],
+                         "(%d clips)%s", epoch + 1, progress["step"], last_metrics["top1"],
                          last_metrics["top5"], last_metrics["mean_class"],
                          last_metrics["num_samples"], _region_hit_text(last_metrics))
             if metrics_log is not None:
@@ -697,14 +821,15 @@ def _region_hit_text(metrics: dict[str, Any]) -> str:
 def _epoch_record(ctx: DistContext, progress: dict[str, Any], stats: RunningMeans,
                   lr: float, seconds: float, clips: int, complete: bool
                   ) -> dict[str, Any]:
-    """One metrics.jsonl line (train loss terms averaged over every clip of every rank)."""
+    """One metrics.jsonl line (train loss terms averaged over every clip of every rank);
+    ``epoch`` counts from 1."""
     keys = sorted(stats.sums)
     local = torch.tensor([stats.sums[k] for k in keys] + [stats.count, float(clips)],
                          dtype=torch.float64)
     total = all_reduce_sum(ctx, local).tolist()
     count = total[-2]
     train_means = {k: total[i] / count for i, k in enumerate(keys)} if count else {}
-    return {"epoch": progress["epoch"], "step": progress["step"],
+    return {"epoch": progress["epoch"] + 1, "step": progress["step"],
             "epoch_complete": bool(complete), "lr": lr, "train": train_means,
             "clips_per_s": total[-1] / max(seconds, 1e-9), "time_s": round(seconds, 3)}
 
@@ -789,10 +914,18 @@ def load_trained(checkpoint: str, overrides: Sequence[str] = (),
     checkpoint's config with ``overrides`` applied, the checkpoint dict)``. The class names
     come from the checkpoint, so no dataset is needed (for drawing tracklets, demos)."""
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    cfg = apply_overrides(config_from_dict(ckpt["config"]), list(overrides))
+    cfg = apply_overrides(_stored_config(ckpt, checkpoint), list(overrides))
     model = build_model(cfg, ckpt["class_names"])
     _load_model_state(model, ckpt["model"], checkpoint)
     return model.to(device).eval(), cfg, ckpt
+
+
+def _stored_config(ckpt: dict[str, Any], path: str) -> Config:
+    """The config a checkpoint was trained with."""
+    if not isinstance(ckpt.get("config"), dict) or "class_names" not in ckpt:
+        raise CheckpointError(f"{path} is not a checkpoint of art-fast train (no 'config' / "
+                              "'class_names' entry)")
+    return config_from_dict(ckpt["config"])
 
 
 def _print_main(tag: str, result: dict[str, Any]) -> None:
@@ -801,14 +934,15 @@ def _print_main(tag: str, result: dict[str, Any]) -> None:
 
 
 def main_train(config_path: str | None, overrides: Sequence[str] = (),
-               resume: str | None = None) -> int:
+               resume: str | None = None, overwrite: bool = False) -> int:
     """``art-fast train``: load the config (+ ``key=value`` overrides), set ``train.resume``
-    when ``resume`` is given (``"auto"`` or a path), :func:`train`, print the final metrics as
-    one ``train: {json}`` line (rank 0) and return the exit code 0 (errors raise)."""
+    when ``resume`` is given (``"auto"`` or a path), :func:`train` (``overwrite``: start over in
+    a folder that holds a previous run), print the final metrics as one ``train: {json}`` line
+    (rank 0) and return the exit code 0 (errors raise)."""
     cfg = load_config(config_path, list(overrides))
     if resume is not None:
         cfg.train.resume = str(resume)
-    _print_main("train", train(cfg))
+    _print_main("train", train(cfg, overwrite=overwrite))
     return 0
 
 
@@ -818,7 +952,7 @@ def main_eval(checkpoint: str, overrides: Sequence[str] = (), out: str | None = 
     ``eval/`` beside the checkpoint). Prints one ``eval: {json}`` line (rank 0), returns 0."""
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
-    cfg = apply_overrides(config_from_dict(load_checkpoint(checkpoint)["config"]),
+    cfg = apply_overrides(_stored_config(load_checkpoint(checkpoint), checkpoint),
                           list(overrides))
     out_dir = out or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "eval")
     _print_main("eval", evaluate(cfg, checkpoint, out_dir))
