@@ -374,7 +374,9 @@ def _eval_report(pred: dict[str, Any], dataset: Any, out_dir: str, cfg: Config,
         write_confusion_csv(os.path.join(out_dir, "confusion.csv"), m["confusion"],
                             dataset.classes)
         if cfg.eval.confusion_png:
-            write_confusion_png(os.path.join(out_dir, "confusion.png"), m["confusion"])
+            write_confusion_png(os.path.join(out_dir, "confusion.png"), m["confusion"],
+                                class_names=dataset.classes, top1=m["top1"],
+                                mean_class=m["mean_class"])
         k = min(5, C)
         top_s, top_i = pred["probs"].topk(k, dim=1)
         rows = []
