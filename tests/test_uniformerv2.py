@@ -23,7 +23,7 @@ from PIL import Image
 from torch import nn
 
 import art_fast
-from art_fast import ART, _ext
+from art_fast import ART
 from art_fast.model.backbone import build_clip
 from art_fast.model.uniformerv2 import (
     OFFICIAL_NOT_PROVIDED,
@@ -469,8 +469,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 # ============================================================== 4. backend of the extractor
 
 def _require_ext():
-    if not _ext.EXT_LOADED:
-        pytest.skip(f"the compiled extension art_fast._C is not loaded: {_ext.EXT_ERROR}")
+    # A missing or stale extension is a skip only where ART_FAST_REQUIRE_EXT=0 (a failure in
+    # CI): require_backend's policy, not a skip of its own.
     require_backend("cross_attention", "cpu")
 
 
