@@ -1,12 +1,12 @@
 # art_fast: the two commands of a fresh machine are `make demo` (the main job: train ART on the
 # embedded synthetic set) and `make test`. Everything runs inside .venv with the pinned
-# versions of requirements.txt.
+# versions of constraints.txt.
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.art_fast_installed
-SRCS   := setup.py requirements.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h)
+SRCS   := setup.py pyproject.toml requirements.txt constraints.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h)
 
 .PHONY: install build test lint bench bench-ops bench-train demo gpu-check gpu-aot clean
 
@@ -16,11 +16,13 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 
-# Pinned dependencies, then the package with its extension, built against the installed torch
-# (no build isolation: an isolated build has no torch or fetches another one).
+# The build requirements (torch among them), then the package with its dependencies and the dev
+# extra (pyproject.toml) and its extension, built against the installed torch (no build
+# isolation: an isolated build has no torch or fetches another one); every version pinned by
+# constraints.txt, the tested set.
 $(STAMP): $(VENV)/bin/python $(SRCS)
-	$(PY) -m pip install -r requirements.txt
-	$(PY) -m pip install --no-build-isolation -e .
+	$(PY) -m pip install -c constraints.txt -r requirements.txt
+	$(PY) -m pip install --no-build-isolation -c constraints.txt -e ".[dev]"
 	$(PY) -c "import art_fast, sys; b = art_fast.available_backends(); print('art_fast backends:', b); sys.exit(0 if 'cpu' in b else 1)"
 	touch $(STAMP)
 

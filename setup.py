@@ -1,8 +1,8 @@
-"""Build of art_fast and its extension art_fast._C.
+"""Build of art_fast and its extension art_fast._C (the metadata: pyproject.toml).
 
 Build without isolation, against the installed torch (DESIGN §9):
 
-    pip install --no-build-isolation -e .
+    pip install --no-build-isolation -c constraints.txt -e ".[dev]"
     python setup.py build_ext --inplace
 
 Environment:
@@ -229,20 +229,13 @@ def _extensions():
 
 ext_modules, cmdclass = _extensions()
 
+# The metadata (name, version from art_fast.__version__, dependencies, the art-fast script,
+# license) is in pyproject.toml; this file adds the package layout and the extension.
 setup(
-    name="art_fast",
-    version="0.1.0",
-    description="ART (Action-Region Tracking) for fine-grained video action recognition, "
-    "with custom kernels for its hot paths",
-    python_requires=">=3.10",
     packages=find_packages(include=["art_fast", "art_fast.*"]) + ["art_fast.kernels"],
     package_dir={"art_fast.kernels": "kernels"},
     package_data={"art_fast.model": ["configs/*.json"]},
-    entry_points={"console_scripts": ["art-fast = art_fast.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    install_requires=[
-        "torch>=2.6", "numpy", "pyyaml", "tqdm", "einops", "open_clip_torch", "av", "pillow"
-    ],
     zip_safe=False,
 )

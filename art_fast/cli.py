@@ -21,7 +21,7 @@ EPILOG = """examples:
   torchrun --nproc_per_node 4 -m art_fast.cli train configs/gym99.yaml --set data.root=/data/gym
   art-fast eval runs/demo/best.pt                       # metrics + predictions.csv
   art-fast viz runs/demo/best.pt --index 0 --out runs/demo/tracklets.png
-  art-fast bench --device cpu                           # op benchmarks (benchmarks/bench_ops.py)
+  art-fast bench --device cpu                           # op benchmarks (art_fast.bench_ops)
   art-fast info                                         # backends built and usable, versions
   art-fast info --selftest                              # check every backend vs the reference
 """
@@ -78,9 +78,9 @@ def _add_viz(sub) -> None:
 
 def _add_bench(sub) -> None:
     sub.add_parser(
-        "bench", help="op benchmarks (all arguments go to benchmarks/bench_ops.py)",
+        "bench", help="op benchmarks (all arguments go to art_fast.bench_ops)",
         description="Run the op benchmarks; every argument after 'bench' is passed to "
-                    "benchmarks/bench_ops.py (see art-fast bench --help-bench).",
+                    "art_fast.bench_ops (see art-fast bench --help-bench).",
         add_help=False)
 
 
@@ -338,24 +338,18 @@ def viz(checkpoint: str, out: str, *, index: int = 0, video: str | None = None,
 
 
 def _bench(argv: list[str]) -> int:
-    """``art-fast bench ...`` = ``python benchmarks/bench_ops.py ...`` (from a source
-    checkout: the benchmarks are not installed with the package)."""
-    import runpy
-    from pathlib import Path
+    """``art-fast bench ...`` = ``python benchmarks/bench_ops.py ...``: the op benchmark,
+    :mod:`art_fast.bench_ops` (part of the package: it runs from an installed art_fast too;
+    results go to ``--out``, by default ``benchmarks/results/<device-slug>`` of the source
+    checkout or, for an installed package, of the current directory)."""
+    from . import bench_ops
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ops.py"
-    if not script.is_file():
-        print(f"art-fast bench: {script} not found (the benchmarks live in the source "
-              "checkout)", file=sys.stderr)
-        return 2
     if "--help-bench" in argv:
         argv = ["--help"]
-    sys.argv = [str(script), *argv]
     try:
-        runpy.run_path(str(script), run_name="__main__")
-    except SystemExit as e:
+        return bench_ops.main(argv, prog="art-fast bench")
+    except SystemExit as e:  # argparse: --help, a bad argument
         return int(e.code or 0) if not isinstance(e.code, str) else 1
-    return 0
 
 
 if __name__ == "__main__":

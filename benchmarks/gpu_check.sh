@@ -6,7 +6,7 @@
 #   env                  10  versions: GPU, driver, CPU cores, Python, pip, torch, triton, nvcc,
 #                            compute-sanitizer, ninja
 #   deps                 10  every Python module the GPU steps need is importable (torch, triton,
-#                            numpy, pytest, yaml, einops, tqdm, PIL, setuptools); one line names
+#                            numpy, pytest, yaml, tqdm, PIL, setuptools); one line names
 #                            the missing ones, and then no later step runs. Optional:
 #                            open_clip (bench_train), decord/av (video tests), pytest-timeout,
 #                            xdist, ninja (a serial, slower build without it)
@@ -469,7 +469,7 @@ env_file, extra = sys.argv[1], sys.argv[2:]
 # module -> what needs it; all of them are imported for real (a broken install shows here)
 required = {"torch": "everything", "triton": "the triton backend and its tests",
             "numpy": "tests, benchmarks", "pytest": "the test steps",
-            "yaml": "pyyaml: art_fast.train config", "einops": "art_fast.model",
+            "yaml": "pyyaml: art_fast.train config",
             "tqdm": "art_fast.train", "PIL": "pillow: art_fast.data / viz",
             "setuptools": "the build (torch.utils.cpp_extension)"}
 required.update({m: "GPU_CHECK_EXTRA_REQUIRED" for m in extra})
