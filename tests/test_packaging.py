@@ -1,4 +1,4 @@
-"""Packaging (issue 15, item 6): pyproject.toml's metadata, ranges for users and exact pins in
+"""Packaging: pyproject.toml's metadata, ranges for users and exact pins in
 constraints.txt for `make install` / CI, every third-party module the package imports at run
 time covered by a declared dependency, the license."""
 
@@ -111,9 +111,9 @@ def test_dependencies_are_ranges(pyproject):
         assert all(s.operator not in ("==", "===") for s in req.specifier), (
             f"{req}: pyproject.toml declares ranges; exact pins go to constraints.txt")
     assert {"torch", "torchvision", "open-clip-torch", "decord2", "av", "numpy", "pyyaml",
-            "tqdm", "matplotlib"} <= set(names)
+            "omegaconf", "tqdm", "matplotlib"} <= set(names)
     # test and lint tools are not runtime dependencies; einops is never imported
-    assert not {"pytest", "pytest-benchmark", "ruff", "einops", "omegaconf"} & set(names)
+    assert not {"pytest", "pytest-benchmark", "ruff", "einops"} & set(names)
     torch_req = next(r for r in runtime if canonicalize_name(r.name) == "torch")
     assert Version("2.6") in torch_req.specifier and Version("2.5") not in torch_req.specifier
 
@@ -143,7 +143,8 @@ def _runtime_imports() -> dict[str, list[str]]:
 def test_every_runtime_import_is_a_declared_dependency(pyproject):
     declared = {canonicalize_name(r.name) for r in _reqs(pyproject["project"]["dependencies"])}
     imports = _runtime_imports()
-    assert {"torch", "numpy", "yaml", "open_clip", "av", "decord", "PIL", "tqdm"} <= set(imports)
+    assert {"torch", "numpy", "yaml", "omegaconf", "open_clip", "av", "decord", "PIL",
+            "tqdm"} <= set(imports)
     dists = importlib.metadata.packages_distributions()
     missing = []
     for mod, files in sorted(imports.items()):
@@ -183,6 +184,20 @@ def test_constraints_pin_every_declared_dependency(pyproject):
         assert name in pins, f"requirements.txt: {req.name} is not pinned in constraints.txt"
         assert req.specifier.contains(pins[name], prereleases=True), (req, pins[name])
         assert not req.specifier or all(s.operator != "==" for s in req.specifier), req
+
+
+def test_omegaconf_and_its_requirements_are_pinned():
+    """art_fast.train.config parses configs with OmegaConf: pinned, with what it requires (only
+    PyYAML for 2.4: the ANTLR runtime its interpolation grammar needs is vendored)."""
+    pins = _constraints()
+    assert pins["omegaconf"] == importlib.metadata.version("omegaconf") == "2.4.0"
+    for line in importlib.metadata.requires("omegaconf") or []:
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue  # an extra (dev tools)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"omegaconf requires {req}, not pinned in constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), (req, pins[name])
 
 
 def test_make_install_uses_the_constraints():

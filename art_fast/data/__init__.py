@@ -6,9 +6,9 @@ Public names (see each module for details):
   ``VideoDecodeError``;
 * sampling (:mod:`.sampling`): ``segment_indices``, ``dense_indices``, ``multiview_indices``,
   ``dense_multiview_indices``;
-* transforms (:mod:`.transforms`): ``RandomResizedCrop``, ``ScaleJitterCrop``,
-  ``RandomHorizontalFlip``, ``Resize``, ``CenterCrop``, ``ThreeCrop``, ``Compose``,
-  ``to_model_input``, ``CLIP_MEAN``, ``CLIP_STD``;
+* transforms (:mod:`.transforms`, on ``torchvision.transforms.v2``): ``RandomResizedCrop``,
+  ``ScaleJitterCrop``, ``RandomHorizontalFlip``, ``RandAugment``, ``Resize``, ``CenterCrop``,
+  ``ThreeCrop``, ``Compose``, ``to_model_input``, ``CLIP_MEAN``, ``CLIP_STD``;
 * datasets (:mod:`.base`, :mod:`.datasets`): ``VideoClassificationDataset``, ``VideoSample``,
   ``Diving48``, ``FineGym``, ``SomethingSomethingV2``, ``Kinetics400``, ``VideoList``,
   ``diving48_sentence``, ``finegym_classes``; target boxes: ``WithTargetBoxes``,

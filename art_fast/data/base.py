@@ -15,11 +15,11 @@ A reader (``Diving48``, ``FineGym``, ...) only parses its annotation files into 
   indices as the loader sampled them, the boxes mapped through the evaluation transform);
   :class:`WithTargetBoxes` wraps a dataset so that its items are ``(video, label, boxes)``.
 
-Reproducibility: sample ``i`` in epoch ``e`` draws everything (frame offsets, crop box, flip)
-from ``numpy.random.default_rng([seed, e, i])``, so it does not depend on the worker or the
-order of loading. Call :meth:`VideoClassificationDataset.set_epoch` each epoch, or pass the
-index as a tuple ``(i, e)`` (for persistent DataLoader workers, whose dataset copies do not see
-``set_epoch`` calls made in the main process).
+Reproducibility: sample ``i`` in epoch ``e`` draws everything (frame offsets, crop box, flip,
+RandAugment ops) from ``numpy.random.default_rng([seed, e, i])``, so it does not depend on the
+worker or the order of loading. Call :meth:`VideoClassificationDataset.set_epoch` each epoch,
+or pass the index as a tuple ``(i, e)`` (for persistent DataLoader workers, whose dataset
+copies do not see ``set_epoch`` calls made in the main process).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from .sampling import dense_indices, dense_multiview_indices, multiview_indices,
 from .transforms import (
     CenterCrop,
     Compose,
+    RandAugment,
     RandomHorizontalFlip,
     RandomResizedCrop,
     Resize,
@@ -94,8 +95,8 @@ class VideoClassificationDataset(Dataset):
         classes: class descriptions (the texts a text encoder encodes), all distinct;
             ``labels`` index into it.
         num_frames: frames per clip ``T``.
-        train: training mode (random frame offsets, random resized crop, optional flip) or
-            evaluation (centre offsets, resize + centre crop, multi-view).
+        train: training mode (random frame offsets, random resized crop, optional flip and
+            RandAugment) or evaluation (centre offsets, resize + centre crop, multi-view).
         image_size: output side ``S`` (square).
         sampling: ``"segments"`` (TSN: one frame per equal segment) or ``"dense"``
             (``num_frames`` consecutive frames ``dense_stride`` apart).
@@ -107,6 +108,9 @@ class VideoClassificationDataset(Dataset):
         seed: base seed of the per-sample generators.
         crop_scale, crop_ratio: area fraction and aspect-ratio range of the training
             :class:`RandomResizedCrop`.
+        randaugment: ``(num_ops, magnitude)`` of a training :class:`RandAugment` (after the
+            crop and the flip; the same ops on every frame of a clip; magnitude in 0..30);
+            ``num_ops=0`` (the default): off.
         transform: replaces the default pipeline: called as ``transform(uint8 [T, H, W, 3],
             numpy Generator)``, returns uint8 ``[T, h, w, 3]`` (or ``[V, T, h, w, 3]``).
         check_files: count and drop samples whose file is missing at construction.
@@ -134,6 +138,7 @@ class VideoClassificationDataset(Dataset):
                  views: Sequence[int] = (1, 1), hflip: bool = False, seed: int = 0,
                  crop_scale: Sequence[float] = (0.25, 1.0),
                  crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+                 randaugment: Sequence[int] = (0, 9),
                  transform: Callable[..., torch.Tensor] | None = None,
                  check_files: bool = True, output_dir: str | os.PathLike[str] | None = None,
                  max_retries: int = 2, max_bad_fraction: float = 0.05,
@@ -150,6 +155,10 @@ class VideoClassificationDataset(Dataset):
             raise ValueError(f"views must be (clips >= 1, crops in {{1, 3}}), got {views!r}")
         if backend not in ("auto", "decord", "pyav"):
             raise ValueError(f"backend must be 'auto', 'decord' or 'pyav', got {backend!r}")
+        if len(randaugment) != 2 or int(randaugment[0]) < 0 or \
+                not 0 <= int(randaugment[1]) <= 30:
+            raise ValueError(f"randaugment must be (num_ops >= 0, magnitude in 0..30), got "
+                             f"{randaugment!r}")
         self.classes: list[str] = [str(c) for c in classes]
         dup = sorted({c for c in self.classes if self.classes.count(c) > 1})
         if dup:
@@ -193,6 +202,8 @@ class VideoClassificationDataset(Dataset):
             steps: list[Any] = [RandomResizedCrop(self.image_size, crop_scale, crop_ratio)]
             if self.hflip:
                 steps.append(RandomHorizontalFlip(0.5))
+            if int(randaugment[0]) > 0:
+                steps.append(RandAugment(int(randaugment[0]), int(randaugment[1])))
             self.transform = Compose(steps)
         else:
             crop = ThreeCrop(self.image_size) if self.views[1] == 3 else CenterCrop(

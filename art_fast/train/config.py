@@ -1,4 +1,4 @@
-"""Training configuration: YAML into nested dataclasses, dotted overrides, strict validation.
+r"""Training configuration: OmegaConf structured configs over nested dataclasses, strict checks.
 
 A config has four sections and a few top-level keys::
 
@@ -8,12 +8,36 @@ A config has four sections and a few top-level keys::
     train: {epochs, max_steps, batch_size, lr, optimizer, schedule, amp, resume, ...}
     eval:  {views, batch_size, save_scores, ...}
 
-:func:`load_config` reads a YAML file (every key optional; a missing key keeps its default),
-applies ``key=value`` overrides (``train.lr=3e-4``, ``eval.views=[2,3]``; the value is parsed as
-a YAML scalar or list), and validates the result. An unknown key, in the file or in an
-override, is an error naming the key, the keys that section knows and the closest match; a
-value of the wrong type, outside its range or not finite (``nan``, ``inf``, ``1e400``: numbers
-are never allowed to be non-finite) is an error naming the key and what it expects.
+The dataclasses below are the schema. :func:`load_config` starts from
+``OmegaConf.structured(Config)``, merges a YAML file into it (read by ``OmegaConf.load``, whose
+loader extends PyYAML's safe loader: a tag such as ``!!python/object`` is refused, so is a
+duplicate key; the only Python tags it builds are pathlib paths, which no key takes), then each
+``key=value`` override (``train.lr=3e-4``, ``eval.views=[2,3]``; OmegaConf's dotlist parsing,
+the value read as YAML; an empty value is the empty string), converts the result back to the
+dataclasses (``OmegaConf.to_object``) and validates it. String values may use OmegaConf
+interpolation (``output_dir: runs/${data.name}``; ``\${`` for a literal ``${``); the strings of
+a resolved config (:func:`config_from_dict`, :func:`apply_overrides`, the config.yaml
+:func:`save_config` writes) are literal. Every key is optional: a missing key keeps
+its default. An unknown key, in the file or in an override, is an error naming the key, its
+section, the keys that section knows and the closest match; a value of the wrong type, outside
+its range or not finite (``nan``, ``inf``, ``1e400``: numbers are never allowed to be
+non-finite) is an error naming the key and what it expects. Errors are :class:`ConfigError`
+(one line, the file named when it comes from a file); OmegaConf's exceptions never reach the
+caller untranslated.
+
+What stays hand-written, and why:
+
+* :func:`_check_layer`, the kind check before each merge: OmegaConf converts across kinds
+  (``"3"`` -> 3, ``1`` -> true, ``5`` -> ``"5"``, ``off`` read as false -> ``"False"``), which
+  would hide a mistyped value, so a value of the wrong kind is refused before OmegaConf sees it
+  (an int for a float is fine; a bare ``off`` for a key that takes ``"off"`` means ``"off"``).
+* :func:`_check_values` and :func:`validate`: OmegaConf checks types only, not the choices,
+  ranges and finiteness of the ``_f`` metadata, nor rules between keys.
+* :func:`_translate` and :func:`_unknown`: OmegaConf's messages span several lines and name
+  internals (``object_type=TrainConfig``); ours are one line with the key, the section, the
+  keys it knows and a "did you mean" (difflib).
+* :func:`_literal`: OmegaConf has no switch that makes a string literal, so the strings of a
+  resolved config get their ``${`` escaped before they are merged or saved again.
 
 ``data.num_frames`` and ``data.image_size`` are the single source of T and the frame side: the
 model is built with the same values. ``train.batch_size`` is per process: under torchrun with
@@ -26,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import os
 import re
@@ -35,6 +60,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from ..losses import MTC_FORMS
 from ..model.art import REGION_ATTENTION, ARTOptions
@@ -108,6 +135,10 @@ class DataConfig:
                                  min=0.0, max=1.0)
     max_retries: int = _f(2, "extra attempts on an unreadable video", min=0)
     decode_backend: str = _f("auto", "video decoder", choices=("auto", "decord", "pyav"))
+    randaugment_ops: int = _f(0, "RandAugment in training: ops per clip, the same on every "
+                              "frame (0: off)", min=0)
+    randaugment_magnitude: int = _f(9, "RandAugment magnitude bin, 0..30 (torchvision's 31 "
+                                    "bins)", min=0, max=30)
 
 
 @dataclass
@@ -247,6 +278,20 @@ class TrainConfig:
                             "checkpoint path, or None")
     tensorboard: bool = _f(False, "also log to TensorBoard (needs the tensorboard package)")
     progress: bool = _f(True, "tqdm progress bars (rank 0, only on a terminal)")
+    # the training recipe (art_fast.train.recipe); every option off by default
+    label_smoothing: float = _f(0.0, "label smoothing of the classification cross-entropies, "
+                                "in [0, 1)", min=0.0, max=1.0)
+    mixup: float = _f(0.0, "MixUp Beta alpha (0: off)", min=0.0)
+    cutmix: float = _f(0.0, "CutMix Beta alpha (0: off; one box for every frame of a clip)",
+                       min=0.0)
+    mixup_switch_prob: float = _f(0.5, "mixup and cutmix on: the probability of CutMix for a "
+                                  "batch", min=0.0, max=1.0)
+    ema_decay: float = _f(0.0, "weight EMA decay in [0, 1), e.g. 0.9998 (0: off); evaluated "
+                          "beside the raw weights, saved as model_ema, used by eval", min=0.0,
+                          max=1.0)
+    layer_decay: float = _f(1.0, "layer-wise lr decay of the backbone tower (1: off): block i "
+                            "of L gets decay^(L-i), the embeddings decay^(L+1)", min=0.0,
+                            max=1.0, min_exclusive=True)
 
 
 @dataclass
@@ -274,16 +319,33 @@ class Config:
 _SECTIONS = ("data", "model", "train", "eval")
 
 
-# --------------------------------------------------------------------------- type checking
+# --------------------------------------------------------------------------- parsing (OmegaConf)
 
-_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+_KEY_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _where(source: str | None, message: str) -> str:
+    """``message`` prefixed with the file it comes from (None: an override or a dict)."""
+    return f"{source}: {message}" if source else message
+
+
+def _fold(e: BaseException) -> str:
+    """A (multi-line) YAML error as one line."""
+    return " ".join(str(e).split())
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved field types of dataclass ``cls`` (its annotations are strings)."""
+    return typing.get_type_hints(cls)
 
 
 def _type_name(tp: Any) -> str:
+    """``tp`` in words, for messages (``int | None`` -> ``an integer or null``)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
+    if origin in (list, tuple):
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
     if tp is type(None):
         return "null"
@@ -291,135 +353,237 @@ def _type_name(tp: Any) -> str:
         tp, str(tp))
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """``value`` as type ``tp`` (int -> float allowed, nothing else), or ConfigError."""
+def _kind_ok(tp: Any, value: Any) -> bool:
+    """Whether ``value`` (as YAML read it) is of the kind ``tp`` declares: bools, ints and
+    strings are never taken for one another; an int, or a string that reads as a number, is a
+    float (OmegaConf then converts it)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(e)
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    if origin is list:
-        (inner,) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-            return float(value)  # PyYAML (YAML 1.1) reads 1e-4 as a string; YAML 1.2 does not
-    elif tp is str:
+        return any(_kind_ok(a, value) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        inner = typing.get_args(tp)[0]
+        return isinstance(value, (list, tuple)) and all(_kind_ok(inner, v) for v in value)
+    if tp is type(None):
+        return value is None
+    if tp not in (bool, int, float, str):
+        return True  # another type (a dict, say): OmegaConf checks it
+    if isinstance(value, bool) or tp is bool:
+        return isinstance(value, bool) and tp is bool
+    if tp is int:
+        return isinstance(value, int)
+    if tp is float:
         if isinstance(value, str):
-            return value
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}"
-                      + (" (quote it to make it a string)" if tp is str else ""))
+            try:
+                float(value)
+            except ValueError:
+                return False
+            return True
+        return isinstance(value, (int, float))
+    return isinstance(value, str)
 
 
-def _check(key: str, f: dataclasses.Field, tp: Any, value: Any) -> Any:
-    meta = f.metadata
-    choices = meta.get("choices")
-    if choices and isinstance(value, bool) and "off" in choices:
-        value = "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
-    value = _coerce(value, tp, key)
-    if choices and value not in choices:
-        raise ConfigError(f"{key}: expected one of {list(choices)}, got {value!r}")
-    lo, hi = meta.get("min"), meta.get("max")
-    items = value if isinstance(value, list) else [value]
-    for v in items:
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
+def _takes_mapping(tp: Any) -> bool:
+    """Whether a field of type ``tp`` takes a mapping as its value (``dict[str, float]``)."""
+    union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    args = typing.get_args(tp) if union else (tp,)
+    return any(a is dict or typing.get_origin(a) is dict for a in args)
+
+
+def _check_layer(layer: dict[Any, Any], cls: type, prefix: str,
+                 source: str | None) -> dict[Any, Any]:
+    """One layer (a YAML file, an override or a dict, as plain containers) checked against the
+    dataclass ``cls`` before OmegaConf merges it: a value of the wrong kind (:func:`_kind_ok`)
+    is an error; an empty section is dropped; a bare ``off`` (YAML 1.1 reads it as false) for
+    a key whose choices hold ``"off"`` becomes ``"off"``. Unknown keys are left in for
+    OmegaConf's merge to report. Returns the layer to merge."""
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out: dict[Any, Any] = {}
+    for key, value in layer.items():
+        f = fields.get(key) if isinstance(key, str) else None
+        if f is None:
+            out[key] = value
             continue
-        if not math.isfinite(v):  # nan, inf, and 1e400 (which reads as inf)
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
-        if lo is not None and (v < lo or (meta.get("min_exclusive") and v == lo)):
-            rel = ">" if meta.get("min_exclusive") else ">="
-            raise ConfigError(f"{key}: expected a value {rel} {lo}, got {value!r}")
-        if hi is not None and v > hi:
-            raise ConfigError(f"{key}: expected a value <= {hi}, got {value!r}")
-    return value
+        name, tp = prefix + key, hints[key]
+        if dataclasses.is_dataclass(tp):
+            if value is None:
+                continue  # `train:` with nothing under it
+            if not isinstance(value, dict):
+                raise ConfigError(_where(source, f"{name}: expected a mapping of {name}.* keys, "
+                                                 f"got {value!r}"))
+            out[key] = _check_layer(value, tp, name + ".", source)
+            continue
+        if isinstance(value, dict) and value and not _takes_mapping(tp):
+            sub = next(iter(value))
+            raise ConfigError(_where(source, f"unknown config key '{name}.{sub}' ({name} takes "
+                                             f"a value, it has no keys)"))
+        choices = f.metadata.get("choices")
+        if value is False and choices and "off" in choices:
+            value = "off"
+        if not _kind_ok(tp, value):
+            hint = " (quote it to make it a string)" if tp is str else ""
+            raise ConfigError(_where(source, f"{name}: expected {_type_name(tp)}, got "
+                                             f"{value!r}{hint}"))
+        out[key] = value
+    return out
 
 
-def _unknown(key: str, known: list[str]) -> ConfigError:
-    name = key.rsplit(".", 1)[-1]
+def _section_name(cls: Any) -> str:
+    """``section 'train'`` for TrainConfig, ``the top level`` for Config (for messages)."""
+    for f in dataclasses.fields(Config):
+        if _hints(Config)[f.name] is cls:
+            return f"section {f.name!r}"
+    return "the top level"
+
+
+def _unknown(key: str, name: str, cls: Any) -> str:
+    """The message of an unknown key ``key`` (its last part ``name``) in dataclass ``cls``."""
+    known = [f.name for f in dataclasses.fields(cls)]
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return ConfigError(f"unknown config key {key!r}{hint} (known here: {', '.join(known)})")
+    return (f"unknown config key {key!r}{hint} ({_section_name(cls)} has: "
+            f"{', '.join(known)})")
 
 
-def _set(obj: Any, key: str, value: Any, prefix: str) -> None:
-    hints = typing.get_type_hints(type(obj))
-    fields = {f.name: f for f in dataclasses.fields(obj)}
-    if key not in fields:
-        raise _unknown(prefix + key, list(fields))
-    setattr(obj, key, _check(prefix + key, fields[key], hints[key], value))
+def _translate(e: OmegaConfBaseException, source: str | None, key: str | None) -> ConfigError:
+    """An OmegaConf exception as a one-line :class:`ConfigError` (``key``: the override's key,
+    named instead of OmegaConf's path when the error is an unknown key)."""
+    full = str(e.full_key or "")
+    if (isinstance(e, (ConfigKeyError, ConfigAttributeError)) and e.object_type is not None
+            and dataclasses.is_dataclass(e.object_type)):
+        name = str(e.key) if e.key is not None else full.rsplit(".", 1)[-1]
+        return ConfigError(_where(source, _unknown(key or full, name, e.object_type)))
+    lines = str(e).splitlines()
+    msg = lines[0] if lines else type(e).__name__
+    return ConfigError(_where(source, f"{full}: {msg}" if full else msg))
 
 
-def _apply_mapping(cfg: Config, mapping: Any, source: str) -> None:
-    if mapping is None:
-        return
-    if not isinstance(mapping, dict):
-        raise ConfigError(f"{source}: the config must be a mapping of keys, got "
-                          f"{type(mapping).__name__}")
-    for key, value in mapping.items():
-        if key in _SECTIONS:
-            if value is None:
-                continue
-            if not isinstance(value, dict):
-                raise ConfigError(f"{key}: expected a mapping of {key}.* keys, got {value!r}")
-            section = getattr(cfg, key)
-            for sub, v in value.items():
-                _set(section, str(sub), v, f"{key}.")
-        else:
-            if not isinstance(key, str):
-                raise ConfigError(f"{source}: config keys must be strings, got {key!r}")
-            _set(cfg, key, value, "")
+@functools.cache
+def _schema() -> DictConfig:
+    """``OmegaConf.structured(Config)``: the defaults and types every config is merged into
+    (merging copies it)."""
+    return typing.cast(DictConfig, OmegaConf.structured(Config))
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """``"train.lr=3e-4"`` -> ``("train.lr", 0.0003)`` (the value parsed as YAML)."""
+def _merge(base: DictConfig, layer: Any, source: str | None) -> DictConfig:
+    """``base`` with ``layer`` (a YAML file or dict as plain containers) merged in by
+    OmegaConf, after :func:`_check_layer`."""
+    if not isinstance(layer, dict):
+        raise ConfigError(f"{source or '<dict>'}: the config must be a mapping of keys, got "
+                          f"{type(layer).__name__}")
+    checked = _check_layer(layer, Config, "", source)
+    try:
+        return typing.cast(DictConfig, OmegaConf.merge(base, checked))
+    except OmegaConfBaseException as e:
+        raise _translate(e, source, None) from None
+
+
+def _read_yaml(path: str | os.PathLike[str]) -> Any:
+    """A YAML file as plain containers (OmegaConf's loader; FileNotFoundError as ``open``)."""
+    source = os.fspath(path)
+    with open(path, encoding="utf-8") as f:
+        try:
+            loaded = OmegaConf.load(f)
+        except yaml.YAMLError as e:  # bad syntax, a tag, a duplicate key
+            raise ConfigError(f"{source}: not valid YAML: {_fold(e)}") from None
+        except OSError as e:
+            if e.errno is not None:
+                raise
+            # OmegaConf's answer to a scalar document ("Invalid loaded object type: int")
+            raise ConfigError(f"{source}: the config must be a mapping of keys ({e})") from None
+        except OmegaConfBaseException as e:
+            raise _translate(e, source, None) from None
+    return OmegaConf.to_container(loaded, resolve=False)
+
+
+def _override_layer(text: str) -> tuple[str, dict[str, Any]]:
+    """``"train.lr=3e-4"`` -> ``("train.lr", {"train": {"lr": 0.0003}})`` (OmegaConf's dotlist
+    parsing)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key=value (e.g. train.lr=3e-4)")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
         raise ConfigError(f"override {text!r}: empty key")
+    if not _KEY_RE.fullmatch(key):
+        raise ConfigError(f"override {text!r}: unknown config key {key!r} (keys are dotted "
+                          "names such as train.lr)")
+    if key in _SECTIONS:
+        raise ConfigError(f"override {text!r}: {key} is a section; set {key}.<key>=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        layer = OmegaConf.from_dotlist([f"{key}={raw if raw.strip() else repr('')}"])
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML: {e}") from None
+        raise ConfigError(f"override {text!r}: the value is not valid YAML: {_fold(e)}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"override {text!r}: {_translate(e, None, key)}") from None
+    return key, typing.cast(dict, OmegaConf.to_container(layer, resolve=False))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=3e-4"`` -> ``("train.lr", 0.0003)``: split at the first ``=``, the value
+    read as YAML by OmegaConf's dotlist parsing (an empty value is the empty string)."""
+    key, value = _override_layer(text)
+    for part in key.split("."):
+        value = value[part]
     return key, value
 
 
-def _apply_override(cfg: Config, text: str) -> None:
-    key, value = parse_override(text)
-    parts = key.split(".")
-    if len(parts) == 1:
-        if key in _SECTIONS:
-            raise ConfigError(f"override {text!r}: {key} is a section; set {key}.<key>=value")
-        _set(cfg, key, value, "")
-    elif len(parts) == 2 and parts[0] in _SECTIONS:
-        _set(getattr(cfg, parts[0]), parts[1], value, parts[0] + ".")
-    else:
-        top = [f.name for f in dataclasses.fields(Config)]
-        raise _unknown(key, top)
+def _apply(merged: DictConfig, overrides: list[str] | tuple[str, ...] | None) -> DictConfig:
+    """``merged`` with the ``key=value`` overrides merged in, in order (a later one wins)."""
+    keys, layers = [], []
+    for text in overrides or ():
+        key, layer = _override_layer(text)
+        keys.append(key)
+        layers.append(_check_layer(layer, Config, "", None))
+    if not layers:
+        return merged
+    try:  # one merge of all layers: a merge per override costs milliseconds each
+        return typing.cast(DictConfig, OmegaConf.merge(merged, *layers))
+    except OmegaConfBaseException as e:
+        full = str(e.full_key or "")
+        key = next((k for k in keys if k == full or k.startswith(full + ".")), None)
+        raise _translate(e, None, key) from None
+
+
+def _finish(merged: DictConfig) -> Config:
+    """The merged config as :class:`Config` (interpolations resolved), validated."""
+    try:
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise _translate(e, None, None) from None
+    assert isinstance(cfg, Config)
+    validate(cfg)
+    return cfg
+
+
+def _check_values(obj: Any, prefix: str = "") -> None:
+    """The choices, ranges and finiteness of every field's ``_f`` metadata, recursively."""
+    for f in dataclasses.fields(obj):
+        name, value = prefix + f.name, getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_values(value, name + ".")
+            continue
+        meta = f.metadata
+        choices = meta.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{name}: expected one of {list(choices)}, got {value!r}")
+        lo, hi = meta.get("min"), meta.get("max")
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            if not math.isfinite(v):  # nan, inf, and 1e400 (which reads as inf)
+                raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+            if lo is not None and (v < lo or (meta.get("min_exclusive") and v == lo)):
+                rel = ">" if meta.get("min_exclusive") else ">="
+                raise ConfigError(f"{name}: expected a value {rel} {lo}, got {value!r}")
+            if hi is not None and v > hi:
+                raise ConfigError(f"{name}: expected a value <= {hi}, got {value!r}")
 
 
 def validate(cfg: Config) -> None:
-    """Checks that involve more than one key (single values are checked when set)."""
+    """Every field's choices and range (the ``_f`` metadata), then the checks that involve
+    more than one key."""
+    _check_values(cfg)
     d, m, t, e = cfg.data, cfg.model, cfg.train, cfg.eval
     if d.name != "list" and not d.root:
         raise ConfigError(f"data.root: required for data.name={d.name!r} (the dataset folder)")
@@ -455,25 +619,39 @@ def load_config(path: str | os.PathLike[str] | None = None,
         ConfigError: an unknown key or a bad value (the message names the key and what it
             expects); FileNotFoundError when ``path`` does not exist.
     """
-    cfg = Config()
+    merged = _schema()
     if path is not None:
-        with open(path, encoding="utf-8") as f:
-            try:
-                mapping = yaml.safe_load(f)
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        _apply_mapping(cfg, mapping, os.fspath(path))
-    for text in overrides or ():
-        _apply_override(cfg, text)
-    validate(cfg)
-    return cfg
+        merged = _merge(merged, _read_yaml(path), os.fspath(path))
+    return _finish(_apply(merged, overrides))
+
+
+def _assign(dst: Any, src: Any) -> None:
+    """Copy every field of dataclass ``src`` into ``dst`` (sections in place)."""
+    for f in dataclasses.fields(src):
+        value = getattr(src, f.name)
+        if dataclasses.is_dataclass(value) and dataclasses.is_dataclass(getattr(dst, f.name)):
+            _assign(getattr(dst, f.name), value)
+        else:
+            setattr(dst, f.name, value)
+
+
+def _literal(value: Any) -> Any:
+    """``value`` (plain containers) with every ``${`` escaped: the strings of a resolved config
+    (a checkpoint's, a saved config.yaml) are literal, not OmegaConf interpolations."""
+    if isinstance(value, str):
+        return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
+    if isinstance(value, dict):
+        return {k: _literal(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_literal(v) for v in value]
+    return value
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...] | None) -> Config:
-    """Apply ``key=value`` overrides to ``cfg`` (in place; also returned) and validate."""
-    for text in overrides or ():
-        _apply_override(cfg, text)
-    validate(cfg)
+    """Apply ``key=value`` overrides to ``cfg`` (in place; also returned) and validate. On an
+    error ``cfg`` is left as it was."""
+    merged = _merge(_schema(), _literal(config_to_dict(cfg)), None)
+    _assign(cfg, _finish(_apply(merged, overrides)))
     return cfg
 
 
@@ -483,20 +661,19 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def config_from_dict(mapping: dict[str, Any]) -> Config:
-    """Inverse of :func:`config_to_dict` (validated like a YAML file)."""
-    cfg = Config()
-    _apply_mapping(cfg, mapping, "<dict>")
-    validate(cfg)
-    return cfg
+    """Inverse of :func:`config_to_dict` (validated like a YAML file; a key it lacks, as in the
+    config of a run older than that key, keeps its default; strings are literal)."""
+    return _finish(_merge(_schema(), _literal(mapping), None))
 
 
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
-    """Write the resolved config as YAML (atomically)."""
+    """Write the resolved config as YAML (atomically; OmegaConf's dumper quotes a string that
+    would read back as another type)."""
     tmp = f"{os.fspath(path)}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write("# resolved config of this run (art_fast.train); reload with "
                 "art_fast.train.load_config\n")
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, default_flow_style=None)
+        f.write(OmegaConf.to_yaml(_literal(config_to_dict(cfg))))
     os.replace(tmp, path)
 
 
@@ -528,6 +705,8 @@ def build_dataset(cfg: Config, split: str | None = None, train: bool = True) -> 
         seed=cfg.train.seed, crop_scale=tuple(d.crop_scale), output_dir=cfg.output_dir,
         max_retries=d.max_retries, max_bad_fraction=d.max_bad_fraction,
         backend=d.decode_backend,
+        # training clips only (evaluation ignores it); ops 0 = off
+        randaugment=(d.randaugment_ops, d.randaugment_magnitude),
     )
     if d.name != "list" and d.video_dir:
         opts["video_dir"] = d.video_dir
