@@ -1,4 +1,4 @@
-"""The ``art-fast`` command: synth, train, eval, bench, viz, info.
+"""The ``art-fast`` command: synth, train, eval, predict, bench, viz, info.
 
 Data flows one way (DESIGN §2): cli -> train -> (data, model) -> ops. Each subcommand imports
 what it needs when it runs, so ``art-fast --help`` and ``art-fast info`` stay fast.
@@ -20,6 +20,8 @@ EPILOG = """examples:
   art-fast train configs/diving48.yaml --set data.root=/data/Diving48 --resume auto
   torchrun --nproc_per_node 4 -m art_fast.cli train configs/gym99.yaml --set data.root=/data/gym
   art-fast eval runs/demo/best.pt                       # metrics + predictions.csv
+  art-fast predict runs/demo/best.pt clip.mp4 --top 3  # top classes of video files
+  art-fast predict runs/demo/best.pt --list videos.txt --json   # + predictions.csv
   art-fast viz runs/demo/best.pt --index 0 --out runs/demo/tracklets.png
   art-fast bench --device cpu                           # op benchmarks (art_fast.bench_ops)
   art-fast info                                         # backends built and usable, versions
@@ -76,6 +78,33 @@ def _add_viz(sub) -> None:
     _add_overrides(p)
 
 
+def _add_predict(sub) -> None:
+    p = sub.add_parser(
+        "predict", help="top classes of video files with a trained checkpoint",
+        description="Load a checkpoint (alone: no data folder, no original weights, no "
+                    "network) and print the top classes of each video with their "
+                    "probabilities (softmax averaged over the views), decoded as art-fast "
+                    "eval does (the checkpoint's frames, size, sampling and eval.views). A "
+                    "video that cannot be read is reported ('predict: cannot read PATH: ...') "
+                    "and skipped; the exit status is then 1.")
+    p.add_argument("checkpoint", help="a checkpoint written by art-fast train (last.pt/best.pt)")
+    p.add_argument("videos", nargs="*", metavar="VIDEO", help="video files")
+    p.add_argument("--list", dest="list_file", default=None, metavar="FILE",
+                   help="a list of 'path [label]' lines (the format of data.name=list; paths "
+                        "relative to the file's folder; label: class index or name, optional): "
+                        "writes the CSV (--out) and, with labels, reports the top-1 accuracy")
+    p.add_argument("--views", default=None, metavar="C,S",
+                   help="temporal clips, spatial crops (1 or 3) per video (default: the "
+                        "checkpoint's eval.views)")
+    p.add_argument("--top", type=int, default=5, help="classes shown per video (default 5)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line (and a last {\"summary\": ...} line)")
+    p.add_argument("--out", default=None, metavar="CSV",
+                   help="the predictions CSV (default with --list: predictions.csv in the "
+                        "current directory)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:<n>")
+
+
 def _add_bench(sub) -> None:
     sub.add_parser(
         "bench", help="op benchmarks (all arguments go to art_fast.bench_ops)",
@@ -119,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth_parser(synth)
     _add_train(sub)
     _add_eval(sub)
+    _add_predict(sub)
     _add_bench(sub)
     _add_viz(sub)
     _add_info(sub)
@@ -271,6 +301,12 @@ def _dispatch(argv: list[str]) -> int:
         return synth_main(argv[1:])
     if args.command == "info":
         return info(args.json, args.selftest)
+    if args.command == "predict":
+        from .predict import main_predict
+
+        return main_predict(args.checkpoint, args.videos, list_file=args.list_file,
+                            views=args.views, top=args.top, as_json=args.json, out=args.out,
+                            device=args.device)
     from . import train as trainer  # the trainer (and torch.distributed) only when needed
 
     if args.command == "train":

@@ -1,5 +1,6 @@
 """ART's losses (DESIGN §4.9): the multi-level tracklet contrastive losses (MTC), in two forms,
-and the semantic-bank consistency losses (L_sema).
+the semantic-bank consistency losses (L_sema), and the classification cross-entropy with soft
+targets and label smoothing of the training recipe (:func:`classification_loss`).
 
 The paper gives these in words only; both MTC forms are our reading:
 
@@ -168,6 +169,15 @@ def mtc_losses_paper(tracklets: torch.Tensor, *, lam: float = DEFAULT_MTC_LAMBDA
         out["temporal"] = (cos - lam).square().mean()
     out["tracklet"] = _zero(x) if K == 1 else _offdiag_sq_cos_mean(x.mean(2))
     return out
+
+
+def classification_loss(logits: torch.Tensor, target: torch.Tensor,
+                        label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy of ``logits [B, C]`` (computed in float32) against int64 labels ``[B]``
+    or a soft target ``[B, C]`` (rows summing to 1, e.g. MixUp / CutMix), with label
+    smoothing ``eps`` in [0, 1): the target becomes ``(1 - eps) target + eps / C``. A 0-dim
+    tensor (mean over the batch)."""
+    return F.cross_entropy(logits.float(), target, label_smoothing=float(label_smoothing))
 
 
 def bank_logits(z: torch.Tensor, bank: torch.Tensor, temperature: float) -> torch.Tensor:

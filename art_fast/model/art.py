@@ -188,6 +188,17 @@ class ARTOutput:
     losses: dict[str, torch.Tensor] | None = field(default=None)
 
 
+def _check_text_bank(bank: object, P: int, C: int) -> torch.Tensor:
+    """``bank`` (``ART(_text_bank=...)``) if it is a float ``[P, C, Ct]`` tensor, detached."""
+    if not isinstance(bank, torch.Tensor) or not bank.is_floating_point():
+        raise TypeError(f"ART: _text_bank must be a float tensor [P, C, Ct], got "
+                        f"{getattr(bank, 'dtype', type(bank).__name__)}")
+    if bank.dim() != 3 or tuple(bank.shape[:2]) != (P, C) or bank.shape[2] < 1:
+        raise ValueError(f"ART: _text_bank must have shape [P={P}, C={C}, Ct] (prompt templates, "
+                         f"classes, text width), got {list(bank.shape)}")
+    return bank.detach()
+
+
 def _check_int(name: str, v: object, lo: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ValueError(f"ART: {name} must be an int >= {lo}, got {v!r}")
@@ -219,6 +230,13 @@ class ART(nn.Module):
         latent_dim: d, width of SE, RSSA and the tracklets.
         k_region: patches each query keeps per head in the last RSSA layer, in [1, N]; None
             for the paper's dense form.
+        _text_bank: (internal: the load path of :func:`art_fast.load_model` /
+            :func:`art_fast.train.load_trained`) a ``[P, C, Ct]`` float bank, the ``bank`` of a
+            checkpoint's state dict, registered as ``bank`` and ``agent_bank`` instead of
+            encoding the class names with the text tower (no text-bank cache read or written).
+            Needs ``pretrained=None``: the towers are built with random weights (no file, no
+            network) because a state dict with every weight is loaded next; the option
+            ``text_pretrained`` is then not used either (it only serves the encoding).
         **options: see :class:`ARTOptions` (unknown names raise TypeError).
 
     The text tower is used once to encode the bank and then released: it is not part of the
@@ -236,6 +254,8 @@ class ART(nn.Module):
         num_queries: int = 2,
         latent_dim: int = 256,
         k_region: int | None = 16,
+        *,
+        _text_bank: torch.Tensor | None = None,
         **options: object,
     ) -> None:
         super().__init__()
@@ -272,6 +292,13 @@ class ART(nn.Module):
             raise ValueError(f"ART: latent_dim ({latent_dim}) must be divisible by the option "
                              f"heads ({opts.heads})")
         self.options, self.class_names = opts, class_names
+        # what ART.predict decodes a video with (art_fast.predict.PredictSettings); set by
+        # art_fast.load_model from the checkpoint's config, None: T, size, segments, one view
+        self.predict_settings = None
+        from_state = _text_bank is not None
+        if from_state and pretrained is not None:
+            raise ValueError(f"ART: _text_bank (the bank of a checkpoint) needs pretrained=None "
+                             f"(every weight comes from the checkpoint), got {pretrained!r}")
 
         uniformer = is_uniformerv2(backbone)
         video_state = None  # an official UniFormerV2 checkpoint, read once
@@ -296,7 +323,7 @@ class ART(nn.Module):
                 if not getattr(opts, opt):
                     raise ValueError(f"ART: option {opt}=false is for UniFormerV2 backbones "
                                      f"(uniformerv2-*), got backbone {backbone!r}")
-        if opts.text_pretrained is not None and video_state is None:
+        if opts.text_pretrained is not None and video_state is None and not from_state:
             raise ValueError("ART: option text_pretrained is only used with a UniFormerV2 "
                              "backbone whose pretrained is an official UniFormerV2 checkpoint "
                              f"(got backbone={backbone!r}, pretrained={pretrained!r})")
@@ -304,10 +331,13 @@ class ART(nn.Module):
         self.spec = spec
         templates = opts.templates or DEFAULT_TEMPLATES[: opts.num_prompts]
         prompts = fill_prompts(class_names, tuple(templates))
-        bank, self.bank_cache_hit = load_or_encode(
-            clip, tokenizer, prompts, spec.name, spec.weights_id,
-            cache_dir=opts.text_cache_dir, use_cache=opts.text_cache,
-        )
+        if from_state:
+            bank, self.bank_cache_hit = _check_text_bank(_text_bank, len(prompts), C), False
+        else:
+            bank, self.bank_cache_hit = load_or_encode(
+                clip, tokenizer, prompts, spec.name, spec.weights_id,
+                cache_dir=opts.text_cache_dir, use_cache=opts.text_cache,
+            )
         visual = clip.visual
         del clip, tokenizer  # the text tower is not kept (DESIGN §4.2)
 
@@ -369,6 +399,38 @@ class ART(nn.Module):
         for a per-frame tower, ``0, 2, 4, ...`` for UniFormerV2 (its stride-2 patch
         embedding)."""
         return [int(i) for i in self.backbone.token_frames]
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, video: object, top: int = 5,
+                views: tuple[int, int] | None = None) -> list[tuple[str, float]]:
+        """The ``top`` most probable classes of one video: ``[(class name, probability)]``,
+        most probable first; the probability is the softmax averaged over the views.
+
+        Args:
+            video: a video file (str / os.PathLike), decoded, sampled and cropped by the
+                evaluation pipeline of ``art-fast eval``; a uint8 tensor ``[T, H, W, 3]``
+                (frames, channels last: sampled to ``num_frames`` and resized / cropped the
+                same way); a uint8 ``[V, T, S, S, 3]`` of prepared views; or a float model
+                input ``[T, 3, S, S]`` / ``[V, T, 3, S, S]`` (CLIP-normalised). Details:
+                :func:`art_fast.predict.prepare_video`.
+            top: how many classes (an int >= 1; at most the number of classes).
+            views: ``(clips, crops)`` (crops 1 or 3) instead of the settings' views.
+
+        The settings (frames, size, sampling, views) are ``predict_settings``: those of the
+        checkpoint's config after :func:`art_fast.load_model`; for a model built by hand its
+        ``num_frames`` and ``image_size``, segment sampling and one view. Runs in eval mode
+        without gradients (the module's mode is restored).
+
+        Raises:
+            TypeError / ValueError: a bad ``video``, ``top`` or ``views`` (the message names
+                the argument and what is expected). FileNotFoundError, VideoDecodeError: a file
+                that is missing or does not decode.
+        """
+        from ..predict import predict_scores, top_classes
+
+        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+            raise ValueError(f"ART.predict: top must be an int >= 1, got {top!r}")
+        return top_classes(self, predict_scores(self, video, views), top)
 
     # ------------------------------------------------------------------ checks
     def _check_input(self, video: object, labels: object) -> None:

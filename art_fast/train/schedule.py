@@ -4,7 +4,9 @@ paper's step decay (x ``gamma`` every ``step_epochs`` epochs).
 The learning rate is a pure function of the step, so the schedule's state is the step alone
 and resuming cannot drift: :meth:`LRSchedule.apply` sets every parameter group's ``lr`` to its
 ``initial_lr`` (the group's peak: backbone groups carry ``lr x backbone_lr_mult``) times
-:meth:`LRSchedule.factor`.
+:meth:`LRSchedule.factor`. Layer-wise lr decay (``train.layer_decay``,
+:func:`art_fast.train.recipe.layer_decay_groups`) keeps its scale per group (``lr_scale``,
+already in the group's peak ``initial_lr``), so the schedule applies it at every step.
 """
 
 from __future__ import annotations

@@ -34,6 +34,15 @@ order depends only on ``(seed, epoch)`` and each clip's augmentation only on ``(
 index)``; the DataLoader gets its own generator so creating an iterator never draws from the
 global RNG. With ``train.deterministic=true`` on the CPU, a resumed run ends with bitwise the
 same weights as an uninterrupted one.
+
+The training recipe (:mod:`art_fast.train.recipe`, every option off by default):
+``train.label_smoothing``, ``train.mixup`` / ``train.cutmix`` / ``train.mixup_switch_prob``
+(seeded per step and micro-batch, so resume stays exact), ``train.layer_decay`` (per-layer
+lr groups of the tower) and ``train.ema_decay``: the weight EMA is updated after every
+optimiser step, saved beside the raw weights (``model_ema``, ``model_ema_updates``), restored
+on resume, evaluated beside the raw weights (``top1_ema``, ``top5_ema``, ``mean_class_ema``,
+``loss_ema`` in the eval record; ``best.pt`` is then chosen by ``top1_ema``), and what
+evaluation loads (:func:`weights_to_load`).
 """
 
 from __future__ import annotations
@@ -98,11 +107,20 @@ from .metrics import (
     write_confusion_png,
     write_predictions_csv,
 )
+from .recipe import (
+    BatchMixer,
+    check_recipe,
+    classification_losses,
+    ema_state,
+    layer_decay_groups,
+    load_ema,
+    make_ema,
+)
 from .region_hit import region_hit, region_hit_sums, summarize_region_hit
 from .schedule import LRSchedule
 
 __all__ = ["train", "evaluate", "main_train", "main_eval", "build_model", "load_trained",
-           "StepInfo"]
+           "StepInfo", "weights_to_load"]
 
 log = logging.getLogger("art_fast.train")
 
@@ -401,9 +419,12 @@ def _unwrap(model: nn.Module) -> ART:
 def _checkpoint_state(cfg: Config, ctx: DistContext, model: nn.Module,
                       optimizer: torch.optim.Optimizer, schedule: LRSchedule,
                       scaler: torch.amp.GradScaler | None, progress: dict[str, Any],
-                      stats: RunningMeans, metrics: dict[str, Any] | None
+                      stats: RunningMeans, metrics: dict[str, Any] | None,
+                      ema: torch.optim.swa_utils.AveragedModel | None = None
                       ) -> dict[str, Any] | None:
-    """The checkpoint dict on rank 0 (None elsewhere); a collective: every rank calls it."""
+    """The checkpoint dict on rank 0 (None elsewhere); a collective: every rank calls it.
+    With a weight EMA that has been updated: ``model_ema`` (its weights, a state dict of the
+    model) and ``model_ema_updates`` (its update count) beside the raw ``model``."""
     rng = gather_objects(ctx, get_rng_state())
     keys = sorted(stats.sums)
     local = torch.tensor([stats.sums[k] for k in keys] + [stats.count], dtype=torch.float64)
@@ -411,7 +432,7 @@ def _checkpoint_state(cfg: Config, ctx: DistContext, model: nn.Module,
     if not ctx.is_main:
         return None
     inner = _unwrap(model)
-    return {
+    state = {
         "format": CHECKPOINT_FORMAT,
         "model": inner.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -429,6 +450,10 @@ def _checkpoint_state(cfg: Config, ctx: DistContext, model: nn.Module,
         "config": config_to_dict(cfg),
         "metrics": dict(metrics or {}),
     }
+    if ema is not None and int(ema.n_averaged) > 0:
+        state["model_ema"] = ema_state(ema)
+        state["model_ema_updates"] = int(ema.n_averaged)
+    return state
 
 
 def _save(state: dict[str, Any] | None, cfg: Config, names: Sequence[str]) -> None:
@@ -505,6 +530,14 @@ def _load_model_state(model: ART, state: dict[str, Any], source: str) -> None:
                               f"data.num_frames / data.image_size changed?): {e}") from None
 
 
+def weights_to_load(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The model state dict that evaluation and inference load from checkpoint dict ``ckpt``:
+    the EMA weights (``model_ema``, written when ``train.ema_decay`` > 0) when present, else
+    the raw weights (``model``). Training resumes from both, each into its own model."""
+    ema = ckpt.get("model_ema")
+    return ema if ema else ckpt["model"]
+
+
 # --------------------------------------------------------------------------- training
 
 def train(cfg: Config, callbacks: Sequence[Callable[[StepInfo], None]] = (),
@@ -525,7 +558,8 @@ def train(cfg: Config, callbacks: Sequence[Callable[[StepInfo], None]] = (),
 
     Returns:
         ``{step, epoch, top1, top5, mean_class, loss, best_top1, train_loss, output_dir}``
-        (eval numbers from the final evaluation; the same dict on every rank).
+        (eval numbers from the final evaluation; the same dict on every rank), plus
+        ``top1_ema``, ``top5_ema``, ``mean_class_ema``, ``loss_ema`` with ``train.ema_decay``.
 
     Writes to ``cfg.output_dir``: ``config.yaml``, ``train.log``, ``metrics.jsonl``,
     ``last.pt``, ``best.pt``, ``confusion.csv``/``.png`` and ``predictions.csv`` of the latest
@@ -574,8 +608,12 @@ def train(cfg: Config, callbacks: Sequence[Callable[[StepInfo], None]] = (),
 
 def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo], None]]
            ) -> dict[str, Any]:
+    # the run's config with absolute paths (data folder, lists, output_dir): what config.yaml
+    # and every checkpoint store, so that eval / viz / predict work from any directory
+    cfg = _absolute_paths(cfg)
     t_cfg = cfg.train
     device = ctx.device
+    check_recipe(t_cfg)
     if ctx.is_main:
         save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
         stale = remove_stale_temps(cfg.output_dir)
@@ -602,6 +640,15 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
              inner.num_classes, n_params / 1e6)
 
     groups = inner.param_groups(t_cfg.lr, t_cfg.weight_decay)
+    if t_cfg.layer_decay < 1:
+        groups = layer_decay_groups(inner, groups, t_cfg.layer_decay)
+        log.info("layer decay %g: tower lr scales %s", t_cfg.layer_decay,
+                 ", ".join(f"{g['name']} {g['lr_scale']:.3g}" for g in groups))
+    # the weight EMA (before resuming: it is restored from the checkpoint)
+    ema = make_ema(inner, t_cfg.ema_decay) if t_cfg.ema_decay > 0 else None
+    mixer = BatchMixer(inner.num_classes, mixup=t_cfg.mixup, cutmix=t_cfg.cutmix,
+                       switch_prob=t_cfg.mixup_switch_prob, seed=t_cfg.seed, rank=ctx.rank)
+    soft_ce = mixer.active or t_cfg.label_smoothing > 0
     if t_cfg.optimizer == "adamw":
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(
             groups, lr=t_cfg.lr, betas=tuple(t_cfg.betas), weight_decay=t_cfg.weight_decay)
@@ -665,6 +712,15 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
             stats = RunningMeans(ckpt.get("epoch_stats"))
         log.info("resumed from %s: epoch %d, batch %d, step %d", resume_path,
                  progress["epoch"] + 1, progress["batch_in_epoch"], progress["step"])
+        if ema is not None:
+            if ckpt.get("model_ema") is None and progress["step"] > 0:
+                log.warning("resume: %s holds no weight EMA (model_ema); the EMA starts over "
+                            "from the resumed weights", resume_path)
+            try:
+                load_ema(ema, ckpt.get("model_ema"), int(ckpt.get("model_ema_updates", 0)))
+            except RuntimeError as e:
+                raise CheckpointError(f"{resume_path}: model_ema does not fit this model: "
+                                      f"{e}") from None
         del ckpt
     else:
         # dropout differs per rank (the model itself was built from the same seed everywhere)
@@ -701,12 +757,21 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
             for video, labels in loader:
                 x = to_model_input(video, device)
                 y = labels.to(device, torch.int64, non_blocking=True)
+                target: torch.Tensor = y
+                if mixer.active:
+                    mixed = mixer(x, y, progress["step"],
+                                  progress["batch_in_epoch"] % t_cfg.grad_accum)
+                    x, y, target = mixed.video, mixed.labels, mixed.target
                 sync_now = (progress["batch_in_epoch"] + 1) % t_cfg.grad_accum == 0
                 no_sync = (model.no_sync() if ctx.distributed and not sync_now
                            else contextlib.nullcontext())
                 with no_sync:
                     with amp:
                         out = model(x, y)
+                    if soft_ce:
+                        out.losses = classification_losses(out.losses, out.logits,
+                                                           out.logits_v, target,
+                                                           t_cfg.label_smoothing)
                     loss = out.losses["total"] / t_cfg.grad_accum
                     if scaler is not None:
                         scaler.scale(loss).backward()
@@ -737,6 +802,8 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 inner.update_bank()
+                if ema is not None:
+                    ema.update_parameters(inner)
                 lr_used = schedule.last_lr()
                 progress["step"] += 1
                 schedule.apply(progress["step"])
@@ -759,7 +826,8 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
                 if (t_cfg.save_every and step % t_cfg.save_every == 0 and not epoch_done
                         and step < total_steps):
                     _save(_checkpoint_state(cfg, ctx, model, optimizer, schedule, scaler,
-                                            progress, stats, last_metrics), cfg, ["last.pt"])
+                                            progress, stats, last_metrics, ema), cfg,
+                          ["last.pt"])
                 info = {"step": step, "epoch": epoch, "lr": lr_used,
                         "batch_in_epoch": progress["batch_in_epoch"], "loss": values["total"]}
                 for cb in callbacks:
@@ -778,16 +846,32 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
             best = False
             if do_eval:
                 pred = _predict(_unwrap(model), eval_ds, cfg, ctx)
-                m = _eval_report(pred, eval_ds, cfg.output_dir, cfg) if ctx.is_main else None
+                # predictions.csv and confusion.{csv,png}: of the weights evaluation loads
+                # (the EMA's when kept, see weights_to_load), like best.pt below
+                m = (_eval_report(pred, eval_ds, cfg.output_dir, cfg, write=ema is None)
+                     if ctx.is_main else None)
+                if ema is not None:  # the EMA weights beside the raw ones: <key>_ema
+                    pred = _predict(ema.module, eval_ds, cfg, ctx, desc="eval ema")
+                    if m is not None:
+                        m_ema = _eval_report(pred, eval_ds, cfg.output_dir, cfg, write=True)
+                        m.update({f"{k}_ema": v for k, v in m_ema.items()
+                                  if k != "num_samples"})
                 last_metrics = broadcast_object(ctx, m)
                 record["eval"] = last_metrics
-                best = last_metrics["top1"] > progress["best_top1"]
+                # best.pt: by the weights evaluation loads (the EMA's when kept)
+                best_key = "top1_ema" if ema is not None else "top1"
+                best = last_metrics[best_key] > progress["best_top1"]
                 if best:
-                    progress["best_top1"] = last_metrics["top1"]
+                    progress["best_top1"] = last_metrics[best_key]
                 log.info("eval epoch %d step %d: top1 %.4f top5 %.4f mean_class %.4f "
                          "(%d clips)%s", epoch + 1, progress["step"], last_metrics["top1"],
                          last_metrics["top5"], last_metrics["mean_class"],
                          last_metrics["num_samples"], _region_hit_text(last_metrics))
+                if ema is not None:
+                    log.info("eval epoch %d step %d (EMA weights): top1 %.4f top5 %.4f "
+                             "mean_class %.4f", epoch + 1, progress["step"],
+                             last_metrics["top1_ema"], last_metrics["top5_ema"],
+                             last_metrics["mean_class_ema"])
             if metrics_log is not None:
                 metrics_log.write(record)
             if epoch_done:
@@ -795,7 +879,7 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
                 progress["batch_in_epoch"] = 0
                 stats = RunningMeans()
             state = _checkpoint_state(cfg, ctx, model, optimizer, schedule, scaler, progress,
-                                      stats, last_metrics)
+                                      stats, last_metrics, ema)
             _save(state, cfg, ["last.pt", "best.pt"] if best else ["last.pt"])
     finally:
         if metrics_log is not None:
@@ -804,6 +888,9 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
               "best_top1": progress["best_top1"], "output_dir": cfg.output_dir,
               "train_loss": record.get("train", {}).get("total") if progress["step"] else None}
     result.update({k: last_metrics.get(k) for k in ("top1", "top5", "mean_class", "loss")})
+    if ema is not None:
+        result.update({k: last_metrics.get(k) for k in ("top1_ema", "top5_ema",
+                                                        "mean_class_ema", "loss_ema")})
     log.info("done: %s", json.dumps(result))
     return result
 
@@ -838,8 +925,8 @@ def _epoch_record(ctx: DistContext, progress: dict[str, Any], stats: RunningMean
 
 # --------------------------------------------------------------------------- evaluation API
 
-def evaluate(cfg: Config, checkpoint: str | None = None, out_dir: str | None = None
-             ) -> dict[str, Any]:
+def evaluate(cfg: Config, checkpoint: str | None = None, out_dir: str | None = None,
+             *, _loaded: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score ``checkpoint`` on the evaluation split with ``cfg.eval.views``.
 
     Args:
@@ -847,6 +934,11 @@ def evaluate(cfg: Config, checkpoint: str | None = None, out_dir: str | None = N
         checkpoint: a checkpoint path, ``"best"`` / ``"last"`` (in ``cfg.output_dir``), or None
             (``best.pt`` there if it exists, else ``last.pt``).
         out_dir: where the results go (default ``<cfg.output_dir>/eval``).
+        _loaded: (internal, :func:`main_eval`) the checkpoint dict already loaded from
+            ``checkpoint``, so that it is not read (and digest-checked) twice.
+
+    The model is built from the checkpoint alone (:func:`_model_from_checkpoint`: not from
+    ``model.pretrained``, no text encoding); the data comes from ``cfg.data``.
 
     Returns:
         ``{top1, top5, mean_class, loss, num_samples, checkpoint, step, output_dir, views,
@@ -863,14 +955,13 @@ def evaluate(cfg: Config, checkpoint: str | None = None, out_dir: str | None = N
     try:
         with _logging_to(out_dir, ctx.is_main, "eval.log"), _runtime(cfg, ctx):
             path = _resolve_checkpoint(cfg, checkpoint)
-            ckpt = load_checkpoint(path, map_location="cpu")
+            ckpt = _loaded if _loaded is not None else load_checkpoint(path, map_location="cpu")
             dataset = build_dataset(cfg, None, train=False)
             names = ckpt.get("class_names")
             if names is not None and list(names) != list(dataset.classes):
                 raise ValueError(f"{path} was trained on {len(names)} classes that differ from "
                                  f"the {len(dataset.classes)} classes of the evaluation split")
-            model = build_model(cfg, dataset.classes, ctx)
-            _load_model_state(model, ckpt["model"], path)
+            model = _model_from_checkpoint(cfg, ckpt, path, dataset.classes)
             model.to(ctx.device)
             log.info("evaluating %s (step %s) on %r", path, ckpt.get("step"), dataset)
             t0 = time.perf_counter()
@@ -914,16 +1005,79 @@ def load_trained(checkpoint: str, overrides: Sequence[str] = (),
                  device: str | torch.device = "cpu") -> tuple[ART, Config, dict[str, Any]]:
     """A trained model from a checkpoint alone: ``(model in eval mode on device, the
     checkpoint's config with ``overrides`` applied, the checkpoint dict)``. The class names
-    come from the checkpoint, so no dataset is needed (for drawing tracklets, demos)."""
+    come from the checkpoint, so no dataset is needed (for drawing tracklets, demos).
+
+    Needs the checkpoint alone: the model is built by :func:`_model_from_checkpoint` (no
+    ``model.pretrained`` weights, no text encoding, no network) and carries the config's
+    evaluation settings as ``model.predict_settings`` (:meth:`ART.predict`). Path-valued
+    overrides (``data.root=...``) are taken relative to the current directory.
+
+    Raises:
+        FileNotFoundError: no such file. CheckpointError: a damaged file, not a checkpoint of
+            ``art-fast train``, or weights that do not fit the config."""
+    checkpoint = os.fspath(checkpoint)
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    cfg = apply_overrides(_stored_config(ckpt, checkpoint), list(overrides))
-    model = build_model(cfg, ckpt["class_names"])
-    _load_model_state(model, ckpt["model"], checkpoint)
+    cfg = _absolute_paths(apply_overrides(_stored_config(ckpt, checkpoint), list(overrides)))
+    model = _model_from_checkpoint(cfg, ckpt, checkpoint)
     return model.to(device).eval(), cfg, ckpt
 
 
+def _model_from_checkpoint(cfg: Config, ckpt: dict[str, Any], path: str,
+                           class_names: Sequence[str] | None = None) -> ART:
+    """The trained ART of a loaded checkpoint ``ckpt`` (on the CPU, in train mode).
+
+    1. The architecture of ``cfg.model`` / ``cfg.data`` is built with ``pretrained=None`` and
+       the checkpoint's text bank (``ART(_text_bank=...)``): nothing of ``model.pretrained``
+       (an open_clip tag would download; a file may be gone, an official UniFormerV2 video
+       checkpoint too: the architecture is the same without it), no text encoding. open_clip's
+       "initialized randomly" warning of that build is dropped; the global RNG is untouched.
+    2. The checkpoint's state dict (every weight, ``bank`` and ``agent_bank`` included; the
+       weight EMA's when the run kept one: :func:`weights_to_load`) is loaded into it;
+       ``model.predict_settings`` is set from ``cfg``."""
+    from ..predict import PredictSettings, quiet_random_init
+
+    state = weights_to_load(ckpt)
+    bank = state.get("bank") if isinstance(state, dict) else None
+    if not isinstance(bank, torch.Tensor):
+        raise CheckpointError(f"{path}: its model state has no text bank ('bank')")
+    kw = cfg.model.art_kwargs()
+    backbone = kw.pop("backbone")
+    kw.pop("pretrained")
+    names = list(ckpt["class_names"] if class_names is None else class_names)
+    with torch.random.fork_rng(devices=[]), quiet_random_init():
+        model = ART(names, backbone=backbone, pretrained=None, num_frames=cfg.data.num_frames,
+                    image_size=cfg.data.image_size, _text_bank=bank, **kw)
+    _load_model_state(model, state, path)
+    model.predict_settings = PredictSettings.from_config(cfg)
+    return model
+
+
+# The config keys that name files or folders: a run stores them absolute (config.yaml, the
+# checkpoints), so that eval / viz / predict work from any directory; command-line overrides
+# of them are taken relative to the current directory.
+_PATH_KEYS = (("", "output_dir"), ("data", "root"), ("data", "video_dir"),
+              ("data", "train_list"), ("data", "eval_list"), ("data", "class_csv"))
+
+
+def _absolute_paths(cfg: Config) -> Config:
+    """A copy of ``cfg`` whose path-valued keys (:data:`_PATH_KEYS`, those set) are absolute
+    (``~`` expanded, relative ones against the current directory)."""
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    for section, key in _PATH_KEYS:
+        owner = getattr(cfg, section) if section else cfg
+        value = getattr(owner, key, None)
+        if isinstance(value, str) and value:
+            setattr(owner, key, os.path.abspath(os.path.expanduser(value)))
+    return cfg
+
+
 def _stored_config(ckpt: dict[str, Any], path: str) -> Config:
-    """The config a checkpoint was trained with."""
+    """The config a checkpoint was trained with (a checkpoint of a run before paths were
+    stored absolute may hold relative ones: they are relative to the current directory)."""
     if not isinstance(ckpt.get("config"), dict) or "class_names" not in ckpt:
         raise CheckpointError(f"{path} is not a checkpoint of art-fast train (no 'config' / "
                               "'class_names' entry)")
@@ -954,8 +1108,8 @@ def main_eval(checkpoint: str, overrides: Sequence[str] = (), out: str | None = 
     ``eval/`` beside the checkpoint). Prints one ``eval: {json}`` line (rank 0), returns 0."""
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
-    cfg = apply_overrides(_stored_config(load_checkpoint(checkpoint), checkpoint),
-                          list(overrides))
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")  # loaded (and checked) once
+    cfg = _absolute_paths(apply_overrides(_stored_config(ckpt, checkpoint), list(overrides)))
     out_dir = out or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "eval")
-    _print_main("eval", evaluate(cfg, checkpoint, out_dir))
+    _print_main("eval", evaluate(cfg, checkpoint, out_dir, _loaded=ckpt))
     return 0
