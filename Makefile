@@ -67,7 +67,7 @@ bench-train: install
 # (config.yaml, metrics.jsonl, train.log, last.pt, best.pt, eval/ with confusion matrix and
 # predictions, tracklets.png). DEMO_SET overrides where the set is written.
 # `make demo-displacement` is the earlier, easier demo (the displacement set, which a fixed
-# rule solves: README "Data").
+# rule solves: docs/demo.md, "The synthetic sets").
 DEMO_SET ?= data/binding
 DEMO_RUN := runs/demo
 # The steps of a demo: $(1) the config, $(2) the set; into $(DEMO_RUN) (train, eval, viz, then

@@ -19,7 +19,7 @@ Construction (every clip, ``S x S`` pixels, ``F`` frames):
   tiny tower's 8-px patches it fills at least 7 x 7 px of one patch in every frame, as a real
   action region covers several 16-px patches of a 224-px ViT input; at 0.14 S (9 px, the first
   version) it was split across up to four patches and the tower did not find it within the
-  demo's budget (see the README). Its *motion* is the class: direction (right, left,
+  demo's budget (see docs/demo.md). Its *motion* is the class: direction (right, left,
   up, down; then the four diagonals) x speed (slow: 0.18 S over the clip, fast: 0.5 S) x path
   (straight; then zigzag: a perpendicular sine of amplitude 0.06 S, two periods). The first 8
   classes are the 4 cardinal directions x 2 speeds, the next 8 the diagonals x 2 speeds, the
