@@ -1,4 +1,4 @@
-"""Autograd helpers of the hot-path ops (issue 14, item 5), used by the op contracts
+"""Autograd helpers of the hot-path ops, used by the op contracts
 (``art_fast._contract``) and the ops' backwards (``art_fast/ops/<op>.py``). Imports torch
 only.
 

@@ -48,7 +48,7 @@ OPS: tuple[str, ...] = tuple(sorted(
 without importing them)."""
 
 # On CUDA tensors `auto` tries these in order (first usable wins). It is meant to be the
-# measured ranking per op (issue 6), but neither GPU backend has run on a GPU yet: until
+# measured ranking per op, but neither GPU backend has run on a GPU yet: until
 # benchmarks/gpu_check.sh has measured them, triton comes first because its kernels are the ones
 # checked numerically (under TRITON_INTERPRET=1, the same kernel code); the CUDA kernels are
 # compiled in CI but have never run. Re-rank from benchmarks/results/<gpu>/bench_ops.md.

@@ -1,4 +1,4 @@
-"""One contract per op (issue 14; docs/adding_an_op.md).
+"""One contract per op (docs/adding_an_op.md).
 
 Every compiled backend of an op implements the same entries, with the same schema, outputs and
 saved tensors: ``<op>_fwd`` and ``<op>_bwd`` (and, for info_nce, ``<op>_fused``), as

@@ -1,4 +1,4 @@
-"""Self-check of the compiled backends on first use, for ``auto`` (issue 11).
+"""Self-check of the compiled backends on first use, for ``auto``.
 
 The first time ``auto`` would pick a non-reference backend for an (op, backend, dtype, device)
 -- on CUDA tensors ``triton`` or ``cuda``, on CPU tensors ``cpu`` -- it runs that op, forward

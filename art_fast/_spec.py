@@ -1,4 +1,4 @@
-"""One spec per op (issue 14; docs/adding_an_op.md): what the tests, the benchmarks and the GPU
+"""One spec per op (docs/adding_an_op.md): what the tests, the benchmarks and the GPU
 check need to know about an op, declared once in ``art_fast/ops/<op>.py`` as ``SPEC``.
 
 ``art_fast.ops.SPECS`` collects them (one per module of ``art_fast/ops``); the backend table

@@ -1,5 +1,5 @@
 """What every benchmark script shares: timing, peak memory, the environment header and the
-result files (issue 14). Part of the package (issue 15: ``art-fast bench`` runs from an
+result files. Part of the package (``art-fast bench`` runs from an
 installed art_fast); ``benchmarks/_harness.py`` re-exports it for the scripts of a checkout.
 
 - Timing: :func:`time_cpu` (``torch.utils.benchmark`` blocked autorange), :func:`time_cuda`

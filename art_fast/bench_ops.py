@@ -27,7 +27,7 @@ printed), ``<out>`` defaulting to ``benchmarks/results/<device-slug>/`` (of the 
 for an installed package, under the current directory); ``--quick`` writes
 ``bench_ops_quick.*`` instead so a smoke test never overwrites real results.
 
-Usage (this module is ``art_fast.bench_ops``, part of the package since issue 15;
+Usage (this module is ``art_fast.bench_ops``, part of the package;
 ``benchmarks/bench_ops.py`` is the same command)::
 
     art-fast bench [--device cpu|cuda] [--ops OP ...] [--providers P ...]

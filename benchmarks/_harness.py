@@ -1,6 +1,6 @@
-"""What every benchmark script shares (issue 14): ``art_fast.bench_harness``, re-exported.
+"""What every benchmark script shares: ``art_fast.bench_harness``, re-exported.
 
-The harness moved into the package (issue 15: ``art-fast bench`` runs from an installed
+The harness moved into the package (``art-fast bench`` runs from an installed
 art_fast); this module keeps the scripts' ``import _harness as h`` working. Importing it puts
 the repository root on ``sys.path`` first (art_fast without an install), so the scripts of this
 checkout use this checkout's art_fast. See :mod:`art_fast.bench_harness` for the contents:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Cost of the video towers beside the per-frame ViT: parameters, forward GFLOPs and CPU step
-times, for the backbone alone and for the whole ART model (issue 13).
+times, for the backbone alone and for the whole ART model.
 
 Rows, at every ``--frames`` T:
 

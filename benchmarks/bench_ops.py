@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark the three hot-path ops of art_fast against their references (DESIGN §7).
 
-The benchmark is :mod:`art_fast.bench_ops` (part of the package since issue 15, so that
+The benchmark is :mod:`art_fast.bench_ops` (part of the package, so that
 ``art-fast bench`` runs from an installed art_fast; its docstring describes the providers,
 modes, timing and outputs); this script is the same command from a source checkout, with this
 checkout's art_fast, and re-exports the module's names (``Outputs``, ``mode_runner``,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""One full ART training step per backend (DESIGN §7; issue 3's cost report).
+"""One full ART training step per backend (DESIGN §7).
 
 For each model configuration (``tiny``: the demo's tiny open_clip tower; ``vitb16``: ViT-B/16,
 the paper's setting, random init) and each usable backend (``torch`` = the references, ``cpu``

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The ablation table of the binding set (issue 12): ART against its ablations and a
+"""The ablation table of the binding set: ART against its ablations and a
 capacity-matched control, several seeds each, the same config and budget for every row.
 
 Variants (each is ``configs/binding_tiny.yaml`` plus these overrides):
@@ -63,7 +63,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "no_mtc": ("model.gamma1=0",),
     # not in the issue's table: the paper's options together (DESIGN §4 items 2, 3, 7, 9)
     "paper_options": ("model.mtc_form=paper", "model.query_bank=ema", "model.ta_semantics=all"),
-    # the tower (issue 13): the per-frame tiny ViT without its temporal shift, and the
+    # the tower: the per-frame tiny ViT without its temporal shift, and the
     # UniFormerV2 tiny tower (local temporal MHRA, 3D patch embedding: T' = T/2 steps)
     "no_shift": ("model.temporal_shift=0",),
     "uniformerv2": ("model.backbone=uniformerv2-tiny", "model.temporal_shift=0"),

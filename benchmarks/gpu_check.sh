@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of art_fast on a bare GPU machine (DESIGN §7; issues 6 and 11), in under 9 minutes
+# GPU check of art_fast on a bare GPU machine (DESIGN §7), in under 9 minutes
 # on one H200, with no network: nothing is downloaded, the package is installed from this
 # checkout into the interpreter named by PYTHON. Steps, in order, with their time box (s):
 #

@@ -123,7 +123,7 @@ def _fwd(
     o_ptrs = Out + pid_bh * M * D + offs_m[:, None] * D + offs_d[None, :]
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
     # 5. The row statistic of the contract: lse = max + log(sum), in ACC (every backend's
-    #    layout, issue 14). The backwards do not read it for P (they recompute max and sum:
+    #    layout). The backwards do not read it for P (they recompute max and sum:
     #    exp(s - lse) would carry the rounding of a large lse); an all -inf row gives -inf.
     tl.store(LSE + pid_bh * M + offs_m, m_i + tl.log(l_i), mask=mask_m)
     # 6. Weights (only when asked): a second pass recomputes the scores;

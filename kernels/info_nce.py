@@ -236,7 +236,7 @@ def _tiny_fwd(
         tgt = tl.load(T + g * M + offs_m, mask=mask_m, other=_IGNORE)
         lt = tl.sum(tl.where(offs_n[None, :] == tgt[:, None], L, 0.0), 1)
         # 4. loss = (max - target logit) + log(sum); the saved statistic is lse = max +
-        #    log(sum) in ACC, the layout of every backend (issue 14): the backward's P =
+        #    log(sum) in ACC, the layout of every backend: the backward's P =
         #    exp(L - lse) carries its rounding, half an ulp of |lse| (float32: 6e-8 |lse|).
         loss = tl.where(tgt != _IGNORE, (mx - lt) + tl.log(l_i), 0.0)
         tl.store(LOSS + g * M + offs_m, loss, mask=mask_m)

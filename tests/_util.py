@@ -243,7 +243,7 @@ def check_spec_cases(op: str, device: str, backend: str, dtype: torch.dtype) -> 
         check_spec_case(spec, c, backend)
 
 
-# ---- direct calls of the art_fast_triton:: entries with non-contiguous inputs (issue 11) ------
+# ---- direct calls of the art_fast_triton:: entries with non-contiguous inputs ------
 # The ops make their inputs contiguous, but the Triton custom ops are public: the backward must
 # read the same contiguous tensors as the forward, whatever strides autograd saved. An op's test
 # file describes its cases by a table ``kind -> (shapes, views)``: ``shapes(*dims)`` the shapes

@@ -1,4 +1,4 @@
-"""Autograd contracts of the three ops on every backend (issue 14, item 5), each against the
+"""Autograd contracts of the three ops on every backend, each against the
 torch backend on fresh float64 inputs of odd shapes:
 
 (a) gradients w.r.t. a stride-0 expanded leaf and w.r.t. an expanded non-leaf view (was: the

@@ -1,4 +1,4 @@
-"""benchmarks/_harness.py, the part every benchmark script shares (issue 14): the Markdown
+"""benchmarks/_harness.py, the part every benchmark script shares: the Markdown
 writer on hand-made rows, the atomic result writer, the environment header, CPU timing and
 CPU peak memory."""
 

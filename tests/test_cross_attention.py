@@ -281,7 +281,7 @@ def test_compile_fullgraph(device, backend):
     U.check_compiled(fn, (q, k, v), (q, k, v))
 
 
-# ---- Triton: direct calls of the custom ops with non-contiguous inputs (issue 11) -------------
+# ---- Triton: direct calls of the custom ops with non-contiguous inputs -------------
 # (tests/_util.py; the C++ ops reject non-contiguous inputs: test_cpp_kernel_checks_direct_calls)
 
 def _kernels():

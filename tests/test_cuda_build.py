@@ -1,6 +1,6 @@
 """The CUDA kernels are compiled in CI (no GPU there): every op has a CUDA kernel registered
 whenever the extension was built with CUDA, and the build does include them wherever torch has
-CUDA and nvcc is found (DESIGN §8; issue 6). These tests run on CPU."""
+CUDA and nvcc is found (DESIGN §8). These tests run on CPU."""
 
 from __future__ import annotations
 

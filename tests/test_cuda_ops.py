@@ -1,5 +1,5 @@
 """The CUDA backend on the paper's shapes and on the shapes that pick the kernels' other paths
-(DESIGN §7, §8; issue 6): the general top-k path beyond N = 1024, the tiny / large InfoNCE
+(DESIGN §7, §8): the general top-k path beyond N = 1024, the tiny / large InfoNCE
 regimes and their boundary, head dims that are not a multiple of the tiles, shared queries,
 and bitwise reproducibility. The odd shapes, ties, NaN and poisoned outputs are covered by the
 op tests, which are parametrised over cuda-cuda as well. Every test here needs a GPU."""
@@ -105,7 +105,7 @@ def test_info_nce_regime_boundaries(M, N, D, normalize, reduction):
                    reduction=reduction, temperature=0.5)
 
 
-# The large regime's tensor-core path (csrc/cuda/info_nce.cu, path (b); issue 11): tails in
+# The large regime's tensor-core path (csrc/cuda/info_nce.cu, path (b)): tails in
 # M, N (not multiples of 16 / of the 32 x 64 tile) and in D (not a multiple of 16; 45 and 19
 # also not of 8: the scalar loads; 72 and 200: the 16-byte loads with a partial d chunk).
 TC_SHAPES = [(2, 97, 131, 45), (1, 150, 77, 72), (1, 65, 300, 200), (3, 70, 33, 19)]

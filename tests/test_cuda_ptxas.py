@@ -1,4 +1,4 @@
-"""ptxas resources of every CUDA kernel, checked without a GPU (issue 11): each csrc/cuda/*.cu
+"""ptxas resources of every CUDA kernel, checked without a GPU: each csrc/cuda/*.cu
 is compiled for sm_80 and sm_90 with the build's nvcc flags (benchmarks/cuda_ptxas.py) and
 ``-Xptxas -v``; a compile error or a register spill in any kernel instantiation fails. The
 table (kernel, arch, registers, shared memory, spills, stack, 64-bit divisions) is written as

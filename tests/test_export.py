@@ -1,4 +1,4 @@
-"""Export of the ART model (issue 15, item 6), as docs/export.md describes it: what works and,
+"""Export of the ART model, as docs/export.md describes it: what works and,
 where an exporter fails, the exact failure.
 
 - ``torch.export.export`` works with the art_fast ops inside the graph

@@ -1,4 +1,4 @@
-"""The extension registers itself per op (issue 14): every op's schemas and CPU kernels come
+"""The extension registers itself per op: every op's schemas and CPU kernels come
 from its own csrc/cpu/<op>.cpp and its CUDA kernels from csrc/cuda/<op>.cu; art_fast._ext knows
 which entry points each op needs (ENTRIES) and a stale or partial build disables only the op
 and device that lack one (op_status). The input contract of each op is checked once, in C++,

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh, proven on CPU (issue 11): its dry run executes every step that
+"""benchmarks/gpu_check.sh, proven on CPU: its dry run executes every step that
 needs no GPU (env, deps, the CUDA build decision, the install check) and records the exact
 command of every GPU step; a missing dependency is named on one line; bad usage exits 2; the
 script is `bash -n` and shellcheck clean. The CPU probes of the dry run (collection, the

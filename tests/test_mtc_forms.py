@@ -1,6 +1,6 @@
-"""Issue 12 part 4, model side: the paper form of the MTC losses (mtc_form, mtc_lambda), the bank
-that seeds the queries (query_bank) and tracklet aggregation over every selected semantic
-(ta_semantics); each as an ART option and a config key.
+"""The model side of the binding benchmark: the paper form of the MTC losses (mtc_form,
+mtc_lambda), the bank that seeds the queries (query_bank) and tracklet aggregation over every
+selected semantic (ta_semantics); each as an ART option and a config key.
 
 Every reference here is an independent formulation: Python loops over b, k, t on plain floats."""
 

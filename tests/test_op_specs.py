@@ -1,4 +1,4 @@
-"""Every op is complete (issue 14; docs/adding_an_op.md): a spec, a contract, every backend, a
+"""Every op is complete (docs/adding_an_op.md): a spec, a contract, every backend, a
 reference, a test file and a doc page. Run for one op with
 ``pytest tests/test_op_specs.py -k <op>`` (``make op-check OP=<op>`` also runs its tests).
 

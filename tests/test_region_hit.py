@@ -1,4 +1,4 @@
-"""Region hit (issue 12, part 2): the overlap of patches with boxes, the per-frame hit and its
+"""Region hit: the overlap of patches with boxes, the per-frame hit and its
 chance level against independent brute-force computations, the set-level best query, the
 target boxes of dataset items against the pixels, and the evaluation / viz wiring."""
 

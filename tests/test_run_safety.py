@@ -1,4 +1,4 @@
-"""Loud failures on damaged or contested state (issue 15): the output folder's lock, re-running
+"""Loud failures on damaged or contested state: the output folder's lock, re-running
 into a finished folder, stale temp files, resume from a damaged checkpoint, checkpoint content
 digests, the text-bank cache check, non-finite config values, label parsing, a full disk while
 saving, and the trainer's log (one prefix, 1-based epochs, the warmup warning)."""

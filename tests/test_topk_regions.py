@@ -262,7 +262,7 @@ def test_compile_fullgraph(device, backend):
     U.check_compiled(fn, (s, v), (s, v))
 
 
-# ---- Triton: direct calls of the custom ops with non-contiguous inputs (issue 11) -------------
+# ---- Triton: direct calls of the custom ops with non-contiguous inputs -------------
 # (tests/_util.py; the C++ ops reject non-contiguous inputs)
 
 # kind -> (the shapes of the leaves scores, values at (B, M, N, C), the views given to the op)
@@ -333,7 +333,7 @@ def test_opcheck_noncontiguous(device, backend):
                     (2, 4, 11, 5), device, 4)
 
 
-# ---- Triton: launch parameters, rows in registers (issue 11) ----------------------------------
+# ---- Triton: launch parameters, rows in registers ----------------------------------
 
 def test_launch_params():
     """The register budget rule (docs/kernels/topk_regions.md): the forward holds at most 16

@@ -1,7 +1,7 @@
 """Every Triton kernel compiles for a real GPU (sm_80, sm_90) at the shapes its host functions
 launch, within shared memory and without register spills at the paper shapes: checked ahead of
-time with Triton's compiler and the wheel's ptxas, no GPU needed (benchmarks/triton_aot.py;
-issue 11). The interpreter the other Triton tests use accepts code the compiler rejects, so
+time with Triton's compiler and the wheel's ptxas, no GPU needed (benchmarks/triton_aot.py).
+The interpreter the other Triton tests use accepts code the compiler rejects, so
 this is the test that stands for "it compiles on a GPU" in CPU CI.
 
 Both run the harness in a subprocess without TRITON_INTERPRET (this test process sets it, and

@@ -85,7 +85,7 @@ def cross_attention(
             q = q.expand(B, -1, -1, -1)
         return reference.cross_attention(q, k, v, scale, return_weights)
     if _autograd.transforms_active():
-        # 1. torch.func (issue 14): the op through an autograd.Function torch.func accepts.
+        # 1. torch.func: the op through an autograd.Function torch.func accepts.
         out, _lse, weights = CONTRACT.function(name).apply(
             q.contiguous(), k.contiguous(), v.contiguous(), scale, return_weights
         )
@@ -93,7 +93,7 @@ def cross_attention(
     # 2. A query set broadcast over B (stride 0) reaches the kernel once ([1, H, M, D]), whose
     # dq is summed over B, only when q's gradient is not asked for. Otherwise the gradient of
     # q itself is observable per row (a stride-0 leaf, or autograd.grad w.r.t. an expanded
-    # view: issue 14), and a slice q[:1] would put the whole sum in row 0: the kernel then gets
+    # view), and a slice q[:1] would put the whole sum in row 0: the kernel then gets
     # the rows ([B, H, M, D], made contiguous) and the expand's backward sums them for the base.
     if (q.shape[0] == B and B > 1 and q.stride(0) == 0
             and not (torch.is_grad_enabled() and q.requires_grad)):

@@ -112,7 +112,7 @@ def info_nce(
     name = _backend.resolve(_OP, backend, anchors.device, anchors.dtype)
     if name == "torch":
         return reference.info_nce(anchors, candidates, targets, temperature, normalize, reduction)
-    # 1. Ignored rows get exactly zero gradient whatever their anchors (issue 14): their
+    # 1. Ignored rows get exactly zero gradient whatever their anchors: their
     # anchors are replaced by a constant before the kernels (whose gradients of the candidates
     # sum 0 * a over the rows: NaN for a NaN or inf anchor), so the masked_fill's backward
     # zeroes theirs (see reference.info_nce.mask_ignored). Costs one pass over the anchors
@@ -124,7 +124,7 @@ def info_nce(
         anchors = mask_ignored(anchors, ignored, normalize)
     impl = CONTRACT.impl(name)
     if _autograd.transforms_active():
-        # 2. torch.func (issue 14): the per-row entry through an autograd.Function torch.func
+        # 2. torch.func: the per-row entry through an autograd.Function torch.func
         # accepts (the fused entry's reduced loss cannot be vmapped), reduced here.
         loss, _lse = CONTRACT.function(name).apply(
             anchors.contiguous(), candidates.contiguous(), targets.contiguous(), temperature,

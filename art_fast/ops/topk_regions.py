@@ -64,7 +64,7 @@ def topk_regions(
     if name == "torch":
         return reference.topk_regions(scores, values, k)
     if _autograd.transforms_active():
-        # 1. torch.func (issue 14): the op through an autograd.Function torch.func accepts.
+        # 1. torch.func: the op through an autograd.Function torch.func accepts.
         return CONTRACT.function(name).apply(scores.contiguous(), values.contiguous(), k)
     return CONTRACT.impl(name).fwd(scores.contiguous(), values.contiguous(), k)
 

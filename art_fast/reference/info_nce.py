@@ -11,7 +11,7 @@ IGNORE_INDEX = -100
 
 def mask_ignored(anchors: torch.Tensor, ignored: torch.Tensor, normalize: bool) -> torch.Tensor:
     """``anchors`` with the rows of ``ignored`` ``[G, M]`` replaced by a constant, so that they
-    get exactly zero gradient whatever their values (issue 14): a NaN / inf anchor there would
+    get exactly zero gradient whatever their values: a NaN / inf anchor there would
     make its logits row NaN, and the backward's 0 * NaN would poison that row's gradient and,
     through the logits, every candidate's. The constant keeps the row's logits finite: ones when
     ``normalize`` (logits within 1 / temperature; a zero row would be 0 / 0 in float16, whose
