@@ -285,31 +285,28 @@ def read_video_list(list_file: str | os.PathLike[str], class_names: Sequence[str
     Raises:
         ValueError: a label that is neither (the message names the file and line).
     """
+    from .data.datasets import list_file_lines
+
     list_file = os.fspath(list_file)
     base = os.path.dirname(os.path.abspath(list_file))
     index = {c: i for i, c in enumerate(class_names)}
     out: list[tuple[str, int | None]] = []
-    with open(list_file, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.rsplit(None, 1)
-            whole = line if os.path.isabs(line) else os.path.join(base, line)
-            if len(parts) == 1 or os.path.isfile(whole):
-                out.append((os.path.abspath(whole), None))
-                continue
-            path, lab = parts
-            if lab in index:
-                label = index[lab]
-            elif lab.isascii() and lab.isdigit() and int(lab) < len(class_names):
-                label = int(lab)
-            else:
-                raise ValueError(f"{list_file}:{n}: label {lab!r} is not a class index "
-                                 f"(0..{len(class_names) - 1}) nor a class name of the "
-                                 "checkpoint")
-            full = path if os.path.isabs(path) else os.path.join(base, path)
-            out.append((os.path.abspath(full), label))
+    for n, line, parts in list_file_lines(list_file):
+        whole = line if os.path.isabs(line) else os.path.join(base, line)
+        if len(parts) == 1 or os.path.isfile(whole):
+            out.append((os.path.abspath(whole), None))
+            continue
+        path, lab = parts
+        if lab in index:
+            label = index[lab]
+        elif lab.isascii() and lab.isdigit() and int(lab) < len(class_names):
+            label = int(lab)
+        else:
+            raise ValueError(f"{list_file}:{n}: label {lab!r} is not a class index "
+                             f"(0..{len(class_names) - 1}) nor a class name of the "
+                             "checkpoint")
+        full = path if os.path.isabs(path) else os.path.join(base, path)
+        out.append((os.path.abspath(full), label))
     return out
 
 

@@ -53,7 +53,7 @@ import logging
 import os
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -566,6 +566,17 @@ class Kinetics400(VideoClassificationDataset):
 # ------------------------------------------------------------------------------- VideoList
 
 
+def list_file_lines(list_file: str) -> Iterator[tuple[int, str, list[str]]]:
+    """The non-empty lines of a ``<path> <label>`` list file: ``(line number, stripped line,
+    line.rsplit(None, 1))`` (the label is the last field, so paths may hold spaces). Shared by
+    :class:`VideoList` and ``art-fast predict --list`` (where the label is optional)."""
+    with open(list_file, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if line:
+                yield n, line, line.rsplit(None, 1)
+
+
 def _read_class_csv(path: str) -> list[str]:
     names: dict[int, str] = {}
     with open(path, encoding="utf-8", newline="") as f:
@@ -609,15 +620,10 @@ class VideoList(VideoClassificationDataset):
         base = os.fspath(root) if root is not None else os.path.dirname(
             os.path.abspath(list_file))
         entries: list[tuple[str, str, int]] = []
-        with open(list_file, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                parts = line.rsplit(None, 1)
-                if len(parts) != 2:
-                    raise ValueError(f"{list_file}:{n}: expected '<path> <label>', got {line!r}")
-                entries.append((parts[0], parts[1], n))
+        for n, line, parts in list_file_lines(list_file):
+            if len(parts) != 2:
+                raise ValueError(f"{list_file}:{n}: expected '<path> <label>', got {line!r}")
+            entries.append((parts[0], parts[1], n))
         if class_csv is not None:
             classes = _read_class_csv(os.fspath(class_csv))
         else:
