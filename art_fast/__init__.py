@@ -5,6 +5,7 @@ from ._backend import available_backends, backend_status, get_backend, set_backe
 from .model import ART, ARTOptions, ARTOutput
 from .ops import *  # noqa: F403  (every op's public function: art_fast.ops.__all__)
 from .ops import SPECS as _SPECS
+from ._patch import patch, unpatch
 from .predict import load_model  # light: the trainer is imported when it is called
 
 __version__ = "0.1.0"
@@ -18,7 +19,9 @@ __all__ = [
     "backend_status",
     "get_backend",
     "load_model",
+    "patch",
     "set_backend",
+    "unpatch",
     "use_backend",
     "__version__",
 ]
