@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.profiler import record_function
 
 from ..losses import (
     DEFAULT_MTC_FORM,
@@ -469,44 +470,57 @@ class ART(nn.Module):
         """
         self._check_input(video, labels)
         B = video.shape[0]
-        tokens, _frames, x_cls = self.backbone(video)
-        logits_v = self.head_v(x_cls)
-        s_topk, classes, z = self.semantics(x_cls, self.bank, self.agent_bank)
+        # named regions for torch.profiler (benchmarks/bench_train.py --profile): a few us
+        # each without a profiler, dropped by torch.compile. art.backbone includes the temporal
+        # module (VideoBackbone runs it; the benchmark names it art.temporal with a hook).
+        with record_function("art.backbone"):
+            tokens, _frames, x_cls = self.backbone(video)
+        with record_function("art.heads"):
+            logits_v = self.head_v(x_cls)
+        with record_function("art.semantics_se"):
+            s_topk, classes, z = self.semantics(x_cls, self.bank, self.agent_bank)
         out = ARTOutput(logits=logits_v, logits_v=logits_v, topk_classes=classes)
         if self.options.tracklet_branch:
-            x_hat, s_hat = self.se(tokens, s_topk)
-            responses, idx, w = self.rssa(x_hat, s_hat)
-            tracklets = build_tracklets(responses, B)  # [B, K, T, d]
-            agg, saliency = aggregate_tracklets(
-                tracklets, s_topk.to(tracklets.dtype), self.options.ta_temperature,
-                self.options.ta_semantics,
-            )
-            out.logits = self.head(torch.cat([x_cls, agg.flatten(1).to(x_cls.dtype)], dim=1))
+            with record_function("art.semantics_se"):
+                x_hat, s_hat = self.se(tokens, s_topk)
+            with record_function("art.rssa"):
+                responses, idx, w = self.rssa(x_hat, s_hat)
+            with record_function("art.tracklets_ta"):
+                tracklets = build_tracklets(responses, B)  # [B, K, T, d]
+                agg, saliency = aggregate_tracklets(
+                    tracklets, s_topk.to(tracklets.dtype), self.options.ta_temperature,
+                    self.options.ta_semantics,
+                )
+            with record_function("art.heads"):
+                out.logits = self.head(torch.cat([x_cls, agg.flatten(1).to(x_cls.dtype)], dim=1))
             T, H, K, k = self.num_steps, idx.shape[1], idx.shape[2], idx.shape[3]
             out.tracklets, out.saliency = tracklets, saliency
             out.region_indices = idx.view(B, T, H, K, k).permute(0, 3, 1, 2, 4)
             out.region_weights = w.view(B, T, H, K, k).permute(0, 3, 1, 2, 4)
         else:
-            out.logits = self.head(x_cls)
+            with record_function("art.heads"):
+                out.logits = self.head(x_cls)
         if labels is not None:
             out.losses = self._losses(out, z, labels)
         return out
 
     def _losses(self, out: ARTOutput, z: torch.Tensor, labels: torch.Tensor):
         o = self.options
-        losses = {
-            "ce": F.cross_entropy(out.logits.float(), labels),
-            "ce_v": F.cross_entropy(out.logits_v.float(), labels),
-        }
+        with record_function("art.loss.ce"):
+            losses = {"ce": F.cross_entropy(out.logits.float(), labels)}
+        with record_function("art.loss.ce_v"):
+            losses["ce_v"] = F.cross_entropy(out.logits_v.float(), labels)
         if o.tracklet_branch:
-            mtc_total, levels = self.mtc(out.tracklets)
+            with record_function("art.loss.mtc"):
+                mtc_total, levels = self.mtc(out.tracklets)
         else:
             zero = out.logits.float().sum() * 0.0
             mtc_total, levels = zero, dict.fromkeys(("spatial", "temporal", "tracklet"), zero)
-        E = self.backbone.embed_dim
-        protos = self.semantics.to_text(self.head.fc.weight[:, :E].detach())  # [C, Ct]
-        sema = sema_losses(z.float(), protos.float(), self.agent_bank, labels,
-                           temperature=o.sema_temperature)
+        with record_function("art.loss.sema"):
+            E = self.backbone.embed_dim
+            protos = self.semantics.to_text(self.head.fc.weight[:, :E].detach())  # [C, Ct]
+            sema = sema_losses(z.float(), protos.float(), self.agent_bank, labels,
+                               temperature=o.sema_temperature)
         losses.update({f"mtc_{k}": v.float() for k, v in levels.items()})
         losses.update({f"sema_{k}": v for k, v in sema.items()})
         losses["total"] = (losses["ce"] + losses["ce_v"] + o.gamma1 * mtc_total.float()
