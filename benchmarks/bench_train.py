@@ -131,7 +131,11 @@ def time_steps(step, device: str, reps: int) -> tuple[list[float], int | None]:
     return times, torch.cuda.max_memory_allocated() if cuda else None
 
 
-def bench_config(name: str, cfg: dict[str, Any], args: argparse.Namespace) -> list[dict]:
+def _setup(cfg: dict[str, Any], args: argparse.Namespace
+           ) -> tuple[int, int, int, str, ART, dict[str, torch.Tensor], torch.Tensor,
+                      torch.Tensor]:
+    """What a config's benchmark starts from: ``(B, T, S, device, model, its initial state,
+    video [B, T, 3, S, S], labels [B])``, the model and the batch seeded (0 and 1)."""
     cfg = dict(cfg)
     B = args.batch or cfg.pop("batch")
     cfg.pop("batch", None)
@@ -139,14 +143,19 @@ def bench_config(name: str, cfg: dict[str, Any], args: argparse.Namespace) -> li
         cfg["num_frames"] = args.frames
     T, S = cfg["num_frames"], cfg["image_size"]
     dev = args.device
-    amp = torch.autocast("cuda", torch.bfloat16) if dev == "cuda" else torch.autocast(
-        "cpu", enabled=False)
     torch.manual_seed(0)
     model = ART(CLASSES, pretrained=None, text_cache_dir=args.cache, **cfg).to(dev)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     g = torch.Generator().manual_seed(1)
     video = torch.randn(B, T, 3, S, S, generator=g).to(dev)
     labels = torch.randint(0, len(CLASSES), (B,), generator=g).to(dev)
+    return B, T, S, dev, model, state, video, labels
+
+
+def bench_config(name: str, cfg: dict[str, Any], args: argparse.Namespace) -> list[dict]:
+    B, T, S, dev, model, state, video, labels = _setup(cfg, args)
+    amp = torch.autocast("cuda", torch.bfloat16) if dev == "cuda" else torch.autocast(
+        "cpu", enabled=False)
     rows = []
 
     def make_step(module, fn):
@@ -387,21 +396,9 @@ def profile_config(name: str, cfg: dict[str, Any], args: argparse.Namespace
                    ) -> list[dict[str, Any]]:
     """Profile one config on every usable backend of ``args.backends`` (see the module
     docstring); writes a Chrome trace per backend to ``args.out_dir``."""
-    cfg = dict(cfg)
-    B = args.batch or cfg.pop("batch")
-    cfg.pop("batch", None)
-    if args.frames:
-        cfg["num_frames"] = args.frames
-    T, S = cfg["num_frames"], cfg["image_size"]
-    dev = args.device
+    B, T, S, dev, model, state, video, labels = _setup(cfg, args)
     cuda = dev == "cuda"
     amp = torch.autocast("cuda", torch.bfloat16) if cuda else contextlib.nullcontext()
-    torch.manual_seed(0)
-    model = ART(CLASSES, pretrained=None, text_cache_dir=args.cache, **cfg).to(dev)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    g = torch.Generator().manual_seed(1)
-    video = torch.randn(B, T, 3, S, S, generator=g).to(dev)
-    labels = torch.randint(0, len(CLASSES), (B,), generator=g).to(dev)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     n_warm, n_steps = PROFILE_REPS.get(name, (2, 3))
     n_warm = n_warm if args.profile_warmup is None else args.profile_warmup
