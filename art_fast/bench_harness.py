@@ -51,6 +51,8 @@ from typing import IO, Any
 
 import torch
 
+from ._cpu import cpu_times
+
 
 def _source_root() -> Path | None:
     """The repository root above this package when it is a source checkout (setup.py and
@@ -254,22 +256,12 @@ def git_commit(short: bool = False) -> str | None:
     return (sha + ("-dirty" if dirty.strip() else "")) or None
 
 
-def _cpu_times() -> tuple[int, int] | None:
-    """(busy, total) jiffies over all CPUs from /proc/stat, or None off Linux."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
 def cpu_busy(seconds: float = 0.5) -> float | None:
     """Fraction of all cores busy over the next ``seconds`` while this process sleeps: the
     load other work puts on the machine (None when unknown)."""
-    before = _cpu_times()
+    before = cpu_times()
     time.sleep(seconds)
-    after = _cpu_times()
+    after = cpu_times()
     if before is None or after is None or after[1] <= before[1]:
         return None
     return round((after[0] - before[0]) / (after[1] - before[1]), 2)

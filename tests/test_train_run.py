@@ -197,3 +197,35 @@ def test_cli_entries(two_step_run, tmp_path, capsys):
                  if not o.startswith("output_dir")] + ["train.max_steps=1", "train.eval_every=0"]
     assert main_train(str(cfg_file), overrides, resume="auto") == 0
     assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["train"]["resume"] == "auto"
+
+
+@pytest.mark.parametrize("adapt", [True, False])
+def test_thread_governor_wiring(tmp_path, monkeypatch, adapt):
+    """train.adapt_threads: on a CPU run with more than one thread the trainer builds the
+    governor with the thread count in force and ticks it once per optimiser step; off, it
+    builds none. A change it reports is logged."""
+    import art_fast.train.trainer as trainer_mod
+
+    built = []
+
+    class FakeGovernor:
+        def __init__(self, max_threads, on_change=None, **kw):
+            self.max_threads, self.ticks, self.on_change = max_threads, 0, on_change
+            built.append(self)
+
+        def tick(self):
+            self.ticks += 1
+            if self.ticks == 1:
+                self.on_change(2, 1, 1.3)
+            return 1
+
+    monkeypatch.setattr(trainer_mod, "ThreadGovernor", FakeGovernor)
+    cfg = tiny_config(str(tmp_path), "train.threads=2", f"train.adapt_threads={str(adapt).lower()}")
+    train(cfg)
+    if not adapt:
+        assert built == []
+        return
+    (gov,) = built
+    assert gov.max_threads == 2 and gov.ticks == cfg.train.max_steps
+    log = open(os.path.join(tmp_path, "train.log")).read()
+    assert "threads: 2 -> 1 (other processes used 1.3 cores)" in log

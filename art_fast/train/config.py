@@ -273,6 +273,9 @@ class TrainConfig:
                              "(torch.use_deterministic_algorithms)")
     threads: int | None = _f(None, "torch CPU threads per process (None: torch's default)",
                              min=1)
+    adapt_threads: bool = _f(True, "CPU training: lower the threads (never above "
+                             "train.threads) while other processes use the cores, raise them "
+                             "again when they stop (art_fast/_cpu.py)")
     find_unused_parameters: bool = _f(False, "DDP option for models with unused parameters")
     resume: str | None = _f(None, "'auto' (newest checkpoint in output_dir, if any), a "
                             "checkpoint path, or None")

@@ -63,6 +63,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import _backend
+from .._cpu import ThreadGovernor
 from ..data import to_model_input
 from ..data.base import WithTargetBoxes
 from ..errors import USER_ERRORS, RunDirError, UserError, describe
@@ -741,6 +742,12 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
              "lr %g (%s, %s), %d clips", total_steps, steps_per_epoch, t_cfg.epochs,
              global_clips, t_cfg.grad_accum, t_cfg.lr, t_cfg.optimizer, t_cfg.schedule,
              len(train_ds))
+    governor = None
+    if t_cfg.adapt_threads and device.type == "cpu" and torch.get_num_threads() > 1:
+        def _threads_changed(old: int, new: int, others: float) -> None:
+            log.info("threads: %d -> %d (other processes used %.1f cores)", old, new, others)
+
+        governor = ThreadGovernor(torch.get_num_threads(), on_change=_threads_changed)
     t_start = time.perf_counter()
     steps_at_start = progress["step"]
     record: dict[str, Any] = {}
@@ -804,6 +811,8 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
                 inner.update_bank()
                 if ema is not None:
                     ema.update_parameters(inner)
+                if governor is not None:
+                    governor.tick()
                 lr_used = schedule.last_lr()
                 progress["step"] += 1
                 schedule.apply(progress["step"])
