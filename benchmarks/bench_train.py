@@ -16,6 +16,11 @@ Usage::
 
     python benchmarks/bench_train.py [--device cpu|cuda] [--configs tiny vitb16]
         [--backends torch cpu ...] [--batch B] [--frames T] [--reps N] [--threads N] [--out DIR]
+        [--compile off default max-autotune] [--adamw fused foreach for-loop]
+
+``--compile``: each mode's rows come from a fresh ``torch.compile`` of the bare backbone and
+of ART (static shapes, as ``train.compile`` does), traced under each backend (dynamo's caches
+reset in between); ``first step s`` is the compiled first step (tracing + code generation).
     python benchmarks/bench_train.py --profile [--profile-warmup W] [--profile-steps N]
         [--profile-data DIR] [--data-config YAML] [--data-steps N] [--data-warmup W] ...
 
@@ -152,14 +157,47 @@ def _setup(cfg: dict[str, Any], args: argparse.Namespace
     return B, T, S, dev, model, state, video, labels
 
 
+def _compiled(module: nn.Module, mode: str) -> Any:
+    """``module`` (mode ``off``) or a fresh ``torch.compile`` of it, as ``train.compile`` does
+    (static shapes; dynamo's caches reset first, so no graph traced under another backend is
+    reused)."""
+    if mode == "off":
+        return module
+    torch._dynamo.reset()
+    return torch.compile(module, mode=mode, dynamic=False)
+
+
 def bench_config(name: str, cfg: dict[str, Any], args: argparse.Namespace) -> list[dict]:
+    return [row for mode in args.compile for impl in args.adamw
+            for row in bench_config_mode(name, cfg, args, mode, impl)]
+
+
+ADAMW_IMPL = {"fused": {"fused": True}, "foreach": {"foreach": True},
+              "for-loop": {"foreach": False}}
+"""``--adamw``: the AdamW implementations (``train.optimizer_impl``)."""
+
+
+def bench_config_mode(name: str, cfg: dict[str, Any], args: argparse.Namespace,
+                      mode: str, impl: str = "fused") -> list[dict]:
+    """The rows of one config under one ``--compile`` mode (``off``: eager) and one AdamW
+    implementation. Compiled rows carry the first step's time (``compile_s``: tracing + code
+    generation + that step)."""
     B, T, S, dev, model, state, video, labels = _setup(cfg, args)
     amp = torch.autocast("cuda", torch.bfloat16) if dev == "cuda" else torch.autocast(
         "cpu", enabled=False)
     rows = []
 
+    def first_step(step) -> float | None:
+        if mode == "off":
+            return None
+        t0 = time.perf_counter()
+        step()
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
     def make_step(module, fn):
-        opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
+        opt = torch.optim.AdamW(module.parameters(), lr=1e-4, **ADAMW_IMPL[impl])
 
         def step():
             with amp:
@@ -171,19 +209,24 @@ def bench_config(name: str, cfg: dict[str, Any], args: argparse.Namespace) -> li
         return step
 
     bare = BareBackbone(model).to(dev)
-    times, peak = time_steps(make_step(bare, lambda: bare(video, labels)), dev, args.reps)
+    cbare = _compiled(bare, mode)
+    bare_step = make_step(bare, lambda: cbare(video, labels))
+    compile_s = first_step(bare_step)
+    times, peak = time_steps(bare_step, dev, args.reps)
     base = statistics.median(times)
-    rows.append(_row(name, "bare backbone", "-", B, T, S, times, peak, None, None))
+    rows.append(_row(name, "bare backbone", "-", B, T, S, times, peak, None, None, mode,
+                     compile_s, impl))
     for backend in args.backends:
         if backend not in art_fast.available_backends():
             continue
         model.load_state_dict(state)
         torch.manual_seed(2)  # the same dropout masks in every backend's first step
         first = {}
+        cmodel = _compiled(model, mode)
 
-        def fn(backend=backend, first=first):
+        def fn(backend=backend, first=first, cmodel=cmodel):
             with art_fast.use_backend(backend):
-                loss = model(video, labels).losses["total"]
+                loss = cmodel(video, labels).losses["total"]
             if "loss" not in first:
                 first["loss"] = float(loss.detach())
             return loss
@@ -194,16 +237,20 @@ def bench_config(name: str, cfg: dict[str, Any], args: argparse.Namespace) -> li
             inner()
             model.update_bank()
 
+        compile_s = first_step(step)
         times, peak = time_steps(step, dev, args.reps)
         share = (statistics.median(times) - base) / base
-        rows.append(_row(name, "ART", backend, B, T, S, times, peak, first["loss"], share))
+        rows.append(_row(name, "ART", backend, B, T, S, times, peak, first["loss"], share,
+                         mode, compile_s, impl))
     return rows
 
 
-def _row(config, model, backend, B, T, S, times, peak, loss, share) -> dict[str, Any]:
+def _row(config, model, backend, B, T, S, times, peak, loss, share, mode="off",
+         compile_s=None, impl="fused") -> dict[str, Any]:
     med = statistics.median(times)
     return {
-        "config": config, "model": model, "backend": backend, "batch": B, "frames": T,
+        "config": config, "model": model, "backend": backend, "compile": mode, "adamw": impl,
+        "compile_s": compile_s, "batch": B, "frames": T,
         "image_size": S, "median_s": med, "min_s": min(times), "max_s": max(times),
         "ms_per_clip": 1e3 * med / B, "clips_per_s": B / med,
         "peak_mib": None if peak is None else peak / 2**20, "first_loss": loss,
@@ -216,6 +263,9 @@ COLUMNS = [
     h.Column("B x T x S", lambda r: f"{r['batch']}x{r['frames']}x{r['image_size']}"),
     h.Column("model", "model"),
     h.Column("backend", "backend"),
+    h.Column("compile", "compile"),
+    h.Column("AdamW", "adamw"),
+    h.Column("first step s", "compile_s", ".1f", missing=""),
     h.Column("step s (min-max)",
              lambda r: f"{r['median_s']:.3f} ({r['min_s']:.3f}-{r['max_s']:.3f})"),
     h.Column("ms/clip", "ms_per_clip", ".1f"),
@@ -409,7 +459,7 @@ def profile_config(name: str, cfg: dict[str, Any], args: argparse.Namespace
             continue
         model.load_state_dict(state)
         torch.manual_seed(2)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
         def step(opt: torch.optim.Optimizer = opt, backend: str = backend) -> None:
             with record_function("step"), art_fast.use_backend(backend):
@@ -498,7 +548,8 @@ def data_wait(args: argparse.Namespace) -> dict[str, Any]:
             model = build_model(cfg, dataset.classes).to(device).train()
             opt = torch.optim.AdamW(model.param_groups(t_cfg.lr, t_cfg.weight_decay),
                                     lr=t_cfg.lr, betas=tuple(t_cfg.betas),
-                                    weight_decay=t_cfg.weight_decay)
+                                    weight_decay=t_cfg.weight_decay,
+                                    **ADAMW_IMPL[t_cfg.optimizer_impl])
             sampler = ShardedBatchSampler(len(dataset), t_cfg.batch_size, train=True,
                                           seed=t_cfg.seed)
             loader = _make_loader(dataset, sampler, cfg, device)
@@ -690,6 +741,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=0, help="clips per step (default per config)")
     p.add_argument("--frames", type=int, default=0, help="frames per clip (default per config)")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--adamw", nargs="+", default=["fused"], choices=list(ADAMW_IMPL),
+                   help="AdamW implementations to compare (train.optimizer_impl; fused is the "
+                        "trainer's default)")
+    p.add_argument("--compile", nargs="+", default=["off"],
+                   choices=["off", "default", "max-autotune"],
+                   help="torch.compile modes to compare (off: eager); each compiled row also "
+                        "reports its first step (the compilation)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     p.add_argument("--cache", default=None, help="text-bank cache folder")
     p.add_argument("--out", default=None)

@@ -9,6 +9,7 @@ import functools
 import importlib.util
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -86,3 +87,22 @@ def test_data_wait_is_measured(profiled):
     assert data["frames"] == 16 and data["num_workers"] == 1  # configs/binding_tiny.yaml
     assert data["wait_ms"]["mean"] >= 0 and data["compute_ms"]["mean"] > 0
     assert 0 <= data["wait_share"] <= 1
+
+
+def test_bench_train_adamw_rows(tmp_path):
+    """The plain step table with two AdamW implementations: one row per (model, backend,
+    implementation), the first losses equal across implementations (the optimiser acts after
+    the first forward)."""
+    out = tmp_path / "bt"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--configs", "tiny", "--backends",
+         "cpu", "--reps", "1", "--adamw", "fused", "for-loop", "--batch", "2", "--frames", "2",
+         "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "bench_train.json").read_text())["rows"]
+    assert [(r["model"], r["adamw"], r["compile"]) for r in rows] == [
+        ("bare backbone", "fused", "off"), ("ART", "fused", "off"),
+        ("bare backbone", "for-loop", "off"), ("ART", "for-loop", "off")]
+    art = [r for r in rows if r["model"] == "ART"]
+    assert art[0]["first_loss"] == art[1]["first_loss"]
+    assert "| AdamW |" in (out / "bench_train.md").read_text()

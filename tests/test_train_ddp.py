@@ -55,17 +55,25 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_doubled_batch(tmp_path):
+@pytest.mark.parametrize("ddp_extra", [(), ("train.compile=default",
+                                            "train.compile_backend=aot_eager")],
+                         ids=["eager", "compiled"])
+def test_ddp_two_processes_match_doubled_batch(tmp_path, ddp_extra):
+    """``compiled``: the DDP module through torch.compile (train.compile) gives the same
+    weights as the eager single process."""
     script = tmp_path / "ddp_train.py"
     script.write_text(SCRIPT)
     ddp_out = str(tmp_path / "ddp")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
            "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), str(script),
-           *tiny_overrides(ddp_out, *COMMON, "train.batch_size=2")]
+           *tiny_overrides(ddp_out, *COMMON, "train.batch_size=2", *ddp_extra)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    if ddp_extra:
+        log = open(os.path.join(ddp_out, "train.log")).read()
+        assert "compile: the first step took" in log and "recompiled" not in log
 
     one_out = str(tmp_path / "one")
     one = train(load_config(None, tiny_overrides(one_out, *COMMON, "train.batch_size=4")))

@@ -229,3 +229,39 @@ def test_thread_governor_wiring(tmp_path, monkeypatch, adapt):
     assert gov.max_threads == 2 and gov.ticks == cfg.train.max_steps
     log = open(os.path.join(tmp_path, "train.log")).read()
     assert "threads: 2 -> 1 (other processes used 1.3 cores)" in log
+
+
+def test_optimizer_impls_agree_and_resume_across_them(tmp_path):
+    """train.optimizer_impl: fused, foreach and for-loop move the weights the same (float
+    rounding apart) from the same start: SGD weights compared directly; AdamW by its logged
+    losses over 3 steps (AdamW turns the float noise on parameters whose true gradient is 0,
+    e.g. attention key biases, into full-size steps of either sign, which the losses do not
+    see). A run resumed with another impl than it was written with runs that impl (the saved
+    param groups carry their flags)."""
+    common = ("model.dropout=0.0", "train.eval_every=0", "train.adapt_threads=false",
+              "train.log_every=1")
+    sgd, adamw = {}, {}
+    for impl in ("fused", "foreach", "for-loop"):
+        out = str(tmp_path / f"sgd-{impl}")
+        train(tiny_config(out, *common, "train.max_steps=2", "train.optimizer=sgd",
+                          f"train.optimizer_impl={impl}"))
+        sgd[impl] = load_checkpoint(os.path.join(out, "last.pt"))["model"]
+        seen = []
+        train(tiny_config(str(tmp_path / f"adamw-{impl}"), *common, "train.max_steps=3",
+                          f"train.optimizer_impl={impl}"), callbacks=[seen.append])
+        adamw[impl] = [s["loss"] for s in seen]
+    for impl in ("foreach", "for-loop"):
+        for k, v in sgd["fused"].items():
+            torch.testing.assert_close(sgd[impl][k], v, rtol=1e-5, atol=1e-7,
+                                       msg=lambda m, k=k, impl=impl: f"sgd {impl} {k}: {m}")
+        assert adamw[impl] == pytest.approx(adamw["fused"], rel=1e-5), impl
+    out = str(tmp_path / "mixed")
+    train(tiny_config(out, *common, "train.optimizer_impl=for-loop"))
+    seen = []
+    train(tiny_config(out, "train.max_steps=4", "model.dropout=0.0", "train.eval_every=0",
+                      "train.adapt_threads=false", "train.optimizer_impl=fused",
+                      "train.resume=auto"),
+          callbacks=[seen.append])
+    assert [s["step"] for s in seen] == [3, 4]
+    ckpt = load_checkpoint(os.path.join(out, "last.pt"))
+    assert all(g["fused"] is True for g in ckpt["optimizer"]["param_groups"])

@@ -454,6 +454,8 @@ class ART(nn.Module):
         if tuple(labels.shape) != (video.shape[0],):
             raise ValueError(f"ART: labels must have shape [B] = [{video.shape[0]}], got "
                              f"{tuple(labels.shape)}")
+        if torch.compiler.is_compiling():  # the value check reads the tensor: a graph break
+            return
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise ValueError(f"ART: labels must be in [0, {self.num_classes}), got min "
                              f"{int(labels.min())}, max {int(labels.max())}")
@@ -533,7 +535,8 @@ class ART(nn.Module):
         """The EMA step of the semantics bank: ``S <- mu S + (1 - mu) S_a`` (mu =
         ``bank_momentum``). The trainer calls it after every optimiser step."""
         mu = self.options.bank_momentum
-        self.bank.mul_(mu).add_(self.agent_bank.detach().to(self.bank.dtype), alpha=1 - mu)
+        # one op (lerp: S + (1 - mu)(S_a - S)) instead of a mul_ and an add_
+        self.bank.lerp_(self.agent_bank.detach().to(self.bank.dtype), 1 - mu)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         """Parameter groups for an optimiser: backbone (lr x ``backbone_lr_mult``) and the rest

@@ -247,6 +247,10 @@ class TrainConfig:
     momentum: float = _f(0.9, "SGD momentum", min=0.0, max=1.0)
     nesterov: bool = _f(False, "SGD Nesterov momentum")
     betas: list[float] = _f([0.9, 0.999], "AdamW betas")
+    optimizer_impl: str = _f("fused", "the optimiser's implementation: fused (one kernel over "
+                             "all parameters, CPU and CUDA), foreach (one op per step over "
+                             "the tensor lists) or for-loop (one op per tensor)",
+                             choices=("fused", "foreach", "for-loop"))
     schedule: str = _f("cosine", "warmup + cosine per step, or step decay per epoch",
                        choices=("cosine", "step"))
     warmup_steps: int = _f(0, "linear warmup, in optimiser steps", min=0)
@@ -262,6 +266,13 @@ class TrainConfig:
                   choices=("bf16", "fp16", "off"))
     device: str = _f("auto", "auto (CUDA when available), cpu or cuda",
                      choices=("auto", "cpu", "cuda"))
+    compile: str = _f("off", "torch.compile the training step's forward (with the losses and "
+                      "the art_fast ops in the graph; backward through AOTAutograd): off, "
+                      "default or max-autotune. Evaluation stays eager",
+                      choices=("off", "default", "max-autotune"))
+    compile_backend: str = _f("inductor", "the torch.compile backend of train.compile "
+                              "(inductor; aot_eager / eager trace without generating code: "
+                              "quick checks)", choices=("inductor", "aot_eager", "eager"))
     backend: str = _f("auto", "art_fast op backend", choices=("auto", "torch", "cpu", "triton",
                                                               "cuda"))
     eval_every: int = _f(1, "evaluate every this many epochs (0: only at the end)", min=0)

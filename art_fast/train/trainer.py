@@ -207,6 +207,60 @@ def _runtime(cfg: Config, ctx: DistContext) -> Iterator[None]:
         torch.backends.cudnn.benchmark = old_bench
 
 
+def _compile_step(model: nn.Module, mode: str, backend: str) -> Any:
+    """``model`` itself (``train.compile=off``) or ``torch.compile(model)`` for the training
+    forward (labels given: the losses are in the graph; the art_fast ops are custom ops with
+    fake kernels, so they stay in it as single nodes). Training batches all have the same
+    shape (the sampler keeps only full batches), so the graph is static (``dynamic=False``)
+    and compiled once; evaluation and the EMA copy run the eager module (another mode and
+    another batch size would each be a further compilation). Under DDP the DDP module is
+    compiled (its optimizer splits the graph at the gradient buckets)."""
+    if mode == "off":
+        return model
+    kw: dict[str, Any] = {"backend": backend, "dynamic": False}
+    if backend == "inductor":
+        kw["mode"] = mode
+    return torch.compile(model, **kw)
+
+
+class _CompileWatch:
+    """Logs the first compiled step's time (the compilation) and any later recompilation
+    (the count of distinct graphs dynamo has built grows after the first step)."""
+
+    def __init__(self) -> None:
+        from torch._dynamo.utils import counters
+
+        self._counters = counters
+        self._t0: float | None = None
+        self._graphs0 = self._graphs()
+        self._breaks0 = self._breaks()
+        self.first: int | None = None
+
+    def before_step(self) -> None:
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+
+    def _graphs(self) -> int:
+        return int(self._counters["stats"]["unique_graphs"])
+
+    def _breaks(self) -> int:
+        return int(sum(self._counters["graph_break"].values()))
+
+    def after_step(self, mode: str, backend: str) -> None:
+        graphs = self._graphs() - self._graphs0
+        if self.first is None:
+            self.first = graphs
+            breaks = self._breaks() - self._breaks0
+            log.info("compile: the first step took %.1f s (train.compile=%s, backend %s, "
+                     "%d graph%s, %d graph break%s)", time.perf_counter() - (self._t0 or 0.0),
+                     mode, backend, graphs, "" if graphs == 1 else "s", breaks,
+                     "" if breaks == 1 else "s")
+        elif graphs > self.first:
+            log.warning("compile: recompiled (%d graphs after the first step, %d now); "
+                        "see TORCH_LOGS=recompiles", self.first, graphs)
+            self.first = graphs
+
+
 def _seed_all(seed: int) -> None:
     import random
 
@@ -650,12 +704,18 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
     mixer = BatchMixer(inner.num_classes, mixup=t_cfg.mixup, cutmix=t_cfg.cutmix,
                        switch_prob=t_cfg.mixup_switch_prob, seed=t_cfg.seed, rank=ctx.rank)
     soft_ce = mixer.active or t_cfg.label_smoothing > 0
+    # fused: one kernel over every parameter (3.8 -> 0.85 ms per AdamW step of the demo model
+    # on 2 CPU cores against the for-loop, torch's CPU default)
+    impl = {"fused": {"fused": True}, "foreach": {"foreach": True},
+            "for-loop": {"foreach": False}}[t_cfg.optimizer_impl]
     if t_cfg.optimizer == "adamw":
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(
-            groups, lr=t_cfg.lr, betas=tuple(t_cfg.betas), weight_decay=t_cfg.weight_decay)
+            groups, lr=t_cfg.lr, betas=tuple(t_cfg.betas), weight_decay=t_cfg.weight_decay,
+            **impl)
     else:
         optimizer = torch.optim.SGD(groups, lr=t_cfg.lr, momentum=t_cfg.momentum,
-                                    nesterov=t_cfg.nesterov, weight_decay=t_cfg.weight_decay)
+                                    nesterov=t_cfg.nesterov, weight_decay=t_cfg.weight_decay,
+                                    **impl)
     amp, amp_dtype = _autocast(cfg, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
@@ -689,6 +749,12 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
         resume_path, ckpt = resumed
         _load_model_state(inner, ckpt["model"], resume_path)
         optimizer.load_state_dict(ckpt["optimizer"])
+        for group in optimizer.param_groups:  # the saved groups carry their run's impl flags
+            group.update(fused=impl.get("fused"), foreach=impl.get("foreach"))
+        if impl.get("fused"):  # a fused step reads ``step`` as a float tensor on the device
+            for p, st in optimizer.state.items():
+                if isinstance(st.get("step"), torch.Tensor):
+                    st["step"] = st["step"].to(p.device, torch.float32)
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         for k in progress:
@@ -742,6 +808,8 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
              "lr %g (%s, %s), %d clips", total_steps, steps_per_epoch, t_cfg.epochs,
              global_clips, t_cfg.grad_accum, t_cfg.lr, t_cfg.optimizer, t_cfg.schedule,
              len(train_ds))
+    step_model = _compile_step(model, t_cfg.compile, t_cfg.compile_backend)
+    compile_watch = _CompileWatch() if step_model is not model else None
     governor = None
     if t_cfg.adapt_threads and device.type == "cpu" and torch.get_num_threads() > 1:
         def _threads_changed(old: int, new: int, others: float) -> None:
@@ -773,8 +841,10 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
                 no_sync = (model.no_sync() if ctx.distributed and not sync_now
                            else contextlib.nullcontext())
                 with no_sync:
+                    if compile_watch is not None:
+                        compile_watch.before_step()
                     with amp:
-                        out = model(x, y)
+                        out = step_model(x, y)
                     if soft_ce:
                         out.losses = classification_losses(out.losses, out.logits,
                                                            out.logits_v, target,
@@ -813,6 +883,8 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
                     ema.update_parameters(inner)
                 if governor is not None:
                     governor.tick()
+                if compile_watch is not None:
+                    compile_watch.after_step(t_cfg.compile, t_cfg.compile_backend)
                 lr_used = schedule.last_lr()
                 progress["step"] += 1
                 schedule.apply(progress["step"])
