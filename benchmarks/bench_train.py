@@ -21,6 +21,8 @@ Usage::
 ``--compile``: each mode's rows come from a fresh ``torch.compile`` of the bare backbone and
 of ART (static shapes, as ``train.compile`` does), traced under each backend (dynamo's caches
 reset in between); ``first step s`` is the compiled first step (tracing + code generation).
+Inductor caches generated code on disk: a second run on the same machine compiles in seconds;
+``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1`` measures a cold compilation.
     python benchmarks/bench_train.py --profile [--profile-warmup W] [--profile-steps N]
         [--profile-data DIR] [--data-config YAML] [--data-steps N] [--data-warmup W] ...
 
