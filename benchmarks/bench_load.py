@@ -22,13 +22,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,25 +96,32 @@ def worker(steps: int, threads: int, adapt: bool) -> dict[str, float]:
             "threads_end": torch.get_num_threads()}
 
 
+@contextlib.contextmanager
+def competing_job(loaded: bool, threads: int) -> Iterator[None]:
+    """With ``loaded``: the competing matmul process, at full speed before the block starts,
+    killed after it (whatever happens inside)."""
+    hog = None
+    if loaded:
+        hog = subprocess.Popen([sys.executable, "-c", HOG, str(threads)])
+        time.sleep(2.0)
+    try:
+        yield
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+
+
 def run_setting(env_text: str, adapt: bool, loaded: bool,
                 args: argparse.Namespace) -> dict[str, Any]:
     env = dict(os.environ)
     for item in env_text.split():
         key, _, value = item.partition("=")
         env[key] = value
-    hog = None
-    if loaded:
-        hog = subprocess.Popen([sys.executable, "-c", HOG, str(args.load_threads)])
-        time.sleep(2.0)  # the competitor at full speed before the step starts
-    try:
+    with competing_job(loaded, args.load_threads):
         out = subprocess.run([sys.executable, __file__, "--worker", "--steps", str(args.steps),
                               "--threads", str(args.threads)] + (["--adapt"] if adapt else []),
-                             env=env, check=True,
-                             capture_output=True, text=True).stdout
-    finally:
-        if hog is not None:
-            hog.kill()
-            hog.wait()
+                             env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -123,27 +133,16 @@ def run_training(adapt: bool, loaded: bool, args: argparse.Namespace) -> dict[st
     loop: decoder worker, augmentation, the step, the governor), its log parsed for the
     training rate between the first and the last logged step (start-up and the final
     evaluation left out)."""
-    import tempfile
-
-    hog = None
-    if loaded:
-        hog = subprocess.Popen([sys.executable, "-c", HOG, str(args.load_threads)])
-        time.sleep(2.0)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "art_fast.cli", "train", args.train,
-                   "--set", f"data.root={args.data}", "--set", f"output_dir={tmp}/run",
-                   "--set", f"train.max_steps={args.train_steps}", "--set", "train.eval_every=0",
-                   "--set", "train.log_every=10", "--set", "train.progress=false",
-                   "--set", f"train.adapt_threads={str(adapt).lower()}"]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"bench_load: {' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-            text = proc.stdout + proc.stderr
-    finally:
-        if hog is not None:
-            hog.kill()
-            hog.wait()
+    with competing_job(loaded, args.load_threads), tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "art_fast.cli", "train", args.train,
+               "--set", f"data.root={args.data}", "--set", f"output_dir={tmp}/run",
+               "--set", f"train.max_steps={args.train_steps}", "--set", "train.eval_every=0",
+               "--set", "train.log_every=10", "--set", "train.progress=false",
+               "--set", f"train.adapt_threads={str(adapt).lower()}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench_load: {' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        text = proc.stdout + proc.stderr
     points = [(int(m[1]), float(m[2])) for m in _RATE.finditer(text)]
     batch = int(re.search(r"global batch (\d+)", text)[1])
     if len(points) < 2 or points[-1][1] <= 0 or points[0][1] <= 0:
@@ -209,17 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             h.Column("loaded threads", "loaded_threads", right=True),
             h.Column("slowdown", "slowdown", ".2f", right=True)]
     cmd = " ".join(repr(x) if x == "" else x for x in (argv if argv is not None else sys.argv[1:]))
-    md = h.markdown("The demo-sized step, idle and beside a competing CPU job",
-                    [[f"- {k}: {v}" for k, v in head.items()],
-                     [f"Command: `python benchmarks/bench_load.py {cmd}`", "",
-                      f"Loaded: beside a Python process doing 512 x 512 matmuls on "
-                      f"{a.load_threads} threads (default environment)."]],
-                    cols, rows)
-    out = Path(a.out) if a.out else h.results_dir("cpu")
-    paths = h.write_results(out, "bench_load", {"header": head, "rows": rows}, md)
-    print(md)
-    print(f"wrote {paths[0]} and {paths[1]}")
-    return 0
+    return _write(a, cmd, head, cols, rows, "bench_load",
+                  "The demo-sized step, idle and beside a competing CPU job", "")
 
 
 def main_train(a: argparse.Namespace, argv: list[str] | None) -> int:
@@ -245,15 +235,22 @@ def main_train(a: argparse.Namespace, argv: list[str] | None) -> int:
                      missing="unchanged"),
             h.Column("slowdown", "slowdown", ".2f", right=True)]
     cmd = " ".join(argv if argv is not None else sys.argv[1:])
-    md = h.markdown("art-fast train, idle and beside a competing CPU job",
+    return _write(a, cmd, head, cols, rows, "bench_load_train",
+                  "art-fast train, idle and beside a competing CPU job",
+                  " The rate is measured between the first and the last logged step (every 10).")
+
+
+def _write(a: argparse.Namespace, cmd: str, head: dict[str, Any], cols: list, rows: list,
+           name: str, title: str, note: str) -> int:
+    """The result pair ``<out>/<name>.{json,md}`` (header, command, the load, the table)."""
+    md = h.markdown(title,
                     [[f"- {k}: {v}" for k, v in head.items()],
                      [f"Command: `python benchmarks/bench_load.py {cmd}`", "",
                       f"Loaded: beside a Python process doing 512 x 512 matmuls on "
-                      f"{a.load_threads} threads (default environment). The rate is measured "
-                      f"between the first and the last logged step (every 10)."]],
+                      f"{a.load_threads} threads (default environment).{note}"]],
                     cols, rows)
     out = Path(a.out) if a.out else h.results_dir("cpu")
-    paths = h.write_results(out, "bench_load_train", {"header": head, "rows": rows}, md)
+    paths = h.write_results(out, name, {"header": head, "rows": rows}, md)
     print(md)
     print(f"wrote {paths[0]} and {paths[1]}")
     return 0
