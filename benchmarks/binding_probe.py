@@ -17,10 +17,12 @@ All views are decoded with :func:`art_fast.data.read_frames` (every frame of the
 kept in memory as uint8. The ground truth is only used to cut the windows; ``full`` reads no
 metadata. This is a diagnostic of the set, not a baseline of the package.
 
-Status (2026-12-03): a starting point, not yet a result. On the default set the ``oracle``
-view learns slowly (test top-1 0.197, 0.200, 0.217, 0.227 after epochs 1-4, ``--epochs 4``,
-2 cores, ~40 s per epoch), far from the ~95% in 8 epochs of an earlier exploratory probe whose
-script was not kept; the ``both`` and ``full`` views have not been run with this script.
+Status (2026-12-04): the ``oracle`` view learns the motion order of a known actor, slowly:
+test top-1 at chance for 4 epochs, 0.25-0.28 for epochs 5-11 while the training loss falls,
+then 0.51 (epoch 12) and 0.87 at epoch 20 (``--epochs 20``, default set, 2 cores, ~16 s per
+epoch; the test score swings between epochs, e.g. 0.28 at epoch 14;
+``benchmarks/results/binding/binding_probe_oracle.json``). The ``both`` and ``full`` views
+have not been run for that long.
 
 Results: one line per epoch (train loss, test top-1) and ``<out>/binding_probe_<view>.json``
 (the per-epoch curve, device, versions, date, the command).
