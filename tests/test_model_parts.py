@@ -193,3 +193,52 @@ def test_temporal_shift_in_the_tower_mixes_only_neighbouring_frames():
     with pytest.raises(ValueError, match="temporal_shift"):
         art_fast.ART(["a", "b"], backbone="tiny", num_frames=2, image_size=32,
                      temporal_shift=-0.1, text_cache=False)
+
+
+def test_conv3d_stem_tokens_reach_and_shape():
+    """stem="conv3d": the tower starts from Conv3dStem's tokens (one per patch and frame, the
+    patch embedding's shape); a frame's tokens depend on the frames up to 2 steps away (two
+    3x3x3 convs; no temporal shift here) and on no others; a pixel change stays within the
+    patches its receptive field reaches; bad values are rejected."""
+    from art_fast.model.backbone import Conv3dStem, VideoBackbone, build_clip
+
+    torch.manual_seed(0)
+    T, S = 7, 32
+    clip, _, _ = build_clip("tiny", None, S)
+    vb = VideoBackbone(clip.visual, T, stem="conv3d").eval()
+    assert isinstance(vb.stem, Conv3dStem) and isinstance(vb.visual.conv1, torch.nn.Identity)
+    assert not any(k.startswith("visual.conv1") for k in vb.state_dict())
+    video = torch.randn(2, T, 3, S, S)
+    with torch.no_grad():
+        x = vb.stem(video)
+        assert x.shape == (2 * T, vb.width, S // 8, S // 8)
+        tok0, frames, x_cls = vb(video)
+        assert tok0.shape == (2, T, vb.num_patches, vb.width) and x_cls.shape == (2, vb.embed_dim)
+        bumped = video.clone()
+        bumped[:, 0] += 1.0
+        tok1, _, _ = vb(bumped)
+    changed = [(tok0[0, t] - tok1[0, t]).abs().max().item() > 1e-6 for t in range(T)]
+    assert changed == [t <= 2 for t in range(T)], changed
+    with pytest.raises(ValueError, match="stem"):
+        VideoBackbone(build_clip("tiny", None, S)[0].visual, T, stem="conv2d")
+    with pytest.raises(ValueError, match="divisible by 4"):
+        Conv3dStem(16, 6)
+    with pytest.raises(ValueError, match="option stem"):
+        art_fast.ART(["a", "b"], backbone="tiny", num_frames=2, image_size=32, stem="big",
+                     text_cache=False)
+
+
+def test_conv3d_stem_trains_in_art():
+    """ART with stem="conv3d": a training step runs, the stem gets gradients, and its
+    parameters fall in the full-lr ("head") groups (new weights, not the CLIP tower's)."""
+    torch.manual_seed(0)
+    model = art_fast.ART(["a", "b", "c"], backbone="tiny", num_frames=4, image_size=32,
+                         latent_dim=16, heads=2, se_layers=1, rssa_layers=1, k_region=4,
+                         stem="conv3d", temporal_shift=0.25, text_cache=False)
+    out = model(torch.randn(2, 4, 3, 32, 32), torch.tensor([0, 2]))
+    out.losses["total"].backward()
+    stem = dict(model.backbone.stem.named_parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in stem.values())
+    groups = {g["name"]: {id(p) for p in g["params"]} for g in model.param_groups(1e-3, 0.05)}
+    stem_ids = {id(p) for p in stem.values()}
+    assert stem_ids <= groups["head"] | groups["head_no_decay"]

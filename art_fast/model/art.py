@@ -29,7 +29,7 @@ from ..losses import (
     sema_losses,
 )
 from ..nn.tracklet_loss import TrackletContrastiveLoss
-from .backbone import VideoBackbone, build_clip
+from .backbone import STEMS, VideoBackbone, build_clip
 from .heads import ClassifierHead
 from .rssa import RSSA
 from .semantics import DEFAULT_QUERY_BANK, QUERY_BANKS, SemanticEnhancement, TopKSemantics
@@ -72,6 +72,7 @@ class ARTOptions:
     heads: int = 8                      # SE / RSSA heads; latent_dim % heads == 0
     temporal_layers: int = 1            # (ours) temporal module depth
     temporal_shift: float = 0.0         # (ours) TSM channel share in the tower (VideoBackbone)
+    stem: str = "patch"                 # (ours) "patch" (the ViT's) | "conv3d" (Conv3dStem)
     mlp_ratio: float = 4.0
     dropout: float = 0.5                # before both heads
     gamma1: float = 5.0                 # weight of L_MTC
@@ -116,6 +117,8 @@ class ARTOptions:
                 or self.temporal_layers < 0:
             raise ValueError(f"ART: option temporal_layers must be an int >= 0, "
                              f"got {self.temporal_layers!r}")
+        if self.stem not in STEMS:
+            raise ValueError(f"ART: option stem must be one of {STEMS}, got {self.stem!r}")
         shift = self.temporal_shift
         if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 <= shift <= 1:
             raise ValueError(f"ART: option temporal_shift must be a number in [0, 1], "
@@ -357,7 +360,7 @@ class ART(nn.Module):
         else:
             self.backbone = VideoBackbone(
                 visual, num_frames, opts.temporal_layers, opts.grad_checkpointing,
-                opts.temporal_shift,
+                opts.temporal_shift, opts.stem,
             )
         self.num_steps = self.backbone.num_steps  # T': tracklet length
         if opts.freeze_backbone:

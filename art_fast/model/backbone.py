@@ -186,6 +186,40 @@ def _shift_hook(num_frames: int, fraction: float, batch_first: bool):
     return hook
 
 
+STEMS = ("patch", "conv3d")
+
+
+class Conv3dStem(nn.Module):
+    """(ours, option ``stem="conv3d"``) A small spatio-temporal convolutional stem in place of
+    the ViT's linear patch embedding: 3x3x3 conv -> BatchNorm -> ReLU -> 2x2 spatial max-pool,
+    twice (``hidden`` channels), then a conv with kernel = stride = patch / 4 spatially (1 in
+    time) to the tower's width. The output has the patch embedding's shape, one token per
+    patch and frame, but every token has seen its neighbourhood at full resolution and the
+    adjacent frames: a from-scratch tower can then represent small moving parts (a 2-px limb at
+    64 px) that a linear 8-px patch embedding does not pick up (docs/binding.md).
+
+    ``forward(video [B, T, 3, H, W])`` returns ``[B*T, width, H / patch, W / patch]``.
+    """
+
+    def __init__(self, width: int, patch: int, hidden: tuple[int, int] = (24, 48)) -> None:
+        super().__init__()
+        if patch % 4:
+            raise ValueError(f"ART: stem='conv3d' needs a patch size divisible by 4, got {patch}")
+        h1, h2 = hidden
+        q = patch // 4
+        self.body = nn.Sequential(
+            nn.Conv3d(3, h1, 3, padding=1, bias=False), nn.BatchNorm3d(h1), nn.ReLU(),
+            nn.MaxPool3d((1, 2, 2)),
+            nn.Conv3d(h1, h2, 3, padding=1, bias=False), nn.BatchNorm3d(h2), nn.ReLU(),
+            nn.MaxPool3d((1, 2, 2)),
+            nn.Conv3d(h2, width, (1, q, q), stride=(1, q, q)),
+        )
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        x = self.body(video.transpose(1, 2))  # [B, width, T, gh, gw]
+        return x.transpose(1, 2).flatten(0, 1)
+
+
 class VideoBackbone(nn.Module):
     """An open_clip vision tower applied to every frame, plus the temporal module.
 
@@ -209,7 +243,7 @@ class VideoBackbone(nn.Module):
 
     def __init__(
         self, visual: nn.Module, num_frames: int, temporal_layers: int = 1,
-        grad_checkpointing: bool = False, temporal_shift: float = 0.0,
+        grad_checkpointing: bool = False, temporal_shift: float = 0.0, stem: str = "patch",
     ) -> None:
         super().__init__()
         if not hasattr(visual, "output_tokens") or not hasattr(visual, "conv1"):
@@ -227,6 +261,13 @@ class VideoBackbone(nn.Module):
         self.num_patches = gh * gw
         self.num_steps = num_frames
         self.register_buffer("token_frames", torch.arange(num_frames), persistent=False)
+        if stem not in STEMS:
+            raise ValueError(f"ART: stem must be one of {STEMS}, got {stem!r}")
+        self.stem: Conv3dStem | None = None
+        if stem == "conv3d":
+            patch = visual.conv1.kernel_size[0]
+            self.stem = Conv3dStem(self.width, patch)
+            visual.conv1 = nn.Identity()  # the tower now starts from the stem's tokens
         self.temporal = TemporalModule(self.embed_dim, num_frames, temporal_layers)
         if not 0.0 <= temporal_shift <= 1.0:
             raise ValueError(f"ART: temporal_shift must be in [0, 1], got {temporal_shift!r}")
@@ -249,7 +290,8 @@ class VideoBackbone(nn.Module):
             x_cls ``[B, embed_dim]``.
         """
         B, T = video.shape[:2]
-        pooled, tokens = self.visual(video.flatten(0, 1))
+        x = video.flatten(0, 1) if self.stem is None else self.stem(video)
+        pooled, tokens = self.visual(x)
         tokens = tokens.reshape(B, T, *tokens.shape[1:])
         frames = pooled.reshape(B, T, -1)
         return tokens, frames, self.temporal(frames)

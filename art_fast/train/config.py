@@ -162,6 +162,9 @@ class ModelConfig:
     temporal_shift: float = _f(_ART.temporal_shift, "share of the tower's channels shifted "
                                "across frames in every block (TSM; 0: per-frame tower)",
                                min=0.0, max=1.0)
+    stem: str = _f(_ART.stem, "the tower's input: patch (the ViT's linear patch embedding) or "
+                   "conv3d (a small 3D-conv stem, art_fast/model/backbone.py Conv3dStem)",
+                   choices=("patch", "conv3d"))
     mlp_ratio: float = _f(_ART.mlp_ratio, "FFN width ratio", min=0.0, min_exclusive=True)
     dropout: float = _f(_ART.dropout, "dropout before both heads", min=0.0, max=0.999)
     gamma1: float = _f(_ART.gamma1, "weight of L_MTC", min=0.0)
