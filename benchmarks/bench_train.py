@@ -102,6 +102,8 @@ import _harness as h  # noqa: E402  (also puts the repository root on sys.path)
 
 import art_fast  # noqa: E402
 from art_fast import ART  # noqa: E402
+from art_fast.train.config import COMPILE_MODES, OPTIMIZER_IMPLS  # noqa: E402
+from art_fast.train.trainer import _compile_step  # noqa: E402
 
 CONFIGS: dict[str, dict[str, Any]] = {
     # the demo model (configs/synthetic_tiny.yaml): tiny tower at 64 x 64, 8 frames
@@ -160,23 +162,17 @@ def _setup(cfg: dict[str, Any], args: argparse.Namespace
 
 
 def _compiled(module: nn.Module, mode: str) -> Any:
-    """``module`` (mode ``off``) or a fresh ``torch.compile`` of it, as ``train.compile`` does
-    (static shapes; dynamo's caches reset first, so no graph traced under another backend is
-    reused)."""
-    if mode == "off":
-        return module
-    torch._dynamo.reset()
-    return torch.compile(module, mode=mode, dynamic=False)
+    """``module`` (mode ``off``) or a fresh compilation of it by the trainer's own
+    ``train.compile`` path (inductor, static shapes); dynamo's caches are reset first, so no
+    graph traced under another backend is reused."""
+    if mode != "off":
+        torch._dynamo.reset()
+    return _compile_step(module, mode, "inductor")
 
 
 def bench_config(name: str, cfg: dict[str, Any], args: argparse.Namespace) -> list[dict]:
     return [row for mode in args.compile for impl in args.adamw
             for row in bench_config_mode(name, cfg, args, mode, impl)]
-
-
-ADAMW_IMPL = {"fused": {"fused": True}, "foreach": {"foreach": True},
-              "for-loop": {"foreach": False}}
-"""``--adamw``: the AdamW implementations (``train.optimizer_impl``)."""
 
 
 def bench_config_mode(name: str, cfg: dict[str, Any], args: argparse.Namespace,
@@ -199,7 +195,7 @@ def bench_config_mode(name: str, cfg: dict[str, Any], args: argparse.Namespace,
         return time.perf_counter() - t0
 
     def make_step(module, fn):
-        opt = torch.optim.AdamW(module.parameters(), lr=1e-4, **ADAMW_IMPL[impl])
+        opt = torch.optim.AdamW(module.parameters(), lr=1e-4, **OPTIMIZER_IMPLS[impl])
 
         def step():
             with amp:
@@ -461,7 +457,7 @@ def profile_config(name: str, cfg: dict[str, Any], args: argparse.Namespace
             continue
         model.load_state_dict(state)
         torch.manual_seed(2)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **OPTIMIZER_IMPLS["fused"])
 
         def step(opt: torch.optim.Optimizer = opt, backend: str = backend) -> None:
             with record_function("step"), art_fast.use_backend(backend):
@@ -551,7 +547,7 @@ def data_wait(args: argparse.Namespace) -> dict[str, Any]:
             opt = torch.optim.AdamW(model.param_groups(t_cfg.lr, t_cfg.weight_decay),
                                     lr=t_cfg.lr, betas=tuple(t_cfg.betas),
                                     weight_decay=t_cfg.weight_decay,
-                                    **ADAMW_IMPL[t_cfg.optimizer_impl])
+                                    **OPTIMIZER_IMPLS[t_cfg.optimizer_impl])
             sampler = ShardedBatchSampler(len(dataset), t_cfg.batch_size, train=True,
                                           seed=t_cfg.seed)
             loader = _make_loader(dataset, sampler, cfg, device)
@@ -743,11 +739,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=0, help="clips per step (default per config)")
     p.add_argument("--frames", type=int, default=0, help="frames per clip (default per config)")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--adamw", nargs="+", default=["fused"], choices=list(ADAMW_IMPL),
+    p.add_argument("--adamw", nargs="+", default=["fused"], choices=list(OPTIMIZER_IMPLS),
                    help="AdamW implementations to compare (train.optimizer_impl; fused is the "
                         "trainer's default)")
     p.add_argument("--compile", nargs="+", default=["off"],
-                   choices=["off", "default", "max-autotune"],
+                   choices=list(COMPILE_MODES),
                    help="torch.compile modes to compare (off: eager); each compiled row also "
                         "reports its first step (the compilation)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")

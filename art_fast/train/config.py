@@ -65,6 +65,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from ..losses import MTC_FORMS
 from ..model.art import REGION_ATTENTION, ARTOptions
+from ..model.backbone import STEMS
 from ..model.semantics import QUERY_BANKS
 from ..model.tracklets import TA_SEMANTICS
 
@@ -164,7 +165,7 @@ class ModelConfig:
                                min=0.0, max=1.0)
     stem: str = _f(_ART.stem, "the tower's input: patch (the ViT's linear patch embedding) or "
                    "conv3d (a small 3D-conv stem, art_fast/model/backbone.py Conv3dStem)",
-                   choices=("patch", "conv3d"))
+                   choices=STEMS)
     mlp_ratio: float = _f(_ART.mlp_ratio, "FFN width ratio", min=0.0, min_exclusive=True)
     dropout: float = _f(_ART.dropout, "dropout before both heads", min=0.0, max=0.999)
     gamma1: float = _f(_ART.gamma1, "weight of L_MTC", min=0.0)
@@ -234,6 +235,13 @@ class ModelConfig:
         return kw
 
 
+OPTIMIZER_IMPLS: dict[str, dict[str, bool]] = {
+    "fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
+"""``train.optimizer_impl`` -> the keyword arguments of ``torch.optim.AdamW`` / ``SGD``."""
+COMPILE_MODES = ("off", "default", "max-autotune")
+"""``train.compile``: off, or a ``torch.compile`` mode."""
+
+
 @dataclass
 class TrainConfig:
     """Optimisation, schedule, precision, checkpoints, logging."""
@@ -253,7 +261,7 @@ class TrainConfig:
     optimizer_impl: str = _f("fused", "the optimiser's implementation: fused (one kernel over "
                              "all parameters, CPU and CUDA), foreach (one op per step over "
                              "the tensor lists) or for-loop (one op per tensor)",
-                             choices=("fused", "foreach", "for-loop"))
+                             choices=tuple(OPTIMIZER_IMPLS))
     schedule: str = _f("cosine", "warmup + cosine per step, or step decay per epoch",
                        choices=("cosine", "step"))
     warmup_steps: int = _f(0, "linear warmup, in optimiser steps", min=0)
@@ -272,7 +280,7 @@ class TrainConfig:
     compile: str = _f("off", "torch.compile the training step's forward (with the losses and "
                       "the art_fast ops in the graph; backward through AOTAutograd): off, "
                       "default or max-autotune. Evaluation stays eager",
-                      choices=("off", "default", "max-autotune"))
+                      choices=COMPILE_MODES)
     compile_backend: str = _f("inductor", "the torch.compile backend of train.compile "
                               "(inductor; aot_eager / eager trace without generating code: "
                               "quick checks)", choices=("inductor", "aot_eager", "eager"))

@@ -82,6 +82,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import (
+    OPTIMIZER_IMPLS,
     Config,
     apply_overrides,
     build_dataset,
@@ -227,9 +228,10 @@ class _CompileWatch:
     """Logs the first compiled step's time (the compilation) and any later recompilation
     (the count of distinct graphs dynamo has built grows after the first step)."""
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str, backend: str) -> None:
         from torch._dynamo.utils import counters
 
+        self.mode, self.backend = mode, backend
         self._counters = counters
         self._t0: float | None = None
         self._graphs0 = self._graphs()
@@ -246,14 +248,14 @@ class _CompileWatch:
     def _breaks(self) -> int:
         return int(sum(self._counters["graph_break"].values()))
 
-    def after_step(self, mode: str, backend: str) -> None:
+    def after_step(self) -> None:
         graphs = self._graphs() - self._graphs0
         if self.first is None:
             self.first = graphs
             breaks = self._breaks() - self._breaks0
             log.info("compile: the first step took %.1f s (train.compile=%s, backend %s, "
                      "%d graph%s, %d graph break%s)", time.perf_counter() - (self._t0 or 0.0),
-                     mode, backend, graphs, "" if graphs == 1 else "s", breaks,
+                     self.mode, self.backend, graphs, "" if graphs == 1 else "s", breaks,
                      "" if breaks == 1 else "s")
         elif graphs > self.first:
             log.warning("compile: recompiled (%d graphs after the first step, %d now); "
@@ -706,8 +708,7 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
     soft_ce = mixer.active or t_cfg.label_smoothing > 0
     # fused: one kernel over every parameter (3.8 -> 0.85 ms per AdamW step of the demo model
     # on 2 CPU cores against the for-loop, torch's CPU default)
-    impl = {"fused": {"fused": True}, "foreach": {"foreach": True},
-            "for-loop": {"foreach": False}}[t_cfg.optimizer_impl]
+    impl = OPTIMIZER_IMPLS[t_cfg.optimizer_impl]
     if t_cfg.optimizer == "adamw":
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(
             groups, lr=t_cfg.lr, betas=tuple(t_cfg.betas), weight_decay=t_cfg.weight_decay,
@@ -809,7 +810,8 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
              global_clips, t_cfg.grad_accum, t_cfg.lr, t_cfg.optimizer, t_cfg.schedule,
              len(train_ds))
     step_model = _compile_step(model, t_cfg.compile, t_cfg.compile_backend)
-    compile_watch = _CompileWatch() if step_model is not model else None
+    compile_watch = (_CompileWatch(t_cfg.compile, t_cfg.compile_backend)
+                     if step_model is not model else None)
     governor = None
     if t_cfg.adapt_threads and device.type == "cpu" and torch.get_num_threads() > 1:
         def _threads_changed(old: int, new: int, others: float) -> None:
@@ -884,7 +886,7 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
                 if governor is not None:
                     governor.tick()
                 if compile_watch is not None:
-                    compile_watch.after_step(t_cfg.compile, t_cfg.compile_backend)
+                    compile_watch.after_step()
                 lr_used = schedule.last_lr()
                 progress["step"] += 1
                 schedule.apply(progress["step"])
