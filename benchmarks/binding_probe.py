@@ -23,16 +23,23 @@ then 0.51 (epoch 12) and 0.87 at epoch 20 (``--epochs 20``, default set, 2 cores
 epoch; the test score swings between epochs, e.g. 0.28 at epoch 14;
 ``benchmarks/results/binding/binding_probe_oracle.json``). The ``full`` view (the whole
 frame, no metadata) learns the whole task: chance for 6 epochs, 0.52 at epoch 11, 0.91 at 16,
-0.92 at 20 (``--epochs 20``, ~80 s per epoch; ``binding_probe_full.json``). ``both`` has not
-been run that long.
+0.92 at 20 (``--epochs 20``, ~80 s per epoch; ``binding_probe_full.json``); a second seed
+leaves chance at the same epoch (0.61 at epoch 10, ``binding_probe_full_seed1.json``).
+``both`` has not been run that long.
 
-Results: one line per epoch (train loss, test top-1) and ``<out>/binding_probe_<view>.json``
-(the per-epoch curve, device, versions, date, the command).
+``--body stem`` / ``--body tower`` (full view only) put the same head on ART's own tiny tower
+with ``model.stem=conv3d`` (:class:`ARTBodyProbe`), read before / after its ViT blocks, to
+split ART's failure on this set between its tower and its heads (docs/binding.md, 5.2).
+
+Results: one line per epoch (train loss, test top-1) and
+``<out>/binding_probe_<view>[_<body>][_seed<N>].json`` (the per-epoch curve, device, versions,
+date, the command, the git commit), rewritten after every epoch.
 
 Usage::
 
     python benchmarks/binding_probe.py --data data/binding --view oracle [--epochs 8]
-        [--crop 32] [--batch 16] [--lr 2e-3] [--seed 0] [--out benchmarks/results/binding]
+        [--body probe|stem|tower] [--crop 32] [--batch 16] [--lr 2e-3] [--seed 0]
+        [--out benchmarks/results/binding]
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 VIEWS = ("oracle", "both", "full")
+BODIES = ("probe", "stem", "tower")
 
 
 def _window(frames: np.ndarray, boxes: list[list[float]], crop: int) -> np.ndarray:
@@ -93,6 +101,23 @@ def load_split(root: Path, split: str, view: str, crop: int, seed: int
     return torch.stack(xs), torch.tensor(ys)
 
 
+def _git_commit() -> str:
+    """``git describe``-like: the short commit of this checkout, ``+dirty`` if it has local
+    changes; ``unknown`` outside a git checkout."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    try:
+        return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain",
+                                                                       "--untracked-files=no")
+                                                       else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 class Probe3D(nn.Module):
     """``x float [N, 3, T, h, w]`` in [0, 1] -> logits ``[N, classes]``."""
 
@@ -111,17 +136,58 @@ class Probe3D(nn.Module):
                                       nn.BatchNorm1d(2 * c), nn.ReLU())
         self.head = nn.Linear(4 * c, classes)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [N, 3, T, h, w]`` in [0, 1] -> ``[N, C, T]``: the body, then a spatial max."""
+        return self.body(x).amax(dim=(3, 4))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.body(x).amax(dim=(3, 4))           # [N, C, T]
-        g = self.temporal(f)
+        g = self.temporal(self.features(x))
         h = g.shape[-1] // 2
         return self.head(torch.cat([g[..., :h].mean(-1), g[..., h:].mean(-1)], 1))
+
+
+class ARTBodyProbe(Probe3D):
+    """The probe's head (spatial max, temporal conv, half-means) on ART's own tower: the tiny
+    open_clip ViT with the 3D-conv stem and the temporal shift (``model.stem=conv3d``, as
+    ``configs/binding_tiny.yaml`` builds it), random init. ``body="stem"`` reads the stem's
+    tokens (before the ViT blocks), ``body="tower"`` the tower's patch tokens (after them).
+    Splits ART's failure on the binding set between its tower and its heads."""
+
+    def __init__(self, classes: int, body: str, num_frames: int, image_size: int) -> None:
+        from art_fast.model.backbone import VideoBackbone, build_clip
+
+        clip, _tok, _spec = build_clip("tiny", None, image_size)
+        visual = clip.visual
+        bb = VideoBackbone(visual, num_frames, 1, False, 0.25, "conv3d")
+        c = bb.width
+        nn.Module.__init__(self)
+        self.body_kind, self.backbone = body, bb
+        self.temporal = nn.Sequential(nn.Conv1d(c, c, 3, padding=1, bias=False),
+                                      nn.BatchNorm1d(c), nn.ReLU())
+        self.head = nn.Linear(2 * c, classes)
+        from art_fast.data.transforms import CLIP_MEAN, CLIP_STD
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 1, 3, 1, 1))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        v = (x.transpose(1, 2) - self.mean) / self.std           # [N, T, 3, h, w]
+        B, T = v.shape[:2]
+        if self.body_kind == "stem":
+            tok = self.backbone.stem(v)                          # [N*T, C, gh, gw]
+            f = tok.flatten(2).amax(-1).view(B, T, -1)
+        else:
+            tokens, _frames, _x = self.backbone(v)               # [N, T, P, C]
+            f = tokens.amax(2)
+        return f.transpose(1, 2)                                 # [N, C, T]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="a binding set (art-fast synth --kind binding)")
     p.add_argument("--view", required=True, choices=VIEWS)
+    p.add_argument("--body", default="probe", choices=BODIES,
+                   help="probe: the 3D CNN; stem / tower: ART's tiny tower with the conv3d "
+                        "stem, read before / after its ViT blocks (full view only)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--crop", type=int, default=32)
     p.add_argument("--batch", type=int, default=16)
@@ -139,9 +205,41 @@ def main(argv: list[str] | None = None) -> int:
     classes = int(max(ytr.max(), yte.max())) + 1
     print(f"probe {a.view}: train {tuple(xtr.shape)} test {tuple(xte.shape)} "
           f"({time.perf_counter() - t0:.0f} s to decode)", flush=True)
-    model = Probe3D(classes)
+    if a.body == "probe":
+        model: Probe3D = Probe3D(classes)
+    else:
+        if a.view != "full":
+            p.error(f"--body {a.body} reads whole frames: it needs --view full")
+        model = ARTBodyProbe(classes, a.body, xtr.shape[2], xtr.shape[3])
     opt = torch.optim.AdamW(model.parameters(), a.lr, weight_decay=0.01)
     curve: list[dict[str, Any]] = []
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = a.view + ("" if a.body == "probe" else f"_{a.body}") + (f"_seed{a.seed}" if a.seed
+                                                                   else "")
+    path = out / f"binding_probe_{name}.json"
+    commit = _git_commit()
+
+    def write() -> None:
+        """The results so far, rewritten (atomically) after every epoch: a run stopped early
+        keeps its curve (``epochs_done`` < ``epochs``)."""
+        res = {"view": a.view, "body": a.body, "data": str(a.data), "epochs": a.epochs,
+               "epochs_done": len(curve), "crop": a.crop, "batch": a.batch, "lr": a.lr,
+               "seed": a.seed, "classes": classes, "train_clips": len(ytr),
+               "test_clips": len(yte), "params": sum(q.numel() for q in model.parameters()),
+               "final_top1": curve[-1]["test_top1"] if curve else None,
+               "best_top1": max((r["test_top1"] for r in curve), default=None),
+               "curve": curve,
+               "device": f"{platform.processor() or platform.machine()}, "
+                         f"{torch.get_num_threads()} threads",
+               "torch": torch.__version__, "python": platform.python_version(),
+               "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               "command": "python benchmarks/binding_probe.py " + " ".join(sys.argv[1:]),
+               "git_commit": commit}
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(res, indent=1) + "\n")
+        tmp.replace(path)
+
     g = torch.Generator().manual_seed(a.seed)
     for ep in range(a.epochs):
         t1 = time.perf_counter()
@@ -165,20 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         curve.append(row)
         print(f"probe {a.view}: epoch {row['epoch']} loss {row['train_loss']:.3f} "
               f"test top-1 {acc:.3f} ({row['seconds']:.0f} s)", flush=True)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    res = {"view": a.view, "data": str(a.data), "epochs": a.epochs, "crop": a.crop,
-           "batch": a.batch, "lr": a.lr, "seed": a.seed, "classes": classes,
-           "train_clips": len(ytr), "test_clips": len(yte),
-           "params": sum(q.numel() for q in model.parameters()),
-           "final_top1": curve[-1]["test_top1"] if curve else None,
-           "best_top1": max((r["test_top1"] for r in curve), default=None), "curve": curve,
-           "device": f"{platform.processor() or platform.machine()}, "
-                     f"{torch.get_num_threads()} threads",
-           "torch": torch.__version__, "python": platform.python_version(),
-           "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "command": "python benchmarks/binding_probe.py " + " ".join(sys.argv[1:])}
-    (out / f"binding_probe_{a.view}.json").write_text(json.dumps(res, indent=1) + "\n")
+        write()
     return 0
 
 
