@@ -60,7 +60,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 VIEWS = ("oracle", "both", "full")
-BODIES = ("probe", "stem", "tower")
+BODIES = ("probe", "stem", "tower", "tower_preln")
 
 
 def _window(frames: np.ndarray, boxes: list[list[float]], crop: int) -> np.ndarray:
@@ -150,8 +150,11 @@ class ARTBodyProbe(Probe3D):
     """The probe's head (spatial max, temporal conv, half-means) on ART's own tower: the tiny
     open_clip ViT with the 3D-conv stem and the temporal shift (``model.stem=conv3d``, as
     ``configs/binding_tiny.yaml`` builds it), random init. ``body="stem"`` reads the stem's
-    tokens (before the ViT blocks), ``body="tower"`` the tower's patch tokens (after them).
-    Splits ART's failure on the binding set between its tower and its heads."""
+    tokens (before the ViT blocks), ``body="tower"`` the tower's patch tokens (after them and
+    the final LayerNorm ``ln_post``, what ART reads), ``body="tower_preln"`` the residual stream
+    after the blocks but before ``ln_post`` (the per-token LayerNorm removes each token's
+    magnitude, which a spatial max relies on). Splits ART's failure on the binding set between
+    its tower and its heads."""
 
     def __init__(self, classes: int, body: str, num_frames: int, image_size: int) -> None:
         from art_fast.model.backbone import VideoBackbone, build_clip
@@ -168,6 +171,10 @@ class ARTBodyProbe(Probe3D):
         from art_fast.data.transforms import CLIP_MEAN, CLIP_STD
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 1, 3, 1, 1))
+        self._stream: list[torch.Tensor] = []
+        if body == "tower_preln":  # the blocks' output, [G, 1 + P, C] (batch first)
+            visual.transformer.register_forward_hook(
+                lambda _m, _a, out: self._stream.append(out))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         v = (x.transpose(1, 2) - self.mean) / self.std           # [N, T, 3, h, w]
@@ -176,7 +183,12 @@ class ARTBodyProbe(Probe3D):
             tok = self.backbone.stem(v)                          # [N*T, C, gh, gw]
             f = tok.flatten(2).amax(-1).view(B, T, -1)
         else:
+            self._stream.clear()
             tokens, _frames, _x = self.backbone(v)               # [N, T, P, C]
+            if self.body_kind == "tower_preln":
+                stream = self._stream.pop()
+                assert not self._stream and stream.shape[0] == B * T, stream.shape
+                tokens = stream[:, 1:].reshape(B, T, *tokens.shape[2:])
             f = tokens.amax(2)
         return f.transpose(1, 2)                                 # [N, C, T]
 
@@ -186,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="a binding set (art-fast synth --kind binding)")
     p.add_argument("--view", required=True, choices=VIEWS)
     p.add_argument("--body", default="probe", choices=BODIES,
-                   help="probe: the 3D CNN; stem / tower: ART's tiny tower with the conv3d "
-                        "stem, read before / after its ViT blocks (full view only)")
+                   help="probe: the 3D CNN; stem / tower / tower_preln: ART's tiny tower with "
+                        "the conv3d stem, read before its ViT blocks / after them and ln_post "
+                        "/ after them, before ln_post (full view only)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--crop", type=int, default=32)
     p.add_argument("--batch", type=int, default=16)

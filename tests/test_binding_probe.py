@@ -45,8 +45,8 @@ def test_runs_and_writes_every_epoch(small_set, tmp_path, view, body, name):
 
 def test_art_bodies_read_the_tower_like_art():
     """The ``tower`` body's features are the spatial max of VideoBackbone's patch tokens on the
-    CLIP-normalised clip; ``stem`` the max of the stem's tokens (computed here without the
-    probe's code path)."""
+    CLIP-normalised clip; ``stem`` the max of the stem's tokens; ``tower_preln`` the max of
+    the blocks' output before ln_post (computed here without the probe's code path)."""
     from art_fast.data.transforms import CLIP_MEAN, CLIP_STD
 
     torch.manual_seed(0)
@@ -54,14 +54,19 @@ def test_art_bodies_read_the_tower_like_art():
     v = x.transpose(1, 2)
     v = (v - torch.tensor(CLIP_MEAN).view(1, 1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(
         1, 1, 3, 1, 1)
-    for body in ("tower", "stem"):
+    for body in ("tower", "stem", "tower_preln"):
         m = bp.ARTBodyProbe(6, body, 4, 32).eval()
         with torch.no_grad():
             got = m.features(x)
             if body == "tower":
                 want = m.backbone(v)[0].amax(2).transpose(1, 2)
-            else:
+            elif body == "stem":
                 want = m.backbone.stem(v).amax((2, 3)).view(2, 4, -1).transpose(1, 2)
+            else:  # the blocks' residual stream, by hand: stem -> embeds -> blocks, no ln_post
+                vis = m.backbone.visual
+                stream = vis.transformer(vis._embeds(m.backbone.stem(v)))
+                want = stream[:, 1:].reshape(2, 4, -1, stream.shape[-1]).amax(2).transpose(1, 2)
+                assert (want - m.backbone(v)[0].amax(2).transpose(1, 2)).abs().max() > 1e-3
         assert got.shape == (2, m.backbone.width, 4)
         torch.testing.assert_close(got, want)
         assert m(x).shape == (2, 6)

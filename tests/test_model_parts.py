@@ -197,9 +197,10 @@ def test_temporal_shift_in_the_tower_mixes_only_neighbouring_frames():
 
 def test_conv3d_stem_tokens_reach_and_shape():
     """stem="conv3d": the tower starts from Conv3dStem's tokens (one per patch and frame, the
-    patch embedding's shape); a frame's tokens depend on the frames up to 2 steps away (two
-    3x3x3 convs; no temporal shift here) and on no others; a pixel change stays within the
-    patches its receptive field reaches; bad values are rejected."""
+    patch embedding's shape); a frame's tokens depend on the frames up to 3 steps away (three
+    3x3x3 convs; no temporal shift here) and on no others; the tokens are non-negative (maxima
+    of ReLU features: no projection at the tiny tower's width) and a projection appears at
+    another width; bad values are rejected."""
     from art_fast.model.backbone import Conv3dStem, VideoBackbone, build_clip
 
     torch.manual_seed(0)
@@ -218,7 +219,11 @@ def test_conv3d_stem_tokens_reach_and_shape():
         bumped[:, 0] += 1.0
         tok1, _, _ = vb(bumped)
     changed = [(tok0[0, t] - tok1[0, t]).abs().max().item() > 1e-6 for t in range(T)]
-    assert changed == [t <= 2 for t in range(T)], changed
+    assert changed == [t <= 3 for t in range(T)], changed
+    assert x.min() >= 0 and isinstance(vb.stem.proj, torch.nn.Identity)
+    wide = Conv3dStem(96, 8)
+    assert isinstance(wide.proj, torch.nn.Conv3d)
+    assert wide(video[:, :2]).shape == (4, 96, S // 8, S // 8)
     with pytest.raises(ValueError, match="stem"):
         VideoBackbone(build_clip("tiny", None, S)[0].visual, T, stem="conv2d")
     with pytest.raises(ValueError, match="divisible by 4"):

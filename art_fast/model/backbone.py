@@ -191,32 +191,39 @@ STEMS = ("patch", "conv3d")
 
 class Conv3dStem(nn.Module):
     """(ours, option ``stem="conv3d"``) A small spatio-temporal convolutional stem in place of
-    the ViT's linear patch embedding: 3x3x3 conv -> BatchNorm -> ReLU -> 2x2 spatial max-pool,
-    twice (``hidden`` channels), then a conv with kernel = stride = patch / 4 spatially (1 in
-    time) to the tower's width. The output has the patch embedding's shape, one token per
-    patch and frame, but every token has seen its neighbourhood at full resolution and the
-    adjacent frames: a from-scratch tower can then represent small moving parts (a 2-px limb at
-    64 px) that a linear 8-px patch embedding does not pick up (docs/binding.md).
+    the ViT's linear patch embedding: three 3x3x3 conv -> BatchNorm -> ReLU blocks (``hidden``
+    = c, 2c, 2c channels) with a 2x2 spatial max-pool after the first two, then a
+    ``patch / 4`` spatial max-pool down to the patch grid and, only if 2c differs from the
+    tower's width, a 1x1 linear projection to it. The output has the patch embedding's shape,
+    one token per patch and frame, but every token is the maximum of ReLU features that have
+    seen their neighbourhood at full resolution and 7 adjacent frames: a from-scratch tower can
+    then represent small moving parts (a 2-px limb at 64 px) that a linear 8-px patch embedding
+    does not pick up. The blocks are the body of the 3D-CNN probe that learns the binding set
+    from scratch (``benchmarks/binding_probe.py``, ``Probe3D``), so the spatial max over a
+    frame's tokens is that probe's feature; a two-block stem ending in a linear strided conv
+    fitted its training clips without generalising (docs/binding.md).
 
     ``forward(video [B, T, 3, H, W])`` returns ``[B*T, width, H / patch, W / patch]``.
     """
 
-    def __init__(self, width: int, patch: int, hidden: tuple[int, int] = (24, 48)) -> None:
+    def __init__(self, width: int, patch: int, hidden: int = 32) -> None:
         super().__init__()
         if patch % 4:
             raise ValueError(f"ART: stem='conv3d' needs a patch size divisible by 4, got {patch}")
-        h1, h2 = hidden
-        q = patch // 4
+        c, q = hidden, patch // 4
+
+        def block(i: int, o: int) -> list[nn.Module]:
+            return [nn.Conv3d(i, o, 3, padding=1, bias=False), nn.BatchNorm3d(o), nn.ReLU()]
+
         self.body = nn.Sequential(
-            nn.Conv3d(3, h1, 3, padding=1, bias=False), nn.BatchNorm3d(h1), nn.ReLU(),
-            nn.MaxPool3d((1, 2, 2)),
-            nn.Conv3d(h1, h2, 3, padding=1, bias=False), nn.BatchNorm3d(h2), nn.ReLU(),
-            nn.MaxPool3d((1, 2, 2)),
-            nn.Conv3d(h2, width, (1, q, q), stride=(1, q, q)),
+            *block(3, c), nn.MaxPool3d((1, 2, 2)),
+            *block(c, 2 * c), nn.MaxPool3d((1, 2, 2)),
+            *block(2 * c, 2 * c), nn.MaxPool3d((1, q, q)),
         )
+        self.proj = nn.Identity() if 2 * c == width else nn.Conv3d(2 * c, width, 1)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        x = self.body(video.transpose(1, 2))  # [B, width, T, gh, gw]
+        x = self.proj(self.body(video.transpose(1, 2)))  # [B, width, T, gh, gw]
         return x.transpose(1, 2).flatten(0, 1)
 
 
