@@ -58,7 +58,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as h  # noqa: E402  (also puts the repository root on sys.path)
+
 VIEWS = ("oracle", "both", "full")
 BODIES = ("probe", "stem", "tower", "tower_preln")
 
@@ -101,52 +103,45 @@ def load_split(root: Path, split: str, view: str, crop: int, seed: int
     return torch.stack(xs), torch.tensor(ys)
 
 
-def _git_commit() -> str:
-    """``git describe``-like: the short commit of this checkout, ``+dirty`` if it has local
-    changes; ``unknown`` outside a git checkout."""
-    import subprocess
+class _ProbeHead(nn.Module):
+    """The probe's head on a body's ``[N, C, T]`` features (:meth:`features`, per subclass): a
+    temporal conv, then the means over the first and the second half of the frames ->
+    linear."""
 
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-
-    try:
-        return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain",
-                                                                       "--untracked-files=no")
-                                                       else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-class Probe3D(nn.Module):
-    """``x float [N, 3, T, h, w]`` in [0, 1] -> logits ``[N, classes]``."""
-
-    def __init__(self, classes: int, width: int = 32) -> None:
-        super().__init__()
-        c = width
-
-        def block(i: int, o: int) -> list[nn.Module]:
-            return [nn.Conv3d(i, o, 3, padding=1, bias=False), nn.BatchNorm3d(o), nn.ReLU()]
-
-        self.body = nn.Sequential(*block(3, c), nn.MaxPool3d((1, 2, 2)), *block(c, 2 * c),
-                                  nn.MaxPool3d((1, 2, 2)), *block(2 * c, 2 * c))
+    def _add_head(self, c: int, classes: int) -> None:
         # BatchNorm before the ReLU: without it the temporal conv's units died within the
         # first epoch (every view then sat at ln(classes))
-        self.temporal = nn.Sequential(nn.Conv1d(2 * c, 2 * c, 3, padding=1, bias=False),
-                                      nn.BatchNorm1d(2 * c), nn.ReLU())
-        self.head = nn.Linear(4 * c, classes)
+        self.temporal = nn.Sequential(nn.Conv1d(c, c, 3, padding=1, bias=False),
+                                      nn.BatchNorm1d(c), nn.ReLU())
+        self.head = nn.Linear(2 * c, classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.temporal(self.features(x))
+        half = g.shape[-1] // 2
+        return self.head(torch.cat([g[..., :half].mean(-1), g[..., half:].mean(-1)], 1))
+
+
+class Probe3D(_ProbeHead):
+    """``x float [N, 3, T, h, w]`` in [0, 1] -> logits ``[N, classes]``: the 3D CNN
+    (:func:`art_fast.model.backbone.conv3d_blocks`, the body of ART's ``Conv3dStem``) and the
+    probe's head."""
+
+    def __init__(self, classes: int, width: int = 32) -> None:
+        from art_fast.model.backbone import conv3d_blocks
+
+        super().__init__()
+        self.body = conv3d_blocks(width)
+        self._add_head(2 * width, classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``x [N, 3, T, h, w]`` in [0, 1] -> ``[N, C, T]``: the body, then a spatial max."""
         return self.body(x).amax(dim=(3, 4))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.temporal(self.features(x))
-        h = g.shape[-1] // 2
-        return self.head(torch.cat([g[..., :h].mean(-1), g[..., h:].mean(-1)], 1))
 
-
-class ARTBodyProbe(Probe3D):
+class ARTBodyProbe(_ProbeHead):
     """The probe's head (spatial max, temporal conv, half-means) on ART's own tower: the tiny
     open_clip ViT with the 3D-conv stem and the temporal shift (``model.stem=conv3d``, as
     ``configs/binding_tiny.yaml`` builds it), random init. ``body="stem"`` reads the stem's
@@ -157,24 +152,20 @@ class ARTBodyProbe(Probe3D):
     its tower and its heads."""
 
     def __init__(self, classes: int, body: str, num_frames: int, image_size: int) -> None:
+        from art_fast.data.transforms import CLIP_MEAN, CLIP_STD
         from art_fast.model.backbone import VideoBackbone, build_clip
 
-        clip, _tok, _spec = build_clip("tiny", None, image_size)
-        visual = clip.visual
-        bb = VideoBackbone(visual, num_frames, 1, False, 0.25, "conv3d")
-        c = bb.width
-        nn.Module.__init__(self)
-        self.body_kind, self.backbone = body, bb
-        self.temporal = nn.Sequential(nn.Conv1d(c, c, 3, padding=1, bias=False),
-                                      nn.BatchNorm1d(c), nn.ReLU())
-        self.head = nn.Linear(2 * c, classes)
-        from art_fast.data.transforms import CLIP_MEAN, CLIP_STD
+        super().__init__()
+        visual = build_clip("tiny", None, image_size)[0].visual
+        self.body_kind = body
+        self.backbone = VideoBackbone(visual, num_frames, 1, False, 0.25, "conv3d")
+        self._add_head(self.backbone.width, classes)
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 1, 3, 1, 1))
-        self._stream: list[torch.Tensor] = []
-        if body == "tower_preln":  # the blocks' output, [G, 1 + P, C] (batch first)
+        self._stream: torch.Tensor | None = None  # the blocks' last output, [G, 1 + P, C]
+        if body == "tower_preln":
             visual.transformer.register_forward_hook(
-                lambda _m, _a, out: self._stream.append(out))
+                lambda _m, _a, out: setattr(self, "_stream", out))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         v = (x.transpose(1, 2) - self.mean) / self.std           # [N, T, 3, h, w]
@@ -183,12 +174,9 @@ class ARTBodyProbe(Probe3D):
             tok = self.backbone.stem(v)                          # [N*T, C, gh, gw]
             f = tok.flatten(2).amax(-1).view(B, T, -1)
         else:
-            self._stream.clear()
             tokens, _frames, _x = self.backbone(v)               # [N, T, P, C]
             if self.body_kind == "tower_preln":
-                stream = self._stream.pop()
-                assert not self._stream and stream.shape[0] == B * T, stream.shape
-                tokens = stream[:, 1:].reshape(B, T, *tokens.shape[2:])
+                tokens = self._stream[:, 1:].reshape(tokens.shape)
             f = tokens.amax(2)
         return f.transpose(1, 2)                                 # [N, C, T]
 
@@ -231,11 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     name = a.view + ("" if a.body == "probe" else f"_{a.body}") + (f"_seed{a.seed}" if a.seed
                                                                    else "")
     path = out / f"binding_probe_{name}.json"
-    commit = _git_commit()
+    commit = h.git_commit(short=True)
 
     def write() -> None:
-        """The results so far, rewritten (atomically) after every epoch: a run stopped early
-        keeps its curve (``epochs_done`` < ``epochs``)."""
+        """The results so far, rewritten (atomically: :func:`write_json` of the harness) after
+        every epoch: a run stopped early keeps its curve (``epochs_done`` < ``epochs``)."""
         res = {"view": a.view, "body": a.body, "data": str(a.data), "epochs": a.epochs,
                "epochs_done": len(curve), "crop": a.crop, "batch": a.batch, "lr": a.lr,
                "seed": a.seed, "classes": classes, "train_clips": len(ytr),
@@ -249,9 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "command": "python benchmarks/binding_probe.py " + " ".join(sys.argv[1:]),
                "git_commit": commit}
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(res, indent=1) + "\n")
-        tmp.replace(path)
+        h.write_json(path, res)
 
     g = torch.Generator().manual_seed(a.seed)
     for ep in range(a.epochs):

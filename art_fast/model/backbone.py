@@ -189,6 +189,19 @@ def _shift_hook(num_frames: int, fraction: float, batch_first: bool):
 STEMS = ("patch", "conv3d")
 
 
+def conv3d_blocks(c: int) -> nn.Sequential:
+    """Three 3x3x3 conv (no bias) -> BatchNorm -> ReLU blocks of ``c``, ``2c``, ``2c`` channels
+    with a 2x2 spatial max-pool after the first two: ``[B, 3, T, H, W] -> [B, 2c, T, H/4, W/4]``
+    (time and size kept by the padding). The body of :class:`Conv3dStem` and of the binding
+    probe's 3D CNN (``benchmarks/binding_probe.py``)."""
+
+    def block(i: int, o: int) -> list[nn.Module]:
+        return [nn.Conv3d(i, o, 3, padding=1, bias=False), nn.BatchNorm3d(o), nn.ReLU()]
+
+    return nn.Sequential(*block(3, c), nn.MaxPool3d((1, 2, 2)), *block(c, 2 * c),
+                         nn.MaxPool3d((1, 2, 2)), *block(2 * c, 2 * c))
+
+
 class Conv3dStem(nn.Module):
     """(ours, option ``stem="conv3d"``) A small spatio-temporal convolutional stem in place of
     the ViT's linear patch embedding: three 3x3x3 conv -> BatchNorm -> ReLU blocks (``hidden``
@@ -211,15 +224,7 @@ class Conv3dStem(nn.Module):
         if patch % 4:
             raise ValueError(f"ART: stem='conv3d' needs a patch size divisible by 4, got {patch}")
         c, q = hidden, patch // 4
-
-        def block(i: int, o: int) -> list[nn.Module]:
-            return [nn.Conv3d(i, o, 3, padding=1, bias=False), nn.BatchNorm3d(o), nn.ReLU()]
-
-        self.body = nn.Sequential(
-            *block(3, c), nn.MaxPool3d((1, 2, 2)),
-            *block(c, 2 * c), nn.MaxPool3d((1, 2, 2)),
-            *block(2 * c, 2 * c), nn.MaxPool3d((1, q, q)),
-        )
+        self.body = nn.Sequential(*conv3d_blocks(c), nn.MaxPool3d((1, q, q)))
         self.proj = nn.Identity() if 2 * c == width else nn.Conv3d(2 * c, width, 1)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
