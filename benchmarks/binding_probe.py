@@ -63,6 +63,7 @@ import _harness as h  # noqa: E402  (also puts the repository root on sys.path)
 
 VIEWS = ("oracle", "both", "full")
 BODIES = ("probe", "stem", "tower", "tower_preln")
+HEADS = ("probe", "temporal", "temporal_pos1", "art_segments")
 
 
 def _window(frames: np.ndarray, boxes: list[list[float]], crop: int) -> np.ndarray:
@@ -104,11 +105,32 @@ def load_split(root: Path, split: str, view: str, crop: int, seed: int
 
 
 class _ProbeHead(nn.Module):
-    """The probe's head on a body's ``[N, C, T]`` features (:meth:`features`, per subclass): a
-    temporal conv, then the means over the first and the second half of the frames ->
-    linear."""
+    """The probe's head on a body's ``[N, C, T]`` features (:meth:`features`, per subclass).
 
-    def _add_head(self, c: int, classes: int) -> None:
+    ``head="probe"``: a temporal conv, then the means over the first and the second half of
+    the frames -> linear. ``head="temporal"``: ART's global-branch read-out instead,
+    :class:`art_fast.model.backbone.TemporalModule` (a transformer over the T frame features
+    with learned position embeddings and a video token, as ``VideoBackbone`` builds it with
+    one layer) -> linear on the video token; ``head="temporal_pos1"``: the same with its
+    position embeddings initialised at std 1 (the scale of the frame features) instead of
+    0.02; ``head="art_segments"`` (ART bodies): ART's global branch with ``frame_pool="max"``
+    and ``temporal_module="segments"``: the tower's ``ln_post`` and projection of each frame's
+    feature, :class:`art_fast.model.backbone.SegmentTemporalModule`, linear."""
+
+    def _add_head(self, c: int, classes: int, head: str = "probe", num_frames: int = 0
+                  ) -> None:
+        from art_fast.model.backbone import SegmentTemporalModule, TemporalModule
+
+        self.head_kind = head
+        if head == "art_segments":  # ART's global branch: frame_readout, segments, linear
+            self.temporal = SegmentTemporalModule(c, num_frames, 2)
+            self.head = nn.Linear(c, classes)
+            return
+        if head.startswith("temporal"):
+            pos_std = 1.0 if head == "temporal_pos1" else 0.02
+            self.temporal = TemporalModule(c, num_frames, 1, pos_std=pos_std)
+            self.head = nn.Linear(c, classes)
+            return
         # BatchNorm before the ReLU: without it the temporal conv's units died within the
         # first epoch (every view then sat at ln(classes))
         self.temporal = nn.Sequential(nn.Conv1d(c, c, 3, padding=1, bias=False),
@@ -118,8 +140,17 @@ class _ProbeHead(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def frame_readout(self, f: torch.Tensor) -> torch.Tensor:
+        """``[N, T, C]`` -> ``[N, T, E]``: what the ``art_segments`` head reads per frame."""
+        raise ValueError("--head art_segments needs an ART body (tower_preln)")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.temporal(self.features(x))
+        f = self.features(x)                                     # [N, C, T]
+        if self.head_kind == "art_segments":
+            return self.head(self.temporal(self.frame_readout(f.transpose(1, 2))))
+        if self.head_kind.startswith("temporal"):
+            return self.head(self.temporal(f.transpose(1, 2)))
+        g = self.temporal(f)
         half = g.shape[-1] // 2
         return self.head(torch.cat([g[..., :half].mean(-1), g[..., half:].mean(-1)], 1))
 
@@ -129,12 +160,13 @@ class Probe3D(_ProbeHead):
     (:func:`art_fast.model.backbone.conv3d_blocks`, the body of ART's ``Conv3dStem``) and the
     probe's head."""
 
-    def __init__(self, classes: int, width: int = 32) -> None:
+    def __init__(self, classes: int, width: int = 32, head: str = "probe",
+                 num_frames: int = 0) -> None:
         from art_fast.model.backbone import conv3d_blocks
 
         super().__init__()
         self.body = conv3d_blocks(width)
-        self._add_head(2 * width, classes)
+        self._add_head(2 * width, classes, head, num_frames)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``x [N, 3, T, h, w]`` in [0, 1] -> ``[N, C, T]``: the body, then a spatial max."""
@@ -151,7 +183,8 @@ class ARTBodyProbe(_ProbeHead):
     magnitude, which a spatial max relies on). Splits ART's failure on the binding set between
     its tower and its heads."""
 
-    def __init__(self, classes: int, body: str, num_frames: int, image_size: int) -> None:
+    def __init__(self, classes: int, body: str, num_frames: int, image_size: int,
+                 head: str = "probe") -> None:
         from art_fast.data.transforms import CLIP_MEAN, CLIP_STD
         from art_fast.model.backbone import VideoBackbone, build_clip
 
@@ -159,13 +192,21 @@ class ARTBodyProbe(_ProbeHead):
         visual = build_clip("tiny", None, image_size)[0].visual
         self.body_kind = body
         self.backbone = VideoBackbone(visual, num_frames, 1, False, 0.25, "conv3d")
-        self._add_head(self.backbone.width, classes)
+        self._add_head(self.backbone.embed_dim if head == "art_segments"
+                       else self.backbone.width, classes, head, num_frames)
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 1, 3, 1, 1))
         self._stream: torch.Tensor | None = None  # the blocks' last output, [G, 1 + P, C]
         if body == "tower_preln":
             visual.transformer.register_forward_hook(
                 lambda _m, _a, out: setattr(self, "_stream", out))
+
+    def frame_readout(self, f: torch.Tensor) -> torch.Tensor:
+        """ART's frame feature with ``frame_pool="max"``: the tower's ``ln_post`` of the
+        spatial max, then its projection."""
+        vis = self.backbone.visual
+        out = vis.ln_post(f)
+        return out @ vis.proj if vis.proj is not None else out
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         v = (x.transpose(1, 2) - self.mean) / self.std           # [N, T, 3, h, w]
@@ -189,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="probe: the 3D CNN; stem / tower / tower_preln: ART's tiny tower with "
                         "the conv3d stem, read before its ViT blocks / after them and ln_post "
                         "/ after them, before ln_post (full view only)")
+    p.add_argument("--head", default="probe", choices=HEADS,
+                   help="probe: temporal conv + half-means; temporal: ART's TemporalModule "
+                        "(transformer over the frame features, video token); temporal_pos1: "
+                        "the same, position embeddings initialised at std 1; art_segments: "
+                        "ART's ln_post + projection + SegmentTemporalModule (ART bodies)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--crop", type=int, default=32)
     p.add_argument("--batch", type=int, default=16)
@@ -207,24 +253,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"probe {a.view}: train {tuple(xtr.shape)} test {tuple(xte.shape)} "
           f"({time.perf_counter() - t0:.0f} s to decode)", flush=True)
     if a.body == "probe":
-        model: Probe3D = Probe3D(classes)
+        model: Probe3D = Probe3D(classes, head=a.head, num_frames=xtr.shape[2])
     else:
         if a.view != "full":
             p.error(f"--body {a.body} reads whole frames: it needs --view full")
-        model = ARTBodyProbe(classes, a.body, xtr.shape[2], xtr.shape[3])
+        model = ARTBodyProbe(classes, a.body, xtr.shape[2], xtr.shape[3], a.head)
     opt = torch.optim.AdamW(model.parameters(), a.lr, weight_decay=0.01)
     curve: list[dict[str, Any]] = []
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = a.view + ("" if a.body == "probe" else f"_{a.body}") + (f"_seed{a.seed}" if a.seed
-                                                                   else "")
+    name = (a.view + ("" if a.body == "probe" else f"_{a.body}")
+            + ("" if a.head == "probe" else f"_{a.head}head")
+            + (f"_seed{a.seed}" if a.seed else ""))
     path = out / f"binding_probe_{name}.json"
     commit = h.git_commit(short=True)
 
     def write() -> None:
         """The results so far, rewritten (atomically: :func:`write_json` of the harness) after
         every epoch: a run stopped early keeps its curve (``epochs_done`` < ``epochs``)."""
-        res = {"view": a.view, "body": a.body, "data": str(a.data), "epochs": a.epochs,
+        res = {"view": a.view, "body": a.body, "head": a.head, "data": str(a.data),
+               "epochs": a.epochs,
                "epochs_done": len(curve), "crop": a.crop, "batch": a.batch, "lr": a.lr,
                "seed": a.seed, "classes": classes, "train_clips": len(ytr),
                "test_clips": len(yte), "params": sum(q.numel() for q in model.parameters()),

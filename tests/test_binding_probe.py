@@ -77,3 +77,33 @@ def test_art_body_needs_the_full_view(small_set, tmp_path, capsys):
         bp.main(["--data", str(small_set), "--view", "oracle", "--body", "tower",
                  "--epochs", "1", "--out", str(tmp_path)])
     assert "--view full" in capsys.readouterr().err
+
+
+def test_temporal_head_is_arts_temporal_module(small_set, tmp_path):
+    """``--head temporal``: the logits are a linear map of ART's TemporalModule over the
+    body's per-frame features (recomputed here from the parts), for the 3D CNN and ART's
+    tower; the result file names the head."""
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 4, 32, 32)
+    for m in (bp.Probe3D(6, head="temporal", num_frames=4),
+              bp.ARTBodyProbe(6, "tower_preln", 4, 32, head="temporal")):
+        m.eval()
+        with torch.no_grad():
+            f = m.features(x)                                    # [N, C, T]
+            want = m.head(m.temporal(f.transpose(1, 2)))
+            torch.testing.assert_close(m(x), want)
+        assert want.shape == (3, 6)
+        assert m.temporal.pos_embedding.shape == (5, f.shape[1])
+    m = bp.ARTBodyProbe(6, "tower_preln", 4, 32, head="art_segments").eval()
+    with torch.no_grad():  # ART's global branch with frame_pool=max, temporal_module=segments
+        f = m.features(x).transpose(1, 2)                        # [N, T, C]
+        vis = m.backbone.visual
+        want = m.head(m.temporal(vis.ln_post(f) @ vis.proj))
+        torch.testing.assert_close(m(x), want)
+    with pytest.raises(ValueError, match="ART body"):
+        bp.Probe3D(6, head="art_segments", num_frames=4)(x)
+    assert bp.main(["--data", str(small_set), "--view", "full", "--body", "tower_preln",
+                    "--head", "temporal", "--epochs", "1", "--batch", "4", "--threads", "1",
+                    "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "binding_probe_full_tower_preln_temporalhead.json").read_text())
+    assert res["head"] == "temporal" and res["epochs_done"] == 1

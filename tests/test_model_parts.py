@@ -247,3 +247,110 @@ def test_conv3d_stem_trains_in_art():
     groups = {g["name"]: {id(p) for p in g["params"]} for g in model.param_groups(1e-3, 0.05)}
     stem_ids = {id(p) for p in stem.values()}
     assert stem_ids <= groups["head"] | groups["head_no_decay"]
+
+
+def test_token_norm_and_frame_pool():
+    """token_norm / frame_pool: the defaults are open_clip's own forward (bit-identical);
+    "pre" hands the blocks' residual stream to the tracklet branch (no ln_post), "max" pools a
+    frame as ln_post(channel-wise max over its patch tokens) @ proj, both recomputed here from
+    the tower's parts; the state_dict does not change; bad values and UniFormerV2 are
+    rejected; ART trains a step with both set and every new path gets gradients."""
+    from art_fast.model.backbone import VideoBackbone, build_clip
+
+    T, S = 3, 32
+    video = torch.randn(2, T, 3, S, S)
+    ref_vis = build_clip("tiny", None, S, 0)[0].visual
+    ref = VideoBackbone(ref_vis, T).eval()
+    for norm, pool in (("post", "cls"), ("pre", "cls"), ("post", "max"), ("pre", "max")):
+        vb = VideoBackbone(build_clip("tiny", None, S, 0)[0].visual, T, token_norm=norm,
+                           frame_pool=pool).eval()
+        vb.load_state_dict(ref.state_dict())  # same keys, same weights
+        with torch.no_grad():
+            tokens, frames, x_cls = vb(video)
+            vis = vb.visual
+            stream = vis.transformer(vis._embeds(video.flatten(0, 1)))
+            patches = stream[:, 1:]
+            want_tok = patches if norm == "pre" else vis.ln_post(patches)
+            want_fr = vis.ln_post(patches.amax(1) if pool == "max" else stream[:, 0]) @ vis.proj
+            ref_out = ref(video)
+        torch.testing.assert_close(tokens, want_tok.reshape(tokens.shape))
+        torch.testing.assert_close(frames, want_fr.reshape(frames.shape))
+        torch.testing.assert_close(x_cls, vb.temporal(frames))
+        if (norm, pool) == ("post", "cls"):
+            for a, b in zip((tokens, frames, x_cls), ref_out):
+                assert torch.equal(a, b)
+        else:  # each option changes what it names, and only that
+            assert torch.equal(tokens, ref_out[0]) == (norm == "post")
+            assert torch.equal(frames, ref_out[1]) == (pool == "cls")
+    for kw, match in ((dict(token_norm="mid"), "token_norm"), (dict(frame_pool="mean"),
+                                                                "frame_pool")):
+        with pytest.raises(ValueError, match=match):
+            VideoBackbone(build_clip("tiny", None, S)[0].visual, T, **kw)
+        with pytest.raises(ValueError, match=f"option {match}"):
+            art_fast.ART(["a", "b"], backbone="tiny", num_frames=2, image_size=S,
+                         text_cache=False, **kw)
+    for kw in (dict(token_norm="pre"), dict(frame_pool="max"), dict(stem="conv3d")):
+        with pytest.raises(ValueError, match="per-frame open_clip towers"):
+            art_fast.ART(["a", "b"], backbone="uniformerv2-tiny", num_frames=4, image_size=S,
+                         text_cache=False, **kw)
+    torch.manual_seed(0)
+    model = art_fast.ART(["a", "b", "c"], backbone="tiny", num_frames=4, image_size=S,
+                         latent_dim=16, heads=2, se_layers=1, rssa_layers=1, k_region=4,
+                         stem="conv3d", token_norm="pre", frame_pool="max", text_cache=False)
+    out = model(torch.randn(2, 4, 3, S, S), torch.tensor([0, 2]))
+    out.losses["total"].backward()
+    vis = model.backbone.visual
+    for p in (vis.ln_post.weight, vis.proj, vis.transformer.resblocks[-1].mlp.c_proj.weight):
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+def test_segment_temporal_module():
+    """temporal_module="segments": conv -> BatchNorm -> ReLU over the frames, the means of S
+    ordered spans that tile the T frames (odd T, S not dividing T), linear, LayerNorm, all
+    recomputed here by hand; swapping the two halves of a clip changes x_cls; bad S values
+    and UniFormerV2 are rejected; in ART the module gets gradients."""
+    from art_fast.model.backbone import SegmentTemporalModule, VideoBackbone, build_clip
+
+    torch.manual_seed(0)
+    for T, S in ((7, 3), (16, 2), (5, 5), (4, 1)):
+        m = SegmentTemporalModule(12, T, S).train()
+        frames = torch.randn(3, T, 12)
+        got = m(frames)
+        conv, bn = m.conv[0], m.conv[1]
+        h = torch.nn.functional.conv1d(frames.transpose(1, 2), conv.weight, padding=1)
+        mu, var = h.mean((0, 2), keepdim=True), h.var((0, 2), unbiased=False, keepdim=True)
+        h = torch.relu((h - mu) / torch.sqrt(var + bn.eps) * bn.weight[:, None]
+                       + bn.bias[:, None])
+        edges = [round(i * T / S) for i in range(S + 1)]
+        assert sorted(set(edges)) == edges and edges[0] == 0 and edges[-1] == T
+        seg = torch.cat([h[:, :, a:b].mean(-1) for a, b in zip(edges, edges[1:])], 1)
+        want = torch.nn.functional.layer_norm(m.proj(seg), (12,), m.ln.weight, m.ln.bias)
+        torch.testing.assert_close(got, want)
+        assert got.shape == (3, 12)
+    m = SegmentTemporalModule(12, 8, 2).eval()
+    clip = torch.randn(1, 8, 12)
+    swapped = torch.cat([clip[:, 4:], clip[:, :4]], 1)
+    assert (m(clip) - m(swapped)).abs().max() > 1e-3
+    for bad in (0, 9, True, 2.0):
+        with pytest.raises(ValueError, match="temporal_segments"):
+            SegmentTemporalModule(12, 8, bad)
+    with pytest.raises(ValueError, match="temporal_module"):
+        VideoBackbone(build_clip("tiny", None, 32)[0].visual, 4, temporal_module="lstm")
+    for kw, match in ((dict(temporal_module="lstm"), "option temporal_module"),
+                      (dict(temporal_module="segments", temporal_segments=0),
+                       "option temporal_segments"),
+                      (dict(temporal_module="segments", temporal_segments=5),
+                       "temporal_segments")):
+        with pytest.raises(ValueError, match=match):
+            art_fast.ART(["a", "b"], backbone="tiny", num_frames=4, image_size=32,
+                         text_cache=False, **kw)
+    with pytest.raises(ValueError, match="per-frame open_clip towers"):
+        art_fast.ART(["a", "b"], backbone="uniformerv2-tiny", num_frames=4, image_size=32,
+                     temporal_module="segments", text_cache=False)
+    model = art_fast.ART(["a", "b", "c"], backbone="tiny", num_frames=4, image_size=32,
+                         latent_dim=16, heads=2, se_layers=1, rssa_layers=1, k_region=4,
+                         temporal_module="segments", text_cache=False)
+    assert isinstance(model.backbone.temporal, SegmentTemporalModule)
+    model(torch.randn(2, 4, 3, 32, 32), torch.tensor([0, 2])).losses["total"].backward()
+    for p in model.backbone.temporal.parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0

@@ -29,7 +29,14 @@ from ..losses import (
     sema_losses,
 )
 from ..nn.tracklet_loss import TrackletContrastiveLoss
-from .backbone import STEMS, VideoBackbone, build_clip
+from .backbone import (
+    FRAME_POOLS,
+    STEMS,
+    TEMPORAL_MODULES,
+    TOKEN_NORMS,
+    VideoBackbone,
+    build_clip,
+)
 from .heads import ClassifierHead
 from .rssa import RSSA
 from .semantics import DEFAULT_QUERY_BANK, QUERY_BANKS, SemanticEnhancement, TopKSemantics
@@ -73,6 +80,10 @@ class ARTOptions:
     temporal_layers: int = 1            # (ours) temporal module depth
     temporal_shift: float = 0.0         # (ours) TSM channel share in the tower (VideoBackbone)
     stem: str = "patch"                 # (ours) "patch" (the ViT's) | "conv3d" (Conv3dStem)
+    token_norm: str = "post"            # (ours) patch tokens after ln_post | "pre": before it
+    frame_pool: str = "cls"             # (ours) frame feature: class token | "max" over patches
+    temporal_module: str = "transformer"  # (ours) x_cls read-out | "segments" (ordered means)
+    temporal_segments: int = 2          # (ours) temporal_module="segments": spans, in [1, T]
     mlp_ratio: float = 4.0
     dropout: float = 0.5                # before both heads
     gamma1: float = 5.0                 # weight of L_MTC
@@ -109,7 +120,7 @@ class ARTOptions:
     #                                     (tag, file or local-dir:); None: random init
 
     def validate(self) -> None:
-        for name in ("se_layers", "rssa_layers", "heads", "num_prompts"):
+        for name in ("se_layers", "rssa_layers", "heads", "num_prompts", "temporal_segments"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"ART: option {name} must be an int >= 1, got {v!r}")
@@ -149,7 +160,9 @@ class ARTOptions:
         for name, allowed in (("temporal_negatives", TEMPORAL_NEGATIVES),
                               ("mtc_form", MTC_FORMS), ("query_bank", QUERY_BANKS),
                               ("ta_semantics", TA_SEMANTICS),
-                              ("region_attention", REGION_ATTENTION)):
+                              ("region_attention", REGION_ATTENTION),
+                              ("token_norm", TOKEN_NORMS), ("frame_pool", FRAME_POOLS),
+                              ("temporal_module", TEMPORAL_MODULES)):
             v = getattr(self, name)
             if not isinstance(v, str) or v not in allowed:
                 raise ValueError(f"ART: option {name} must be one of {allowed}, got {v!r}")
@@ -321,6 +334,11 @@ class ART(nn.Module):
                 if isinstance(state, dict) and looks_official(state):
                     video_state, clip_pretrained = state, opts.text_pretrained
                 del state
+            for opt, default in (("stem", "patch"), ("token_norm", "post"),
+                                 ("frame_pool", "cls"), ("temporal_module", "transformer")):
+                if getattr(opts, opt) != default:
+                    raise ValueError(f"ART: option {opt}={getattr(opts, opt)!r} is for the "
+                                     f"per-frame open_clip towers, not backbone {backbone!r}")
         else:
             name = backbone
             for opt in ("lmhra", "temporal_downsample"):
@@ -360,7 +378,8 @@ class ART(nn.Module):
         else:
             self.backbone = VideoBackbone(
                 visual, num_frames, opts.temporal_layers, opts.grad_checkpointing,
-                opts.temporal_shift, opts.stem,
+                opts.temporal_shift, opts.stem, opts.token_norm, opts.frame_pool,
+                opts.temporal_module, opts.temporal_segments,
             )
         self.num_steps = self.backbone.num_steps  # T': tracklet length
         if opts.freeze_backbone:

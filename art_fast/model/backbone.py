@@ -128,14 +128,19 @@ class TemporalModule(nn.Module):
     """(ours) A small transformer over per-frame pooled features with learned temporal position
     embeddings and a video token; its output at the video token is x_cls.
 
+    ``pos_std``: the initial scale of the position embeddings (ViT's 0.02 by default). The
+    frame features they are added to have a per-channel spread of order 1, so at 0.02 the
+    module starts nearly blind to the frames' order.
+
     ``forward(frames [B, T, E]) -> x_cls [B, E]``.
     """
 
-    def __init__(self, dim: int, num_frames: int, layers: int = 1, heads: int | None = None):
+    def __init__(self, dim: int, num_frames: int, layers: int = 1, heads: int | None = None,
+                 pos_std: float = 0.02):
         super().__init__()
         heads = heads or max(1, dim // 64)
         self.video_token = nn.Parameter(torch.zeros(dim))
-        self.pos_embedding = nn.Parameter(torch.randn(num_frames + 1, dim) * 0.02)
+        self.pos_embedding = nn.Parameter(torch.randn(num_frames + 1, dim) * pos_std)
         self.blocks = nn.ModuleList(PreLNBlock(dim, heads) for _ in range(layers))
         self.ln = nn.LayerNorm(dim)
 
@@ -146,6 +151,48 @@ class TemporalModule(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         return self.ln(x[:, 0])
+
+
+class SegmentTemporalModule(nn.Module):
+    """(ours, option ``temporal_module="segments"``) An ordered read-out of the per-frame
+    features: a temporal conv (kernel 3, no bias) -> BatchNorm -> ReLU over the T frames,
+    then the means over ``segments`` consecutive, equal-as-possible spans of the frames
+    (TSN's segments, kept in order instead of averaged), concatenated, a linear map to E and
+    a LayerNorm. The transformer :class:`TemporalModule` starts blind to the frames' order
+    (its position embeddings are small against the features) and, on the binding set, did not
+    leave chance in the budget where this read-out does (docs/binding.md, 5.2): a class
+    that is "X then Y" needs the order, which the segment means give from the first step.
+
+    ``forward(frames [B, T, E]) -> x_cls [B, E]``; ``segments`` in [1, T].
+    """
+
+    def __init__(self, dim: int, num_frames: int, segments: int = 2):
+        super().__init__()
+        if isinstance(segments, bool) or not isinstance(segments, int) \
+                or not 1 <= segments <= num_frames:
+            raise ValueError(f"ART: temporal_segments must be an int in [1, num_frames = "
+                             f"{num_frames}], got {segments!r}")
+        self.segments = segments
+        # BatchNorm before the ReLU: without it the conv's units died within the first epoch
+        # in the binding probe this read-out comes from (benchmarks/binding_probe.py)
+        self.conv = nn.Sequential(nn.Conv1d(dim, dim, 3, padding=1, bias=False),
+                                  nn.BatchNorm1d(dim), nn.ReLU())
+        self.proj = nn.Linear(segments * dim, dim)
+        self.ln = nn.LayerNorm(dim)
+        # span s covers frames [bounds[s], bounds[s + 1]): torch.linspace rounding, fixed
+        bounds = torch.linspace(0, num_frames, segments + 1).round().long()
+        owner = torch.zeros(segments, num_frames)
+        for i in range(segments):
+            owner[i, bounds[i]:bounds[i + 1]] = 1.0 / float(bounds[i + 1] - bounds[i])
+        self.register_buffer("weights", owner, persistent=False)  # [S, T]: segment means
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        g = self.conv(frames.transpose(1, 2))                       # [B, E, T]
+        seg = torch.einsum("bet,st->bse", g, self.weights.to(g.dtype))  # [B, S, E]
+        return self.ln(self.proj(seg.flatten(1)))
+
+
+TEMPORAL_MODULES = ("transformer", "segments")
 
 
 def temporal_shift(x: torch.Tensor, num_frames: int, fraction: float,
@@ -187,6 +234,8 @@ def _shift_hook(num_frames: int, fraction: float, batch_first: bool):
 
 
 STEMS = ("patch", "conv3d")
+TOKEN_NORMS = ("post", "pre")
+FRAME_POOLS = ("cls", "max")
 
 
 def conv3d_blocks(c: int) -> nn.Sequential:
@@ -247,6 +296,22 @@ class VideoBackbone(nn.Module):
             token holds its neighbours in time, so motion becomes a local feature (the role the
             paper's motion-aware TEA/UniFormerV2 backbones play). The parameters and the
             state_dict are the same either way.
+        stem: (ours) ``"patch"`` (the ViT's linear patch embedding) or ``"conv3d"``
+            (:class:`Conv3dStem`).
+        token_norm: (ours) which patch tokens the tracklet branch reads: ``"post"`` (after the
+            tower's final LayerNorm ``ln_post``, open_clip's output) or ``"pre"`` (the blocks'
+            residual stream before it). ``ln_post`` normalises every token over its channels,
+            so a token's magnitude (how strongly its patch responds, which a spatial max or a
+            top-k selection compares across patches) is gone after it.
+        frame_pool: (ours) the per-frame feature: ``"cls"`` (the class token, open_clip's
+            pooling) or ``"max"`` (the channel-wise maximum over the frame's patch tokens,
+            before ``ln_post``); either then goes through ``ln_post`` and the projection.
+        temporal_module: (ours) the read-out of the frame features into x_cls:
+            ``"transformer"`` (:class:`TemporalModule`, ``temporal_layers`` blocks) or
+            ``"segments"`` (:class:`SegmentTemporalModule`, ``temporal_segments`` spans).
+        The non-default token_norm / frame_pool settings need an open_clip tower that pools
+        its class token after ``ln_post`` (no attention pooling, ``pool_type="tok"``: every
+        ViT here); the parameters and the state_dict do not change with them.
 
     Attributes: ``width`` (patch token width), ``embed_dim`` (pooled feature width),
     ``num_patches`` (N), ``num_steps`` (= T: one token set per frame), ``token_frames``
@@ -256,6 +321,8 @@ class VideoBackbone(nn.Module):
     def __init__(
         self, visual: nn.Module, num_frames: int, temporal_layers: int = 1,
         grad_checkpointing: bool = False, temporal_shift: float = 0.0, stem: str = "patch",
+        token_norm: str = "post", frame_pool: str = "cls", temporal_module: str = "transformer",
+        temporal_segments: int = 2,
     ) -> None:
         super().__init__()
         if not hasattr(visual, "output_tokens") or not hasattr(visual, "conv1"):
@@ -280,7 +347,24 @@ class VideoBackbone(nn.Module):
             patch = visual.conv1.kernel_size[0]
             self.stem = Conv3dStem(self.width, patch)
             visual.conv1 = nn.Identity()  # the tower now starts from the stem's tokens
-        self.temporal = TemporalModule(self.embed_dim, num_frames, temporal_layers)
+        if token_norm not in TOKEN_NORMS:
+            raise ValueError(f"ART: token_norm must be one of {TOKEN_NORMS}, got {token_norm!r}")
+        if frame_pool not in FRAME_POOLS:
+            raise ValueError(f"ART: frame_pool must be one of {FRAME_POOLS}, got {frame_pool!r}")
+        self.token_norm, self.frame_pool = token_norm, frame_pool
+        self._own_pool = (token_norm, frame_pool) != ("post", "cls")
+        if self._own_pool and (getattr(visual, "attn_pool", None) is not None
+                               or getattr(visual, "pool_type", "tok") != "tok"
+                               or getattr(visual, "final_ln_after_pool", False)):
+            raise ValueError("ART: token_norm='pre' / frame_pool='max' need a ViT that pools its "
+                             "class token after ln_post (no attention pooling, pool_type 'tok')")
+        if temporal_module not in TEMPORAL_MODULES:
+            raise ValueError(f"ART: temporal_module must be one of {TEMPORAL_MODULES}, got "
+                             f"{temporal_module!r}")
+        self.temporal: TemporalModule | SegmentTemporalModule = (
+            TemporalModule(self.embed_dim, num_frames, temporal_layers)
+            if temporal_module == "transformer"
+            else SegmentTemporalModule(self.embed_dim, num_frames, temporal_segments))
         if not 0.0 <= temporal_shift <= 1.0:
             raise ValueError(f"ART: temporal_shift must be in [0, 1], got {temporal_shift!r}")
         self.temporal_shift = float(temporal_shift)
@@ -297,13 +381,23 @@ class VideoBackbone(nn.Module):
         """Args: video ``[B, T, 3, H, W]`` float.
 
         Returns:
-            tokens ``[B, T, N, width]`` (patch tokens after the tower's final norm),
-            frames ``[B, T, embed_dim]`` (pooled, projected per-frame features),
-            x_cls ``[B, embed_dim]``.
+            tokens ``[B, T, N, width]`` (patch tokens, after the tower's final norm unless
+            ``token_norm="pre"``), frames ``[B, T, embed_dim]`` (pooled, projected per-frame
+            features), x_cls ``[B, embed_dim]``.
         """
         B, T = video.shape[:2]
         x = video.flatten(0, 1) if self.stem is None else self.stem(video)
-        pooled, tokens = self.visual(x)
+        if self._own_pool:
+            # open_clip's VisionTransformer.forward, split where the options differ
+            vis = self.visual
+            stream = vis.transformer(vis._embeds(x))                # [G, 1 + N, width]
+            patches = stream[:, 1:]
+            pooled = vis.ln_post(patches.amax(1) if self.frame_pool == "max" else stream[:, 0])
+            if vis.proj is not None:
+                pooled = pooled @ vis.proj
+            tokens = patches if self.token_norm == "pre" else vis.ln_post(patches)
+        else:
+            pooled, tokens = self.visual(x)
         tokens = tokens.reshape(B, T, *tokens.shape[1:])
         frames = pooled.reshape(B, T, -1)
         return tokens, frames, self.temporal(frames)

@@ -65,7 +65,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from ..losses import MTC_FORMS
 from ..model.art import REGION_ATTENTION, ARTOptions
-from ..model.backbone import STEMS
+from ..model.backbone import FRAME_POOLS, STEMS, TEMPORAL_MODULES, TOKEN_NORMS
 from ..model.semantics import QUERY_BANKS
 from ..model.tracklets import TA_SEMANTICS
 
@@ -166,6 +166,21 @@ class ModelConfig:
     stem: str = _f(_ART.stem, "the tower's input: patch (the ViT's linear patch embedding) or "
                    "conv3d (a small 3D-conv stem, art_fast/model/backbone.py Conv3dStem)",
                    choices=STEMS)
+    token_norm: str = _f(_ART.token_norm, "patch tokens the tracklet branch reads: post (after "
+                         "the tower's final LayerNorm, open_clip's output) or pre (before it: a "
+                         "token keeps its magnitude); per-frame open_clip towers only",
+                         choices=TOKEN_NORMS)
+    frame_pool: str = _f(_ART.frame_pool, "per-frame feature of the global branch: cls (the "
+                         "class token) or max (channel-wise max over the frame's patch tokens, "
+                         "before the final LayerNorm); per-frame open_clip towers only",
+                         choices=FRAME_POOLS)
+    temporal_module: str = _f(_ART.temporal_module, "read-out of the frame features into the "
+                              "video feature: transformer (a transformer with a video token, "
+                              "temporal_layers blocks) or segments (temporal conv + BatchNorm, "
+                              "then the means of temporal_segments ordered spans); per-frame "
+                              "open_clip towers only", choices=TEMPORAL_MODULES)
+    temporal_segments: int = _f(_ART.temporal_segments, "temporal_module=segments: ordered "
+                                "spans of the frames, in [1, num_frames]", min=1)
     mlp_ratio: float = _f(_ART.mlp_ratio, "FFN width ratio", min=0.0, min_exclusive=True)
     dropout: float = _f(_ART.dropout, "dropout before both heads", min=0.0, max=0.999)
     gamma1: float = _f(_ART.gamma1, "weight of L_MTC", min=0.0)
