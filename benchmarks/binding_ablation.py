@@ -21,8 +21,9 @@ options       ``model.query_bank=ema``,              the MTC form, the query ban
 no_shift      ``model.temporal_shift=0``             (not run by default) the tower's temporal
                                                      shift: a purely per-frame tower
 uniformerv2   ``model.backbone=uniformerv2-tiny``,   (not run by default) the per-frame tower,
-              ``model.temporal_shift=0``             replaced by the UniFormerV2 tiny tower
-                                                     (local temporal MHRA, T/2 steps)
+              ``model.temporal_shift=0``, and the    replaced by the UniFormerV2 tiny tower
+              per-frame tower's read-out options     (local temporal MHRA, T/2 steps)
+              at their defaults
 ============  =====================================  ==========================================
 
 Each run is ``art-fast train`` then ``art-fast eval`` in a subprocess (the real CLI, one run
@@ -66,7 +67,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     # the tower: the per-frame tiny ViT without its temporal shift, and the
     # UniFormerV2 tiny tower (local temporal MHRA, 3D patch embedding: T' = T/2 steps)
     "no_shift": ("model.temporal_shift=0",),
-    "uniformerv2": ("model.backbone=uniformerv2-tiny", "model.temporal_shift=0"),
+    "uniformerv2": ("model.backbone=uniformerv2-tiny", "model.temporal_shift=0",
+                    "model.stem=patch", "model.token_norm=post", "model.frame_pool=cls",
+                    "model.temporal_module=transformer"),
 }
 DEFAULT_VARIANTS = ("full", "global", "no_time", "mean_pool", "no_mtc")
 

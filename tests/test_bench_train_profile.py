@@ -83,8 +83,11 @@ def test_trace_is_valid_json_with_the_regions(profiled):
 def test_data_wait_is_measured(profiled):
     _bt, _out, res = profiled
     data = res["data_wait"]
-    assert data is not None and data["steps"] == 1 and data["batch"] == 8
-    assert data["frames"] == 16 and data["num_workers"] == 1  # configs/binding_tiny.yaml
+    from art_fast.train.config import load_config
+
+    cfg = load_config(REPO / "configs" / "binding_tiny.yaml")  # the default --data-config
+    assert data is not None and data["steps"] == 1 and data["batch"] == cfg.train.batch_size
+    assert data["frames"] == cfg.data.num_frames and data["num_workers"] == cfg.data.num_workers
     assert data["wait_ms"]["mean"] >= 0 and data["compute_ms"]["mean"] > 0
     assert 0 <= data["wait_share"] <= 1
 
