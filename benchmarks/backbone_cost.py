@@ -72,6 +72,8 @@ import _harness as h  # noqa: E402  (also puts the repository root on sys.path)
 
 import art_fast  # noqa: E402
 from art_fast import ART  # noqa: E402
+from art_fast.model.art import PER_FRAME_OPTIONS  # noqa: E402
+from art_fast.model.uniformerv2 import is_uniformerv2  # noqa: E402
 from art_fast.train.config import load_config  # noqa: E402
 
 ROOT = h.ROOT
@@ -178,6 +180,8 @@ def model_kwargs(config: str) -> dict[str, Any]:
 
 def build(backbone: str, shift: float, T: int, size: int, kw: dict[str, Any],
           cache: str) -> ART:
+    if is_uniformerv2(backbone):  # the config's per-frame tower options do not apply
+        kw = {k: v for k, v in kw.items() if k not in PER_FRAME_OPTIONS}
     torch.manual_seed(0)
     return ART(CLASSES, backbone=backbone, pretrained=None, num_frames=T, image_size=size,
                temporal_shift=shift, text_cache_dir=cache, **kw)

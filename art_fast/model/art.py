@@ -175,6 +175,12 @@ class ARTOptions:
             raise ValueError("ART: option templates must hold at least one template")
 
 
+_DEFAULTS = ARTOptions()
+PER_FRAME_OPTIONS = ("stem", "token_norm", "frame_pool", "temporal_module")
+"""Options of the per-frame open_clip tower (``VideoBackbone``) that a UniFormerV2 backbone
+refuses at any value but their default."""
+
+
 @dataclass
 class ARTOutput:
     """What :meth:`ART.forward` returns.
@@ -334,8 +340,8 @@ class ART(nn.Module):
                 if isinstance(state, dict) and looks_official(state):
                     video_state, clip_pretrained = state, opts.text_pretrained
                 del state
-            for opt, default in (("stem", "patch"), ("token_norm", "post"),
-                                 ("frame_pool", "cls"), ("temporal_module", "transformer")):
+            for opt in PER_FRAME_OPTIONS:
+                default = getattr(_DEFAULTS, opt)
                 if getattr(opts, opt) != default:
                     raise ValueError(f"ART: option {opt}={getattr(opts, opt)!r} is for the "
                                      f"per-frame open_clip towers, not backbone {backbone!r}")

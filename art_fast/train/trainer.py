@@ -805,12 +805,12 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
     metrics_log = MetricsLog(cfg.output_dir, t_cfg.tensorboard) if ctx.is_main else None
     loader = _make_loader(train_ds, sampler, cfg, device)
     global_clips = t_cfg.batch_size * ctx.world_size
-    schedule = t_cfg.schedule
-    if schedule == "cosine" and t_cfg.min_lr_ratio >= 1:  # the floor is the peak: constant
-        schedule = "constant: cosine with min_lr_ratio 1"
+    schedule_name = t_cfg.schedule
+    if schedule_name == "cosine" and t_cfg.min_lr_ratio >= 1:  # the floor is the peak: constant
+        schedule_name = "constant: cosine with min_lr_ratio 1"
     log.info("training: %d steps (%d per epoch, %d epochs), global batch %d x accum %d, "
              "lr %g (%s, %s), %d clips", total_steps, steps_per_epoch, t_cfg.epochs,
-             global_clips, t_cfg.grad_accum, t_cfg.lr, t_cfg.optimizer, schedule,
+             global_clips, t_cfg.grad_accum, t_cfg.lr, t_cfg.optimizer, schedule_name,
              len(train_ds))
     step_model = _compile_step(model, t_cfg.compile, t_cfg.compile_backend)
     compile_watch = (_CompileWatch(t_cfg.compile, t_cfg.compile_backend)
