@@ -55,6 +55,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as h  # noqa: E402  (also puts the repository root on sys.path)
 
+from art_fast.model.art import PER_FRAME_OPTIONS, ARTOptions  # noqa: E402
+
 ROOT = h.ROOT
 VARIANTS: dict[str, tuple[str, ...]] = {
     "full": (),
@@ -68,8 +70,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     # UniFormerV2 tiny tower (local temporal MHRA, 3D patch embedding: T' = T/2 steps)
     "no_shift": ("model.temporal_shift=0",),
     "uniformerv2": ("model.backbone=uniformerv2-tiny", "model.temporal_shift=0",
-                    "model.stem=patch", "model.token_norm=post", "model.frame_pool=cls",
-                    "model.temporal_module=transformer"),
+                    *(f"model.{o}={getattr(ARTOptions(), o)}" for o in PER_FRAME_OPTIONS)),
 }
 DEFAULT_VARIANTS = ("full", "global", "no_time", "mean_pool", "no_mtc")
 

@@ -191,22 +191,18 @@ class ARTBodyProbe(_ProbeHead):
         super().__init__()
         visual = build_clip("tiny", None, image_size)[0].visual
         self.body_kind = body
-        self.backbone = VideoBackbone(visual, num_frames, 1, False, 0.25, "conv3d")
+        # tower_preln: ART's option token_norm="pre" (the blocks' output before ln_post)
+        self.backbone = VideoBackbone(visual, num_frames, 1, False, 0.25, "conv3d",
+                                      token_norm="pre" if body == "tower_preln" else "post")
         self._add_head(self.backbone.embed_dim if head == "art_segments"
                        else self.backbone.width, classes, head, num_frames)
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 1, 3, 1, 1))
-        self._stream: torch.Tensor | None = None  # the blocks' last output, [G, 1 + P, C]
-        if body == "tower_preln":
-            visual.transformer.register_forward_hook(
-                lambda _m, _a, out: setattr(self, "_stream", out))
 
     def frame_readout(self, f: torch.Tensor) -> torch.Tensor:
         """ART's frame feature with ``frame_pool="max"``: the tower's ``ln_post`` of the
         spatial max, then its projection."""
-        vis = self.backbone.visual
-        out = vis.ln_post(f)
-        return out @ vis.proj if vis.proj is not None else out
+        return self.backbone.project_frames(f)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         v = (x.transpose(1, 2) - self.mean) / self.std           # [N, T, 3, h, w]
@@ -216,8 +212,6 @@ class ARTBodyProbe(_ProbeHead):
             f = tok.flatten(2).amax(-1).view(B, T, -1)
         else:
             tokens, _frames, _x = self.backbone(v)               # [N, T, P, C]
-            if self.body_kind == "tower_preln":
-                tokens = self._stream[:, 1:].reshape(tokens.shape)
             f = tokens.amax(2)
         return f.transpose(1, 2)                                 # [N, C, T]
 

@@ -377,6 +377,13 @@ class VideoBackbone(nn.Module):
                 blk.ln_1.register_forward_pre_hook(
                     _shift_hook(num_frames, self.temporal_shift, batch_first))
 
+    def project_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """A pooled token ``[..., width]`` -> the frame feature ``[..., embed_dim]``: the
+        tower's ``ln_post``, then its projection (as open_clip pools its class token)."""
+        vis = self.visual
+        x = vis.ln_post(x)
+        return x @ vis.proj if vis.proj is not None else x
+
     def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Args: video ``[B, T, 3, H, W]`` float.
 
@@ -392,9 +399,8 @@ class VideoBackbone(nn.Module):
             vis = self.visual
             stream = vis.transformer(vis._embeds(x))                # [G, 1 + N, width]
             patches = stream[:, 1:]
-            pooled = vis.ln_post(patches.amax(1) if self.frame_pool == "max" else stream[:, 0])
-            if vis.proj is not None:
-                pooled = pooled @ vis.proj
+            pooled = self.project_frames(
+                patches.amax(1) if self.frame_pool == "max" else stream[:, 0])
             tokens = patches if self.token_norm == "pre" else vis.ln_post(patches)
         else:
             pooled, tokens = self.visual(x)
