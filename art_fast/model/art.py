@@ -96,6 +96,8 @@ class ARTOptions:
     ta_temperature: float = 0.1         # (ours) tracklet-aggregation saliency softmax
     ta_semantics: str = DEFAULT_TA_SEMANTICS  # "own" (ours) | "all" (paper): TA saliency
     #                                     against the own query's semantic / max over all K
+    ta_segments: int = 1                # (ours) TA within this many ordered spans of time,
+    #                                     concatenated (1: the paper's one softmax over t)
     query_bank: str = DEFAULT_QUERY_BANK  # "agent" (ours) | "ema" (paper): S_topk from S_a / S
     bank_momentum: float = 0.999        # (ours) S <- mu S + (1 - mu) S_a
     num_prompts: int = 8
@@ -120,7 +122,8 @@ class ARTOptions:
     #                                     (tag, file or local-dir:); None: random init
 
     def validate(self) -> None:
-        for name in ("se_layers", "rssa_layers", "heads", "num_prompts", "temporal_segments"):
+        for name in ("se_layers", "rssa_layers", "heads", "num_prompts", "temporal_segments",
+                     "ta_segments"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"ART: option {name} must be an int >= 1, got {v!r}")
@@ -196,7 +199,8 @@ class ARTOutput:
             dense).
         region_weights: ``[B, K, T', heads, k]``, their attention weights.
         topk_classes: ``[B, K]`` int64, the classes whose semantics seeded the K queries.
-        saliency: ``[B, K, T']`` tracklet-aggregation weights over time.
+        saliency: ``[B, K, T']`` tracklet-aggregation weights over time (each of the
+            ``ta_segments`` spans sums to 1).
         losses: with labels, ``{ce, ce_v, mtc_spatial, mtc_temporal, mtc_tracklet,
             sema_video, sema_proto, total}`` (0-dim tensors); None without labels.
     """
@@ -388,6 +392,10 @@ class ART(nn.Module):
                 opts.temporal_module, opts.temporal_segments,
             )
         self.num_steps = self.backbone.num_steps  # T': tracklet length
+        if opts.tracklet_branch and opts.ta_segments > self.num_steps:
+            raise ValueError(f"ART: option ta_segments must be in [1, {self.num_steps}] (the "
+                             f"tracklet steps of backbone {backbone!r} at num_frames "
+                             f"{num_frames}), got {opts.ta_segments}")
         if opts.freeze_backbone:
             self.backbone.visual.requires_grad_(False)
         N, E = self.backbone.num_patches, self.backbone.embed_dim
@@ -410,7 +418,8 @@ class ART(nn.Module):
                              opts.mlp_ratio,
                              self.num_steps if opts.query_time_embedding else None,
                              uniform=opts.region_attention == "mean")
-            self.head = ClassifierHead(E + num_queries * latent_dim, C, opts.dropout)
+            self.head = ClassifierHead(E + num_queries * opts.ta_segments * latent_dim, C,
+                                       opts.dropout)
             self.mtc = TrackletContrastiveLoss(
                 tuple(opts.mtc_weights), opts.mtc_temperature, opts.temporal_negatives,
                 form=opts.mtc_form, lam=opts.mtc_lambda,
@@ -519,7 +528,7 @@ class ART(nn.Module):
                 tracklets = build_tracklets(responses, B)  # [B, K, T, d]
                 agg, saliency = aggregate_tracklets(
                     tracklets, s_topk.to(tracklets.dtype), self.options.ta_temperature,
-                    self.options.ta_semantics,
+                    self.options.ta_semantics, self.options.ta_segments,
                 )
             with record_function("art.heads"):
                 out.logits = self.head(torch.cat([x_cls, agg.flatten(1).to(x_cls.dtype)], dim=1))

@@ -153,6 +153,23 @@ class TemporalModule(nn.Module):
         return self.ln(x[:, 0])
 
 
+def segment_spans(num_frames: int, segments: int) -> torch.Tensor:
+    """``[segments, num_frames]`` float32 0/1: row s marks the frames of the s-th of
+    ``segments`` consecutive, equal-as-possible spans (span s covers frames
+    ``[bounds[s], bounds[s + 1])``, ``bounds = round(linspace(0, T, S + 1))``; every frame is in
+    exactly one span). Needs 1 <= segments <= num_frames. Shared by
+    :class:`SegmentTemporalModule` and the segmented tracklet aggregation
+    (:func:`art_fast.model.tracklets.aggregate_tracklets`), so both split time the same way."""
+    if not 1 <= segments <= num_frames:
+        raise ValueError(f"segment_spans: segments must be in [1, num_frames = {num_frames}], "
+                         f"got {segments}")
+    bounds = torch.linspace(0, num_frames, segments + 1).round().long()
+    owner = torch.zeros(segments, num_frames)
+    for i in range(segments):
+        owner[i, bounds[i]:bounds[i + 1]] = 1.0
+    return owner
+
+
 class SegmentTemporalModule(nn.Module):
     """(ours, option ``temporal_module="segments"``) An ordered read-out of the per-frame
     features: a temporal conv (kernel 3, no bias) -> BatchNorm -> ReLU over the T frames,
@@ -179,11 +196,8 @@ class SegmentTemporalModule(nn.Module):
                                   nn.BatchNorm1d(dim), nn.ReLU())
         self.proj = nn.Linear(segments * dim, dim)
         self.ln = nn.LayerNorm(dim)
-        # span s covers frames [bounds[s], bounds[s + 1]): torch.linspace rounding, fixed
-        bounds = torch.linspace(0, num_frames, segments + 1).round().long()
-        owner = torch.zeros(segments, num_frames)
-        for i in range(segments):
-            owner[i, bounds[i]:bounds[i + 1]] = 1.0 / float(bounds[i + 1] - bounds[i])
+        owner = segment_spans(num_frames, segments)
+        owner = owner / owner.sum(1, keepdim=True)
         self.register_buffer("weights", owner, persistent=False)  # [S, T]: segment means
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:

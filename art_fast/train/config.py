@@ -202,6 +202,9 @@ class ModelConfig:
     ta_semantics: str = _f(_ART.ta_semantics, "tracklet-aggregation saliency: each response "
                            "against its own query's semantic ('own', ours) or the max over all K "
                            "selected semantics ('all', the paper's wording)", choices=TA_SEMANTICS)
+    ta_segments: int = _f(_ART.ta_segments, "tracklet aggregation within this many ordered "
+                          "spans of the tracklet, concatenated (1: the paper's one softmax over "
+                          "time, blind to order); in [1, tracklet steps]", min=1)
     query_bank: str = _f(_ART.query_bank, "bank whose embeddings of the top-K classes seed the "
                          "queries: 'agent' (S_a, ours: the main losses train it) or 'ema' "
                          "(S, the paper's reading: S_a trained by L_sema only)",
@@ -329,6 +332,10 @@ class TrainConfig:
     ema_decay: float = _f(0.0, "weight EMA decay in [0, 1), e.g. 0.9998 (0: off); evaluated "
                           "beside the raw weights, saved as model_ema, used by eval", min=0.0,
                           max=1.0)
+    precise_bn_batches: int = _f(200, "before every evaluation, recompute the BatchNorm "
+                                 "running statistics over this many training batches (at most "
+                                 "one epoch's) with the current weights (0: off; models without "
+                                 "BatchNorm skip it)", min=0)
     layer_decay: float = _f(1.0, "layer-wise lr decay of the backbone tower (1: off): block i "
                             "of L gets decay^(L-i), the embeddings decay^(L+1)", min=0.0,
                             max=1.0, min_exclusive=True)

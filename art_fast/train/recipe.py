@@ -25,6 +25,17 @@ with ``get_ema_multi_avg_fn`` over parameters and buffers, updated after every o
 (after the bank update): ``e_1 = w_1``, ``e_n = decay e_(n-1) + (1 - decay) w_n``.
 Non-float buffers (frame indices, BatchNorm counters) are copied, not averaged.
 
+``train.precise_bn_batches`` (0 = off): before every evaluation, :func:`recompute_bn_stats`
+replaces the running statistics of every BatchNorm layer (the ``conv3d`` stem, the
+``segments`` temporal module, UniFormerV2's local MHRA) by their plain average over that many
+training batches, read with the current weights (the precise BN of pycls / SlowFast). The
+running averages kept during training (momentum 0.1: the last ~10 batches, each from older
+weights) can be far from the statistics of the weights being evaluated: on the binding set a
+checkpoint's test top-1 went from 0.43 to 0.70 when they were recomputed (docs/binding.md 5.2).
+Only the BatchNorm layers run in training mode while the statistics are gathered (dropout
+stays off, no RNG is drawn, nothing else changes); a model without BatchNorm is left as it is.
+Under DDP every rank gathers its own shard's statistics and the ranks average them.
+
 ``train.layer_decay`` (in (0, 1], 1 = off): :func:`layer_decay_groups` splits the tower's
 groups by layer: with L blocks, the patch embedding, class token, positional embedding and
 ``ln_pre`` get ``decay^(L+1)``, block i (0-based) ``decay^(L-i)``, what follows the blocks
@@ -40,6 +51,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +70,7 @@ __all__ = [
     "check_recipe",
     "classification_losses",
     "ema_state",
+    "recompute_bn_stats",
     "layer_decay_groups",
     "load_ema",
     "make_ema",
@@ -276,3 +289,68 @@ def layer_decay_groups(model: nn.Module, groups: list[dict], decay: float,
             out.append({**g, "name": f"{g['name']}_layer{lid}", "params": by_layer[lid],
                         "lr": g["lr"] * scale, "lr_scale": scale})
     return out
+
+
+def recompute_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor],
+                       forward: Callable[[torch.Tensor], Any] | None = None,
+                       all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                       ) -> int:
+    """Precise BatchNorm statistics: the running mean and variance of every BatchNorm layer
+    of ``model`` (those that track running statistics) become the plain average, over
+    ``batches``, of the per-batch statistics those layers compute in training mode.
+
+    Args:
+        model: the module whose BatchNorm buffers are rewritten (an ART, unwrapped).
+        batches: model inputs (``[B, T, 3, H, W]`` float, as ``model`` takes them); each is
+            passed to ``forward`` once.
+        forward: how to run one batch (default ``model(x)``), e.g. under autocast.
+        all_reduce_mean: with several ranks, the mean of a tensor over the ranks (each rank
+            passes its own batches); None: one process.
+
+    Returns:
+        the number of BatchNorm layers updated (0: none, and nothing was run).
+
+    During the pass only the BatchNorm layers are in training mode (no dropout, no RNG
+    drawn), without gradients; each layer's momentum is set to None (a cumulative average)
+    and restored afterwards, as is the training flag of every module. Like pycls and SlowFast
+    the variance averaged is each batch's unbiased one (what BatchNorm's running_var holds).
+    An empty ``batches`` raises ValueError (the statistics would be reset to their defaults).
+    """
+    bns = [m for m in model.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    modes = {m: m.training for m in model.modules()}
+    momenta = [bn.momentum for bn in bns]
+    saved = [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+             for bn in bns]
+    run = forward or model
+    seen = 0
+    try:
+        model.eval()
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # running stats = cumulative average over the batches seen
+            bn.train()
+        with torch.no_grad():
+            for x in batches:
+                run(x)
+                seen += 1
+        if seen == 0:
+            raise ValueError("recompute_bn_stats: batches is empty (no statistics to gather)")
+    except BaseException:
+        for bn, (mean, var, n) in zip(bns, saved):  # leave the model as it was
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+            bn.num_batches_tracked.copy_(n)
+        raise
+    finally:
+        for bn, mom in zip(bns, momenta):
+            bn.momentum = mom
+        for m, training in modes.items():
+            m.train(training)
+    if all_reduce_mean is not None:
+        for bn in bns:
+            bn.running_mean.copy_(all_reduce_mean(bn.running_mean))
+            bn.running_var.copy_(all_reduce_mean(bn.running_var))
+    return len(bns)

@@ -48,6 +48,7 @@ evaluation loads (:func:`weights_to_load`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -117,6 +118,7 @@ from .recipe import (
     layer_decay_groups,
     load_ema,
     make_ema,
+    recompute_bn_stats,
 )
 from .region_hit import region_hit, region_hit_sums, summarize_region_hit
 from .schedule import LRSchedule
@@ -468,6 +470,40 @@ def _eval_report(pred: dict[str, Any], dataset: Any, out_dir: str, cfg: Config,
 
 
 # --------------------------------------------------------------------------- checkpoints
+
+def _precise_bn(models: Sequence[nn.Module], train_ds: Any, cfg: Config, ctx: DistContext,
+                epoch: int, amp: contextlib.AbstractContextManager) -> None:
+    """``train.precise_bn_batches``: recompute the BatchNorm statistics of each of ``models``
+    (the raw weights, and the EMA's when kept) over that many shuffled training batches
+    (at most one epoch's; the order of epoch ``epoch`` under another seed than training's, the
+    training transforms; a loader of its own, so the training order and RNG are untouched)."""
+    t_cfg = cfg.train
+    device = ctx.device
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+               for model in models for m in model.modules()):
+        return
+    sampler = ShardedBatchSampler(len(train_ds), t_cfg.batch_size, rank=ctx.rank,
+                                  world_size=ctx.world_size, train=True, seed=t_cfg.seed + 1)
+    sampler.set_epoch(epoch, 0)
+    n = min(t_cfg.precise_bn_batches, sampler.batches_per_epoch())
+    t0 = time.perf_counter()
+
+    def forward(model: nn.Module) -> Callable[[torch.Tensor], Any]:
+        def run(x: torch.Tensor) -> Any:
+            with amp:
+                return model(x)
+        return run
+
+    mean = ((lambda t: all_reduce_sum(ctx, t) / ctx.world_size) if ctx.distributed else None)
+    for model in models:
+        loader = _make_loader(train_ds, sampler, cfg, device)
+        batches = (to_model_input(video, device)
+                   for video, _ in itertools.islice(loader, n))
+        layers = recompute_bn_stats(model, batches, forward(model), mean)
+        del loader
+    log.info("precise BN: %d BatchNorm layers, statistics of %d batches of %d clips (%.1f s)",
+             layers, n, t_cfg.batch_size * ctx.world_size, time.perf_counter() - t0)
+
 
 def _unwrap(model: nn.Module) -> ART:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -931,6 +967,9 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
                                    epoch_done)
             best = False
             if do_eval:
+                if t_cfg.precise_bn_batches:
+                    _precise_bn([_unwrap(model)] + ([ema.module] if ema is not None else []),
+                                train_ds, cfg, ctx, epoch, amp)
                 pred = _predict(_unwrap(model), eval_ds, cfg, ctx)
                 # predictions.csv and confusion.{csv,png}: of the weights evaluation loads
                 # (the EMA's when kept, see weights_to_load), like best.pt below
