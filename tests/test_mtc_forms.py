@@ -303,6 +303,19 @@ def test_topk_semantics_embeds_the_chosen_bank(query_bank):
         TopKSemantics(E, Ct, d, K, "both")
 
 
+def model_aggregation(model: ART, video: torch.Tensor, mode: str, segments: int = 1):
+    """The model's eval-mode output and its tracklet aggregation recomputed from its parts:
+    ``(out, x_cls, aggregate, saliency)``."""
+    model.eval()
+    with torch.no_grad():
+        out = model(video)
+        _, _, x_cls = model.backbone(video)
+        s_topk, _, _ = model.semantics(x_cls, model.bank, model.agent_bank)
+        agg, w = aggregate_tracklets(out.tracklets, s_topk, model.options.ta_temperature,
+                                     mode, segments)
+    return out, x_cls, agg, w
+
+
 def _tiny(cache_dir: str, **kw) -> ART:
     torch.manual_seed(0)
     return ART(CLASSES, **{**SMALL, "text_cache_dir": cache_dir, **kw})
@@ -383,13 +396,7 @@ def test_every_combination_trains(cache_dir, mtc_form, query_bank, ta_semantics)
         for name in LEVELS:
             torch.testing.assert_close(out.losses[f"mtc_{name}"], want[name].float())
     # the saliency is the chosen aggregation over the chosen bank's S_topk
-    model.eval()
-    with torch.no_grad():
-        out = model(video)
-        _, _, x_cls = model.backbone(video)
-        s_topk, _, _ = model.semantics(x_cls, model.bank, model.agent_bank)
-        _, w = aggregate_tracklets(out.tracklets, s_topk, model.options.ta_temperature,
-                                   ta_semantics)
+    out, _, _, w = model_aggregation(model, video, ta_semantics)
     torch.testing.assert_close(out.saliency, w)
 
 

@@ -6,11 +6,16 @@ by hand, the model left as it was (modes, momenta, RNG), bad input, and in a tra
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import socket
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
-from test_train_helpers import tiny_config
+from test_train_helpers import tiny_config, tiny_overrides
 from torch import nn
 from torch.nn import functional as F
 
@@ -182,3 +187,52 @@ def test_in_a_run(tmp_path):
     ref = model.state_dict()
     for k in bn_keys:
         torch.testing.assert_close(b[k], ref[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_in_a_two_process_ddp_run(tmp_path):
+    """torchrun, 2 gloo processes: the saved statistics are the mean over the ranks of each
+    rank's statistics over its own shard of the first 2 precise-BN batches."""
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        from art_fast.train import load_config, train
+        train(load_config(None, sys.argv[1:]))
+    """))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "ddp")
+    overrides = tiny_overrides(out, *BN_MODEL, "train.precise_bn_batches=2",
+                               "train.batch_size=2")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+           "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
+           str(script), *overrides]
+    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    log = open(os.path.join(out, "train.log")).read()
+    assert "precise BN: 4 BatchNorm layers, statistics of 2 batches of 4 clips" in log
+    saved = load_checkpoint(os.path.join(out, "last.pt"))
+    assert saved["world_size"] == 2
+    cfg = load_config(None, overrides)
+    ds = build_dataset(cfg, None, train=True)
+    per_rank = []
+    for rank in (0, 1):
+        model = build_model(cfg, ds.classes)
+        model.load_state_dict(saved["model"])
+        sampler = ShardedBatchSampler(len(ds), 2, rank=rank, world_size=2, train=True,
+                                      seed=cfg.train.seed + 1)
+        sampler.set_epoch(0, 0)
+        batches = [to_model_input(torch.stack([ds[i][0] for i in idx]))
+                   for idx in itertools.islice(iter(sampler), 2)]
+        recompute_bn_stats(model, iter(batches))
+        per_rank.append(model.state_dict())
+    keys = [k for k in saved["model"] if k.endswith(("running_mean", "running_var"))]
+    assert len(keys) >= 8
+    for k in keys:
+        want = (per_rank[0][k].double() + per_rank[1][k].double()) / 2
+        torch.testing.assert_close(saved["model"][k].double(), want, rtol=1e-5, atol=1e-6)
+    # the two ranks' own statistics differ (the mean is not vacuous)
+    assert any(not torch.allclose(per_rank[0][k], per_rank[1][k]) for k in keys)
+    assert json.loads(open(os.path.join(out, "metrics.jsonl")).readlines()[-1])["eval"]

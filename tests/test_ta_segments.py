@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from test_mtc_forms import model_aggregation
 
 from art_fast import ART, ARTOptions
 from art_fast.model.backbone import SegmentTemporalModule, segment_spans
@@ -155,13 +156,8 @@ def test_art_with_segmented_aggregation(cache_dir):
     out = model(video, torch.tensor([1, 4]))
     out.losses["total"].backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    model.eval()
+    out, x_cls, agg, w = model_aggregation(model, video, model.options.ta_semantics, 2)
     with torch.no_grad():
-        out = model(video)
-        _, _, x_cls = model.backbone(video)
-        s_topk, _, _ = model.semantics(x_cls, model.bank, model.agent_bank)
-        agg, w = aggregate_tracklets(out.tracklets, s_topk, model.options.ta_temperature,
-                                     model.options.ta_semantics, 2)
         want = model.head(torch.cat([x_cls, agg.flatten(1)], 1))
     torch.testing.assert_close(out.saliency, w)
     torch.testing.assert_close(out.logits, want)
