@@ -469,8 +469,6 @@ def _eval_report(pred: dict[str, Any], dataset: Any, out_dir: str, cfg: Config,
     return metrics
 
 
-# --------------------------------------------------------------------------- checkpoints
-
 def _precise_bn(models: Sequence[nn.Module], train_ds: Any, cfg: Config, ctx: DistContext,
                 epoch: int, amp: contextlib.AbstractContextManager) -> None:
     """``train.precise_bn_batches``: recompute the BatchNorm statistics of each of ``models``
@@ -504,6 +502,8 @@ def _precise_bn(models: Sequence[nn.Module], train_ds: Any, cfg: Config, ctx: Di
     log.info("precise BN: %d BatchNorm layers, statistics of %d batches of %d clips (%.1f s)",
              layers, n, t_cfg.batch_size * ctx.world_size, time.perf_counter() - t0)
 
+
+# --------------------------------------------------------------------------- checkpoints
 
 def _unwrap(model: nn.Module) -> ART:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
