@@ -189,6 +189,31 @@ def test_in_a_run(tmp_path):
         torch.testing.assert_close(b[k], ref[k], rtol=1e-5, atol=1e-6)
 
 
+def test_raw_and_ema_weights_each_get_their_own_statistics(tmp_path):
+    """With the weight EMA kept, one pass over the batches gives the raw weights and the EMA
+    weights each the statistics of their own forward."""
+    res = run_training(tiny_config(str(tmp_path / "ema"), *BN_MODEL, "train.ema_decay=0.5",
+                                   "train.precise_bn_batches=2"))
+    ckpt = load_checkpoint(os.path.join(res["output_dir"], "last.pt"))
+    cfg = tiny_config(str(tmp_path / "ref"), *BN_MODEL)
+    ds = build_dataset(cfg, None, train=True)
+    sampler = ShardedBatchSampler(len(ds), 2, rank=0, world_size=1, train=True,
+                                  seed=cfg.train.seed + 1)
+    sampler.set_epoch(0, 0)
+    batches = [to_model_input(torch.stack([ds[i][0] for i in idx]))
+               for idx in itertools.islice(iter(sampler), 2)]
+    keys = [k for k in ckpt["model"] if k.endswith(("running_mean", "running_var"))]
+    assert keys
+    for which in ("model", "model_ema"):
+        model = build_model(cfg, ds.classes)
+        model.load_state_dict(ckpt[which])
+        recompute_bn_stats(model, iter(batches))
+        ref = model.state_dict()
+        for k in keys:
+            torch.testing.assert_close(ckpt[which][k], ref[k], rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(ckpt["model"][k], ckpt["model_ema"][k]) for k in keys)
+
+
 @pytest.mark.slow
 def test_in_a_two_process_ddp_run(tmp_path):
     """torchrun, 2 gloo processes: the saved statistics are the mean over the ranks of each

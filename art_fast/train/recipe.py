@@ -300,7 +300,8 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor],
     ``batches``, of the per-batch statistics those layers compute in training mode.
 
     Args:
-        model: the module whose BatchNorm buffers are rewritten (an ART, unwrapped).
+        model: the module whose BatchNorm buffers are rewritten (an ART, unwrapped; or an
+            ``nn.ModuleList`` of models that ``forward`` runs on the same batches).
         batches: model inputs (``[B, T, 3, H, W]`` float, as ``model`` takes them); each is
             passed to ``forward`` once.
         forward: how to run one batch (default ``model(x)``), e.g. under autocast.

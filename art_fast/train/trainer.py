@@ -474,33 +474,29 @@ def _precise_bn(models: Sequence[nn.Module], train_ds: Any, cfg: Config, ctx: Di
     """``train.precise_bn_batches``: recompute the BatchNorm statistics of each of ``models``
     (the raw weights, and the EMA's when kept) over that many shuffled training batches
     (at most one epoch's; the order of epoch ``epoch`` under another seed than training's, the
-    training transforms; a loader of its own, so the training order and RNG are untouched)."""
+    training transforms; a loader of its own, so the training order and RNG are untouched).
+    One pass: each batch is loaded once and run through every model."""
     t_cfg = cfg.train
-    device = ctx.device
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-               for model in models for m in model.modules()):
-        return
     sampler = ShardedBatchSampler(len(train_ds), t_cfg.batch_size, rank=ctx.rank,
                                   world_size=ctx.world_size, train=True, seed=t_cfg.seed + 1)
     sampler.set_epoch(epoch, 0)
     n = min(t_cfg.precise_bn_batches, sampler.batches_per_epoch())
     t0 = time.perf_counter()
 
-    def forward(model: nn.Module) -> Callable[[torch.Tensor], Any]:
-        def run(x: torch.Tensor) -> Any:
-            with amp:
-                return model(x)
-        return run
+    def run_all(x: torch.Tensor) -> None:
+        with amp:
+            for model in models:
+                model(x)
 
-    mean = ((lambda t: all_reduce_sum(ctx, t) / ctx.world_size) if ctx.distributed else None)
-    for model in models:
-        loader = _make_loader(train_ds, sampler, cfg, device)
-        batches = (to_model_input(video, device)
-                   for video, _ in itertools.islice(loader, n))
-        layers = recompute_bn_stats(model, batches, forward(model), mean)
-        del loader
-    log.info("precise BN: %d BatchNorm layers, statistics of %d batches of %d clips (%.1f s)",
-             layers, n, t_cfg.batch_size * ctx.world_size, time.perf_counter() - t0)
+    # the loader starts its workers on first use: a model without BatchNorm reads nothing
+    loader = _make_loader(train_ds, sampler, cfg, ctx.device)
+    batches = (to_model_input(video, ctx.device) for video, _ in itertools.islice(loader, n))
+    mean = (lambda t: all_reduce_sum(ctx, t) / ctx.world_size) if ctx.distributed else None
+    layers = recompute_bn_stats(nn.ModuleList(models), batches, run_all, mean)
+    if layers:
+        log.info("precise BN: %d BatchNorm layers, statistics of %d batches of %d clips "
+                 "(%.1f s)", layers // len(models), n, t_cfg.batch_size * ctx.world_size,
+                 time.perf_counter() - t0)
 
 
 # --------------------------------------------------------------------------- checkpoints
