@@ -134,3 +134,64 @@ def test_ablation_training_curve(tmp_path):
     # a variant without MTC (the global ablation) has no MTC terms at all
     path.write_text(json.dumps({"epoch": 0, "train": {"ce": 1.0}}) + "\n")
     assert mod._training_curve(path) == ([], None)
+
+
+def _fake_cli(mod, monkeypatch, calls):
+    """mod._run replaced by a stand-in that records the command and writes what train and
+    eval would (metrics only; the parameter count is stubbed)."""
+    def fake_run(cmd, log_path):
+        calls.append(cmd)
+        if cmd[3] == "eval":
+            run_dir = Path(cmd[4]).parent
+            (run_dir / "eval").mkdir(parents=True, exist_ok=True)
+            (run_dir / "eval" / "eval_metrics.json").write_text(json.dumps(
+                {"top1": 0.5, "mean_class": 0.5, "region_hit": 0.2, "region_hit_chance": 0.05}))
+    monkeypatch.setattr(mod, "_run", fake_run)
+    monkeypatch.setattr(mod, "_param_count", lambda path: 7)
+
+
+def test_ablation_budget_and_reuse(tmp_path, monkeypatch):
+    """Every run trains at the table's budget (a --set after it wins); a finished run is
+    reused only with the same config and overrides, and refused otherwise."""
+    mod = _ablation()
+    calls: list[list[str]] = []
+    _fake_cli(mod, monkeypatch, calls)
+
+    def args(*sets, force=False):
+        return mod.argparse.Namespace(data="D", config="c.yaml", work=str(tmp_path),
+                                      set=list(sets), force=force)
+
+    row = mod.run_one("global", 1, args("train.lr=1e-3"))
+    assert row["top1"] == 0.5 and row["params"] == 7 and row["seed"] == 1
+    train = calls[0]
+    assert train[3] == "train" and train[4] == "c.yaml"
+    assert train[-1] == "--overwrite"
+    sets = train[5:-1]
+    overrides = sets[1::2]
+    assert sets[::2] == ["--set"] * len(overrides)
+    budget = [overrides.index(b) for b in mod.TABLE_BUDGET]
+    assert max(budget) < overrides.index("train.lr=1e-3")  # the user's --set comes after
+    assert "train.seed=1" in overrides and "model.tracklet_branch=false" in overrides
+    assert calls[1][3] == "eval"
+    # the same run again: reused, nothing runs
+    assert mod.run_one("global", 1, args("train.lr=1e-3"))["top1"] == 0.5
+    assert len(calls) == 2
+    # another override: refused, naming the run folder; --force retrains it
+    with pytest.raises(RuntimeError, match=r"global_s1 was trained with .*--force"):
+        mod.run_one("global", 1, args("train.lr=2e-3"))
+    assert len(calls) == 2
+    mod.run_one("global", 1, args("train.lr=2e-3", force=True))
+    assert len(calls) == 4
+    # a run recorded before the overrides were kept is refused too, not silently reused
+    timing = tmp_path / "global_s1" / "ablation_timing.json"
+    timing.write_text(json.dumps({"train_seconds": 3.0}))
+    with pytest.raises(RuntimeError, match="was trained with"):
+        mod.run_one("global", 1, args("train.lr=2e-3"))
+
+
+def test_ablation_curve_column():
+    mod = _ablation()
+    r = {"region_hit_curve": [{"epoch": 5, "top1": 0.25, "region_hit": 0.125},
+                              {"epoch": 10, "top1": 0.5, "region_hit": None}]}
+    assert mod._curve(r) == "5: 0.250 / 0.125, 10: 0.500"
+    assert mod._curve({"region_hit_curve": []}) is None
