@@ -41,6 +41,10 @@ Usage::
     python benchmarks/binding_ablation.py --data data/binding [--seeds 0 1 2]
         [--variants full global ...] [--config configs/binding_tiny.yaml]
         [--work runs/ablation] [--out benchmarks/results/binding] [--set key=value ...]
+        [--force | --report]
+
+``--report`` trains nothing: it writes the table of the runs finished so far and names the
+missing ones (a table filled over several sittings).
 """
 
 from __future__ import annotations
@@ -99,8 +103,9 @@ def _param_count(checkpoint: Path) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Train and evaluate one (variant, seed); returns its row."""
+def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Train and evaluate one (variant, seed); returns its row (None with ``args.report``
+    when the run has not finished: nothing is trained then)."""
     run_dir = Path(args.work) / f"{variant}_s{seed}"
     metrics = run_dir / "eval" / "eval_metrics.json"
     timing = run_dir / "ablation_timing.json"
@@ -114,6 +119,8 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
                 f"{run_dir} was trained with --config {done.get('config')!r} and overrides "
                 f"{done.get('overrides')!r}, not {args.config!r} and {overrides!r}: pass "
                 "another --work, or --force to retrain it")
+    elif getattr(args, "report", False):
+        return None
     else:
         sets = [x for o in overrides for x in ("--set", o)]
         run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -190,6 +197,7 @@ def _curve(r: dict[str, Any]) -> str | None:
 
 SUMMARY_COLUMNS = [
     h.Column("variant", "variant"),
+    h.Column("seeds", lambda s: " ".join(map(str, s["seeds"]))),
     h.Column("top-1 %", lambda s: _fmt(s["top1"])),
     h.Column("min top-1 %", lambda s: 100 * s["min_top1"], ".1f"),
     h.Column("mean-class %", lambda s: _fmt(s["mean_class"])),
@@ -213,11 +221,16 @@ RUN_COLUMNS = [
 
 def markdown(summary: list[dict[str, Any]], rows: list[dict[str, Any]], env: dict[str, Any]
              ) -> str:
-    """The summary table (per variant) and the per-run table, under the environment lines."""
+    """The summary table (per variant) and the per-run table, under the environment lines
+    (and the runs not finished yet, ``env["missing"]``, for a ``--report`` of a partial
+    table)."""
+    missing = env.get("missing") or []
+    lines = [f"Device: {env['device']}; torch {env['torch']}, python {env['python']}, "
+             f"art_fast commit {env['commit']}.", f"Command: `{env['command']}`"]
+    if missing:
+        lines.append("**Partial table**: not run yet: " + ", ".join(missing) + ".")
     return h.document(
-        f"# Binding-set ablation ({env['date']})",
-        [f"Device: {env['device']}; torch {env['torch']}, python {env['python']}, "
-         f"art_fast commit {env['commit']}.", f"Command: `{env['command']}`"],
+        f"# Binding-set ablation ({env['date']})", lines,
         h.table(SUMMARY_COLUMNS, summary),
         "Per run (MTC: the sum of the three MTC terms' means over the last epoch; "
         "curve: top-1 / region_hit at each in-training evaluation, by epoch):",
@@ -238,15 +251,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="an override for every run, after the table's budget "
                    f"({' '.join(TABLE_BUDGET)}; e.g. train.epochs=4 for a quick look)")
     p.add_argument("--force", action="store_true", help="rerun runs that already have results")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: tabulate the finished runs and name the missing ones")
     args = p.parse_args(argv)
+    if args.report and args.force:
+        p.error("--report trains nothing: it cannot be combined with --force")
     if not os.path.isfile(os.path.join(args.data, "Diving48_vocab.json")):
         p.error(f"--data {args.data!r} holds no Diving48-layout set (make one with "
                 f"`art-fast synth --kind binding --out {args.data}`)")
-    rows = []
+    rows, missing = [], []
     for v in args.variants:
         for seed in args.seeds:
-            rows.append(run_one(v, seed, args))
-            r = rows[-1]
+            r = run_one(v, seed, args)
+            if r is None:
+                missing.append(f"{v} seed {seed}")
+                continue
+            rows.append(r)
             print(f"{v} seed {seed}: top1 {r['top1']:.4f} mean_class {r['mean_class']:.4f} "
                   f"region_hit {r['region_hit']} (chance {r['region_hit_chance']}) "
                   f"{r['train_seconds']:.0f} s", flush=True)
@@ -254,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     env = {"date": h.utc_now("%Y-%m-%d %H:%M UTC"), "device": e["device_name"],
            "torch": e["torch"], "python": e["python"], "commit": e["git_commit"],
            "command": "python benchmarks/binding_ablation.py " + " ".join(
-               sys.argv[1:] if argv is None else argv)}
+               sys.argv[1:] if argv is None else argv), "missing": missing}
+    if not rows:
+        print("binding_ablation: no finished run under --work " + args.work, file=sys.stderr)
+        return 1
     summary = summarize(rows)
     md = markdown(summary, rows, env)
     h.write_results(args.out, "binding_ablation", {"env": env, "rows": rows, "summary": summary},

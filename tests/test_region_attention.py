@@ -105,7 +105,7 @@ def test_ablation_summary():
     assert glob["region_hit"] is None
     md = mod.markdown(summary, rows, {"date": "d", "device": "cpu", "torch": "t", "python": "p",
                                       "commit": "c", "command": "x"})
-    assert "| full | 85.0 ± 7.1 | 80.0 |" in md and "| global |" in md and "n/a" in md
+    assert "| full | 0 1 | 85.0 ± 7.1 | 80.0 |" in md and "| global | 0 1 |" in md and "n/a" in md
 
 
 def test_ablation_refuses_a_missing_set(tmp_path, capsys):
@@ -195,3 +195,27 @@ def test_ablation_curve_column():
                               {"epoch": 10, "top1": 0.5, "region_hit": None}]}
     assert mod._curve(r) == "5: 0.250 / 0.125, 10: 0.500"
     assert mod._curve({"region_hit_curve": []}) is None
+
+
+def test_ablation_report_tabulates_finished_runs(tmp_path, monkeypatch, capsys):
+    """--report trains nothing, tabulates the finished runs and names the missing ones."""
+    mod = _ablation()
+    calls: list[list[str]] = []
+    _fake_cli(mod, monkeypatch, calls)
+    data = tmp_path / "set"
+    data.mkdir()
+    (data / "Diving48_vocab.json").write_text("[]")
+    work, out = tmp_path / "work", tmp_path / "out"
+    base = ["--data", str(data), "--work", str(work), "--out", str(out),
+            "--config", "c.yaml", "--variants", "full", "global"]
+    assert mod.main([*base, "--seeds", "0"]) == 0  # trains full s0 and global s0
+    assert len(calls) == 4
+    monkeypatch.setattr(mod.h, "write_results", lambda *a: None)
+    assert mod.main([*base, "--seeds", "0", "1", "--report"]) == 0
+    assert len(calls) == 4  # nothing trained
+    md = capsys.readouterr().out
+    assert "not run yet: full seed 1, global seed 1" in md
+    assert "| full | 0 |" in md and "| global | 0 |" in md
+    assert mod.main(["--data", str(data), "--work", str(tmp_path / "empty"), "--report"]) == 1
+    with pytest.raises(SystemExit):
+        mod.main([*base, "--report", "--force"])
