@@ -119,7 +119,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
                 f"{run_dir} was trained with --config {done.get('config')!r} and overrides "
                 f"{done.get('overrides')!r}, not {args.config!r} and {overrides!r}: pass "
                 "another --work, or --force to retrain it")
-    elif getattr(args, "report", False):
+    elif args.report:
         return None
     else:
         sets = [x for o in overrides for x in ("--set", o)]
@@ -270,14 +270,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{v} seed {seed}: top1 {r['top1']:.4f} mean_class {r['mean_class']:.4f} "
                   f"region_hit {r['region_hit']} (chance {r['region_hit_chance']}) "
                   f"{r['train_seconds']:.0f} s", flush=True)
+    if not rows:
+        print("binding_ablation: no finished run under --work " + args.work, file=sys.stderr)
+        return 1
     e = h.environment("cpu")  # this file's env keys predate the harness: kept as they were
     env = {"date": h.utc_now("%Y-%m-%d %H:%M UTC"), "device": e["device_name"],
            "torch": e["torch"], "python": e["python"], "commit": e["git_commit"],
            "command": "python benchmarks/binding_ablation.py " + " ".join(
                sys.argv[1:] if argv is None else argv), "missing": missing}
-    if not rows:
-        print("binding_ablation: no finished run under --work " + args.work, file=sys.stderr)
-        return 1
     summary = summarize(rows)
     md = markdown(summary, rows, env)
     h.write_results(args.out, "binding_ablation", {"env": env, "rows": rows, "summary": summary},

@@ -159,7 +159,7 @@ def test_ablation_budget_and_reuse(tmp_path, monkeypatch):
 
     def args(*sets, force=False):
         return mod.argparse.Namespace(data="D", config="c.yaml", work=str(tmp_path),
-                                      set=list(sets), force=force)
+                                      set=list(sets), force=force, report=False)
 
     row = mod.run_one("global", 1, args("train.lr=1e-3"))
     assert row["top1"] == 0.5 and row["params"] == 7 and row["seed"] == 1
