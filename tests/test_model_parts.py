@@ -354,3 +354,75 @@ def test_segment_temporal_module():
     model(torch.randn(2, 4, 3, 32, 32), torch.tensor([0, 2])).losses["total"].backward()
     for p in model.backbone.temporal.parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+def test_tower_layer_scale():
+    """tower_layer_scale: every tower block's residual branches are scaled per channel
+    (x + g1 * attn(ln_1(x)), then x + g2 * mlp(ln_2(x))), recomputed here from the blocks'
+    parts; g = 1 is the plain tower exactly; the scales are parameters with gradients, outside
+    weight decay; bad values, a tower that already has LayerScale and UniFormerV2 are
+    rejected (the ART option and the config key alike)."""
+    from art_fast.model.backbone import VideoBackbone, build_clip
+    from art_fast.train.config import ConfigError, load_config
+
+    T, S = 3, 32
+    video = torch.randn(2, T, 3, S, S)
+    ref = VideoBackbone(build_clip("tiny", None, S, 0)[0].visual, T).eval()
+    for init in (1.0, 0.1, 1e-4):
+        vb = VideoBackbone(build_clip("tiny", None, S, 0)[0].visual, T, layer_scale=init)
+        vb.load_state_dict(ref.state_dict(), strict=False)  # the same tower, plus the gammas
+        gammas = [n for n, _ in vb.named_parameters() if n.endswith(".gamma")]
+        assert len(gammas) == 2 * len(vb.visual.transformer.resblocks)
+        torch.manual_seed(1)
+        with torch.no_grad():  # random per-channel scales, so the test sees each channel's
+            for blk in vb.visual.transformer.resblocks:
+                blk.ls_1.gamma.mul_(1 + 0.5 * torch.rand_like(blk.ls_1.gamma))
+                blk.ls_2.gamma.mul_(1 + 0.5 * torch.rand_like(blk.ls_2.gamma))
+        vb.eval()
+        with torch.no_grad():
+            vis = vb.visual
+            x = vis._embeds(video.flatten(0, 1))
+            for blk in vis.transformer.resblocks:
+                h = blk.ln_1(x)
+                a = blk.attn(h, h, h, need_weights=False)[0]
+                x = x + blk.ls_1.gamma * a
+                x = x + blk.ls_2.gamma * blk.mlp(blk.ln_2(x))
+            want = vis.ln_post(x[:, 1:])
+            tokens, _, _ = vb(video)
+            plain = ref(video)[0]
+        torch.testing.assert_close(tokens, want.reshape(tokens.shape), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(tokens, plain, atol=1e-4)
+    one = VideoBackbone(build_clip("tiny", None, S, 0)[0].visual, T, layer_scale=1.0).eval()
+    one.load_state_dict(ref.state_dict(), strict=False)
+    with torch.no_grad():
+        for a, b in zip(one(video), ref(video)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for bad in (0, -0.1, float("nan"), float("inf"), True, "0.1"):
+        with pytest.raises(ValueError, match="layer_scale"):
+            VideoBackbone(build_clip("tiny", None, S, 0)[0].visual, T, layer_scale=bad)
+        with pytest.raises(ValueError, match="option tower_layer_scale"):
+            art_fast.ART(["a", "b"], backbone="tiny", num_frames=2, image_size=S,
+                         text_cache=False, tower_layer_scale=bad)
+    twice = build_clip("tiny", None, S, 0)[0].visual
+    VideoBackbone(twice, T, layer_scale=0.1)
+    with pytest.raises(ValueError, match="already has LayerScale"):
+        VideoBackbone(twice, T, layer_scale=0.1)
+    with pytest.raises(ValueError, match="per-frame open_clip towers"):
+        art_fast.ART(["a", "b"], backbone="uniformerv2-tiny", num_frames=4, image_size=S,
+                     text_cache=False, tower_layer_scale=0.1)
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(ConfigError, match="model.tower_layer_scale"):
+            load_config(None, ["data.root=x", f"model.tower_layer_scale={bad}"])
+    assert load_config(None, ["data.root=x", "model.tower_layer_scale=0.1"]
+                       ).model.tower_layer_scale == 0.1
+    torch.manual_seed(0)
+    model = art_fast.ART(["a", "b", "c"], backbone="tiny", num_frames=4, image_size=S,
+                         latent_dim=16, heads=2, se_layers=1, rssa_layers=1, k_region=4,
+                         tower_layer_scale=0.1, text_cache=False)
+    model(torch.randn(2, 4, 3, S, S), torch.tensor([0, 2])).losses["total"].backward()
+    no_decay = {id(p) for g in model.param_groups(1e-3, 0.1) if g["weight_decay"] == 0
+                for p in g["params"]}
+    for blk in model.backbone.visual.transformer.resblocks:
+        for g in (blk.ls_1.gamma, blk.ls_2.gamma):
+            assert g.grad is not None and torch.isfinite(g.grad).all() and g.grad.abs().sum() > 0
+            assert id(g) in no_decay

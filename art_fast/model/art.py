@@ -36,6 +36,7 @@ from .backbone import (
     TOKEN_NORMS,
     VideoBackbone,
     build_clip,
+    check_layer_scale,
 )
 from .heads import ClassifierHead
 from .rssa import RSSA
@@ -84,6 +85,8 @@ class ARTOptions:
     frame_pool: str = "cls"             # (ours) frame feature: class token | "max" over patches
     temporal_module: str = "transformer"  # (ours) x_cls read-out | "segments" (ordered means)
     temporal_segments: int = 2          # (ours) temporal_module="segments": spans, in [1, T]
+    tower_layer_scale: float | None = None  # (ours) LayerScale init of the tower's blocks
+    #                                     (VideoBackbone layer_scale); None: none
     mlp_ratio: float = 4.0
     dropout: float = 0.5                # before both heads
     gamma1: float = 5.0                 # weight of L_MTC
@@ -170,6 +173,7 @@ class ARTOptions:
             if not isinstance(v, str) or v not in allowed:
                 raise ValueError(f"ART: option {name} must be one of {allowed}, got {v!r}")
         check_mtc_lambda(self.mtc_lambda, "ART: option mtc_lambda")
+        check_layer_scale(self.tower_layer_scale, "ART: option tower_layer_scale")
         for name in ("lmhra", "temporal_downsample"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ART: option {name} must be true or false, "
@@ -179,7 +183,7 @@ class ARTOptions:
 
 
 _DEFAULTS = ARTOptions()
-PER_FRAME_OPTIONS = ("stem", "token_norm", "frame_pool", "temporal_module")
+PER_FRAME_OPTIONS = ("stem", "token_norm", "frame_pool", "temporal_module", "tower_layer_scale")
 """Options of the per-frame open_clip tower (``VideoBackbone``) that a UniFormerV2 backbone
 refuses at any value but their default."""
 
@@ -389,7 +393,7 @@ class ART(nn.Module):
             self.backbone = VideoBackbone(
                 visual, num_frames, opts.temporal_layers, opts.grad_checkpointing,
                 opts.temporal_shift, opts.stem, opts.token_norm, opts.frame_pool,
-                opts.temporal_module, opts.temporal_segments,
+                opts.temporal_module, opts.temporal_segments, opts.tower_layer_scale,
             )
         self.num_steps = self.backbone.num_steps  # T': tracklet length
         if opts.tracklet_branch and opts.ta_segments > self.num_steps:

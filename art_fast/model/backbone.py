@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,6 +249,37 @@ def _shift_hook(num_frames: int, fraction: float, batch_first: bool):
 
 
 STEMS = ("patch", "conv3d")
+
+
+def check_layer_scale(value: object, what: str = "ART: layer_scale") -> None:
+    """Raise ValueError unless ``value`` is None or a finite number > 0."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or not value > 0:
+        raise ValueError(f"{what} must be null (no LayerScale) or a finite number > 0, "
+                         f"got {value!r}")
+
+
+def add_layer_scale(transformer: nn.Module, init: float) -> None:
+    """Give every block of an open_clip ``Transformer`` a LayerScale on both residual branches
+    (``x + ls_1(attn(ln_1(x)))``, ``x + ls_2(mlp(ln_2(x)))``), each a learned ``[width]`` scale
+    initialised to ``init`` (open_clip's own ``LayerScale``, as ``ls_init_value`` builds it).
+
+    Raises ValueError if a block already has one (its config's ``ls_init_value``) or is not an
+    open_clip residual block."""
+    check_layer_scale(init)
+    from open_clip.transformer import LayerScale
+
+    for i, blk in enumerate(transformer.resblocks):
+        for name in ("ls_1", "ls_2"):
+            cur = getattr(blk, name, None)
+            if not isinstance(cur, nn.Identity):
+                raise ValueError(
+                    f"ART: layer_scale: block {i} of the tower has no free {name} (it already "
+                    f"has LayerScale, or is not an open_clip ResidualAttentionBlock: "
+                    f"{type(cur).__name__})")
+            setattr(blk, name, LayerScale(transformer.width, float(init)))
 TOKEN_NORMS = ("post", "pre")
 FRAME_POOLS = ("cls", "max")
 
@@ -323,6 +355,13 @@ class VideoBackbone(nn.Module):
         temporal_module: (ours) the read-out of the frame features into x_cls:
             ``"transformer"`` (:class:`TemporalModule`, ``temporal_layers`` blocks) or
             ``"segments"`` (:class:`SegmentTemporalModule`, ``temporal_segments`` spans).
+        layer_scale: (ours) None (the tower as open_clip builds it) or a number > 0: every
+            block's two residual branches get a learned per-channel scale initialised to it
+            (LayerScale, as in CaiT and DeiT III; open_clip's ``ls_init_value``), so a block
+            starts close to the identity and a from-scratch tower first passes its input
+            tokens (e.g. the conv3d stem's) on nearly unchanged. Meant for random-init towers:
+            it also scales a pretrained tower's branches. A tower that already has LayerScale
+            refuses it. Adds ``ls_1.gamma`` / ``ls_2.gamma`` ``[width]`` to every block.
         The non-default token_norm / frame_pool settings need an open_clip tower that pools
         its class token after ``ln_post`` (no attention pooling, ``pool_type="tok"``: every
         ViT here); the parameters and the state_dict do not change with them.
@@ -336,7 +375,7 @@ class VideoBackbone(nn.Module):
         self, visual: nn.Module, num_frames: int, temporal_layers: int = 1,
         grad_checkpointing: bool = False, temporal_shift: float = 0.0, stem: str = "patch",
         token_norm: str = "post", frame_pool: str = "cls", temporal_module: str = "transformer",
-        temporal_segments: int = 2,
+        temporal_segments: int = 2, layer_scale: float | None = None,
     ) -> None:
         super().__init__()
         if not hasattr(visual, "output_tokens") or not hasattr(visual, "conv1"):
@@ -379,6 +418,8 @@ class VideoBackbone(nn.Module):
             TemporalModule(self.embed_dim, num_frames, temporal_layers)
             if temporal_module == "transformer"
             else SegmentTemporalModule(self.embed_dim, num_frames, temporal_segments))
+        if layer_scale is not None:
+            add_layer_scale(visual.transformer, layer_scale)
         if not 0.0 <= temporal_shift <= 1.0:
             raise ValueError(f"ART: temporal_shift must be in [0, 1], got {temporal_shift!r}")
         self.temporal_shift = float(temporal_shift)

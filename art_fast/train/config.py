@@ -181,6 +181,11 @@ class ModelConfig:
                               "open_clip towers only", choices=TEMPORAL_MODULES)
     temporal_segments: int = _f(_ART.temporal_segments, "temporal_module=segments: ordered "
                                 "spans of the frames, in [1, num_frames]", min=1)
+    tower_layer_scale: float | None = _f(
+        _ART.tower_layer_scale, "LayerScale on every tower block's two residual branches, "
+        "initialised to this value (CaiT / DeiT III; a from-scratch tower's blocks then start "
+        "near the identity), or null for none; per-frame open_clip towers only",
+        min=0.0, min_exclusive=True)
     mlp_ratio: float = _f(_ART.mlp_ratio, "FFN width ratio", min=0.0, min_exclusive=True)
     dropout: float = _f(_ART.dropout, "dropout before both heads", min=0.0, max=0.999)
     gamma1: float = _f(_ART.gamma1, "weight of L_MTC", min=0.0)
