@@ -65,6 +65,13 @@ import _harness as h  # noqa: E402  (also puts the repository root on sys.path)
 from art_fast.model.art import PER_FRAME_OPTIONS, ARTOptions  # noqa: E402
 
 ROOT = h.ROOT
+
+
+def _yaml(value: object) -> str:
+    """A default as an override's value (None -> null; the YAML reading of the rest is theirs)."""
+    return "null" if value is None else str(value)
+
+
 VARIANTS: dict[str, tuple[str, ...]] = {
     "full": (),
     "global": ("model.tracklet_branch=false",),
@@ -77,7 +84,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     # UniFormerV2 tiny tower (local temporal MHRA, 3D patch embedding: T' = T/2 steps)
     "no_shift": ("model.temporal_shift=0",),
     "uniformerv2": ("model.backbone=uniformerv2-tiny", "model.temporal_shift=0",
-                    *(f"model.{o}={getattr(ARTOptions(), o)}" for o in PER_FRAME_OPTIONS)),
+                    *(f"model.{o}={_yaml(getattr(ARTOptions(), o))}" for o in PER_FRAME_OPTIONS)),
 }
 DEFAULT_VARIANTS = ("full", "global", "no_time", "mean_pool", "no_mtc")
 # The table's budget: 20 epochs, an evaluation every 5. The config's own 10 epochs are the
@@ -103,6 +110,24 @@ def _param_count(checkpoint: Path) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def config_drift(run_dir: Path, config: str, overrides: list[str]) -> list[str]:
+    """How the config a finished run recorded (its ``config.yaml``) differs from ``config``
+    with ``overrides`` resolved now (paths absolute, as the trainer stores them): one
+    ``"key: <run's> in the run, <now> now"`` per differing key; ``[]`` when they agree."""
+    from art_fast.train.config import ConfigError, config_diff, load_config
+    from art_fast.train.trainer import absolute_paths
+
+    stored = run_dir / "config.yaml"
+    if not stored.is_file():
+        return [f"{stored} is missing"]
+    try:
+        then = load_config(stored)
+    except (ConfigError, ValueError) as e:
+        return [f"{stored} no longer reads: {e}"]
+    now = absolute_paths(load_config(config, overrides))
+    return [f"{k}: {a!r} in the run, {b!r} now" for k, a, b in config_diff(then, now)]
+
+
 def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any] | None:
     """Train and evaluate one (variant, seed); returns its row (None with ``args.report``
     when the run has not finished: nothing is trained then)."""
@@ -119,6 +144,12 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
                 f"{run_dir} was trained with --config {done.get('config')!r} and overrides "
                 f"{done.get('overrides')!r}, not {args.config!r} and {overrides!r}: pass "
                 "another --work, or --force to retrain it")
+        drift = config_drift(run_dir, args.config, overrides)
+        if drift:  # the same file and overrides, but the file (or a default) has changed
+            raise RuntimeError(
+                f"{run_dir} was trained with a config that {args.config} with these overrides "
+                f"no longer gives ({'; '.join(drift)}): pass another --work, or --force to "
+                "retrain it")
     elif args.report:
         return None
     else:

@@ -138,9 +138,16 @@ def test_ablation_training_curve(tmp_path):
 
 def _fake_cli(mod, monkeypatch, calls):
     """mod._run replaced by a stand-in that records the command and writes what train and
-    eval would (metrics only; the parameter count is stubbed)."""
+    eval would (the resolved config.yaml, the metrics; the parameter count is stubbed)."""
+    from art_fast.train.config import load_config, save_config
+    from art_fast.train.trainer import absolute_paths
+
     def fake_run(cmd, log_path):
         calls.append(cmd)
+        if cmd[3] == "train":
+            cfg = absolute_paths(load_config(cmd[4], cmd[6:-1:2]))
+            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+            save_config(cfg, Path(cfg.output_dir) / "config.yaml")
         if cmd[3] == "eval":
             run_dir = Path(cmd[4]).parent
             (run_dir / "eval").mkdir(parents=True, exist_ok=True)
@@ -157,14 +164,17 @@ def test_ablation_budget_and_reuse(tmp_path, monkeypatch):
     calls: list[list[str]] = []
     _fake_cli(mod, monkeypatch, calls)
 
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  name: diving48\nmodel:\n  stem: conv3d\n")
+
     def args(*sets, force=False):
-        return mod.argparse.Namespace(data="D", config="c.yaml", work=str(tmp_path),
+        return mod.argparse.Namespace(data="D", config=str(config), work=str(tmp_path),
                                       set=list(sets), force=force, report=False)
 
     row = mod.run_one("global", 1, args("train.lr=1e-3"))
     assert row["top1"] == 0.5 and row["params"] == 7 and row["seed"] == 1
     train = calls[0]
-    assert train[3] == "train" and train[4] == "c.yaml"
+    assert train[3] == "train" and train[4] == str(config)
     assert train[-1] == "--overwrite"
     sets = train[5:-1]
     overrides = sets[1::2]
@@ -182,6 +192,24 @@ def test_ablation_budget_and_reuse(tmp_path, monkeypatch):
     assert len(calls) == 2
     mod.run_one("global", 1, args("train.lr=2e-3", force=True))
     assert len(calls) == 4
+    # the config file changed since (same path, same overrides): refused, naming the key
+    config.write_text("data:\n  name: diving48\nmodel:\n  stem: conv3d\n"
+                      "  tower_layer_scale: 0.1\n")
+    with pytest.raises(RuntimeError, match=r"no longer gives \(model.tower_layer_scale: "
+                                           r"None in the run, 0.1 now\).*--force"):
+        mod.run_one("global", 1, args("train.lr=2e-3"))
+    mod.run_one("global", 1, args("train.lr=2e-3", force=True))
+    assert len(calls) == 6
+    assert mod.run_one("global", 1, args("train.lr=2e-3"))["top1"] == 0.5  # agrees again
+    # a run whose config.yaml is gone or damaged is refused, not reused
+    stored = tmp_path / "global_s1" / "config.yaml"
+    stored.write_text("model: [unclosed\n")
+    with pytest.raises(RuntimeError, match="no longer reads"):
+        mod.run_one("global", 1, args("train.lr=2e-3"))
+    stored.unlink()
+    with pytest.raises(RuntimeError, match="config.yaml is missing"):
+        mod.run_one("global", 1, args("train.lr=2e-3"))
+    assert len(calls) == 6
     # a run recorded before the overrides were kept is refused too, not silently reused
     timing = tmp_path / "global_s1" / "ablation_timing.json"
     timing.write_text(json.dumps({"train_seconds": 3.0}))
@@ -206,8 +234,10 @@ def test_ablation_report_tabulates_finished_runs(tmp_path, monkeypatch, capsys):
     data.mkdir()
     (data / "Diving48_vocab.json").write_text("[]")
     work, out = tmp_path / "work", tmp_path / "out"
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  name: diving48\n")
     base = ["--data", str(data), "--work", str(work), "--out", str(out),
-            "--config", "c.yaml", "--variants", "full", "global"]
+            "--config", str(config), "--variants", "full", "global"]
     assert mod.main([*base, "--seeds", "0"]) == 0  # trains full s0 and global s0
     assert len(calls) == 4
     monkeypatch.setattr(mod.h, "write_results", lambda *a: None)

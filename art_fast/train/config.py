@@ -718,6 +718,23 @@ def config_from_dict(mapping: dict[str, Any]) -> Config:
     return _finish(_merge(_schema(), _literal(mapping), None))
 
 
+def config_diff(a: Config, b: Config) -> list[tuple[str, Any, Any]]:
+    """The keys (dotted, e.g. ``"model.stem"``) whose values differ between two configs, as
+    ``(key, value in a, value in b)``, in field order; ``[]`` when they are equal."""
+    out: list[tuple[str, Any, Any]] = []
+
+    def walk(x: Any, y: Any, prefix: str) -> None:
+        for f in dataclasses.fields(x):
+            vx, vy = getattr(x, f.name), getattr(y, f.name)
+            if dataclasses.is_dataclass(vx):
+                walk(vx, vy, f"{prefix}{f.name}.")
+            elif vx != vy:
+                out.append((prefix + f.name, vx, vy))
+
+    walk(a, b, "")
+    return out
+
+
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
     """Write the resolved config as YAML (atomically; OmegaConf's dumper quotes a string that
     would read back as another type)."""

@@ -699,7 +699,7 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
            ) -> dict[str, Any]:
     # the run's config with absolute paths (data folder, lists, output_dir): what config.yaml
     # and every checkpoint store, so that eval / viz / predict work from any directory
-    cfg = _absolute_paths(cfg)
+    cfg = absolute_paths(cfg)
     t_cfg = cfg.train
     device = ctx.device
     check_recipe(t_cfg)
@@ -1140,7 +1140,7 @@ def load_trained(checkpoint: str, overrides: Sequence[str] = (),
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    cfg = _absolute_paths(apply_overrides(_stored_config(ckpt, checkpoint), list(overrides)))
+    cfg = absolute_paths(apply_overrides(_stored_config(ckpt, checkpoint), list(overrides)))
     model = _model_from_checkpoint(cfg, ckpt, checkpoint)
     return model.to(device).eval(), cfg, ckpt
 
@@ -1182,7 +1182,7 @@ _PATH_KEYS = (("", "output_dir"), ("data", "root"), ("data", "video_dir"),
               ("data", "train_list"), ("data", "eval_list"), ("data", "class_csv"))
 
 
-def _absolute_paths(cfg: Config) -> Config:
+def absolute_paths(cfg: Config) -> Config:
     """A copy of ``cfg`` whose path-valued keys (:data:`_PATH_KEYS`, those set) are absolute
     (``~`` expanded, relative ones against the current directory)."""
     import copy
@@ -1230,7 +1230,7 @@ def main_eval(checkpoint: str, overrides: Sequence[str] = (), out: str | None = 
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
     ckpt = load_checkpoint(checkpoint, map_location="cpu")  # loaded (and checked) once
-    cfg = _absolute_paths(apply_overrides(_stored_config(ckpt, checkpoint), list(overrides)))
+    cfg = absolute_paths(apply_overrides(_stored_config(ckpt, checkpoint), list(overrides)))
     out_dir = out or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "eval")
     _print_main("eval", evaluate(cfg, checkpoint, out_dir, _loaded=ckpt))
     return 0
