@@ -381,6 +381,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--workers", type=int, default=None,
                    help="processes (binding only; default: the CPU count; the files do not "
                         "depend on it)")
+    p.add_argument("--style", choices=("discs", "squares"), default=None,
+                   help="binding only: the rendering, 'discs' (the original set) or "
+                        "'squares' (other actors, marks and motions, for a held-out check) "
+                        "(default: discs)")
     return p
 
 
@@ -394,7 +398,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             s = make_binding(args.out, classes=6 if args.classes is None else args.classes,
                              videos_per_class=args.videos_per_class, frames=args.frames,
                              size=args.size, seed=args.seed,
-                             test_fraction=args.test_fraction, workers=args.workers)
+                             test_fraction=args.test_fraction, workers=args.workers,
+                             style="discs" if args.style is None else args.style)
+        elif args.style is not None:
+            raise ValueError(f"--style applies to --kind binding only, got --style "
+                             f"{args.style} with --kind {args.kind}")
         else:
             s = make_synthetic(args.out, classes=8 if args.classes is None else args.classes,
                                videos_per_class=args.videos_per_class, frames=args.frames,
