@@ -194,7 +194,7 @@ def test_squares_limb_attached_and_within_the_reach(s):
         assert g["half"] - 1e-9 <= edge <= g["half"] * np.sqrt(2) + 1e-9
         for ext in (0.25, 0.6, 1.0):
             img, mask = np.zeros((s, s, 3)), np.zeros((s, s), bool)
-            bd._square(img, c[0], c[1], g["half"], np.ones(3), mask)
+            bd._disc(img, c[0], c[1], g["half"], np.ones(3), mask, square=True)
             bd._capsule(img, c + u * (edge - g["w"] / 2), c + u * (edge + g["l"] * ext),
                         g["w"] / 2, np.ones(3), mask)
             assert _connected(mask), (s, ang, ext)

@@ -393,31 +393,20 @@ def draw_binding_clip(label: int, frames: int, size: int, rng: np.random.Generat
 
 
 def _disc(img: np.ndarray, cx: float, cy: float, r: float, col: np.ndarray,
-          mask: np.ndarray | None = None) -> None:
+          mask: np.ndarray | None = None, square: bool = False) -> None:
+    """A filled disc of radius ``r`` (pixel centres within it), or with ``square`` an
+    axis-aligned square of half-side ``r``, painted ``col``; ``mask`` gets its pixels."""
     s = img.shape[0]
     x0, x1 = max(0, int(cx - r) - 1), min(s, int(cx + r) + 2)
     y0, y1 = max(0, int(cy - r) - 1), min(s, int(cy + r) + 2)
     if x0 >= x1 or y0 >= y1:
         return
     yy, xx = np.mgrid[y0:y1, x0:x1]
-    m = (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= r * r
+    dx, dy = xx + 0.5 - cx, yy + 0.5 - cy
+    m = (np.abs(dx) <= r) & (np.abs(dy) <= r) if square else dx ** 2 + dy ** 2 <= r * r
     img[y0:y1, x0:x1][m] = col
     if mask is not None:
         mask[y0:y1, x0:x1] |= m
-
-
-def _square(img: np.ndarray, cx: float, cy: float, half: float, col: np.ndarray,
-            mask: np.ndarray) -> None:
-    """A filled axis-aligned square of half-side ``half`` (pixel centres within it)."""
-    s = img.shape[0]
-    x0, x1 = max(0, int(cx - half) - 1), min(s, int(cx + half) + 2)
-    y0, y1 = max(0, int(cy - half) - 1), min(s, int(cy + half) + 2)
-    if x0 >= x1 or y0 >= y1:
-        return
-    yy, xx = np.mgrid[y0:y1, x0:x1]
-    m = (np.abs(xx + 0.5 - cx) <= half) & (np.abs(yy + 0.5 - cy) <= half)
-    img[y0:y1, x0:x1][m] = col
-    mask[y0:y1, x0:x1] |= m
 
 
 def _capsule(img: np.ndarray, a: np.ndarray, b: np.ndarray, half_w: float, col: np.ndarray,
@@ -497,7 +486,7 @@ def render_binding_clip(label: int, frames: int, size: int, rng: np.random.Gener
             u = np.array([math.cos(a["angle"][fi]), math.sin(a["angle"][fi])])
             c = np.array([cx, cy])
             if squares:
-                _square(img, cx, cy, g["half"], a["color"], mask)
+                _disc(img, cx, cy, g["half"], a["color"], mask, square=True)
                 limb_col = a["color"] + _LIGHTEN * (255.0 - a["color"])
             else:
                 _disc(img, cx, cy, g["r"], a["color"], mask)
