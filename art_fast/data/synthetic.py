@@ -381,7 +381,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--workers", type=int, default=None,
                    help="processes (binding only; default: the CPU count; the files do not "
                         "depend on it)")
-    p.add_argument("--style", choices=("discs", "squares"), default=None,
+    from .binding import STYLES  # here, not at the top: binding imports this module
+
+    p.add_argument("--style", choices=STYLES, default=None,
                    help="binding only: the rendering, 'discs' (the original set) or "
                         "'squares' (other actors, marks and motions, for a held-out check) "
                         "(default: discs)")
