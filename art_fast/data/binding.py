@@ -157,6 +157,8 @@ STYLE_MOTIONS = {"discs": MOTIONS, "squares": SQUARES_MOTIONS}
 # and the first and last vocabulary tokens of every class.
 _MOTION_BASE = {"discs": 0, "squares": 3}
 _MARKS = {"discs": ("checker", "stripes"), "squares": ("quadrants", "bands")}
+# actor placement, (candidate pairs per try, tries) (see _place)
+_PLACEMENT = {"discs": (1, 10000), "squares": (4096, 2500)}
 _TOKENS = {"discs": ("checkered-actor", "striped-decoy-reversed"),
            "squares": ("quartered-actor", "banded-decoy-reversed")}
 CLASS_ORDERS = ((0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1))
@@ -300,12 +302,12 @@ def _place(d0: np.ndarray, d1: np.ndarray, reach: float, size: int,
     those that keep both reaches inside the frame and the two disjoint over the clip
     (closest approach of the linear paths ``>= 2 reach + 1``), by rejection sampling with
     ``batch`` candidate pairs per try (each pair: actor 0's two coordinates, then actor 1's).
-    The discs use ``batch=1, tries=10000`` (the draw order of the original loop, so the set's
-    bytes are unchanged). The squares' larger reach leaves few feasible pairs: in the worst
-    drift configuration about 1 in 1 000 at 64 px and a few in a million at 48 px (0.01-0.1 s
-    per clip there), so they draw ``batch=4096`` at a time. A feasible pair exists for every
-    drift at every allowed size (checked on a grid of drifts: at 48 px the best placement of
-    the squares clears the required distance by 0.8 px)."""
+    The discs draw one pair per try, 10 000 tries (their set's bytes depend on this draw
+    order: changing it changes every discs clip). The squares' larger reach leaves few
+    feasible pairs: in the worst drift configuration about 1 in 1 000 at 64 px and a few in a
+    million at 48 px (0.01-0.1 s per clip there), so they draw 4096 at a time. A feasible
+    pair exists for every drift at every allowed size (checked on a grid of drifts: at 48 px
+    the best placement of the squares clears the required distance by 0.8 px)."""
     boxes = []
     for d in (d0, d1):
         boxes.append((reach - np.minimum(d, 0.0), (size - reach) - np.maximum(d, 0.0)))
@@ -358,8 +360,7 @@ def draw_binding_clip(label: int, frames: int, size: int, rng: np.random.Generat
                        "angle": theta, "extension": ext, "color": rgb,
                        "drift": dlen * np.array([math.cos(dang), math.sin(dang)])})
     reach = g["reach"]
-    batch, tries = (1, 10000) if style == "discs" else (4096, 2500)
-    starts = _place(actors[0]["drift"], actors[1]["drift"], reach, s, rng, batch, tries)
+    starts = _place(actors[0]["drift"], actors[1]["drift"], reach, s, rng, *_PLACEMENT[style])
     for a, c0 in zip(actors, starts):
         a["center"] = c0[None, :] + t[:, None] * a["drift"][None, :]
     # Unrelated blobs on straight paths.
