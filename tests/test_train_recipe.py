@@ -19,8 +19,10 @@ from art_fast.losses import classification_loss
 from art_fast.train import ConfigError, build_dataset, build_model, load_checkpoint, train
 from art_fast.train.recipe import (
     BatchMixer,
+    auxiliary_weight,
     classification_losses,
     layer_decay_groups,
+    scale_auxiliary,
     tower_layer_id,
 )
 from art_fast.train.trainer import weights_to_load
@@ -215,7 +217,8 @@ def test_checkpoint_without_ema_resumes_with_ema_on(tmp_path):
     ("train.label_smoothing", "-0.1"), ("train.label_smoothing", "1.5"),
     ("train.mixup", "-1"), ("train.cutmix", "-0.5"), ("train.mixup_switch_prob", "1.1"),
     ("train.ema_decay", "-0.1"), ("train.ema_decay", "2"), ("train.layer_decay", "0"),
-    ("train.layer_decay", "1.2"), ("train.mixup", "nan")])
+    ("train.layer_decay", "1.2"), ("train.mixup", "nan"), ("train.aux_warmup_epochs", "-1"),
+    ("train.aux_warmup_epochs", "nan")])
 def test_bad_values_are_rejected_naming_the_key(tmp_path, key, value):
     with pytest.raises(ConfigError, match=re.escape(key)):
         tiny_config(str(tmp_path), f"{key}={value}")
@@ -231,8 +234,8 @@ def test_an_open_upper_end_is_rejected_at_run_start(tmp_path, key):
 
 def test_defaults_are_off(tmp_path):
     t = tiny_config(str(tmp_path)).train
-    assert (t.label_smoothing, t.mixup, t.cutmix, t.ema_decay, t.layer_decay) == (
-        0.0, 0.0, 0.0, 0.0, 1.0)
+    assert (t.label_smoothing, t.mixup, t.cutmix, t.ema_decay, t.layer_decay,
+            t.aux_warmup_epochs) == (0.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
 # ----------------------------------------------------------------------------- units
@@ -374,3 +377,58 @@ def test_layer_decay_groups(tmp_path, backbone):
     assert layer_decay_groups(model, base, 1.0)[0]["lr_scale"] == 1.0
     with pytest.raises(ValueError):
         layer_decay_groups(model, base, 0.0)
+
+
+# ----------------------------------------------------------------------------- aux warm-up
+
+def test_auxiliary_weight_ramps_linearly_from_zero():
+    assert auxiliary_weight(0, 10, 0.0) == 1.0 and auxiliary_weight(7, 10, 0.0) == 1.0
+    # 2 epochs of 10 steps: 0 at the first step, 0.5 after one epoch, 1 from step 20 on
+    assert [auxiliary_weight(s, 10, 2.0) for s in (0, 5, 10, 19, 20, 35)] == [
+        0.0, 0.25, 0.5, 0.95, 1.0, 1.0]
+
+
+def test_scale_auxiliary_weights_only_the_auxiliary_part():
+    losses = {"ce": torch.tensor(1.5), "ce_v": torch.tensor(0.25),
+              "mtc_spatial": torch.tensor(3.0), "sema_video": torch.tensor(2.0),
+              "total": torch.tensor(1.5 + 0.25 + 1.0 * 3.0 + 5.0 * 2.0)}
+    for w, want in ((0.0, 1.75), (0.5, 1.75 + 6.5), (1.0, 14.75)):
+        new = scale_auxiliary(losses, w)
+        assert float(new["total"]) == pytest.approx(want, rel=1e-6)
+        assert new["sema_video"] is losses["sema_video"] and new["ce"] is losses["ce"]
+    assert float(losses["total"]) == 14.75
+
+
+def test_aux_warmup_in_the_run(tmp_path):
+    """0.5 epochs of 6 steps (12 training clips, batch 2): the auxiliary part of the loss that
+    is backpropagated has weight 0, 1/3, 2/3 at steps 0-2 and full weight from step 3 on."""
+    calls, seen = [], []
+    real = trainer_mod.scale_auxiliary
+
+    def scale(losses, w):
+        new = real(losses, w)
+        calls.append((w, float(losses["total"]), float(new["total"]),
+                      float(losses["ce"] + losses["ce_v"])))
+        return new
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer_mod, "scale_auxiliary", scale)
+        train(tiny_config(str(tmp_path), "train.max_steps=4", "train.eval_every=0",
+                          "train.aux_warmup_epochs=0.5"), callbacks=[seen.append])
+    assert [c[0] for c in calls] == pytest.approx([0.0, 1 / 3, 2 / 3])
+    for (w, total, scaled, cls), info in zip(calls, seen):
+        assert total > cls  # the auxiliary terms are on (gamma1 = gamma2 = 5 by default)
+        assert scaled == pytest.approx(cls + w * (total - cls), rel=1e-5)
+        assert info["loss"] == pytest.approx(scaled, rel=1e-6)
+    assert "over the first 0.5 epochs (3 steps" in open(tmp_path / "train.log").read()
+
+
+def test_aux_warmup_first_step_is_the_cross_entropies_alone(tmp_path):
+    """At weight 0 the first step's update equals that of a run with gamma1 = gamma2 = 0."""
+    common = ("train.max_steps=1", "train.eval_every=0", "train.deterministic=true")
+    train(tiny_config(str(tmp_path / "warm"), *common, "train.aux_warmup_epochs=1"))
+    train(tiny_config(str(tmp_path / "off"), *common, "model.gamma1=0", "model.gamma2=0"))
+    a = load_checkpoint(str(tmp_path / "warm" / "last.pt"))["model"]
+    b = load_checkpoint(str(tmp_path / "off" / "last.pt"))["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7, msg=k)

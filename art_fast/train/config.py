@@ -290,6 +290,10 @@ class TrainConfig:
     warmup_steps: int = _f(0, "linear warmup, in optimiser steps", min=0)
     warmup_epochs: float = _f(0.0, "linear warmup, in epochs (added to warmup_steps)",
                               min=0.0)
+    aux_warmup_epochs: float = _f(0.0, "ART's auxiliary losses (gamma1 MTC, gamma2 L_sema) "
+                                  "weighted from 0 rising linearly to full over this many "
+                                  "epochs; the cross-entropies always at full weight (0: off)",
+                                  min=0.0)
     min_lr_ratio: float = _f(0.0, "cosine floor, as a fraction of lr", min=0.0, max=1.0)
     step_epochs: int = _f(20, "schedule=step: multiply the lr by step_gamma every this many "
                           "epochs", min=1)

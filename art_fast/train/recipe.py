@@ -198,6 +198,27 @@ def classification_losses(losses: dict[str, torch.Tensor], logits: torch.Tensor,
     return out
 
 
+
+def auxiliary_weight(step: int, steps_per_epoch: int, warmup_epochs: float) -> float:
+    """The weight of ART's auxiliary losses (gamma1 MTC + gamma2 L_sema) at optimiser step
+    ``step`` (0-based) under ``train.aux_warmup_epochs``: ``step / (warmup_epochs x
+    steps_per_epoch)``, rising linearly from 0 at the first step and held at 1 from the end of
+    the warm-up on; always 1 when ``warmup_epochs`` is 0."""
+    if warmup_epochs <= 0:
+        return 1.0
+    return min(1.0, step / (warmup_epochs * steps_per_epoch))
+
+
+def scale_auxiliary(losses: dict[str, torch.Tensor], weight: float) -> dict[str, torch.Tensor]:
+    """``losses`` with the auxiliary part of ``total`` (all of it but ``ce`` and ``ce_v``:
+    gamma1 MTC + gamma2 L_sema) multiplied by ``weight`` in [0, 1]:
+    ``total = ce + ce_v + weight (total - ce - ce_v)``. The terms themselves are kept as
+    computed (the log shows them unweighted). A new dict; 0-dim float32 tensors."""
+    out = dict(losses)
+    cls = losses["ce"] + losses["ce_v"]
+    out["total"] = cls + weight * (losses["total"] - cls)
+    return out
+
 # --------------------------------------------------------------------------- weight EMA
 
 def _ema_fn(decay: float) -> Any:

@@ -112,6 +112,7 @@ from .metrics import (
 )
 from .recipe import (
     BatchMixer,
+    auxiliary_weight,
     check_recipe,
     classification_losses,
     ema_state,
@@ -119,6 +120,7 @@ from .recipe import (
     load_ema,
     make_ema,
     recompute_bn_stats,
+    scale_auxiliary,
 )
 from .region_hit import region_hit, region_hit_sums, summarize_region_hit
 from .schedule import LRSchedule
@@ -770,6 +772,10 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
         log.warning("the warmup (%d steps: train.warmup_steps + train.warmup_epochs) is longer "
                     "than the run (%d steps): the learning rate never reaches train.lr=%g",
                     warmup, total_steps, t_cfg.lr)
+    if t_cfg.aux_warmup_epochs > 0:
+        log.info("the auxiliary losses (gamma1 MTC, gamma2 L_sema) rise from weight 0 to 1 "
+                 "over the first %g epochs (%d steps; train.aux_warmup_epochs)",
+                 t_cfg.aux_warmup_epochs, math.ceil(t_cfg.aux_warmup_epochs * steps_per_epoch))
     schedule = LRSchedule(optimizer, total_steps, warmup_steps=warmup, kind=t_cfg.schedule,
                           min_lr_ratio=t_cfg.min_lr_ratio, steps_per_epoch=steps_per_epoch,
                           step_epochs=t_cfg.step_epochs, gamma=t_cfg.step_gamma)
@@ -886,6 +892,10 @@ def _train(cfg: Config, ctx: DistContext, callbacks: Sequence[Callable[[StepInfo
                         out.losses = classification_losses(out.losses, out.logits,
                                                            out.logits_v, target,
                                                            t_cfg.label_smoothing)
+                    aux_w = auxiliary_weight(progress["step"], steps_per_epoch,
+                                             t_cfg.aux_warmup_epochs)
+                    if aux_w < 1.0:
+                        out.losses = scale_auxiliary(out.losses, aux_w)
                     loss = out.losses["total"] / t_cfg.grad_accum
                     if scaler is not None:
                         scaler.scale(loss).backward()
