@@ -198,7 +198,6 @@ def classification_losses(losses: dict[str, torch.Tensor], logits: torch.Tensor,
     return out
 
 
-
 def auxiliary_weight(step: int, steps_per_epoch: int, warmup_epochs: float) -> float:
     """The weight of ART's auxiliary losses (gamma1 MTC + gamma2 L_sema) at optimiser step
     ``step`` (0-based) under ``train.aux_warmup_epochs``: ``step / (warmup_epochs x
@@ -218,6 +217,7 @@ def scale_auxiliary(losses: dict[str, torch.Tensor], weight: float) -> dict[str,
     cls = losses["ce"] + losses["ce_v"]
     out["total"] = cls + weight * (losses["total"] - cls)
     return out
+
 
 # --------------------------------------------------------------------------- weight EMA
 
