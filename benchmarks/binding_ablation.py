@@ -41,10 +41,14 @@ Usage::
     python benchmarks/binding_ablation.py --data data/binding [--seeds 0 1 2]
         [--variants full global ...] [--config configs/binding_tiny.yaml]
         [--work runs/ablation] [--out benchmarks/results/binding] [--set key=value ...]
-        [--force | --report]
+        [--force | --report] [--merge earlier/binding_ablation.json ...]
 
 ``--report`` trains nothing: it writes the table of the runs finished so far and names the
-missing ones (a table filled over several sittings).
+missing ones (a table filled over several sittings). ``--merge FILE`` takes the rows of an
+earlier sitting's ``binding_ablation.json`` for the runs not under ``--work`` (their folders
+may be gone): each row carries its run's resolved config, and a row is used only if that
+config is the one this table would train it with now (all but ``output_dir``), else the
+runner stops and names the keys. The report names the rows that came from each file.
 """
 
 from __future__ import annotations
@@ -110,12 +114,24 @@ def _param_count(checkpoint: Path) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _drift(then: Any, config: str, overrides: list[str], ignore: tuple[str, ...] = ()
+           ) -> list[str]:
+    """How a run's recorded config ``then`` (a :class:`~art_fast.train.config.Config`) differs
+    from ``config`` with ``overrides`` resolved now (paths absolute, as the trainer stores
+    them): one ``"key: <run's> in the run, <now> now"`` per differing key not in ``ignore``."""
+    from art_fast.train.config import config_diff, load_config
+    from art_fast.train.trainer import absolute_paths
+
+    now = absolute_paths(load_config(config, overrides))
+    return [f"{k}: {a!r} in the run, {b!r} now" for k, a, b in config_diff(then, now)
+            if k not in ignore]
+
+
 def config_drift(run_dir: Path, config: str, overrides: list[str]) -> list[str]:
     """How the config a finished run recorded (its ``config.yaml``) differs from ``config``
     with ``overrides`` resolved now (paths absolute, as the trainer stores them): one
     ``"key: <run's> in the run, <now> now"`` per differing key; ``[]`` when they agree."""
-    from art_fast.train.config import ConfigError, config_diff, load_config
-    from art_fast.train.trainer import absolute_paths
+    from art_fast.train.config import ConfigError, load_config
 
     stored = run_dir / "config.yaml"
     if not stored.is_file():
@@ -124,8 +140,66 @@ def config_drift(run_dir: Path, config: str, overrides: list[str]) -> list[str]:
         then = load_config(stored)
     except (ConfigError, ValueError) as e:
         return [f"{stored} no longer reads: {e}"]
-    now = absolute_paths(load_config(config, overrides))
-    return [f"{k}: {a!r} in the run, {b!r} now" for k, a, b in config_diff(then, now)]
+    return _drift(then, config, overrides)
+
+
+def _overrides(variant: str, seed: int, args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """``(common, overrides)`` of one run: the overrides train and eval share (the set, the
+    table's budget, the user's --set), and the whole list the run is trained with."""
+    run_dir = Path(args.work) / f"{variant}_s{seed}"
+    common = [f"data.root={args.data}", *TABLE_BUDGET, *args.set]
+    return common, [*common, f"output_dir={run_dir}", f"train.seed={seed}", *VARIANTS[variant]]
+
+
+def is_finished(variant: str, seed: int, args: argparse.Namespace) -> bool:
+    """Whether ``<work>/<variant>_s<seed>`` holds a finished run (evaluated and timed)."""
+    run_dir = Path(args.work) / f"{variant}_s{seed}"
+    return ((run_dir / "eval" / "eval_metrics.json").is_file()
+            and (run_dir / "ablation_timing.json").is_file())
+
+
+def load_merged(paths: list[str]) -> dict[tuple[str, int], tuple[dict[str, Any], str, dict]]:
+    """The rows of earlier ``binding_ablation.json`` files (``--merge``), by (variant, seed):
+    ``(row, file, the file's env)``. A pair in two files, or a file that is not such a
+    result, is refused (ValueError naming the file)."""
+    out: dict[tuple[str, int], tuple[dict[str, Any], str, dict]] = {}
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            rows, env = data["rows"], data["env"]
+            keys = [(r["variant"], int(r["seed"])) for r in rows]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--merge {path}: not a binding_ablation.json ({e})") from e
+        for key, row in zip(keys, rows):
+            if key in out:
+                raise ValueError(f"--merge: {key[0]} seed {key[1]} is in both {out[key][1]} "
+                                 f"and {path}")
+            out[key] = (row, path, env)
+    return out
+
+
+def merged_row(variant: str, seed: int, args: argparse.Namespace,
+               merged: dict[tuple[str, int], tuple[dict[str, Any], str, dict]]
+               ) -> dict[str, Any]:
+    """The row of (variant, seed) from a ``--merge`` file, after checking that the config its
+    run recorded (the row's ``config``) is what this table would train it with now (all but
+    ``output_dir``); RuntimeError naming the file and the keys otherwise."""
+    from art_fast.train.config import ConfigError, config_from_dict
+
+    row, path, _ = merged[(variant, seed)]
+    if not isinstance(row.get("config"), dict):
+        raise RuntimeError(f"--merge {path}: {variant} seed {seed} records no config, so it "
+                           "cannot be checked against this table's: rerun it instead")
+    try:
+        then = config_from_dict(row["config"])
+    except (ConfigError, ValueError) as e:
+        raise RuntimeError(f"--merge {path}: {variant} seed {seed}: its config no longer "
+                           f"reads ({e})") from e
+    drift = _drift(then, args.config, _overrides(variant, seed, args)[1], ignore=("output_dir",))
+    if drift:
+        raise RuntimeError(f"--merge {path}: {variant} seed {seed} was trained with a config "
+                           f"this table would not use ({'; '.join(drift)}): rerun it instead")
+    return {**row, "merged_from": path}
 
 
 def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any] | None:
@@ -134,9 +208,8 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
     run_dir = Path(args.work) / f"{variant}_s{seed}"
     metrics = run_dir / "eval" / "eval_metrics.json"
     timing = run_dir / "ablation_timing.json"
-    common = [f"data.root={args.data}", *TABLE_BUDGET, *args.set]
-    overrides = [*common, f"output_dir={run_dir}", f"train.seed={seed}", *VARIANTS[variant]]
-    if not args.force and metrics.is_file() and timing.is_file():
+    common, overrides = _overrides(variant, seed, args)
+    if not args.force and is_finished(variant, seed, args):
         # a finished run is reused only if it ran with exactly this config and these overrides
         done = json.loads(timing.read_text())
         if (done.get("config"), done.get("overrides")) != (args.config, overrides):
@@ -164,13 +237,17 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
              Path(args.work) / f"{variant}_s{seed}.eval.log")
         timing.write_text(json.dumps({"train_seconds": round(train_s, 1), "config": args.config,
                                       "overrides": overrides}) + "\n")
+    from art_fast.train.config import config_to_dict, load_config
+
     m = json.loads(metrics.read_text())
     curve, mtc_last = _training_curve(run_dir / "metrics.jsonl")
     return {"variant": variant, "seed": seed, "top1": m["top1"], "mean_class": m["mean_class"],
             "region_hit": m.get("region_hit"), "region_hit_chance": m.get("region_hit_chance"),
             "params": _param_count(run_dir / "best.pt"),
             "train_seconds": json.loads(timing.read_text())["train_seconds"],
-            "mtc_last_epoch": mtc_last, "region_hit_curve": curve}
+            "mtc_last_epoch": mtc_last, "region_hit_curve": curve,
+            # the run's resolved config: what --merge checks a row against in a later sitting
+            "config": config_to_dict(load_config(run_dir / "config.yaml"))}
 
 
 def _training_curve(path: Path) -> tuple[list[dict[str, Any]], float | None]:
@@ -258,6 +335,10 @@ def markdown(summary: list[dict[str, Any]], rows: list[dict[str, Any]], env: dic
     missing = env.get("missing") or []
     lines = [f"Device: {env['device']}; torch {env['torch']}, python {env['python']}, "
              f"art_fast commit {env['commit']}.", f"Command: `{env['command']}`"]
+    for m in env.get("merged") or []:
+        lines.append(f"From an earlier sitting (`{m['file']}`, {m['date']}, commit "
+                     f"{m['commit']}; each run's recorded config checked against this table's): "
+                     + ", ".join(m["runs"]) + ".")
     if missing:
         lines.append("**Partial table**: not run yet: " + ", ".join(missing) + ".")
     return h.document(
@@ -266,6 +347,12 @@ def markdown(summary: list[dict[str, Any]], rows: list[dict[str, Any]], env: dic
         "Per run (MTC: the sum of the three MTC terms' means over the last epoch; "
         "curve: top-1 / region_hit at each in-training evaluation, by epoch):",
         h.table(RUN_COLUMNS, rows))
+
+
+def merged_env(path: str, merged: dict[tuple[str, int], tuple[dict[str, Any], str, dict]]
+               ) -> dict[str, Any]:
+    """The env block of the ``--merge`` file ``path``."""
+    return next(env for _, f, env in merged.values() if f == path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,16 +371,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="rerun runs that already have results")
     p.add_argument("--report", action="store_true",
                    help="train nothing: tabulate the finished runs and name the missing ones")
+    p.add_argument("--merge", action="append", default=[], metavar="JSON",
+                   help="an earlier binding_ablation.json whose rows stand for runs not under "
+                   "--work (each checked against this table's config)")
     args = p.parse_args(argv)
     if args.report and args.force:
         p.error("--report trains nothing: it cannot be combined with --force")
     if not os.path.isfile(os.path.join(args.data, "Diving48_vocab.json")):
         p.error(f"--data {args.data!r} holds no Diving48-layout set (make one with "
                 f"`art-fast synth --kind binding --out {args.data}`)")
-    rows, missing = [], []
+    try:
+        merged = load_merged(args.merge)
+    except ValueError as e:
+        p.error(str(e))
+    rows, missing, used = [], [], {}
     for v in args.variants:
         for seed in args.seeds:
-            r = run_one(v, seed, args)
+            if (v, seed) in merged and is_finished(v, seed, args):
+                p.error(f"{v} seed {seed} is both under --work {args.work} and in --merge "
+                        f"{merged[(v, seed)][1]}: keep one")
+            try:
+                if (v, seed) in merged:
+                    r = merged_row(v, seed, args, merged)
+                    used.setdefault(r["merged_from"], []).append(f"{v} seed {seed}")
+                else:
+                    r = run_one(v, seed, args)
+            except RuntimeError as e:  # a refused reuse or merge, a failed run: no traceback
+                print(f"binding_ablation: {e}", file=sys.stderr)
+                return 1
             if r is None:
                 missing.append(f"{v} seed {seed}")
                 continue
@@ -308,7 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     env = {"date": h.utc_now("%Y-%m-%d %H:%M UTC"), "device": e["device_name"],
            "torch": e["torch"], "python": e["python"], "commit": e["git_commit"],
            "command": "python benchmarks/binding_ablation.py " + " ".join(
-               sys.argv[1:] if argv is None else argv), "missing": missing}
+               sys.argv[1:] if argv is None else argv), "missing": missing,
+           "merged": [{"file": f, "date": merged_env(f, merged).get("date"),
+                       "commit": merged_env(f, merged).get("commit"), "runs": runs}
+                      for f, runs in used.items()]}
     summary = summarize(rows)
     md = markdown(summary, rows, env)
     h.write_results(args.out, "binding_ablation", {"env": env, "rows": rows, "summary": summary},

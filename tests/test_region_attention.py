@@ -249,3 +249,70 @@ def test_ablation_report_tabulates_finished_runs(tmp_path, monkeypatch, capsys):
     assert mod.main(["--data", str(data), "--work", str(tmp_path / "empty"), "--report"]) == 1
     with pytest.raises(SystemExit):
         mod.main([*base, "--report", "--force"])
+
+
+def test_ablation_merge(tmp_path, monkeypatch, capsys):
+    """--merge: an earlier sitting's rows stand for runs whose folders are gone, only while
+    the config each recorded is this table's; bad or ambiguous merges are refused."""
+    mod = _ablation()
+    calls: list[list[str]] = []
+    _fake_cli(mod, monkeypatch, calls)
+    data = tmp_path / "set"
+    data.mkdir()
+    (data / "Diving48_vocab.json").write_text("[]")
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  name: diving48\nmodel:\n  stem: conv3d\n")
+
+    def main(*extra):
+        return mod.main(["--data", str(data), "--config", str(config), "--variants", "global",
+                         "full", "--seeds", "1", *extra])
+
+    # the first sitting: both runs, then its run folders are lost
+    assert main("--work", str(tmp_path / "w1"), "--out", str(tmp_path / "o1")) == 0
+    assert len(calls) == 4
+    first = tmp_path / "o1" / "binding_ablation.json"
+    rows = json.loads(first.read_text())["rows"]
+    assert all(r["config"]["model"]["stem"] == "conv3d" for r in rows)
+    assert rows[0]["config"]["train"]["seed"] == 1
+    # a later sitting merges them: nothing trains, the report names where the rows came from
+    assert main("--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2"), "--report",
+                "--merge", str(first)) == 0
+    assert len(calls) == 4
+    second = json.loads((tmp_path / "o2" / "binding_ablation.json").read_text())
+    assert [(r["variant"], r["merged_from"]) for r in second["rows"]] == [
+        ("global", str(first)), ("full", str(first))]
+    assert second["env"]["merged"][0]["runs"] == ["global seed 1", "full seed 1"]
+    md = (tmp_path / "o2" / "binding_ablation.md").read_text()
+    assert f"From an earlier sitting (`{first}`" in md and "global seed 1, full seed 1." in md
+    # a run both under --work and in the merge: refused
+    with pytest.raises(SystemExit):
+        main("--work", str(tmp_path / "w1"), "--report", "--merge", str(first))
+    assert "is both under --work" in capsys.readouterr().err
+    # the same pair in two files: refused
+    with pytest.raises(SystemExit):
+        main("--work", str(tmp_path / "w2"), "--report", "--merge", str(first), "--merge",
+             str(tmp_path / "o2" / "binding_ablation.json"))
+    assert "global seed 1 is in both" in capsys.readouterr().err
+    # not a result file: refused, naming it
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\"rows\": 3}")
+    with pytest.raises(SystemExit):
+        main("--work", str(tmp_path / "w2"), "--report", "--merge", str(bad))
+    assert "not a binding_ablation.json" in capsys.readouterr().err
+    # another --set than the first sitting's: the merged row is refused, naming the key
+    assert main("--work", str(tmp_path / "w2"), "--report", "--merge", str(first),
+                "--set", "train.lr=1e-3") == 1
+    err = capsys.readouterr().err
+    assert "global seed 1 was trained with a config this table would not use" in err
+    assert "train.lr" in err and "rerun it" in err
+    # the config file changed since: refused too
+    config.write_text("data:\n  name: diving48\nmodel:\n  stem: conv3d\n  frame_pool: max\n")
+    assert main("--work", str(tmp_path / "w2"), "--report", "--merge", str(first)) == 1
+    assert "model.frame_pool" in capsys.readouterr().err
+    # a row without a recorded config (written before rows carried one): refused
+    old = json.loads(first.read_text())
+    for r in old["rows"]:
+        del r["config"]
+    first.write_text(json.dumps(old))
+    assert main("--work", str(tmp_path / "w2"), "--report", "--merge", str(first)) == 1
+    assert "records no config" in capsys.readouterr().err
