@@ -227,17 +227,24 @@ def test_ablation_curve_column():
     assert mod._curve({"region_hit_curve": []}) is None
 
 
-def test_ablation_report_tabulates_finished_runs(tmp_path, monkeypatch, capsys):
-    """--report trains nothing, tabulates the finished runs and names the missing ones."""
+def _ablation_setup(tmp_path, monkeypatch, config_text):
+    """The runner with a fake CLI, a stand-in set folder and a config file:
+    ``(module, recorded commands, set folder, config path)``."""
     mod = _ablation()
     calls: list[list[str]] = []
     _fake_cli(mod, monkeypatch, calls)
     data = tmp_path / "set"
     data.mkdir()
     (data / "Diving48_vocab.json").write_text("[]")
-    work, out = tmp_path / "work", tmp_path / "out"
     config = tmp_path / "c.yaml"
-    config.write_text("data:\n  name: diving48\n")
+    config.write_text(config_text)
+    return mod, calls, data, config
+
+
+def test_ablation_report_tabulates_finished_runs(tmp_path, monkeypatch, capsys):
+    """--report trains nothing, tabulates the finished runs and names the missing ones."""
+    mod, calls, data, config = _ablation_setup(tmp_path, monkeypatch, "data:\n  name: diving48\n")
+    work, out = tmp_path / "work", tmp_path / "out"
     base = ["--data", str(data), "--work", str(work), "--out", str(out),
             "--config", str(config), "--variants", "full", "global"]
     assert mod.main([*base, "--seeds", "0"]) == 0  # trains full s0 and global s0
@@ -256,14 +263,8 @@ def test_ablation_report_tabulates_finished_runs(tmp_path, monkeypatch, capsys):
 def test_ablation_merge(tmp_path, monkeypatch, capsys):
     """--merge: an earlier sitting's rows stand for runs whose folders are gone, only while
     the config each recorded is this table's; bad or ambiguous merges are refused."""
-    mod = _ablation()
-    calls: list[list[str]] = []
-    _fake_cli(mod, monkeypatch, calls)
-    data = tmp_path / "set"
-    data.mkdir()
-    (data / "Diving48_vocab.json").write_text("[]")
-    config = tmp_path / "c.yaml"
-    config.write_text("data:\n  name: diving48\nmodel:\n  stem: conv3d\n")
+    mod, calls, data, config = _ablation_setup(
+        tmp_path, monkeypatch, "data:\n  name: diving48\nmodel:\n  stem: conv3d\n")
 
     def main(*extra):
         return mod.main(["--data", str(data), "--config", str(config), "--variants", "global",
