@@ -229,6 +229,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
         sets = [x for o in overrides for x in ("--set", o)]
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         commit = h.git_commit()  # the code this run imports (HEAD may move before the report)
+        device = h.device_name("cpu")  # the machine (a table filled over sittings may mix them)
         t0 = time.perf_counter()
         _run([sys.executable, "-m", "art_fast.cli", "train", args.config, *sets, "--overwrite"],
              Path(args.work) / f"{variant}_s{seed}.train.log")
@@ -237,7 +238,8 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
               *[x for o in common for x in ("--set", o)]],
              Path(args.work) / f"{variant}_s{seed}.eval.log")
         timing.write_text(json.dumps({"train_seconds": round(train_s, 1), "config": args.config,
-                                      "overrides": overrides, "commit": commit}) + "\n")
+                                      "overrides": overrides, "commit": commit,
+                                      "device": device}) + "\n")
     from art_fast.train.config import config_to_dict, load_config
 
     m = json.loads(metrics.read_text())
@@ -247,6 +249,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
             "params": _param_count(run_dir / "best.pt"),
             "train_seconds": json.loads(timing.read_text())["train_seconds"],
             "commit": json.loads(timing.read_text()).get("commit"),  # None: an older run
+            "device": json.loads(timing.read_text()).get("device"),
             "mtc_last_epoch": mtc_last, "region_hit_curve": curve,
             # the run's resolved config: what --merge checks a row against in a later sitting
             "config": config_to_dict(load_config(run_dir / "config.yaml"))}
@@ -334,6 +337,7 @@ RUN_COLUMNS = [
     h.Column("curve", _curve),
     h.Column("train s", "train_seconds", ".0f"),
     h.Column("commit", lambda r: _short(r.get("commit"))),
+    h.Column("device", lambda r: r.get("device")),
 ]
 
 
@@ -344,8 +348,9 @@ def markdown(summary: list[dict[str, Any]], rows: list[dict[str, Any]], env: dic
     table)."""
     missing = env.get("missing") or []
     lines = [f"Device: {env['device']}; torch {env['torch']}, python {env['python']}, "
-             f"art_fast commit {env['commit']} when this report was written (each run's own, "
-             "recorded when it started, in the per-run table).", f"Command: `{env['command']}`"]
+             f"art_fast commit {env['commit']} when this report was written (each run's "
+             "commit and machine, recorded when it started, in the per-run table).",
+             f"Command: `{env['command']}`"]
     for m in env.get("merged") or []:
         lines.append(f"From an earlier sitting (`{m['file']}`, {m['date']}, commit "
                      f"{m['commit']}; each run's recorded config checked against this table's): "

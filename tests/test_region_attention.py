@@ -106,7 +106,7 @@ def test_ablation_summary():
     md = mod.markdown(summary, rows, {"date": "d", "device": "cpu", "torch": "t", "python": "p",
                                       "commit": "c", "command": "x"})
     assert "| full | 0 1 | 85.0 ± 7.1 | 80.0 |" in md and "| global | 0 1 |" in md and "n/a" in md
-    assert "| train s | commit |" in md  # each run's commit (None here: rows without one)
+    assert "| train s | commit | device |" in md  # each run's (None here: rows without)
 
 
 def test_ablation_refuses_a_missing_set(tmp_path, capsys):
@@ -175,6 +175,7 @@ def test_ablation_budget_and_reuse(tmp_path, monkeypatch):
     row = mod.run_one("global", 1, args("train.lr=1e-3"))
     assert row["top1"] == 0.5 and row["params"] == 7 and row["seed"] == 1
     assert row["commit"] == mod.h.git_commit()  # recorded when the run started
+    assert row["device"] == mod.h.device_name("cpu")
     train = calls[0]
     assert train[3] == "train" and train[4] == str(config)
     assert train[-1] == "--overwrite"
