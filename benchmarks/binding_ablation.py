@@ -143,17 +143,22 @@ def config_drift(run_dir: Path, config: str, overrides: list[str]) -> list[str]:
     return _drift(then, config, overrides)
 
 
+def _run_dir(variant: str, seed: int, args: argparse.Namespace) -> Path:
+    """``<work>/<variant>_s<seed>``: the folder of one run."""
+    return Path(args.work) / f"{variant}_s{seed}"
+
+
 def _overrides(variant: str, seed: int, args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """``(common, overrides)`` of one run: the overrides train and eval share (the set, the
     table's budget, the user's --set), and the whole list the run is trained with."""
-    run_dir = Path(args.work) / f"{variant}_s{seed}"
+    run_dir = _run_dir(variant, seed, args)
     common = [f"data.root={args.data}", *TABLE_BUDGET, *args.set]
     return common, [*common, f"output_dir={run_dir}", f"train.seed={seed}", *VARIANTS[variant]]
 
 
 def is_finished(variant: str, seed: int, args: argparse.Namespace) -> bool:
     """Whether ``<work>/<variant>_s<seed>`` holds a finished run (evaluated and timed)."""
-    run_dir = Path(args.work) / f"{variant}_s{seed}"
+    run_dir = _run_dir(variant, seed, args)
     return ((run_dir / "eval" / "eval_metrics.json").is_file()
             and (run_dir / "ablation_timing.json").is_file())
 
@@ -205,7 +210,7 @@ def merged_row(variant: str, seed: int, args: argparse.Namespace,
 def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any] | None:
     """Train and evaluate one (variant, seed); returns its row (None with ``args.report``
     when the run has not finished: nothing is trained then)."""
-    run_dir = Path(args.work) / f"{variant}_s{seed}"
+    run_dir = _run_dir(variant, seed, args)
     metrics = run_dir / "eval" / "eval_metrics.json"
     timing = run_dir / "ablation_timing.json"
     common, overrides = _overrides(variant, seed, args)
@@ -243,13 +248,13 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
     from art_fast.train.config import config_to_dict, load_config
 
     m = json.loads(metrics.read_text())
+    timed = json.loads(timing.read_text())
     curve, mtc_last = _training_curve(run_dir / "metrics.jsonl")
     return {"variant": variant, "seed": seed, "top1": m["top1"], "mean_class": m["mean_class"],
             "region_hit": m.get("region_hit"), "region_hit_chance": m.get("region_hit_chance"),
             "params": _param_count(run_dir / "best.pt"),
-            "train_seconds": json.loads(timing.read_text())["train_seconds"],
-            "commit": json.loads(timing.read_text()).get("commit"),  # None: an older run
-            "device": json.loads(timing.read_text()).get("device"),
+            "train_seconds": timed["train_seconds"],
+            "commit": timed.get("commit"), "device": timed.get("device"),  # None: older runs
             "mtc_last_epoch": mtc_last, "region_hit_curve": curve,
             # the run's resolved config: what --merge checks a row against in a later sitting
             "config": config_to_dict(load_config(run_dir / "config.yaml"))}
@@ -365,12 +370,6 @@ def markdown(summary: list[dict[str, Any]], rows: list[dict[str, Any]], env: dic
         h.table(RUN_COLUMNS, rows))
 
 
-def merged_env(path: str, merged: dict[tuple[str, int], tuple[dict[str, Any], str, dict]]
-               ) -> dict[str, Any]:
-    """The env block of the ``--merge`` file ``path``."""
-    return next(env for _, f, env in merged.values() if f == path)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -400,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         merged = load_merged(args.merge)
     except ValueError as e:
         p.error(str(e))
-    rows, missing, used = [], [], {}
+    rows, missing = [], []
+    used: dict[str, tuple[dict[str, Any], list[str]]] = {}  # merge file -> (its env, runs)
     for v in args.variants:
         for seed in args.seeds:
             if (v, seed) in merged and is_finished(v, seed, args):
@@ -409,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if (v, seed) in merged:
                     r = merged_row(v, seed, args, merged)
-                    used.setdefault(r["merged_from"], []).append(f"{v} seed {seed}")
+                    _, path, file_env = merged[(v, seed)]
+                    used.setdefault(path, (file_env, []))[1].append(f"{v} seed {seed}")
                 else:
                     r = run_one(v, seed, args)
             except RuntimeError as e:  # a refused reuse or merge, a failed run: no traceback
@@ -430,9 +431,8 @@ def main(argv: list[str] | None = None) -> int:
            "torch": e["torch"], "python": e["python"], "commit": e["git_commit"],
            "command": "python benchmarks/binding_ablation.py " + " ".join(
                sys.argv[1:] if argv is None else argv), "missing": missing,
-           "merged": [{"file": f, "date": merged_env(f, merged).get("date"),
-                       "commit": merged_env(f, merged).get("commit"), "runs": runs}
-                      for f, runs in used.items()]}
+           "merged": [{"file": f, "date": fe.get("date"), "commit": fe.get("commit"),
+                       "runs": runs} for f, (fe, runs) in used.items()]}
     summary = summarize(rows)
     md = markdown(summary, rows, env)
     h.write_results(args.out, "binding_ablation", {"env": env, "rows": rows, "summary": summary},
