@@ -204,7 +204,24 @@ def merged_row(variant: str, seed: int, args: argparse.Namespace,
     if drift:
         raise RuntimeError(f"--merge {path}: {variant} seed {seed} was trained with a config "
                            f"this table would not use ({'; '.join(drift)}): rerun it instead")
-    return {**row, "merged_from": path}
+    return {**row, "merged_from": merge_origin(row, path, merged[(variant, seed)][2])["file"]}
+
+
+def merge_origin(row: dict[str, Any], path: str, file_env: dict[str, Any]) -> dict[str, Any]:
+    """Where a merged row was first reported: ``{"file", "date", "commit", "provenance"}``.
+    A row that ``path`` had itself merged from an earlier file keeps that file and the entry
+    ``path``'s env recorded for it, so merging a merged table does not point rows at a report
+    that the new one may overwrite, and the earlier sittings' dates and provenance lines are
+    carried on (a ``provenance`` line is hand-written into a report's env where the runs'
+    machines need saying)."""
+    origin = row.get("merged_from")
+    if origin and origin != path:
+        for m in file_env.get("merged") or []:
+            if m.get("file") == origin:
+                return {"file": origin, "date": m.get("date"), "commit": m.get("commit"),
+                        "provenance": m.get("provenance")}
+    return {"file": path, "date": file_env.get("date"), "commit": file_env.get("commit"),
+            "provenance": file_env.get("provenance")}
 
 
 def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any] | None:
@@ -359,7 +376,10 @@ def markdown(summary: list[dict[str, Any]], rows: list[dict[str, Any]], env: dic
     for m in env.get("merged") or []:
         lines.append(f"From an earlier sitting (`{m['file']}`, {m['date']}, commit "
                      f"{m['commit']}; each run's recorded config checked against this table's): "
-                     + ", ".join(m["runs"]) + ".")
+                     + ", ".join(m["runs"]) + "." + (f" {m['provenance']}" if m.get("provenance")
+                                                        else ""))
+    if env.get("provenance"):
+        lines.append(f"Runs of this sitting: {env['provenance']}")
     if missing:
         lines.append("**Partial table**: not run yet: " + ", ".join(missing) + ".")
     return h.document(
@@ -389,6 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge", action="append", default=[], metavar="JSON",
                    help="an earlier binding_ablation.json whose rows stand for runs not under "
                    "--work (each checked against this table's config)")
+    p.add_argument("--provenance", metavar="TEXT",
+                   help="a line for the report on how the runs under --work ran (e.g. alone "
+                   "or beside other jobs); it travels with their rows when the report is "
+                   "merged later")
     args = p.parse_args(argv)
     if args.report and args.force:
         p.error("--report trains nothing: it cannot be combined with --force")
@@ -400,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     rows, missing = [], []
-    used: dict[str, tuple[dict[str, Any], list[str]]] = {}  # merge file -> (its env, runs)
+    used: dict[str, tuple[dict[str, Any], list[str]]] = {}  # origin file -> (origin, runs)
     for v in args.variants:
         for seed in args.seeds:
             if (v, seed) in merged and is_finished(v, seed, args):
@@ -409,8 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if (v, seed) in merged:
                     r = merged_row(v, seed, args, merged)
-                    _, path, file_env = merged[(v, seed)]
-                    used.setdefault(path, (file_env, []))[1].append(f"{v} seed {seed}")
+                    origin = merge_origin(*merged[(v, seed)])
+                    used.setdefault(origin["file"], (origin, []))[1].append(f"{v} seed {seed}")
                 else:
                     r = run_one(v, seed, args)
             except RuntimeError as e:  # a refused reuse or merge, a failed run: no traceback
@@ -431,8 +455,10 @@ def main(argv: list[str] | None = None) -> int:
            "torch": e["torch"], "python": e["python"], "commit": e["git_commit"],
            "command": "python benchmarks/binding_ablation.py " + " ".join(
                sys.argv[1:] if argv is None else argv), "missing": missing,
-           "merged": [{"file": f, "date": fe.get("date"), "commit": fe.get("commit"),
-                       "runs": runs} for f, (fe, runs) in used.items()]}
+           "merged": [{**{k: v for k, v in origin.items() if v is not None}, "runs": runs}
+                      for origin, runs in used.values()]}
+    if args.provenance:
+        env["provenance"] = args.provenance
     summary = summarize(rows)
     md = markdown(summary, rows, env)
     h.write_results(args.out, "binding_ablation", {"env": env, "rows": rows, "summary": summary},

@@ -272,7 +272,8 @@ def test_ablation_merge(tmp_path, monkeypatch, capsys):
                          "full", "--seeds", "1", *extra])
 
     # the first sitting: both runs, then its run folders are lost
-    assert main("--work", str(tmp_path / "w1"), "--out", str(tmp_path / "o1")) == 0
+    assert main("--work", str(tmp_path / "w1"), "--out", str(tmp_path / "o1"),
+                "--provenance", "alone on a test machine") == 0
     assert len(calls) == 4
     first = tmp_path / "o1" / "binding_ablation.json"
     rows = json.loads(first.read_text())["rows"]
@@ -287,7 +288,19 @@ def test_ablation_merge(tmp_path, monkeypatch, capsys):
         ("global", str(first)), ("full", str(first))]
     assert second["env"]["merged"][0]["runs"] == ["global seed 1", "full seed 1"]
     md = (tmp_path / "o2" / "binding_ablation.md").read_text()
-    assert f"From an earlier sitting (`{first}`" in md and "global seed 1, full seed 1." in md
+    assert f"From an earlier sitting (`{first}`" in md
+    assert "global seed 1, full seed 1. alone on a test machine" in md
+    assert second["env"]["merged"][0]["provenance"] == "alone on a test machine"
+    first_env = json.loads(first.read_text())["env"]
+    # merging the merged table: the rows keep pointing at the sitting that ran them, with its
+    # date, commit and provenance (not at the report in between, which may be overwritten)
+    assert main("--work", str(tmp_path / "w3"), "--out", str(tmp_path / "o3"), "--report",
+                "--merge", str(tmp_path / "o2" / "binding_ablation.json")) == 0
+    third = json.loads((tmp_path / "o3" / "binding_ablation.json").read_text())
+    assert [r["merged_from"] for r in third["rows"]] == [str(first)] * 2
+    assert third["env"]["merged"] == [{
+        "file": str(first), "date": first_env["date"], "commit": first_env["commit"],
+        "provenance": "alone on a test machine", "runs": ["global seed 1", "full seed 1"]}]
     # a run both under --work and in the merge: refused
     with pytest.raises(SystemExit):
         main("--work", str(tmp_path / "w1"), "--report", "--merge", str(first))
