@@ -211,9 +211,8 @@ def merge_origin(row: dict[str, Any], path: str, file_env: dict[str, Any]) -> di
     """Where a merged row was first reported: ``{"file", "date", "commit", "provenance"}``.
     A row that ``path`` had itself merged from an earlier file keeps that file and the entry
     ``path``'s env recorded for it, so merging a merged table does not point rows at a report
-    that the new one may overwrite, and the earlier sittings' dates and provenance lines are
-    carried on (a ``provenance`` line is hand-written into a report's env where the runs'
-    machines need saying)."""
+    that the new one may overwrite, and the earlier sittings' dates and provenance lines
+    (``--provenance``) are carried on."""
     origin = row.get("merged_from")
     if origin and origin != path:
         for m in file_env.get("merged") or []:
@@ -455,8 +454,7 @@ def main(argv: list[str] | None = None) -> int:
            "torch": e["torch"], "python": e["python"], "commit": e["git_commit"],
            "command": "python benchmarks/binding_ablation.py " + " ".join(
                sys.argv[1:] if argv is None else argv), "missing": missing,
-           "merged": [{**{k: v for k, v in origin.items() if v is not None}, "runs": runs}
-                      for origin, runs in used.values()]}
+           "merged": [{**origin, "runs": runs} for origin, runs in used.values()]}
     if args.provenance:
         env["provenance"] = args.provenance
     summary = summarize(rows)
