@@ -185,13 +185,14 @@ def load_merged(paths: list[str]) -> dict[tuple[str, int], tuple[dict[str, Any],
 
 def merged_row(variant: str, seed: int, args: argparse.Namespace,
                merged: dict[tuple[str, int], tuple[dict[str, Any], str, dict]]
-               ) -> dict[str, Any]:
-    """The row of (variant, seed) from a ``--merge`` file, after checking that the config its
-    run recorded (the row's ``config``) is what this table would train it with now (all but
-    ``output_dir``); RuntimeError naming the file and the keys otherwise."""
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The row of (variant, seed) from a ``--merge`` file and its ``merge_origin``, after
+    checking that the config its run recorded (the row's ``config``) is what this table would
+    train it with now (all but ``output_dir``); RuntimeError naming the file and the keys
+    otherwise."""
     from art_fast.train.config import ConfigError, config_from_dict
 
-    row, path, _ = merged[(variant, seed)]
+    row, path, file_env = merged[(variant, seed)]
     if not isinstance(row.get("config"), dict):
         raise RuntimeError(f"--merge {path}: {variant} seed {seed} records no config, so it "
                            "cannot be checked against this table's: rerun it instead")
@@ -204,7 +205,8 @@ def merged_row(variant: str, seed: int, args: argparse.Namespace,
     if drift:
         raise RuntimeError(f"--merge {path}: {variant} seed {seed} was trained with a config "
                            f"this table would not use ({'; '.join(drift)}): rerun it instead")
-    return {**row, "merged_from": merge_origin(row, path, merged[(variant, seed)][2])["file"]}
+    origin = merge_origin(row, path, file_env)
+    return {**row, "merged_from": origin["file"]}, origin
 
 
 def merge_origin(row: dict[str, Any], path: str, file_env: dict[str, Any]) -> dict[str, Any]:
@@ -431,8 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{merged[(v, seed)][1]}: keep one")
             try:
                 if (v, seed) in merged:
-                    r = merged_row(v, seed, args, merged)
-                    origin = merge_origin(*merged[(v, seed)])
+                    r, origin = merged_row(v, seed, args, merged)
                     used.setdefault(origin["file"], (origin, []))[1].append(f"{v} seed {seed}")
                 else:
                     r = run_one(v, seed, args)
